@@ -1,0 +1,1 @@
+"""fedmq.coordinator: rounds, hierarchical streaming FedAvg, edge aggregators, checkpoints, the demo."""

@@ -1,0 +1,80 @@
+"""Sample-weighted FedAvg as streaming sums: memory is O(model size), whatever the number of updates.
+
+A group keeps ``sum_k n_k * w_k`` and ``sum_k n_k``; a parent adds its children's sums to its own,
+and only the root divides. So hierarchical FedAvg is exactly flat FedAvg (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import numpy as np
+
+
+class WeightedSum:
+    """Running weighted sums of named tensors (float64) and the total weight."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, np.ndarray] = {}
+        self.weight = 0.0
+
+    def add(self, tensors: Mapping[str, np.ndarray], weight: float) -> None:
+        """Add ``weight * tensors`` (one node's update, weighted by its sample count)."""
+        for name, t in tensors.items():
+            scaled = np.multiply(t, weight, dtype=np.float64)
+            if name in self.sums:
+                self.sums[name] += scaled
+            else:
+                self.sums[name] = scaled
+        self.weight += weight
+
+    def add_sums(self, sums: Mapping[str, np.ndarray], weight: float) -> None:
+        """Add a child group's already-weighted sums and its total weight."""
+        for name, s in sums.items():
+            if name in self.sums:
+                self.sums[name] += s
+            else:
+                self.sums[name] = np.array(s, dtype=np.float64)
+        self.weight += weight
+
+    def mean(self) -> Dict[str, np.ndarray]:
+        """The weighted average as float32 tensors; requires a positive total weight."""
+        if self.weight <= 0:
+            raise ValueError("no weight to average")
+        return {name: (s / self.weight).astype(np.float32) for name, s in self.sums.items()}
+
+
+class MetricSums:
+    """Sample-weighted sums of node-reported metrics, mergeable up the tree like the weights."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, float] = {}
+        self.weights: Dict[str, float] = {}
+
+    def add(self, metrics: Mapping[str, float], weight: float) -> None:
+        """Add one node's metrics, weighted by its sample count."""
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+            self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def merge(self, sums: Mapping[str, float], weights: Mapping[str, float]) -> None:
+        """Add a child group's sums."""
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.weights[k] = self.weights.get(k, 0.0) + weights.get(k, 0.0)
+
+    def means(self) -> Dict[str, float]:
+        """Weighted mean of each metric."""
+        return {k: self.sums[k] / w for k, w in self.weights.items() if w > 0}
+
+    def to_wire(self) -> Dict[str, float]:
+        """Flat form for a partial envelope's ``metrics``: ``sum.<k>`` and ``weight.<k>``."""
+        out = {f"sum.{k}": v for k, v in self.sums.items()}
+        out.update({f"weight.{k}": v for k, v in self.weights.items()})
+        return out
+
+    def merge_wire(self, wire: Mapping[str, float]) -> None:
+        """Merge the flat form produced by ``to_wire``."""
+        sums = {k[4:]: v for k, v in wire.items() if k.startswith("sum.")}
+        weights = {k[7:]: v for k, v in wire.items() if k.startswith("weight.")}
+        self.merge(sums, weights)

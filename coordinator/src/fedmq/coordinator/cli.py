@@ -1,0 +1,92 @@
+"""``fedmq coordinator run`` (the root) and ``fedmq coordinator edge`` (one edge subtree)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any, Dict
+
+from fedmq.coordinator.checkpoint import CheckpointError
+from fedmq.coordinator.rounds import FederationFailed
+from fedmq.coordinator.service import CoordinatorService
+from fedmq.shared.data import DataError
+from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
+
+
+def register_coordinator(sub: "argparse._SubParsersAction") -> None:
+    """Add ``fedmq coordinator run`` and ``fedmq coordinator edge``."""
+    p = sub.add_parser("coordinator", help="run the coordinator or an edge aggregator",
+                       description="Run the federation's coordinator (root) or an edge aggregator for one group.")
+    csub = p.add_subparsers(dest="coordinator_command", metavar="SUBCOMMAND")
+    run = csub.add_parser("run", help="run the federation's rounds from the root",
+                          description="Run all rounds of a federation: select online nodes, aggregate along the topic "
+                                      "tree, checkpoint after every round. Resumes from the last checkpoint.")
+    run.add_argument("topic_map", help="federation topic map (YAML)")
+    run.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start from round 1")
+    run.add_argument("--report", help="write the round summaries to this JSON file at the end")
+    run.add_argument("--quiet", action="store_true", help="no per-round lines on stdout")
+    run.set_defaults(func=_run, default_verbosity=1)
+    edge = csub.add_parser("edge", help="aggregate one group (an edge: true group) in this process",
+                           description="Serve one group of the topic tree that is marked 'edge: true', and every group "
+                                       "below it that is not an edge group itself: relay round starts to its nodes and "
+                                       "send one partial aggregate per round to the parent group.")
+    edge.add_argument("topic_map", help="federation topic map (YAML)")
+    edge.add_argument("--group", required=True, help="slash-separated path of the group, e.g. site-a/building-2")
+    edge.set_defaults(func=_edge, default_verbosity=1)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def format_round(s: Dict[str, Any]) -> str:
+    """One human-readable line per round."""
+    acc = s.get("accuracy")
+    loss = s.get("loss")
+    return (f"round {s['round']:>3}  accuracy {acc if acc is None else f'{acc:.4f}'}  loss "
+            f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}/{s['selected']:<3}  "
+            f"up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
+            + (f"  rejected {s['rejected']}" if s.get("rejected") else ""))
+
+
+def _serve(service: CoordinatorService) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        service.run()
+    except FederationFailed as exc:
+        print(f"fedmq coordinator: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        service.stop()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    tm = load_topic_map(args.topic_map)
+    rounds = []
+
+    def on_round(summary: Dict[str, Any]) -> None:
+        rounds.append(summary)
+        if not args.quiet:
+            print(format_round(summary), flush=True)
+
+    try:
+        service = CoordinatorService(tm, fresh=args.fresh, on_round=on_round)
+    except (CheckpointError, DataError) as exc:
+        print(f"fedmq coordinator: {exc}", file=sys.stderr)
+        return 2
+    code = _serve(service)
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump({"rounds": rounds, "rejected_total": dict(service.rejections.total)}, fh, indent=1)
+    return code
+
+
+def _edge(args: argparse.Namespace) -> int:
+    tm = load_topic_map(args.topic_map)
+    path = tuple(args.group.strip("/").split("/"))
+    group = tm.groups().get(path)
+    if group is None or not group.edge:
+        raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.group}",
+                                         "no such group marked 'edge: true'",
+                                         "mark the group 'edge: true' in the topic map, or pass its full path")])
+    return _serve(CoordinatorService(tm, edge=path))

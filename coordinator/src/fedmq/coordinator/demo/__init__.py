@@ -1,0 +1,1 @@
+"""``fedmq demo``: a whole federation on this machine (private Mosquitto, coordinator, node processes)."""

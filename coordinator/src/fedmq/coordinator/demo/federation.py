@@ -1,0 +1,67 @@
+"""Writes the demo's files: per-node data and configs, and the federation's topic map."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import yaml
+
+from fedmq.coordinator.demo.dataset import Split, dirichlet_split
+
+HIDDEN = {"mlp": [32], "mlp_classifier": [32]}
+LEARNING_RATE = {"softmax_regression": 0.5, "mlp": 0.2, "sgd_classifier": 0.01, "mlp_classifier": 0.2}
+
+
+@dataclass
+class DemoLayout:
+    """Paths of everything the demo wrote."""
+
+    topic_map: str
+    node_configs: List[str]
+    node_ids: List[str]
+
+
+def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, groups: int, rounds: int, alpha: float,
+                     seed: int, model: str, port: int, deadline_s: float) -> DemoLayout:
+    """Split the data, write one NPZ and one node config per node, and the topic map."""
+    x, y = train
+    parts = dirichlet_split(y, nodes, alpha, seed)
+    data_dir = os.path.join(workdir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    tree: dict = {"groups": {}}
+    ids, configs = [], []
+    for i, idx in enumerate(parts):
+        home = f"home{i % groups + 1}"
+        node = f"{home}-node{i // groups + 1:02d}"
+        np.savez(os.path.join(data_dir, f"{node}.npz"), x=x[idx], y=y[idx])
+        tree["groups"].setdefault(home, {"nodes": []})["nodes"].append(node)
+        cfg = {"node_id": node, "federation": "demo", "group": home, "seed": seed,
+               "broker": {"host": "127.0.0.1", "port": port},
+               "data": {"kind": "npz", "path": os.path.join(data_dir, f"{node}.npz")}}
+        path = os.path.join(workdir, f"node-{node}.yaml")
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg, fh, sort_keys=False)
+        ids.append(node)
+        configs.append(path)
+    np.savez(os.path.join(data_dir, "test.npz"), x=test[0], y=test[1])
+    spec = {"kind": model, "features": int(x.shape[1]), "classes": [int(c) for c in np.unique(y)], "seed": seed}
+    if model in HIDDEN:
+        spec["hidden"] = HIDDEN[model]
+    fed = {
+        "federation": "demo",
+        "broker": {"host": "127.0.0.1", "port": port},
+        "model": spec,
+        "rounds": {"rounds": rounds, "fraction": 1.0, "min_nodes": max(1, nodes // 2), "deadline_s": deadline_s,
+                   "quorum": 0.6, "local_epochs": 2, "batch_size": 16, "learning_rate": LEARNING_RATE[model],
+                   "hop_margin_s": 1.0, "wait_for_nodes_s": 60, "seed": seed},
+        "evaluation": {"kind": "npz", "path": os.path.join(data_dir, "test.npz")},
+        "checkpoint": {"dir": os.path.join(workdir, "checkpoints")},
+        "tree": tree,
+    }
+    tm_path = os.path.join(workdir, "federation.yaml")
+    with open(tm_path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(fed, fh, sort_keys=False)
+    return DemoLayout(topic_map=tm_path, node_configs=configs, node_ids=ids)

@@ -1,0 +1,33 @@
+"""PNG plot of accuracy and loss per round."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[float] = None, title: str = "") -> None:
+    """Accuracy (left axis) and loss (right axis) per round; the centralised accuracy as a dashed line."""
+    xs = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.plot(xs, [r.get("accuracy") for r in rounds], "o-", color="tab:blue", label="federated accuracy")
+    if baseline is not None:
+        ax.axhline(baseline, color="tab:blue", linestyle="--", alpha=0.6, label=f"centralised accuracy {baseline:.3f}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (held-out set)", color="tab:blue")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r.get("loss") for r in rounds], "s-", color="tab:red", label="loss")
+    ax2.set_ylabel("loss", color="tab:red")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
+    ax.set_title(title or "fedmq demo")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

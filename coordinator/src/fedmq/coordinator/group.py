@@ -1,0 +1,248 @@
+"""One group's part of a round: relay the start to its nodes, fold their updates and its children's
+partial aggregates into streaming sums, and close (all in, or its deadline) by sending one partial
+aggregate to its parent, or, for the root, by handing the sums to the round driver.
+
+The same class runs inside the coordinator process and inside ``fedmq coordinator edge``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Set
+
+from fedmq.coordinator.aggregate import MetricSums, WeightedSum
+from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.tree import Membership
+from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+from fedmq.shared.messages import Control
+from fedmq.shared.models import check_weights, expected_shapes
+from fedmq.shared.topicmap import Group, TopicMap
+from fedmq.shared.topics import Topics
+
+MAX_SAMPLES = 10**9
+Publish = Callable[[str, bytes, bool], None]
+
+
+@dataclass
+class GroupResult:
+    """What a group hands upwards when it closes."""
+
+    sums: WeightedSum
+    nodes: List[str]
+    metrics: MetricSums
+    bytes_up: float
+
+
+@dataclass
+class _Round:
+    ctl: Control
+    close_at: float
+    direct: Set[str]
+    children: Set[str]
+    sums: WeightedSum = field(default_factory=WeightedSum)
+    metrics: MetricSums = field(default_factory=MetricSums)
+    nodes: List[str] = field(default_factory=list)
+    answered: Set[str] = field(default_factory=set)
+    dropped: Set[str] = field(default_factory=set)
+    reported: Set[str] = field(default_factory=set)
+    bytes_up: float = 0.0
+
+
+class GroupAggregator:
+    """Aggregates one group of the topic tree for one round at a time."""
+
+    def __init__(self, tm: TopicMap, group: Group, membership: Membership, publish: Publish,
+                 rejections: Rejections, *, on_root_close: Optional[Callable[[Control, GroupResult], None]] = None,
+                 log: Optional[logging.Logger] = None) -> None:
+        self.tm = tm
+        self.group = group
+        self.membership = membership
+        self.publish = publish
+        self.rejections = rejections
+        self.on_root_close = on_root_close
+        self.topics = Topics(tm.federation)
+        self.log = log or logging.getLogger("fedmq.group." + ("/".join(group.path) or "root"))
+        self.shapes = expected_shapes(tm.model)
+        self.current: Optional[_Round] = None
+        self.last_key: Optional[tuple] = None
+        self.is_root = not group.path
+
+    @property
+    def label(self) -> str:
+        """Group path for log lines."""
+        return "/".join(self.group.path) or "(root)"
+
+    # --- round lifecycle -------------------------------------------------------------------------
+
+    def start(self, parent: Control) -> None:
+        """Begin a round from the parent's start (or the root driver's); publish our own start."""
+        key = (parent.round, parent.attempt)
+        if key == self.last_key:
+            return  # the same start again (retained copy, or our own relay)
+        if self.current is not None:
+            self.log.info("round %d attempt %d superseded before closing", self.current.ctl.round, self.current.ctl.attempt)
+        margin = 0.0 if self.is_root else self.tm.policy.hop_margin_s
+        close_at = parent.deadline_at - margin
+        if close_at <= time.time():
+            return  # too late to take part (e.g. a stale retained start)
+        self.last_key = key
+        mine = [n for n in parent.selected if self.membership.in_subtree(n, self.group.path)]
+        direct = {n for n in mine if self.membership.group_path(n) == self.group.path}
+        children = {c.name for c in self.group.children
+                    if any(self.membership.in_subtree(n, c.path) for n in mine)}
+        ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
+                      deadline_at=close_at, selected=mine, train=parent.train)
+        self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children)
+        self.publish(self.topics.control(self.group.path), ctl.encode(), True)
+        self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
+        self._maybe_close()
+
+    def relay_close(self, parent: Control) -> None:
+        """The parent closed a round: tell our nodes, and drop it if it is still open here."""
+        if self.current is not None and (self.current.ctl.round, self.current.ctl.attempt) == (parent.round, parent.attempt):
+            self.log.warning("round %d closed by the parent before this group closed", parent.round)
+            self.current = None
+        self.publish(self.topics.control(self.group.path), parent.encode(), True)
+
+    def tick(self, now: float) -> None:
+        """Close the round once its deadline has passed."""
+        if self.current is not None and now >= self.current.close_at:
+            self._close("deadline")
+
+    def next_deadline(self) -> Optional[float]:
+        """When ``tick`` will next have work, if a round is open."""
+        return self.current.close_at if self.current else None
+
+    def node_offline(self, node: str) -> None:
+        """A selected node vanished (its last will): stop waiting for it."""
+        r = self.current
+        if r is not None and node in r.direct and node not in r.answered:
+            r.dropped.add(node)
+            self.log.info("round %d: node %s went offline before answering", r.ctl.round, node)
+            self._maybe_close()
+
+    # --- incoming ----------------------------------------------------------------------------------
+
+    def _decode(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
+        try:
+            env = decode(payload, max_bytes=self.tm.limits.max_message_bytes)
+        except EnvelopeError as exc:
+            reason = "over size limit" if "over the limit" in str(exc) else (
+                "NaN or Inf" if "NaN" in str(exc) else "bad checksum" if "checksum" in str(exc) else "malformed")
+            self.rejections.reject(reason, topic, str(exc))
+            return None
+        problem = None
+        if env.kind != kind:
+            problem = ("wrong kind", f"{env.kind.name} on an {kind.name} topic")
+        elif env.federation != self.tm.federation:
+            problem = ("wrong federation", env.federation)
+        elif env.sender != sender:
+            problem = ("sender mismatch", f"header says {env.sender!r}, topic says {sender!r}")
+        if problem:
+            self.rejections.reject(problem[0], topic, problem[1])
+            return None
+        r = self.current
+        if r is None or (env.round, env.attempt) != (r.ctl.round, r.ctl.attempt):
+            self.rejections.reject("stale round", topic, f"round {env.round} attempt {env.attempt}; "
+                                   + (f"open is {r.ctl.round} attempt {r.ctl.attempt}" if r else "no round is open"))
+            return None
+        if env.model_version != r.ctl.model_version:
+            self.rejections.reject("wrong model version", topic, f"{env.model_version}, expected {r.ctl.model_version}")
+            return None
+        return env
+
+    def on_update(self, node: str, payload: bytes, topic: str) -> None:
+        """A node's update: check everything, then fold it into the sums."""
+        if self.membership.group_path(node) != self.group.path:
+            self.rejections.reject("unknown node", topic, f"{node!r} is not a member of group {self.label}")
+            return
+        env = self._decode(payload, topic, Kind.UPDATE, node)
+        if env is None:
+            return
+        r = self.current
+        assert r is not None
+        if node not in r.direct:
+            self.rejections.reject("unselected node", topic, f"{node} was not selected for round {r.ctl.round}")
+            return
+        if node in r.answered:
+            self.rejections.reject("duplicate", topic, f"{node} already answered round {r.ctl.round}")
+            return
+        try:
+            check_weights(self.tm.model, env.tensors)
+        except ValueError as exc:
+            self.rejections.reject("wrong shape or dtype", topic, str(exc))
+            return
+        if not 0 < env.samples <= MAX_SAMPLES or env.samples != int(env.samples):
+            self.rejections.reject("bad sample count", topic, f"{env.samples}")
+            return
+        r.answered.add(node)
+        r.dropped.discard(node)
+        r.nodes.append(node)
+        r.sums.add(env.tensors, env.samples)
+        r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
+        r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0)}, {})
+        r.bytes_up += len(payload)
+        self._maybe_close()
+
+    def on_partial(self, child: str, payload: bytes, topic: str) -> None:
+        """A child group's partial aggregate: check it, then add its sums to ours."""
+        env = self._decode(payload, topic, Kind.PARTIAL, child)
+        if env is None:
+            return
+        r = self.current
+        assert r is not None
+        if child not in r.children:
+            self.rejections.reject("unexpected partial", topic, f"child {child!r} has no selected nodes this round")
+            return
+        if child in r.reported:
+            self.rejections.reject("duplicate", topic, f"child {child!r} already reported")
+            return
+        nodes = env.meta.get("nodes", [])
+        child_path = self.group.path + (child,)
+        selected = set(r.ctl.selected)
+        if (not isinstance(nodes, list) or len(set(nodes)) != len(nodes)
+                or not all(isinstance(n, str) and n in selected and self.membership.in_subtree(n, child_path) for n in nodes)):
+            self.rejections.reject("bad node list", topic, "nodes must be distinct selected members of the child group")
+            return
+        if nodes:
+            try:
+                check_weights(self.tm.model, env.tensors)
+            except ValueError as exc:
+                self.rejections.reject("wrong shape or dtype", topic, str(exc))
+                return
+        elif env.tensors:
+            self.rejections.reject("bad node list", topic, "tensors without contributing nodes")
+            return
+        r.reported.add(child)
+        r.nodes.extend(nodes)
+        r.sums.add_sums(env.tensors, env.samples)
+        r.metrics.merge_wire({k: v for k, v in env.metrics.items() if k != "bytes_up"})
+        r.bytes_up += len(payload) + env.metrics.get("bytes_up", 0.0)
+        self._maybe_close()
+
+    # --- closing -----------------------------------------------------------------------------------
+
+    def _maybe_close(self) -> None:
+        r = self.current
+        if r is not None and r.direct <= (r.answered | r.dropped) and r.children <= r.reported:
+            self._close("all in")
+
+    def _close(self, why: str) -> None:
+        r = self.current
+        assert r is not None
+        self.current = None
+        result = GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up)
+        self.log.info("round %d: closing (%s) with %d of %d nodes", r.ctl.round, why, len(r.nodes), len(r.ctl.selected))
+        if self.is_root:
+            assert self.on_root_close is not None
+            self.on_root_close(r.ctl, result)
+            return
+        metrics = r.metrics.to_wire()
+        metrics["bytes_up"] = r.bytes_up
+        env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=r.ctl.round, attempt=r.ctl.attempt,
+                       sender=self.group.name, model_version=r.ctl.model_version,
+                       tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics, meta={"nodes": r.nodes})
+        parent = self.group.path[:-1]
+        self.publish(self.topics.partial(parent, self.group.name), encode(env), False)

@@ -1,0 +1,184 @@
+"""The root's round driver: pick online nodes, start the round, apply the root's sums when it closes
+(if the quorum is met), evaluate, checkpoint, publish the new model and the metrics; retry or stop
+when the quorum is missed, as the topic map says.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from fedmq.coordinator import checkpoint
+from fedmq.coordinator.group import GroupAggregator, GroupResult
+from fedmq.coordinator.presence import Presence
+from fedmq.coordinator.rejections import Rejections
+from fedmq.shared.data import open_source
+from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.messages import Control, TrainParams, encode_metrics
+from fedmq.shared.models import Weights, evaluate, initial_weights
+from fedmq.shared.topicmap import TopicMap
+from fedmq.shared.topics import Topics
+
+Publish = Callable[[str, bytes, bool], None]
+
+
+class FederationFailed(RuntimeError):
+    """The federation cannot go on (no quorum after the allowed retries, too few nodes online)."""
+
+
+def select_nodes(online: List[str], tm: TopicMap, rng: np.random.Generator) -> List[str]:
+    """A random sample of the online nodes: ``fraction`` of them, clamped to [min_nodes, max_nodes]."""
+    p = tm.policy
+    k = max(p.min_nodes, math.ceil(p.fraction * len(online) - 1e-9))
+    if p.max_nodes is not None:
+        k = min(k, p.max_nodes)
+    k = min(k, len(online))
+    return sorted(rng.choice(sorted(online), size=k, replace=False).tolist())
+
+
+class RoundDriver:
+    """Runs the federation's rounds from the root group."""
+
+    def __init__(self, tm: TopicMap, root: GroupAggregator, presence: Presence, publish: Publish,
+                 rejections: Rejections, *, fresh: bool = False,
+                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None, log: Optional[logging.Logger] = None) -> None:
+        self.tm = tm
+        self.root = root
+        self.presence = presence
+        self.publish = publish
+        self.rejections = rejections
+        self.on_round = on_round
+        self.log = log or logging.getLogger("fedmq.rounds")
+        self.topics = Topics(tm.federation)
+        self.weights: Weights = initial_weights(tm.model)
+        self.state = checkpoint.RoundState()
+        self.eval_data = open_source(tm.evaluation).load() if tm.evaluation else None
+        if tm.checkpoint_dir and not fresh:
+            loaded = checkpoint.load(tm.checkpoint_dir, tm.federation, tm.model)
+            if loaded:
+                self.weights, self.state = loaded
+                self.log.warning("resuming from checkpoint %s: %d rounds done, model version %d",
+                                 tm.checkpoint_dir, self.state.rounds_done, self.state.model_version)
+        self.attempt_count = 0
+        self.waiting_since = time.monotonic()
+        self.last_wait_log = 0.0
+        self.round_started = 0.0
+        self.selected: List[str] = []
+        self.finished = False
+        self.bytes_model = 0
+        root.on_root_close = self._on_root_close
+
+    @property
+    def next_round(self) -> int:
+        """Number of the round to run next (1-based)."""
+        return self.state.rounds_done + 1
+
+    def begin(self) -> None:
+        """Publish the current global model (retained); rounds start once enough nodes are online."""
+        self._publish_model()
+        if self.state.rounds_done >= self.tm.policy.rounds:
+            self.log.warning("all %d rounds are already done", self.tm.policy.rounds)
+            self._finish()
+
+    def _publish_model(self) -> None:
+        env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
+                       model_version=self.state.model_version, tensors=self.weights, meta={"model": self.tm.model.to_meta()})
+        payload = encode(env)
+        self.bytes_model = len(payload)
+        self.publish(self.topics.model(), payload, True)
+
+    def tick(self, now: float) -> None:
+        """Start the next round when no round is open and enough nodes are online."""
+        if self.finished or self.root.current is not None:
+            return
+        online = self.presence.online()
+        p = self.tm.policy
+        waited = time.monotonic() - self.waiting_since
+        everyone = not self.tm.root.has_patterns and len(online) >= len(self.tm.root.named_nodes())
+        first = self.state.rounds_done == 0 and self.attempt_count == 0
+        ready = len(online) >= p.min_nodes and (everyone or not first or waited >= min(p.wait_for_nodes_s, 10.0))
+        if ready:
+            self._start(online)
+        elif waited >= p.wait_for_nodes_s and len(online) < p.min_nodes:
+            raise FederationFailed(f"only {len(online)} of the {p.min_nodes} nodes needed (rounds.min_nodes) came online "
+                                   f"within {p.wait_for_nodes_s:.0f}s (rounds.wait_for_nodes_s); check that the nodes run "
+                                   f"and reach {self.tm.broker.host}:{self.tm.broker.port}")
+        elif time.monotonic() - self.last_wait_log > 5:
+            self.last_wait_log = time.monotonic()
+            self.log.warning("waiting for nodes: %d online, %d needed", len(online), p.min_nodes)
+
+    def _start(self, online: List[str]) -> None:
+        p = self.tm.policy
+        self.attempt_count += 1
+        rng = np.random.default_rng([p.seed, self.next_round, self.attempt_count])
+        self.selected = select_nodes(online, self.tm, rng)
+        attempt = int(time.time() * 1000)  # unique per start, also across coordinator restarts
+        ctl = Control(type="start", round=self.next_round, attempt=attempt, model_version=self.state.model_version,
+                      deadline_at=time.time() + p.deadline_s, selected=self.selected,
+                      train=TrainParams(p.local_epochs, p.batch_size, p.learning_rate))
+        self.round_started = time.monotonic()
+        self.rejections.take_round()
+        self.log.info("round %d: started with %d of %d online nodes", ctl.round, len(self.selected), len(online))
+        self.root.start(ctl)
+
+    def _on_root_close(self, ctl: Control, result: GroupResult) -> None:
+        p = self.tm.policy
+        needed = p.quorum_count(len(ctl.selected))
+        if len(result.nodes) >= needed and result.sums.weight > 0:
+            self.weights = result.sums.mean()
+            self.state.rounds_done = ctl.round
+            self.state.model_version += 1
+            self.attempt_count = 0
+            summary = self._summary(ctl, result)
+            self.state.history.append(summary)
+            self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
+                                                          outcome="applied").encode(), True)
+            if self.tm.checkpoint_dir:
+                checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
+            self._publish_model()
+            self.publish(self.topics.metrics(), encode_metrics(summary), True)
+            if self.on_round:
+                self.on_round(summary)
+            if self.state.rounds_done >= p.rounds:
+                self._finish()
+        else:
+            retry = p.on_quorum_failure == "retry" and self.attempt_count <= p.max_retries
+            self.log.warning("round %d: %d of %d selected nodes answered, quorum is %d: %s", ctl.round, len(result.nodes),
+                             len(ctl.selected), needed, "retrying" if retry else "giving up")
+            self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
+                                                          outcome="retry" if retry else "failed").encode(), True)
+            if not retry:
+                raise FederationFailed(
+                    f"round {ctl.round}: quorum not met ({len(result.nodes)} of {needed} needed) after "
+                    f"{self.attempt_count} attempt(s); raise rounds.deadline_s or lower rounds.quorum, or set "
+                    "rounds.on_quorum_failure: retry")
+        self.waiting_since = time.monotonic()
+
+    def _summary(self, ctl: Control, result: GroupResult) -> Dict[str, Any]:
+        node = result.metrics.means()
+        summary: Dict[str, Any] = {
+            "round": ctl.round, "model_version": self.state.model_version, "selected": len(ctl.selected),
+            "updates": len(result.nodes), "node_loss": node.get("eval_loss"), "node_accuracy": node.get("eval_accuracy"),
+            "train_loss": node.get("train_loss"),
+            "bytes_up": int(result.bytes_up),
+            "bytes_down": int(result.metrics.sums.get("bytes_down", 0.0)),
+            "seconds": round(time.monotonic() - self.round_started, 4),
+            "rejected": self.rejections.take_round(),
+        }
+        if self.eval_data is not None:
+            server = evaluate(self.tm.model, self.weights, *self.eval_data)
+            summary["loss"] = server["loss"]
+            summary["accuracy"] = server.get("accuracy", server.get("r2"))
+        else:
+            summary["loss"] = summary["node_loss"]
+            summary["accuracy"] = summary["node_accuracy"]
+        self.log.info("round %d applied: %d updates, accuracy %s", ctl.round, len(result.nodes), summary["accuracy"])
+        return {k: v for k, v in summary.items() if v is not None}
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.publish(self.topics.control(()), Control(type="done", round=self.state.rounds_done).encode(), True)

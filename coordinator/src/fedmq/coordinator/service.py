@@ -1,0 +1,127 @@
+"""A coordinator process: one MQTT link, the group aggregators it serves, and (at the root) the
+round driver. ``fedmq coordinator run`` serves the root and every group outside edge subtrees;
+``fedmq coordinator edge --group PATH`` serves one edge subtree with the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+from fedmq.coordinator.group import GroupAggregator
+from fedmq.coordinator.presence import Presence
+from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.rounds import RoundDriver
+from fedmq.coordinator.tree import Membership, served_groups
+from fedmq.shared.messages import Control, MessageError
+from fedmq.shared.mqtt import Message, MqttLink
+from fedmq.shared.topicmap import TopicMap
+from fedmq.shared.topicmap.model import GroupPath
+from fedmq.shared.topics import Topics
+
+log = logging.getLogger("fedmq.coordinator")
+
+
+class CoordinatorService:
+    """Serves the root (``edge=None``) or one edge subtree of a federation until stopped or finished."""
+
+    def __init__(self, tm: TopicMap, *, edge: Optional[GroupPath] = None, fresh: bool = False,
+                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+        self.tm = tm
+        self.topics = Topics(tm.federation)
+        self.rejections = Rejections(log)
+        self.membership = Membership(tm)
+        self.presence = Presence(self.membership, self.rejections)
+        self.stopping = threading.Event()
+        name = "root" if edge is None else "edge-" + "-".join(edge)
+        self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
+                             max_packet_bytes=tm.limits.max_message_bytes + 1024, log=log)
+        self.groups: Dict[GroupPath, GroupAggregator] = {
+            g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections)
+            for g in served_groups(tm, edge)}
+        self.driver: Optional[RoundDriver] = None
+        if edge is None:
+            self.driver = RoundDriver(tm, self.groups[()], self.presence, self._publish, self.rejections,
+                                      fresh=fresh, on_round=on_round)
+        status_groups = tm.groups() if edge is None else self.groups
+        for path in self.groups:
+            self.link.subscribe(f"{self.topics.group(path)}/_update/+")
+            self.link.subscribe(f"{self.topics.group(path)}/_partial/+")
+            if path:
+                self.link.subscribe(self.topics.control(path[:-1]))
+        for path in status_groups:
+            self.link.subscribe(f"{self.topics.group(path)}/_status/+")
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        self.link.publish(topic, payload, retain=retain)
+
+    @property
+    def finished(self) -> bool:
+        """True once the root has applied every round."""
+        return self.driver is not None and self.driver.finished
+
+    def run(self, *, until_finished: bool = True) -> None:
+        """Connect and serve; the root returns once all rounds are applied (when ``until_finished``)."""
+        if not self.link.start(wait_s=30):
+            log.warning("broker %s:%d not reachable yet; retrying in the background", self.tm.broker.host, self.tm.broker.port)
+            self.link.connected.wait()
+        if self.driver is not None:
+            self.driver.begin()
+        try:
+            while not self.stopping.is_set() and not (until_finished and self.finished):
+                msg = self.link.get(timeout=self._timeout())
+                if msg is not None:
+                    self.dispatch(msg)
+                now = time.time()
+                for agg in self.groups.values():
+                    agg.tick(now)
+                if self.driver is not None and self.link.connected.is_set():
+                    self.driver.tick(now)
+        finally:
+            self.link.stop()
+
+    def stop(self) -> None:
+        """Ask ``run`` to return."""
+        self.stopping.set()
+
+    def _timeout(self) -> float:
+        deadlines = [d for d in (a.next_deadline() for a in self.groups.values()) if d is not None]
+        if not deadlines:
+            return 0.1
+        return min(0.1, max(0.0, min(deadlines) - time.time()))
+
+    def dispatch(self, msg: Message) -> None:
+        """Route one message to the aggregator or the presence table it concerns."""
+        t = self.topics
+        parsed = t.parse_last(msg.topic, "update")
+        if parsed and parsed[0] in self.groups:
+            self.groups[parsed[0]].on_update(parsed[1], msg.payload, msg.topic)
+            return
+        parsed = t.parse_last(msg.topic, "partial")
+        if parsed and parsed[0] in self.groups:
+            self.groups[parsed[0]].on_partial(parsed[1], msg.payload, msg.topic)
+            return
+        parsed = t.parse_last(msg.topic, "status")
+        if parsed:
+            state = self.presence.on_status(parsed[0], parsed[1], msg.payload, msg.topic)
+            if state == "offline" and parsed[0] in self.groups:
+                self.groups[parsed[0]].node_offline(parsed[1])
+            return
+        if msg.topic.endswith("/_control"):
+            self._on_parent_control(msg)
+
+    def _on_parent_control(self, msg: Message) -> None:
+        parent = tuple(msg.topic[len(self.topics.base) + 1 : -len("/_control")].split("/")) if msg.topic != self.topics.control(()) else ()
+        try:
+            ctl = Control.decode(msg.payload)
+        except MessageError as exc:
+            self.rejections.reject("malformed control", msg.topic, str(exc))
+            return
+        for path, agg in self.groups.items():
+            if path and path[:-1] == parent:
+                if ctl.type == "start":
+                    agg.start(ctl)
+                else:
+                    agg.relay_close(ctl)

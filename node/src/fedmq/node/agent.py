@@ -1,0 +1,143 @@
+"""The node's main loop: announce, wait for rounds that select it, train, publish the update.
+
+Data path: model topic (retained envelope) -> ``_on_model`` -> trainer weights;
+control topic (round start) -> ``_on_control`` -> ``_train_if_ready`` -> update envelope -> update topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from typing import Optional, Set, Tuple
+
+import numpy as np
+
+from fedmq.node.config import NodeConfig
+from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
+from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+from fedmq.shared.messages import Control, MessageError, Status
+from fedmq.shared.models import Weights, check_weights, spec_from_meta
+from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
+from fedmq.shared.topicmap import ModelSpec
+from fedmq.shared.topics import Topics
+
+
+class NodeAgent:
+    """One federated node: holds its data, its trainer and its MQTT link."""
+
+    def __init__(self, cfg: NodeConfig, x: np.ndarray, y: np.ndarray, *, log: Optional[logging.Logger] = None) -> None:
+        self.cfg = cfg
+        self.x, self.y = x, y
+        self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
+        self.topics = Topics(cfg.federation)
+        self.status_topic = self.topics.status(cfg.group, cfg.node_id)
+        self.trainer: Optional[Trainer] = None
+        self.spec: Optional[ModelSpec] = None
+        self.model: Optional[Tuple[int, Weights]] = None
+        self.pending: Optional[Control] = None
+        self.answered: Set[Tuple[int, int]] = set()
+        self.rounds_done = 0
+        self.finished = threading.Event()
+        self.stopping = threading.Event()
+        self.rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode())])
+        self._bytes_in_reported = 0
+        online = Status(cfg.node_id, "online", samples=len(x), trainer=cfg.trainer).encode()
+        self.link = MqttLink(
+            f"fedmq-{cfg.federation}-{cfg.node_id}", cfg.broker,
+            will=(self.status_topic, Status(cfg.node_id, "offline").encode()),
+            birth=(self.status_topic, online), max_packet_bytes=cfg.max_message_bytes, log=self.log)
+        self.link.subscribe(self.topics.model())
+        self.link.subscribe(self.topics.control(cfg.group))
+
+    def run(self, *, exit_when_done: bool = False) -> None:
+        """Connect (retrying with backoff) and serve rounds until stopped or, optionally, the federation is done."""
+        self.log.info("node %s in group %s: %d samples; connecting to %s:%d", self.cfg.node_id,
+                      "/".join(self.cfg.group) or "(root)", len(self.x), self.cfg.broker.host, self.cfg.broker.port)
+        self.link.start(wait_s=None)
+        try:
+            while not self.stopping.is_set() and not (exit_when_done and self.finished.is_set()):
+                msg = self.link.get(timeout=0.5)
+                if msg is not None:
+                    self.handle(msg)
+        finally:
+            self.link.stop(final=(self.status_topic, Status(self.cfg.node_id, "offline").encode()))
+
+    def stop(self) -> None:
+        """Ask ``run`` to return."""
+        self.stopping.set()
+
+    def handle(self, msg: Message) -> None:
+        """Dispatch one message; anything invalid is logged and dropped, never raised."""
+        try:
+            if msg.topic == self.topics.model():
+                self._on_model(msg.payload)
+            else:
+                self._on_control(Control.decode(msg.payload))
+        except (EnvelopeError, MessageError, ValueError) as exc:
+            self.log.warning("rejected message on %s: %s", msg.topic, exc)
+        except TrainerUnavailable as exc:
+            self.log.error("cannot train this model here: %s", exc)
+
+    def _on_model(self, payload: bytes) -> None:
+        env = decode(payload, max_bytes=self.cfg.max_message_bytes)
+        if env.kind != Kind.MODEL or env.federation != self.cfg.federation:
+            raise ValueError(f"not a model of federation {self.cfg.federation!r}")
+        spec = spec_from_meta(env.meta.get("model"))
+        check_weights(spec, env.tensors)
+        if spec != self.spec:
+            self.trainer = make_trainer(self.cfg.trainer, spec)
+            self.spec = spec
+            self.log.info("model: %s with %d features, trainer %s", spec.kind, spec.features, self.trainer.name)
+        self.model = (env.model_version, env.tensors)
+        self._train_if_ready()
+
+    def _on_control(self, ctl: Control) -> None:
+        if ctl.type == "done":
+            self.log.info("federation finished after round %d", ctl.round)
+            self.finished.set()
+            return
+        if ctl.type == "close":
+            if self.pending and (self.pending.round, self.pending.attempt) == (ctl.round, ctl.attempt):
+                self.pending = None
+            return
+        self.finished.clear()
+        if self.cfg.node_id not in ctl.selected or (ctl.round, ctl.attempt) in self.answered:
+            return
+        if ctl.deadline_at < time.time():
+            self.log.info("round %d: start arrived after its deadline; skipping", ctl.round)
+            return
+        self.pending = ctl
+        self._train_if_ready()
+
+    def _train_if_ready(self) -> None:
+        ctl = self.pending
+        if ctl is None or self.model is None or self.trainer is None or self.model[0] != ctl.model_version:
+            return  # wait for the model version the round names
+        self.pending = None
+        t0 = time.perf_counter()
+        self.trainer.set_weights(self.model[1])
+        before = self.trainer.evaluate(self.x, self.y)
+        train = self.trainer.fit(self.x, self.y, ctl.train, self.rng)
+        weights = self.trainer.get_weights()
+        if not all(np.isfinite(w).all() for w in weights.values()):
+            self.log.error("round %d: training diverged (NaN/Inf); not sending an update", ctl.round)
+            return
+        metrics = {f"eval_{k}": v for k, v in before.items()}
+        metrics.update(train)
+        metrics["train_seconds"] = time.perf_counter() - t0
+        metrics["bytes_in"] = float(self.link.bytes_in - self._bytes_in_reported)  # model + control since last update
+        self._bytes_in_reported = self.link.bytes_in
+        env = Envelope(kind=Kind.UPDATE, federation=self.cfg.federation, round=ctl.round, attempt=ctl.attempt,
+                       sender=self.cfg.node_id, model_version=ctl.model_version, tensors=weights,
+                       samples=len(self.x), metrics=metrics)
+        try:
+            self.link.publish(self.topics.update(self.cfg.group, self.cfg.node_id), encode(env))
+        except PayloadTooLarge as exc:
+            self.log.error("round %d: %s", ctl.round, exc)
+            return
+        self.answered.add((ctl.round, ctl.attempt))
+        self.rounds_done += 1
+        self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
+                      metrics["train_seconds"], train.get("train_loss", float("nan")))

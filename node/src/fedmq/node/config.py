@@ -1,0 +1,62 @@
+"""A node's YAML configuration (see docs/topic-map.md, section "Node configuration")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from fedmq.shared.topicmap import BrokerSettings, DataRef, Limits
+from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref
+from fedmq.shared.topicmap.reader import load_file
+from fedmq.shared.topics import level_problem
+
+TRAINERS = ("auto", "numpy", "sklearn")
+NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Who the node is, where the broker is, where its data is and which trainer it uses."""
+
+    file: str
+    node_id: str
+    federation: str
+    group: Tuple[str, ...]
+    broker: BrokerSettings
+    data: DataRef
+    trainer: str = "auto"
+    max_message_bytes: int = Limits.max_message_bytes
+    seed: int = 0
+
+
+def _group_problem(v: object) -> Optional[str]:
+    if not isinstance(v, str):
+        return "must be a string"
+    for level in v.split("/") if v else []:
+        problem = level_problem(level)
+        if problem:
+            return f"level {level!r} {problem}"
+    return None
+
+
+def load_node_config(file: str) -> NodeConfig:
+    """Read and validate a node configuration; raise TopicMapError listing every issue."""
+    data, r = load_file(file)
+    m = r.mapping(data, "", 1, NODE_KEYS, required=("node_id", "federation", "data"))
+    if m is None:
+        r.raise_if_any()
+    node_id = r.value(m, "node_id", "", str, "", check=level_problem, fix=LEVEL_FIX)
+    federation = r.value(m, "federation", "", str, "", check=level_problem, fix=LEVEL_FIX)
+    group = r.value(m, "group", "", str, "", check=_group_problem,
+                    fix="a slash-separated group path from the topic map, e.g. home1/kitchen ('' for the root)")
+    base = os.path.dirname(os.path.abspath(file))
+    broker = read_broker(r, m.get("broker"), "broker", r.line_of(m, "broker"), base)
+    data_ref = read_data_ref(r, m.get("data"), "data", r.line_of(m, "data"), base)
+    trainer = r.value(m, "trainer", "", str, "auto", choices=TRAINERS)
+    max_bytes = r.value(m, "max_message_bytes", "", int, Limits.max_message_bytes, minimum=1024)
+    seed = r.value(m, "seed", "", int, 0, minimum=0)
+    r.raise_if_any()
+    return NodeConfig(file=file, node_id=node_id, federation=federation,
+                      group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
+                      trainer=trainer, max_message_bytes=max_bytes, seed=seed)

@@ -1,0 +1,69 @@
+"""The ``fedmq`` command. Each installed distribution adds its subcommands through the
+``fedmq.commands`` entry-point group: a gateway with only fedmq-shared and fedmq-node gets
+``fedmq node ...`` and ``fedmq validate``, nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+from typing import List, Optional
+
+from fedmq.shared import __version__
+from fedmq.shared.topicmap import TopicMapError
+
+EXIT_CONFIG = 2
+
+
+def _commands() -> list:
+    eps = entry_points()
+    group = eps.select(group="fedmq.commands") if hasattr(eps, "select") else eps.get("fedmq.commands", [])
+    return sorted(group, key=lambda ep: ep.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every installed subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="fedmq", description="Federated learning for IoT fleets over MQTT.",
+        epilog="Run 'fedmq COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"fedmq {__version__} (protocol v1)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for ep in _commands():
+        try:
+            register = ep.load()
+        except ImportError as exc:  # a half-installed distribution must not take the others down
+            print(f"fedmq: skipping command {ep.name!r}: {exc}", file=sys.stderr)
+            continue
+        register(sub)
+    return parser
+
+
+def setup_logging(verbosity: int) -> None:
+    """Log lines to stderr with time, level and component."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``fedmq`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else EXIT_CONFIG
+    setup_logging(args.verbose + getattr(args, "default_verbosity", 0))
+    try:
+        return int(args.func(args) or 0)
+    except TopicMapError as exc:
+        print(f"fedmq: configuration error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("fedmq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

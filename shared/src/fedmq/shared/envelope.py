@@ -1,0 +1,232 @@
+"""Protocol v1 binary envelope: the payload format for models, updates and partial aggregates.
+
+Layout (all integers little-endian; see docs/protocol.md for the normative text)::
+
+    offset  size  field
+    0       4     magic b"FDMQ"
+    4       1     version (1)
+    5       1     kind (1 model, 2 update, 3 partial aggregate)
+    6       2     flags (0; reserved)
+    8       4     header_len  (bytes of the UTF-8 JSON header)
+    12      8     body_len    (bytes of tensor data)
+    20      H     header: a JSON object (see ``Envelope`` fields)
+    20+H    B     body: every tensor's raw little-endian C-order bytes, in header order, no padding
+    20+H+B  4     CRC-32 (IEEE, as zlib.crc32) of every byte before it
+
+Nothing is unpickled or evaluated. Sizes are checked against the message length and the
+configured limits before any array is created; arrays are read-only views of the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+MAGIC = b"FDMQ"
+VERSION = 1
+PREFIX = struct.Struct("<4sBBHIQ")
+PREFIX_LEN = PREFIX.size  # 20
+CRC_LEN = 4
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 4096
+MAX_NDIM = 8
+MAX_NAME_LEN = 128
+
+# Wire dtype names -> numpy little-endian dtypes. Only these may appear on the wire.
+DTYPES: Dict[str, np.dtype] = {
+    "f2": np.dtype("<f2"),
+    "f4": np.dtype("<f4"),
+    "f8": np.dtype("<f8"),
+    "i1": np.dtype("i1"),
+    "u1": np.dtype("u1"),
+    "i4": np.dtype("<i4"),
+    "i8": np.dtype("<i8"),
+}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+HEADER_FIELDS = {
+    "federation", "round", "attempt", "sender", "model_version", "codec",
+    "tensors", "samples", "metrics", "meta",
+}
+
+
+class Kind(enum.IntEnum):
+    """What an envelope carries."""
+
+    MODEL = 1
+    UPDATE = 2
+    PARTIAL = 3
+
+
+class EnvelopeError(ValueError):
+    """A payload that is not a valid protocol v1 envelope; the message says why."""
+
+
+@dataclass
+class Envelope:
+    """A decoded (or to-be-encoded) protocol v1 message.
+
+    ``samples`` is the sample count of an update, or the total weight of a partial aggregate.
+    ``metrics`` holds finite numbers only; ``meta`` is a small JSON object (model spec, node lists).
+    """
+
+    kind: Kind
+    federation: str
+    round: int
+    sender: str
+    model_version: int
+    tensors: Dict[str, np.ndarray]
+    samples: float = 0
+    attempt: int = 0
+    codec: str = "raw"
+    metrics: Dict[str, float] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def encode(env: Envelope) -> bytes:
+    """Serialise an envelope; tensors are written in insertion order as little-endian C-order bytes."""
+    specs = []
+    chunks = []
+    for name, arr in env.tensors.items():
+        a = np.asarray(arr)
+        wire = _DTYPE_NAMES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
+        if wire is None:
+            raise EnvelopeError(f"tensor {name!r}: dtype {a.dtype} is not allowed on the wire")
+        a = np.ascontiguousarray(a, dtype=DTYPES[wire])
+        specs.append({"name": name, "dtype": wire, "shape": list(a.shape)})
+        chunks.append(a.tobytes())
+    header = {
+        "federation": env.federation,
+        "round": int(env.round),
+        "attempt": int(env.attempt),
+        "sender": env.sender,
+        "model_version": int(env.model_version),
+        "codec": env.codec,
+        "tensors": specs,
+        "samples": env.samples,
+        "metrics": {k: float(v) for k, v in env.metrics.items()},
+        "meta": env.meta,
+    }
+    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    body = b"".join(chunks)
+    head = PREFIX.pack(MAGIC, VERSION, int(env.kind), 0, len(hbytes), len(body))
+    msg = head + hbytes + body
+    return msg + struct.pack("<I", zlib.crc32(msg) & 0xFFFFFFFF)
+
+
+def _reject_duplicates(pairs: list) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise EnvelopeError(f"header: duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> None:
+    raise EnvelopeError(f"header: {name} is not allowed in JSON")
+
+
+def _expect(cond: bool, msg: str) -> None:
+    if not cond:
+        raise EnvelopeError(msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _check_text(v: Any, what: str, max_len: int = 256) -> str:
+    _expect(isinstance(v, str) and 0 < len(v) <= max_len, f"header: {what} must be a non-empty string of at most {max_len} characters")
+    return v
+
+
+def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool = True) -> Envelope:
+    """Parse and validate one envelope.
+
+    Raises ``EnvelopeError`` (with the reason) for anything malformed: wrong magic or version,
+    truncation, sizes that do not add up, a bad checksum, unknown dtypes, NaN or Inf
+    (``require_finite``), or a message over ``max_bytes``.
+    """
+    n = len(data)
+    if max_bytes is not None and n > max_bytes:
+        raise EnvelopeError(f"message is {n} bytes, over the limit of {max_bytes}")
+    _expect(n >= PREFIX_LEN + CRC_LEN, f"truncated: {n} bytes is shorter than the fixed {PREFIX_LEN + CRC_LEN}")
+    magic, version, kind, flags, hlen, blen = PREFIX.unpack_from(data, 0)
+    _expect(magic == MAGIC, f"wrong magic {magic!r} (expected {MAGIC!r})")
+    _expect(version == VERSION, f"unsupported envelope version {version} (this side speaks {VERSION})")
+    _expect(kind in Kind._value2member_map_, f"unknown kind {kind}")
+    _expect(flags == 0, f"unknown flags 0x{flags:04x}")
+    _expect(hlen <= MAX_HEADER_BYTES, f"header claims {hlen} bytes, over the {MAX_HEADER_BYTES} limit")
+    expected = PREFIX_LEN + hlen + blen + CRC_LEN
+    _expect(expected == n, f"length mismatch: header says {expected} bytes in all, message has {n}")
+    (crc,) = struct.unpack_from("<I", data, n - CRC_LEN)
+    _expect(zlib.crc32(memoryview(data)[: n - CRC_LEN]) & 0xFFFFFFFF == crc, "checksum mismatch (corrupted message)")
+    try:
+        header = json.loads(
+            bytes(data[PREFIX_LEN : PREFIX_LEN + hlen]).decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EnvelopeError(f"header is not UTF-8 JSON: {exc}") from None
+    _expect(isinstance(header, dict), "header must be a JSON object")
+    unknown = set(header) - HEADER_FIELDS
+    _expect(not unknown, f"header: unknown fields {sorted(unknown)}")
+    fed = _check_text(header.get("federation"), "federation")
+    sender = _check_text(header.get("sender"), "sender")
+    rnd, attempt, mver = header.get("round"), header.get("attempt", 0), header.get("model_version")
+    for what, v in (("round", rnd), ("attempt", attempt), ("model_version", mver)):
+        _expect(_is_int(v) and 0 <= v < 2**53, f"header: {what} must be a non-negative integer")
+    codec = header.get("codec", "raw")
+    _expect(codec == "raw", f"header: unknown codec {codec!r} (v1 knows 'raw')")
+    samples = header.get("samples", 0)
+    _expect(_is_num(samples) and 0 <= samples < 2**53, "header: samples must be a finite number >= 0")
+    metrics = header.get("metrics", {})
+    _expect(isinstance(metrics, dict) and len(metrics) <= 256, "header: metrics must be an object of at most 256 entries")
+    for k, v in metrics.items():
+        _expect(_is_num(v), f"header: metric {k!r} must be a finite number")
+    meta = header.get("meta", {})
+    _expect(isinstance(meta, dict), "header: meta must be an object")
+    specs = header.get("tensors")
+    _expect(isinstance(specs, list) and len(specs) <= MAX_TENSORS, f"header: tensors must be a list of at most {MAX_TENSORS}")
+    tensors: Dict[str, np.ndarray] = {}
+    offset = PREFIX_LEN + hlen
+    end = offset + blen
+    for i, spec in enumerate(specs):
+        _expect(isinstance(spec, dict) and set(spec) == {"name", "dtype", "shape"}, f"tensor #{i}: needs exactly name, dtype, shape")
+        name = _check_text(spec["name"], f"tensor #{i} name", MAX_NAME_LEN)
+        _expect(name not in tensors, f"tensor {name!r} appears twice")
+        dt = DTYPES.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
+        _expect(dt is not None, f"tensor {name!r}: unknown dtype {spec['dtype']!r}")
+        shape = spec["shape"]
+        _expect(isinstance(shape, list) and len(shape) <= MAX_NDIM, f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} dimensions")
+        count = 1
+        for d in shape:
+            _expect(_is_int(d) and 0 <= d, f"tensor {name!r}: bad dimension {d!r}")
+            count *= d
+            # Python ints do not overflow, but stop as soon as the claim exceeds the body.
+            _expect(count * dt.itemsize <= end - offset, f"tensor {name!r}: shape {shape} needs more bytes than the body holds")
+        nbytes = count * dt.itemsize
+        arr = np.frombuffer(data, dtype=dt, count=count, offset=offset).reshape(shape)
+        if require_finite and dt.kind == "f" and count and not np.isfinite(arr).all():
+            raise EnvelopeError(f"tensor {name!r} contains NaN or Inf")
+        tensors[name] = arr
+        offset += nbytes
+    _expect(offset == end, f"body has {end - offset} bytes not described by any tensor")
+    return Envelope(
+        kind=Kind(kind), federation=fed, round=rnd, attempt=attempt, sender=sender,
+        model_version=mver, tensors=tensors, samples=samples, codec=codec,
+        metrics={k: float(v) for k, v in metrics.items()}, meta=meta,
+    )
+

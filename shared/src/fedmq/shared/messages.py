@@ -1,0 +1,168 @@
+"""Protocol v1 JSON messages: round control, node status and round metrics.
+
+Every message is a UTF-8 JSON object with ``"v": 1``. Decoders validate every field and raise
+``MessageError`` with the reason; nothing else is trusted. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+MAX_JSON_BYTES = 1 << 20
+
+
+class MessageError(ValueError):
+    """A JSON message that does not follow protocol v1."""
+
+
+def _load(payload: bytes) -> Dict[str, Any]:
+    if len(payload) > MAX_JSON_BYTES:
+        raise MessageError(f"message is {len(payload)} bytes, over {MAX_JSON_BYTES}")
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MessageError(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MessageError("must be a JSON object")
+    if obj.get("v") != 1:
+        raise MessageError(f"unsupported message version {obj.get('v')!r} (expected 1)")
+    return obj
+
+
+def _no_constant(name: str) -> None:
+    raise MessageError(f"{name} is not allowed")
+
+
+def _dump(obj: Dict[str, Any]) -> bytes:
+    return json.dumps({"v": 1, **obj}, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _int(obj: Dict[str, Any], key: str, minimum: int = 0) -> int:
+    v = obj.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise MessageError(f"{key} must be an integer >= {minimum}")
+    return v
+
+
+def _num(obj: Dict[str, Any], key: str, minimum: float = 0.0) -> float:
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < minimum:
+        raise MessageError(f"{key} must be a finite number >= {minimum}")
+    return float(v)
+
+
+def _str(obj: Dict[str, Any], key: str) -> str:
+    v = obj.get(key)
+    if not isinstance(v, str) or not v or len(v) > 256:
+        raise MessageError(f"{key} must be a non-empty string")
+    return v
+
+
+@dataclass
+class TrainParams:
+    """Local training hyperparameters sent with every round start."""
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+
+
+@dataclass
+class Control:
+    """Round control. ``type`` is ``start``, ``close`` or ``done``.
+
+    start: ``round``, ``attempt``, ``model_version``, ``deadline_at`` (Unix time, seconds),
+    ``selected`` (node ids in this group's subtree) and ``train``.
+    close: ``round``, ``attempt``, ``outcome`` (``applied``, ``retry`` or ``failed``).
+    done: ``round`` (the last round applied); the federation is finished.
+    """
+
+    type: str
+    round: int
+    attempt: int = 0
+    model_version: int = 0
+    deadline_at: float = 0.0
+    selected: List[str] = field(default_factory=list)
+    train: Optional[TrainParams] = None
+    outcome: str = ""
+
+    def encode(self) -> bytes:
+        """JSON bytes of this message."""
+        d = asdict(self)
+        if self.type != "start":
+            for k in ("model_version", "deadline_at", "selected", "train"):
+                d.pop(k)
+        if self.type != "close":
+            d.pop("outcome")
+        return _dump(d)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Control":
+        """Parse and validate a control message."""
+        obj = _load(payload)
+        kind = obj.get("type")
+        if kind not in ("start", "close", "done"):
+            raise MessageError(f"type must be start, close or done, not {kind!r}")
+        msg = cls(type=kind, round=_int(obj, "round"), attempt=_int(obj, "attempt") if "attempt" in obj else 0)
+        if kind == "start":
+            msg.model_version = _int(obj, "model_version")
+            msg.deadline_at = _num(obj, "deadline_at")
+            sel = obj.get("selected")
+            if not isinstance(sel, list) or not all(isinstance(s, str) and s for s in sel):
+                raise MessageError("selected must be a list of node ids")
+            msg.selected = sel
+            train = obj.get("train")
+            if not isinstance(train, dict):
+                raise MessageError("train must be an object")
+            msg.train = TrainParams(
+                local_epochs=_int(train, "local_epochs", 1),
+                batch_size=_int(train, "batch_size", 1),
+                learning_rate=_num(train, "learning_rate"),
+            )
+        elif kind == "close":
+            outcome = obj.get("outcome")
+            if outcome not in ("applied", "retry", "failed"):
+                raise MessageError("outcome must be applied, retry or failed")
+            msg.outcome = outcome
+        return msg
+
+
+@dataclass
+class Status:
+    """A node's presence: ``state`` is ``online`` or ``offline`` (the last will)."""
+
+    node: str
+    state: str
+    samples: int = 0
+    trainer: str = ""
+
+    def encode(self) -> bytes:
+        """JSON bytes of this message."""
+        return _dump(asdict(self))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Status":
+        """Parse and validate a status message."""
+        obj = _load(payload)
+        state = obj.get("state")
+        if state not in ("online", "offline"):
+            raise MessageError("state must be online or offline")
+        trainer = obj.get("trainer", "")
+        if not isinstance(trainer, str):
+            raise MessageError("trainer must be a string")
+        return cls(node=_str(obj, "node"), state=state, samples=_int(obj, "samples") if "samples" in obj else 0, trainer=trainer)
+
+
+def encode_metrics(summary: Dict[str, Any]) -> bytes:
+    """JSON bytes of a round summary published on the metrics topic."""
+    return _dump(summary)
+
+
+def decode_metrics(payload: bytes) -> Dict[str, Any]:
+    """Parse a round summary from the metrics topic."""
+    obj = _load(payload)
+    _int(obj, "round")
+    return obj

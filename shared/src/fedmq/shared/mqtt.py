@@ -1,0 +1,159 @@
+"""One MQTT v5 connection with a persistent session, automatic reconnect with backoff, a last will,
+and a bounded inbox that a single worker thread drains (paho's network thread never runs our logic).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from fedmq.shared.topicmap.model import BrokerSettings
+
+SESSION_EXPIRY_S = 3600
+PACKET_OVERHEAD = 512  # fixed header, topic and properties of one PUBLISH, generously
+
+
+class PayloadTooLarge(ValueError):
+    """Raised instead of sending a message the broker would refuse (and disconnect us for)."""
+
+
+@dataclass
+class Message:
+    """An incoming message as the worker sees it."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class MqttLink:
+    """A paho client wrapped for fedmq: subscriptions survive reconnects, messages land in ``inbox``.
+
+    ``will`` is published (retained) by the broker if we vanish; ``birth`` is published (retained)
+    by us on every successful connect.
+    """
+
+    def __init__(self, client_id: str, broker: BrokerSettings, *, will: Optional[Tuple[str, bytes]] = None,
+                 birth: Optional[Tuple[str, bytes]] = None, persistent: bool = True, inbox_size: int = 10_000, max_packet_bytes: Optional[int] = None,
+                 log: Optional[logging.Logger] = None) -> None:
+        self.log = log or logging.getLogger("fedmq.mqtt")
+        self.broker = broker
+        self.persistent = persistent
+        self.max_payload = (max_packet_bytes - PACKET_OVERHEAD) if max_packet_bytes else None
+        self.inbox: "queue.Queue[Message]" = queue.Queue(maxsize=inbox_size)
+        self.connected = threading.Event()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connects = 0
+        self._subs: List[Tuple[str, int]] = []
+        self.birth = birth
+        self._unacked: List[mqtt.MQTTMessageInfo] = []
+        self._closing = False
+        self._lock = threading.Lock()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(min_delay=1, max_delay=16)
+        c.max_queued_messages_set(0)
+        if broker.tls is not None:
+            c.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if broker.username:
+            password = None
+            if broker.password_file:
+                with open(broker.password_file, encoding="utf-8") as fh:
+                    password = fh.read().strip()
+            c.username_pw_set(broker.username, password)
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self.client = c
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        with self._lock:
+            self._subs.append((topic, qos))
+            if self.connected.is_set():
+                self.client.subscribe(topic, qos=qos)
+
+    def start(self, wait_s: Optional[float] = 10.0) -> bool:
+        """Connect in the background (retrying forever); wait up to ``wait_s`` for the first CONNACK."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s,
+                                  clean_start=not self.persistent, properties=props)
+        self.client.loop_start()
+        return self.connected.wait(wait_s) if wait_s else self.connected.is_set()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message (paho resends QoS 1 after a reconnect); refuse what the broker would refuse."""
+        if self.max_payload is not None and len(payload) > self.max_payload:
+            raise PayloadTooLarge(f"{len(payload)} bytes on {topic} is over the broker's packet limit")
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self.bytes_out += len(payload)
+        if qos:
+            self._unacked = [i for i in self._unacked if not i.is_published()]
+            self._unacked.append(info)
+
+    def get(self, timeout: float) -> Optional[Message]:
+        """Next incoming message, or None after ``timeout`` seconds."""
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the broker has acknowledged every QoS 1 message published so far."""
+        deadline = time.monotonic() + timeout
+        for info in self._unacked:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.connected.is_set():
+                return False
+            try:
+                info.wait_for_publish(timeout=remaining)
+            except (RuntimeError, ValueError):
+                return False
+        self._unacked = []
+        return True
+
+    def stop(self, final: Optional[Tuple[str, bytes]] = None) -> None:
+        """Optionally publish a last retained message, flush what is unacknowledged, disconnect, stop the thread."""
+        if final is not None and self.connected.is_set():
+            self.publish(final[0], final[1], retain=True)
+        self.flush()
+        self._closing = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            self.log.error("broker %s:%s refused the connection: %s", self.broker.host, self.broker.port, reason)
+            return
+        self.connects += 1
+        self.log.info("connected to %s:%s (session present: %s)", self.broker.host, self.broker.port,
+                      getattr(flags, "session_present", "?"))
+        with self._lock:
+            for topic, qos in self._subs:
+                client.subscribe(topic, qos=qos)
+            if self.birth is not None:  # announce again after every (re)connect: the will may have fired
+                client.publish(self.birth[0], self.birth[1], qos=1, retain=True)
+            self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if self.connected.is_set() and not self._closing:
+            self.log.warning("lost the broker (%s); reconnecting with backoff", reason)
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self.bytes_in += len(msg.payload)
+        # A full inbox blocks paho's thread: TCP back-pressure, never a silent drop.
+        self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain)))

@@ -1,0 +1,19 @@
+"""The YAML topic map: one file describes a federation (see docs/topic-map.md)."""
+
+from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
+from fedmq.shared.topicmap.loader import load_topic_map, parse_topic_map
+from fedmq.shared.topicmap.model import (
+    BrokerSettings,
+    DataRef,
+    Group,
+    Limits,
+    ModelSpec,
+    RoundPolicy,
+    TlsSettings,
+    TopicMap,
+)
+
+__all__ = [
+    "BrokerSettings", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "RoundPolicy",
+    "TlsSettings", "TopicMap", "TopicMapError", "load_topic_map", "parse_topic_map",
+]

@@ -1,0 +1,254 @@
+"""Load and validate a topic map: every problem is reported with file, line, key path and fix."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from fedmq.shared.data import source_kinds
+from fedmq.shared.models import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN
+from fedmq.shared.topicmap.model import (
+    BrokerSettings, DataRef, Group, Limits, ModelSpec, RoundPolicy, TlsSettings, TopicMap,
+)
+from fedmq.shared.topicmap.reader import Reader, join_path, load_file
+from fedmq.shared.topicmap.yamlsrc import load_yaml
+from fedmq.shared.topics import level_problem
+
+TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "tree")
+LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
+
+
+def load_topic_map(file: str) -> TopicMap:
+    """Read, parse and validate a topic map file; raise ``TopicMapError`` listing every issue."""
+    data, reader = load_file(file)
+    return _build(data, reader)
+
+
+def parse_topic_map(text: str, file: str = "<topic map>") -> TopicMap:
+    """Validate a topic map given as text (``file`` names it in messages)."""
+    return _build(load_yaml(text.encode("utf-8"), file), Reader(file))
+
+
+def _build(data: Any, r: Reader) -> TopicMap:
+    top = r.mapping(data, "", 1, TOP_KEYS, required=("federation", "model", "tree"))
+    if top is None:
+        r.raise_if_any()
+    federation = r.value(top, "federation", "", str, "", check=level_problem, fix=LEVEL_FIX)
+    broker = read_broker(r, top.get("broker"), "broker", r.line_of(top, "broker"), os.path.dirname(r.file))
+    model = _model(r, top.get("model"), r.line_of(top, "model"))
+    limits = _limits(r, top.get("limits"), r.line_of(top, "limits"))
+    evaluation = read_data_ref(r, top.get("evaluation"), "evaluation", r.line_of(top, "evaluation"),
+                               os.path.dirname(r.file)) if "evaluation" in top else None
+    checkpoint_dir = None
+    if "checkpoint" in top:
+        ck = r.mapping(top["checkpoint"], "checkpoint", r.line_of(top, "checkpoint"), ("dir",), ("dir",))
+        d = r.value(ck, "dir", "checkpoint", str, None)
+        checkpoint_dir = _relative_to(r.file, d) if d else None
+    root = _tree(r, top.get("tree"), federation or "", r.line_of(top, "tree"))
+    policy = _policy(r, top.get("rounds"), r.line_of(top, "rounds"), root)
+    r.raise_if_any()
+    return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
+                    limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir)
+
+
+def _relative_to(file: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(file)), path))
+
+
+def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir: str) -> BrokerSettings:
+    """Read a ``broker:`` section (shared by topic maps and node configs)."""
+    if value is None:
+        return BrokerSettings()
+    m = r.mapping(value, path, line, ("host", "port", "keepalive_s", "tls", "username", "password_file"))
+    tls = None
+    if m is not None and "tls" in m:
+        t = r.mapping(m["tls"], join_path(path, "tls"), r.line_of(m, "tls"), ("ca_file", "cert_file", "key_file"), ("ca_file",))
+        tp = join_path(path, "tls")
+        tls = TlsSettings(ca_file=r.value(t, "ca_file", tp, str, ""), cert_file=r.value(t, "cert_file", tp, str, None),
+                          key_file=r.value(t, "key_file", tp, str, None))
+    return BrokerSettings(
+        host=r.value(m, "host", path, str, "127.0.0.1"),
+        port=r.value(m, "port", path, int, 1883, minimum=1, maximum=65535),
+        keepalive_s=r.value(m, "keepalive_s", path, int, 30, minimum=5, maximum=65535),
+        tls=tls,
+        username=r.value(m, "username", path, str, None),
+        password_file=r.value(m, "password_file", path, str, None),
+    )
+
+
+def read_data_ref(r: Reader, value: Any, path: str, line: Optional[int], base_dir: str) -> Optional[DataRef]:
+    """Read a data source reference: ``{kind: csv|npz, path: FILE, ...options}``."""
+    m = r.mapping(value, path, line, ("kind", "path", "label_column", "x_key", "y_key"), ("kind", "path"))
+    if m is None:
+        return None
+    kind = r.value(m, "kind", path, str, "npz", choices=source_kinds())
+    p = r.value(m, "path", path, str, "")
+    options = {k: r.value(m, k, path, str) for k in ("label_column", "x_key", "y_key") if k in m}
+    if p and not os.path.isabs(p):
+        p = os.path.normpath(os.path.join(os.path.abspath(base_dir), p))
+    return DataRef(kind=kind, path=p, options=options)
+
+
+def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
+    m = r.mapping(value, "model", line, ("kind", "features", "classes", "hidden", "seed", "options"), ("kind", "features"))
+    kind = r.value(m, "kind", "model", str, "softmax_regression", choices=MODEL_KINDS)
+    features = r.value(m, "features", "model", int, 1, minimum=1, maximum=10_000_000)
+    classes = r.value(m, "classes", "model", list, [])
+    if kind in CLASSIFIER_KINDS:
+        if m is not None and len(classes) < 2:
+            r.error(r.line_of(m, "classes") if "classes" in m else m.line, "model.classes",
+                    f"a {kind} needs at least two class labels", "list every label, e.g. classes: [0, 1, 2]")
+        for i, c in enumerate(classes):
+            if isinstance(c, bool) or not isinstance(c, (int, str)):
+                r.error(r.item_line(classes, i), f"model.classes[{i}]", f"labels must be integers or strings, not {c!r}",
+                        "write each label as an integer or a string")
+        if len(set(map(str, classes))) != len(classes):
+            r.error(r.line_of(m, "classes"), "model.classes", "duplicate class labels", "list each label once")
+    elif classes:
+        r.error(r.line_of(m, "classes"), "model.classes", f"a {kind} has no classes", "remove model.classes")
+    hidden = r.value(m, "hidden", "model", list, [])
+    for i, h in enumerate(hidden):
+        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+            r.error(r.item_line(hidden, i), f"model.hidden[{i}]", f"layer size must be a positive integer, not {h!r}",
+                    "e.g. hidden: [32, 16]")
+    if kind in NEEDS_HIDDEN and m is not None and not hidden:
+        r.error(m.line, "model.hidden", f"a {kind} needs hidden layer sizes", "add e.g. hidden: [32]")
+    if kind not in NEEDS_HIDDEN and hidden:
+        r.error(r.line_of(m, "hidden"), "model.hidden", f"a {kind} has no hidden layers", "remove model.hidden or use kind: mlp")
+    options = r.value(m, "options", "model", dict, {})
+    for k, v in (options or {}).items():
+        if not isinstance(v, (int, float, str, bool)):
+            r.error(r.line_of(options, k), f"model.options.{k}", "must be a scalar", "use a number, string or true/false")
+    return ModelSpec(kind=kind, features=features, classes=tuple(classes), hidden=tuple(h for h in hidden if isinstance(h, int)),
+                     seed=r.value(m, "seed", "model", int, 0, minimum=0), options=dict(options or {}))
+
+
+def _limits(r: Reader, value: Any, line: Optional[int]) -> Limits:
+    if value is None:
+        return Limits()
+    m = r.mapping(value, "limits", line, ("max_message_bytes",))
+    return Limits(max_message_bytes=r.value(m, "max_message_bytes", "limits", int, Limits.max_message_bytes,
+                                            minimum=1024, maximum=256 * 1024 * 1024))
+
+
+POLICY_KEYS = ("rounds", "fraction", "min_nodes", "max_nodes", "deadline_s", "quorum", "on_quorum_failure",
+               "max_retries", "local_epochs", "batch_size", "learning_rate", "hop_margin_s", "wait_for_nodes_s", "seed")
+
+
+def _policy(r: Reader, value: Any, line: Optional[int], root: Group) -> RoundPolicy:
+    d = RoundPolicy()
+    m = r.mapping(value, "rounds", line, POLICY_KEYS) if value is not None else None
+    p = "rounds"
+    quorum = r.value(m, "quorum", p, (int, float), d.quorum, minimum=0)
+    if isinstance(quorum, float) and not 0 < quorum <= 1:
+        r.error(r.line_of(m, "quorum"), "rounds.quorum", f"a fractional quorum must be in (0, 1], not {quorum}",
+                "use a fraction of the selected nodes such as 0.8, or a node count such as 4")
+    if isinstance(quorum, int) and quorum < 1:
+        r.error(r.line_of(m, "quorum"), "rounds.quorum", "a quorum count must be at least 1", "use 1 or more")
+    policy = RoundPolicy(
+        rounds=r.value(m, "rounds", p, int, d.rounds, minimum=1),
+        fraction=r.value(m, "fraction", p, float, d.fraction, minimum=0.0, maximum=1.0),
+        min_nodes=r.value(m, "min_nodes", p, int, d.min_nodes, minimum=1),
+        max_nodes=r.value(m, "max_nodes", p, int, None, minimum=1),
+        deadline_s=r.value(m, "deadline_s", p, float, d.deadline_s, minimum=0.5),
+        quorum=quorum,
+        on_quorum_failure=r.value(m, "on_quorum_failure", p, str, d.on_quorum_failure, choices=("retry", "stop")),
+        max_retries=r.value(m, "max_retries", p, int, d.max_retries, minimum=0),
+        local_epochs=r.value(m, "local_epochs", p, int, d.local_epochs, minimum=1),
+        batch_size=r.value(m, "batch_size", p, int, d.batch_size, minimum=1),
+        learning_rate=r.value(m, "learning_rate", p, float, d.learning_rate, minimum=0.0),
+        hop_margin_s=r.value(m, "hop_margin_s", p, float, d.hop_margin_s, minimum=0.0),
+        wait_for_nodes_s=r.value(m, "wait_for_nodes_s", p, float, d.wait_for_nodes_s, minimum=0.0),
+        seed=r.value(m, "seed", p, int, d.seed, minimum=0),
+    )
+    if m is not None and policy.fraction == 0:
+        r.error(r.line_of(m, "fraction"), "rounds.fraction", "a fraction of 0 selects nobody", "use a value in (0, 1]")
+    _check_policy_fits(r, m, policy, root)
+    return policy
+
+
+def _check_policy_fits(r: Reader, m: Optional[dict], policy: RoundPolicy, root: Group) -> None:
+    """Policies that can never be satisfied by the nodes the tree names."""
+    if m is None:
+        m = {}
+    if policy.max_nodes is not None and policy.max_nodes < policy.min_nodes:
+        r.error(r.line_of(m, "max_nodes"), "rounds.max_nodes",
+                f"max_nodes ({policy.max_nodes}) is below min_nodes ({policy.min_nodes})", "raise max_nodes or lower min_nodes")
+    if isinstance(policy.quorum, int):
+        cap = policy.max_nodes
+        if cap is not None and policy.quorum > cap:
+            r.error(r.line_of(m, "quorum"), "rounds.quorum",
+                    f"quorum {policy.quorum} is above max_nodes {cap}: no round could ever close",
+                    f"use a quorum of at most {cap}, or a fraction such as 0.8")
+    edge_margin = policy.hop_margin_s * max((len(g.path) for g in root.walk()), default=0)
+    if edge_margin >= policy.deadline_s:
+        r.error(r.line_of(m, "deadline_s"), "rounds.deadline_s",
+                f"deadline {policy.deadline_s}s leaves no time for {edge_margin}s of hop margins in a tree this deep",
+                "raise deadline_s or lower hop_margin_s")
+    if root.has_patterns:
+        return  # the tree admits nodes by pattern: its size is not known before they arrive
+    total = len(root.named_nodes())
+    if policy.min_nodes > total:
+        r.error(r.line_of(m, "min_nodes"), "rounds.min_nodes",
+                f"min_nodes {policy.min_nodes} is above the {total} nodes the tree names", f"use at most {total}, or add nodes")
+    if isinstance(policy.quorum, int) and policy.quorum > total:
+        r.error(r.line_of(m, "quorum"), "rounds.quorum",
+                f"quorum {policy.quorum} is above the {total} nodes the tree names: no round could ever close",
+                f"use a quorum of at most {total}, or a fraction such as 0.8")
+
+
+GROUP_KEYS = ("nodes", "admit", "edge", "groups")
+
+
+def _tree(r: Reader, value: Any, federation: str, line: Optional[int]) -> Group:
+    seen_nodes: Dict[str, str] = {}
+    return _group(r, value, federation, (), "tree", line, seen_nodes)
+
+
+def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: str, line: Optional[int],
+           seen_nodes: Dict[str, str]) -> Group:
+    if value is None:
+        value = {}
+    m = r.mapping(value, key_path, line, GROUP_KEYS)
+    where = "/".join(path) or "(root)"
+    nodes: List[str] = []
+    for i, n in enumerate(r.value(m, "nodes", key_path, list, [])):
+        nline = r.item_line(m["nodes"], i)
+        problem = level_problem(n) if not isinstance(n, (int, float)) or isinstance(n, bool) else None
+        if isinstance(n, (int, float)) and not isinstance(n, bool):
+            n = str(n)
+        if problem:
+            r.error(nline, f"{key_path}.nodes[{i}]", f"node id {n!r} {problem}", LEVEL_FIX)
+            continue
+        if n in seen_nodes:
+            r.error(nline, f"{key_path}.nodes[{i}]", f"node {n!r} is already named in group {seen_nodes[n]}",
+                    "give every node a unique id across the whole federation")
+            continue
+        seen_nodes[n] = where
+        nodes.append(n)
+    admit = r.string_list(m, "admit", key_path, check=_pattern_problem,
+                          fix="a glob such as 'kitchen-*' made of allowed id characters, '*', '?' and '[...]'")
+    edge = r.value(m, "edge", key_path, bool, False)
+    if edge and not path:
+        r.error(r.line_of(m, "edge"), f"{key_path}.edge", "the root group cannot be an edge group",
+                "set edge: true on a child group instead")
+    children: List[Group] = []
+    groups = r.value(m, "groups", key_path, dict, {})
+    for child_name, child_value in (groups or {}).items():
+        cline = r.line_of(groups, child_name)
+        cpath = f"{key_path}.groups.{child_name}"
+        problem = level_problem(child_name)
+        if problem:
+            r.error(cline, cpath, f"group name {child_name!r} {problem}", LEVEL_FIX)
+            continue
+        children.append(_group(r, child_value, child_name, path + (child_name,), cpath, cline, seen_nodes))
+    return Group(name=name, path=path, nodes=tuple(nodes), admit=tuple(admit), edge=bool(edge),
+                 children=tuple(children), line=line)
+
+
+def _pattern_problem(p: Any) -> Optional[str]:
+    if not isinstance(p, str) or not p:
+        return "must be a non-empty string"
+    bare = p.replace("*", "x").replace("?", "x").replace("[", "x").replace("]", "x").replace("!", "x")
+    return level_problem(bare)
+

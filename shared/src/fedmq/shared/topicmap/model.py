@@ -1,0 +1,160 @@
+"""Typed, validated form of a topic map."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional, Tuple, Union
+
+GroupPath = Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the broker connection (used by the security work; optional today)."""
+
+    ca_file: str
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where and how to reach the MQTT broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive_s: int = 30
+    tls: Optional[TlsSettings] = None
+    username: Optional[str] = None
+    password_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model every node trains: kind, input features, fixed class labels, layer sizes."""
+
+    kind: str
+    features: int
+    classes: Tuple[Union[int, str], ...] = ()
+    hidden: Tuple[int, ...] = ()
+    seed: int = 0
+    options: Dict[str, Union[int, float, str, bool]] = field(default_factory=dict)
+
+    @property
+    def is_classifier(self) -> bool:
+        """True for every kind but the regressors."""
+        return bool(self.classes)
+
+    def to_meta(self) -> Dict[str, object]:
+        """JSON form carried in the model envelope's ``meta.model``."""
+        return {"kind": self.kind, "features": self.features, "classes": list(self.classes),
+                "hidden": list(self.hidden), "seed": self.seed, "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How rounds run: how many, who is selected, how long they wait, local training settings."""
+
+    rounds: int = 10
+    fraction: float = 1.0
+    min_nodes: int = 1
+    max_nodes: Optional[int] = None
+    deadline_s: float = 30.0
+    quorum: Union[int, float] = 1.0
+    on_quorum_failure: str = "retry"
+    max_retries: int = 3
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    hop_margin_s: float = 1.0
+    wait_for_nodes_s: float = 60.0
+    seed: int = 0
+
+    def quorum_count(self, selected: int) -> int:
+        """Contributions needed to apply a round in which ``selected`` nodes were chosen.
+
+        An integer quorum is a node count; a float is a fraction of the selected nodes.
+        """
+        if isinstance(self.quorum, int):
+            return min(self.quorum, selected)
+        return max(1, math.ceil(self.quorum * selected - 1e-9))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Guard rails on what the network may send."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A data source: ``kind`` (csv or npz), ``path`` and kind-specific options."""
+
+    kind: str
+    path: str
+    options: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    """One level of the topic tree: named nodes, admission patterns and child groups."""
+
+    name: str
+    path: GroupPath
+    nodes: Tuple[str, ...] = ()
+    admit: Tuple[str, ...] = ()
+    edge: bool = False
+    children: Tuple["Group", ...] = ()
+    line: Optional[int] = None
+
+    def walk(self) -> Iterator["Group"]:
+        """This group and every group below it, parents first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def admits(self, node_id: str) -> bool:
+        """True if ``node_id`` is named by this group or matches one of its patterns."""
+        return node_id in self.nodes or any(fnmatch.fnmatchcase(node_id, p) for p in self.admit)
+
+    @property
+    def has_patterns(self) -> bool:
+        """True if this group or any group below admits nodes by pattern (size unknown)."""
+        return any(g.admit for g in self.walk())
+
+    def named_nodes(self) -> Tuple[str, ...]:
+        """Every node named in this subtree."""
+        return tuple(n for g in self.walk() for n in g.nodes)
+
+
+@dataclass
+class TopicMap:
+    """A whole federation, as validated from one YAML file."""
+
+    file: str
+    federation: str
+    broker: BrokerSettings
+    model: ModelSpec
+    policy: RoundPolicy
+    limits: Limits
+    root: Group
+    evaluation: Optional[DataRef] = None
+    checkpoint_dir: Optional[str] = None
+
+    def groups(self) -> Dict[GroupPath, Group]:
+        """Every group by path (the root is the empty path)."""
+        return {g.path: g for g in self.root.walk()}
+
+    def group_of(self, node_id: str) -> Optional[Group]:
+        """The group a node belongs to: the one naming it, else the deepest whose pattern admits it."""
+        best: Optional[Group] = None
+        for g in self.root.walk():
+            if node_id in g.nodes:
+                return g
+            if any(fnmatch.fnmatchcase(node_id, p) for p in g.admit):
+                if best is None or len(g.path) > len(best.path):
+                    best = g
+        return best

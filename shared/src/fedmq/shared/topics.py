@@ -1,0 +1,84 @@
+"""Protocol v1 topic layout. Every topic of a federation lives under ``fedmq/v1/<federation>``.
+
+A group's topic prefix is the federation prefix followed by the group path, one level per group
+(``fedmq/v1/smart-home/home1/kitchen``). Levels that start with ``_`` are protocol levels and are
+reserved: group and node names may not start with ``_``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+ROOT = "fedmq/v1"
+GroupPath = Tuple[str, ...]
+
+FORBIDDEN_LEVEL_CHARS = ("+", "#", "/", "\x00")
+MAX_LEVEL_BYTES = 128
+
+
+def level_problem(value: object) -> Optional[str]:
+    """Why ``value`` cannot be one topic level (a group name, node id or federation id), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value == "":
+        return "must not be empty"
+    for ch in FORBIDDEN_LEVEL_CHARS:
+        if ch in value:
+            shown = {"\x00": "NUL"}.get(ch, ch)
+            return f"must not contain {shown!r} (MQTT wildcard or level separator)"
+    if value.startswith(("_", "$")):
+        return "must not start with '_' or '$' (reserved for protocol and broker topics)"
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid UTF-8"
+    if len(encoded) > MAX_LEVEL_BYTES:
+        return f"must be at most {MAX_LEVEL_BYTES} bytes"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        return "must not contain control characters"
+    return None
+
+
+class Topics:
+    """Builds every topic name of one federation."""
+
+    def __init__(self, federation: str) -> None:
+        self.federation = federation
+        self.base = f"{ROOT}/{federation}"
+
+    def group(self, path: Sequence[str]) -> str:
+        """Topic prefix of a group (the root group is the federation prefix)."""
+        return "/".join((self.base, *path))
+
+    def model(self) -> str:
+        """Global model, retained, QoS 1 (published by the root)."""
+        return f"{self.base}/_model"
+
+    def metrics(self) -> str:
+        """Per-round metrics summary, retained, JSON (published by the root)."""
+        return f"{self.base}/_metrics"
+
+    def control(self, path: Sequence[str]) -> str:
+        """Round control of a group, retained, JSON."""
+        return f"{self.group(path)}/_control"
+
+    def update(self, path: Sequence[str], node: str) -> str:
+        """A node's update to its group aggregator, QoS 1."""
+        return f"{self.group(path)}/_update/{node}"
+
+    def partial(self, parent: Sequence[str], child: str) -> str:
+        """A child group's partial aggregate to its parent, QoS 1."""
+        return f"{self.group(parent)}/_partial/{child}"
+
+    def status(self, path: Sequence[str], node: str) -> str:
+        """A node's status (online / offline), retained, with the last will."""
+        return f"{self.group(path)}/_status/{node}"
+
+    def parse_last(self, topic: str, kind: str) -> Optional[Tuple[GroupPath, str]]:
+        """Split ``<group>/_<kind>/<leaf>`` into (group path, leaf); None if it does not match."""
+        if not topic.startswith(self.base + "/"):
+            return None
+        parts = topic[len(self.base) + 1 :].split("/")
+        if len(parts) < 2 or parts[-2] != f"_{kind}":
+            return None
+        return tuple(parts[:-2]), parts[-1]

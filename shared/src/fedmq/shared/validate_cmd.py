@@ -1,0 +1,60 @@
+"""``fedmq validate FILE``: check a topic map and print its tree."""
+
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+from fedmq.shared.topicmap import Group, TopicMap, load_topic_map
+from fedmq.shared.topics import Topics
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add the ``validate`` subcommand."""
+    p = sub.add_parser("validate", help="check a topic map and print its tree",
+                       description="Validate a federation's YAML topic map. Errors name the file, line, "
+                                   "key path and a fix, and exit with code 2.")
+    p.add_argument("file", help="topic map (YAML)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate and print."""
+    tm = load_topic_map(args.file)
+    print("\n".join(render_tree(tm)))
+    return 0
+
+
+def render_tree(tm: TopicMap) -> List[str]:
+    """Human-readable summary of a valid topic map."""
+    p = tm.policy
+    quorum = f"{p.quorum} nodes" if isinstance(p.quorum, int) else f"{p.quorum:.0%} of selected"
+    lines = [
+        f"{tm.file}: OK",
+        f"federation {tm.federation}  (topics under {Topics(tm.federation).base})",
+        f"broker     {tm.broker.host}:{tm.broker.port}{'  TLS' if tm.broker.tls else ''}",
+        f"model      {tm.model.kind}, {tm.model.features} features"
+        + (f", classes {list(tm.model.classes)}" if tm.model.classes else "")
+        + (f", hidden {list(tm.model.hidden)}" if tm.model.hidden else ""),
+        f"rounds     {p.rounds} x (fraction {p.fraction}, min {p.min_nodes}, max {p.max_nodes or '-'}, "
+        f"deadline {p.deadline_s}s, quorum {quorum}, on failure {p.on_quorum_failure})",
+        f"training   {p.local_epochs} epoch(s), batch {p.batch_size}, learning rate {p.learning_rate}",
+        "tree",
+    ]
+    lines.extend(_group_lines(tm.root, ""))
+    return lines
+
+
+def _group_lines(g: Group, indent: str) -> List[str]:
+    label = g.name if g.path else f"{g.name} (root)"
+    extra = []
+    if g.edge:
+        extra.append("edge process")
+    if g.nodes:
+        extra.append(f"nodes: {', '.join(g.nodes)}")
+    if g.admit:
+        extra.append(f"admits: {', '.join(g.admit)}")
+    out = [f"{indent}{label}" + (f"  [{'; '.join(extra)}]" if extra else "")]
+    for child in g.children:
+        out.extend(_group_lines(child, indent + "  "))
+    return out
