@@ -98,7 +98,7 @@ def encode(env: Envelope) -> bytes:
         wire = _DTYPE_NAMES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
         if wire is None:
             raise EnvelopeError(f"tensor {name!r}: dtype {a.dtype} is not allowed on the wire")
-        a = np.ascontiguousarray(a, dtype=DTYPES[wire])
+        a = a.astype(DTYPES[wire], order="C", copy=False)  # keeps 0-d arrays 0-d
         specs.append({"name": name, "dtype": wire, "shape": list(a.shape)})
         chunks.append(a.tobytes())
     header = {

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[float] = None, title: str = "") -> None:
@@ -18,6 +19,7 @@ def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[floa
     if baseline is not None:
         ax.axhline(baseline, color="tab:blue", linestyle="--", alpha=0.6, label=f"centralised accuracy {baseline:.3f}")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (held-out set)", color="tab:blue")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -1,0 +1,94 @@
+"""Test helpers: write small federations (topic map, node configs, data) and run fedmq processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import yaml
+
+FED = "testfed"
+
+
+def blobs(n: int, seed: int, features: int = 8, classes: int = 3) -> "tuple[np.ndarray, np.ndarray]":
+    """Separable Gaussian blobs: quick to learn, deterministic."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(1234).normal(0, 3, (classes, features))
+    y = rng.integers(0, classes, n)
+    x = centers[y] + rng.normal(0, 1, (n, features))
+    return x.astype(np.float32), y
+
+
+def write_federation(tmp: str, port: int, groups: Dict[str, List[str]], *, rounds: int = 3, deadline_s: float = 10,
+                     quorum: "float | int" = 1.0, edge: Optional[List[str]] = None, checkpoint: bool = True,
+                     extra_rounds: Optional[dict] = None, root_nodes: Optional[List[str]] = None) -> Dict[str, str]:
+    """Write fed.yaml plus one config and one NPZ per node; return {'topic_map': path, node: config path}."""
+    os.makedirs(os.path.join(tmp, "data"), exist_ok=True)
+    out: Dict[str, str] = {}
+    tree: dict = {"groups": {}}
+    if root_nodes:
+        tree["nodes"] = list(root_nodes)
+    all_nodes = [(g, n) for g, ns in groups.items() for n in ns] + [("", n) for n in root_nodes or []]
+    for i, (g, n) in enumerate(all_nodes):
+        x, y = blobs(60 + 10 * i, seed=i)
+        data = os.path.join(tmp, "data", f"{n}.npz")
+        np.savez(data, x=x, y=y)
+        cfg = {"node_id": n, "federation": FED, "group": g, "broker": {"host": "127.0.0.1", "port": port},
+               "data": {"kind": "npz", "path": data}}
+        path = os.path.join(tmp, f"node-{n}.yaml")
+        with open(path, "w") as fh:
+            yaml.safe_dump(cfg, fh)
+        out[n] = path
+    for g, ns in groups.items():
+        tree["groups"][g] = {"nodes": list(ns)}
+        if edge and g in edge:
+            tree["groups"][g]["edge"] = True
+    xt, yt = blobs(300, seed=999)
+    np.savez(os.path.join(tmp, "data", "test.npz"), x=xt, y=yt)
+    policy = {"rounds": rounds, "deadline_s": deadline_s, "quorum": quorum, "min_nodes": 1, "local_epochs": 1,
+              "batch_size": 16, "learning_rate": 0.1, "hop_margin_s": 1.0, "wait_for_nodes_s": 30}
+    policy.update(extra_rounds or {})
+    fed = {"federation": FED, "broker": {"host": "127.0.0.1", "port": port},
+           "model": {"kind": "softmax_regression", "features": 8, "classes": [0, 1, 2]},
+           "rounds": policy, "evaluation": {"kind": "npz", "path": os.path.join(tmp, "data", "test.npz")},
+           "tree": tree}
+    if checkpoint:
+        fed["checkpoint"] = {"dir": os.path.join(tmp, "ckpt")}
+    out["topic_map"] = os.path.join(tmp, "fed.yaml")
+    with open(out["topic_map"], "w") as fh:
+        yaml.safe_dump(fed, fh, sort_keys=False)
+    return out
+
+
+def fedmq(args: List[str], log_path: str) -> subprocess.Popen:
+    """Start ``fedmq ARGS`` as a child process, output to ``log_path``."""
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(procs: List[subprocess.Popen]) -> None:
+    """Terminate, then kill, every process."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

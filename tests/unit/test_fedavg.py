@@ -1,0 +1,146 @@
+"""FedAvg maths, and hierarchical aggregation through real GroupAggregators equals flat FedAvg."""
+
+import time
+
+import numpy as np
+import pytest
+
+from fedmq.coordinator.aggregate import MetricSums, WeightedSum
+from fedmq.coordinator.group import GroupAggregator
+from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.tree import Membership
+from fedmq.shared.envelope import Envelope, Kind, decode, encode
+from fedmq.shared.messages import Control, TrainParams
+from fedmq.shared.models import initial_weights
+from fedmq.shared.topicmap import parse_topic_map
+from fedmq.shared.topics import Topics
+
+MAP = """
+federation: f
+model: {kind: softmax_regression, features: 5, classes: [0, 1, 2]}
+rounds: {deadline_s: 30, hop_margin_s: 1}
+tree:
+  nodes: [r1]
+  groups:
+    site:
+      nodes: [s1]
+      groups:
+        b1: {nodes: [a1, a2, a3]}
+        b2: {nodes: [c1, c2]}
+    home: {nodes: [h1, h2]}
+"""
+
+
+def random_updates(tm, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in tm.root.named_nodes():
+        w = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial_weights(tm.model).items()}
+        out[n] = (w, int(rng.integers(1, 500)))
+    return out
+
+
+def flat_fedavg(updates):
+    total = sum(n for _, n in updates.values())
+    names = next(iter(updates.values()))[0].keys()
+    return {k: sum(w[k].astype(np.float64) * n for w, n in updates.values()) / total for k in names}
+
+
+def test_weighted_sum_is_sample_weighted_mean():
+    s = WeightedSum()
+    s.add({"w": np.array([1.0, 2.0], np.float32)}, 1)
+    s.add({"w": np.array([3.0, 6.0], np.float32)}, 3)
+    np.testing.assert_allclose(s.mean()["w"], [2.5, 5.0])
+    with pytest.raises(ValueError):
+        WeightedSum().mean()
+
+
+def test_weighted_sum_memory_does_not_grow_with_updates():
+    s = WeightedSum()
+    for i in range(200):
+        s.add({"w": np.full(1000, i, np.float32)}, 1)
+    assert len(s.sums) == 1 and s.sums["w"].nbytes == 8000
+    assert s.mean()["w"][0] == pytest.approx(99.5)
+
+
+def test_metric_sums_merge_through_wire_format():
+    a, b = MetricSums(), MetricSums()
+    a.add({"loss": 1.0}, 10)
+    b.add({"loss": 4.0}, 30)
+    a.merge_wire(b.to_wire())
+    assert a.means()["loss"] == pytest.approx(3.25)
+
+
+def test_hierarchical_equals_flat_through_group_aggregators():
+    tm = parse_topic_map(MAP)
+    topics = Topics("f")
+    membership = Membership(tm)
+    rejections = Rejections(__import__("logging").getLogger("test"))
+    result = {}
+    aggs = {}
+
+    def publish(topic, payload, retain):
+        # route what a broker would route, between the in-memory aggregators
+        for path, agg in aggs.items():
+            if path and topic == topics.control(path[:-1]):
+                agg.start(Control.decode(payload))
+        parsed = topics.parse_last(topic, "partial")
+        if parsed:
+            aggs[parsed[0]].on_partial(parsed[1], payload, topic)
+
+    for g in tm.root.walk():
+        aggs[g.path] = GroupAggregator(tm, g, membership, publish, rejections)
+    aggs[()].on_root_close = lambda ctl, res: result.update(res=res)
+    nodes = sorted(tm.root.named_nodes())
+    ctl = Control("start", round=1, attempt=7, model_version=0, deadline_at=time.time() + 30, selected=nodes,
+                  train=TrainParams(1, 8, 0.1))
+    aggs[()].start(ctl)
+    updates = random_updates(tm)
+    for n, (w, samples) in updates.items():
+        path = membership.group_path(n)
+        env = Envelope(Kind.UPDATE, "f", 1, n, 0, w, samples=samples, attempt=7, metrics={"eval_loss": 1.0})
+        aggs[path].on_update(n, encode(env), topics.update(path, n))
+    assert not rejections.total, rejections.total
+    res = result["res"]
+    assert sorted(res.nodes) == nodes
+    expected = flat_fedavg(updates)
+    got = res.sums.mean()
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-6)
+
+
+def test_group_rejects_bad_updates_and_counts_them():
+    tm = parse_topic_map(MAP)
+    topics = Topics("f")
+    rej = Rejections(__import__("logging").getLogger("test"))
+    sent = []
+    agg = GroupAggregator(tm, tm.groups()[("home",)], Membership(tm), lambda *a: sent.append(a), rej)
+    agg.start(Control("start", 1, attempt=1, model_version=0, deadline_at=time.time() + 30, selected=["h1", "h2"],
+                      train=TrainParams(1, 8, 0.1)))
+    good = initial_weights(tm.model)
+    t = topics.update(("home",), "h1")
+
+    def env(**kw):
+        base = dict(kind=Kind.UPDATE, federation="f", round=1, sender="h1", model_version=0, tensors=good, samples=5, attempt=1)
+        base.update(kw)
+        return encode(Envelope(**base))
+
+    agg.on_update("h1", env(tensors={"coef": np.zeros((2, 5), np.float32), "intercept": np.zeros(3, np.float32)}), t)
+    agg.on_update("h1", env(round=0), t)
+    bad = bytearray(env())
+    bad[-5] ^= 1
+    agg.on_update("h1", bytes(bad), t)
+    agg.on_update("h1", env(tensors={"coef": np.full((3, 5), np.nan, np.float32), "intercept": np.zeros(3, np.float32)}), t)
+    agg.on_update("h1", env(samples=0), t)
+    agg.on_update("stranger", env(sender="stranger"), t)
+    agg.on_update("h1", env(sender="h2"), t)
+    agg.on_update("h1", env(), t)
+    agg.on_update("h1", env(), t)
+    assert dict(rej.total) == {"wrong shape or dtype": 1, "stale round": 1, "bad checksum": 1, "NaN or Inf": 1,
+                               "bad sample count": 1, "unknown node": 1, "sender mismatch": 1, "duplicate": 1}
+    partials = [m for m in sent if m[0] == topics.partial((), "home")]
+    assert not partials  # h2 has not answered yet
+    agg.node_offline("h2")
+    (topic, payload, retain), = [m for m in sent if m[0] == topics.partial((), "home")]
+    partial = decode(payload)
+    assert partial.kind == Kind.PARTIAL and partial.meta["nodes"] == ["h1"] and partial.samples == 5
