@@ -1,0 +1,209 @@
+"""Whole federations over a real Mosquitto: coordinator, node processes, hierarchy, faults, bad input."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedmq.coordinator.service import CoordinatorService
+from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.messages import Control, Status
+from fedmq.shared.models import initial_weights
+from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.topicmap import BrokerSettings, load_topic_map
+from fedmq.shared.topics import Topics
+
+SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
+
+
+class InThreadCoordinator:
+    """The real CoordinatorService, run in a thread so the test can look at its counters."""
+
+    def __init__(self, topic_map: str, **kw):
+        self.rounds = []
+        self.service = CoordinatorService(load_topic_map(topic_map), fresh=True, on_round=self.rounds.append, **kw)
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.service.run()
+        except Exception as exc:  # surfaced by the test
+            self.error = exc
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.service.stop()
+        self.thread.join(10)
+
+
+def start_nodes(paths, names, tmp_path):
+    return {n: fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in names}
+
+
+def test_three_rounds_six_nodes_two_groups(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=3)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    report = tmp_path / "report.json"
+    coord = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "coord.log"))
+    try:
+        assert coord.wait(60) == 0, (tmp_path / "coord.log").read_text()
+    finally:
+        stop([coord, *nodes.values()])
+    rounds = json.loads(report.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["updates"] == 6 and r["selected"] == 6 for r in rounds)
+    assert rounds[-1]["accuracy"] > 0.9
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in rounds)
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    assert state["rounds_done"] == 3 and state["model_version"] == 3
+
+
+def test_node_killed_and_node_frozen_mid_round_close_at_quorum(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=2, deadline_s=4, quorum=0.6)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    for n in ("a2", "b3"):
+        wait_for(lambda: "connected" in (tmp_path / f"{n}.log").read_text(), 20, f"{n} to connect")
+        nodes[n].send_signal(signal.SIGSTOP)  # frozen: still looks online, never answers
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            driver = c.service.driver
+            wait_for(lambda: driver.root.current is not None, 20, "round 1 to start")
+            assert len(driver.selected) == 6
+            nodes["b3"].kill()  # gone mid-round: its last will marks it offline
+            wait_for(lambda: len(c.rounds) >= 1, 15, "round 1 to close at quorum")
+            assert c.rounds[0]["updates"] == 4 and c.rounds[0]["selected"] == 6
+            assert c.rounds[0]["seconds"] > 3.0  # waited for the frozen node until the deadline
+            assert c.service.presence.state["b3"] == "offline"
+            wait_for(lambda: len(c.rounds) >= 2, 15, "round 2")
+            assert c.rounds[1]["selected"] == 5 and c.rounds[1]["updates"] == 4  # b3 is no longer selected
+            assert c.error is None
+    finally:
+        nodes["a2"].send_signal(signal.SIGCONT)
+        stop(list(nodes.values()))
+
+
+class RogueNode:
+    """A node written from the protocol document, that sends what the test tells it to."""
+
+    def __init__(self, port, node, group):
+        self.topics = Topics(FED)
+        self.node, self.group = node, group
+        self.link = MqttLink(f"rogue-{node}", BrokerSettings(port=port),
+                             birth=(self.topics.status(group, node), Status(node, "online", samples=50).encode()))
+        self.link.subscribe(self.topics.control(group))
+        self.link.start()
+
+    def wait_start(self, timeout=20):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            msg = self.link.get(0.2)
+            if msg:
+                ctl = Control.decode(msg.payload)
+                if ctl.type == "start" and self.node in ctl.selected and ctl.deadline_at > time.time():
+                    return ctl
+        raise AssertionError("never selected")
+
+    def send(self, payload):
+        self.link.publish(self.topics.update(self.group, self.node), payload)
+
+
+def test_bad_updates_are_rejected_and_the_round_completes(broker, tmp_path):
+    groups = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "rogue"]}
+    paths = write_federation(str(tmp_path), broker.port, groups, rounds=2, deadline_s=6)
+    rogue = RogueNode(broker.port, "rogue", ("home2",))
+    nodes = start_nodes(paths, ["a1", "a2", "a3", "b1", "b2"], tmp_path)
+    tm = load_topic_map(paths["topic_map"])
+    good = initial_weights(tm.model)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            ctl = rogue.wait_start()
+
+            def update(**kw):
+                base = dict(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender="rogue",
+                            model_version=ctl.model_version, tensors=good, samples=50)
+                base.update(kw)
+                return encode(Envelope(**base))
+
+            rogue.send(update(tensors={"coef": np.zeros((3, 7), np.float32), "intercept": np.zeros(3, np.float32)}))
+            rogue.send(update(tensors={"coef": np.full((3, 8), np.nan, np.float32), "intercept": np.zeros(3, np.float32)}))
+            corrupt = bytearray(update())
+            corrupt[30] ^= 0x40
+            rogue.send(bytes(corrupt))
+            rogue.send(update(round=ctl.round + 5))
+            rogue.send(b"\x00garbage")
+            wait_for(lambda: sum(c.service.rejections.total.values()) >= 5, 10, "the five rejections")
+            rogue.send(update())  # finally a good one
+            wait_for(lambda: len(c.rounds) >= 1, 15, "round 1")
+            assert c.rounds[0]["updates"] == 6
+            rejected = c.rounds[0]["rejected"]
+            assert rejected == {"wrong shape or dtype": 1, "NaN or Inf": 1, "bad checksum": 1, "stale round": 1,
+                                "malformed": 1}, rejected
+            # a straggler for a closed round is rejected too, and never mixed into the next one
+            rogue.send(update())
+            wait_for(lambda: c.service.rejections.total["stale round"] >= 2, 10, "the stale straggler")
+            assert c.error is None
+    finally:
+        rogue.link.stop()
+        stop(list(nodes.values()))
+
+
+def test_edge_process_aggregates_its_group(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=3, edge=["home2"], root_nodes=["r1"])
+    procs = list(start_nodes(paths, ["a1", "a2", "a3", "b1", "b2", "b3", "r1"], tmp_path).values())
+    procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2"], str(tmp_path / "edge.log")))
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 3, 60, "three rounds")
+            assert all(r["updates"] == 7 for r in c.rounds)
+            assert ("home2",) not in c.service.groups  # served by the edge process only
+    finally:
+        stop(procs)
+    assert "closing (all in) with 3 of 3 nodes" in (tmp_path / "edge.log").read_text()
+
+
+def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=6)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    state = tmp_path / "ckpt" / "state.json"
+    try:
+        first = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "c1.log"))
+        wait_for(lambda: state.exists() and json.loads(state.read_text())["rounds_done"] >= 2, 30, "two rounds")
+        first.kill()
+        first.wait()
+        done = json.loads(state.read_text())["rounds_done"]
+        report = tmp_path / "r2.json"
+        second = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "c2.log"))
+        assert second.wait(60) == 0, (tmp_path / "c2.log").read_text()
+    finally:
+        stop(list(nodes.values()))
+    resumed = [r["round"] for r in json.loads(report.read_text())["rounds"]]
+    assert resumed == list(range(done + 1, 7))
+    final = json.loads(state.read_text())
+    assert final["rounds_done"] == 6 and [h["round"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]
+    assert "resuming from checkpoint" in (tmp_path / "c2.log").read_text()
+
+
+@pytest.mark.parametrize("kind", ["sgd_classifier", "mlp_classifier", "mlp"])
+def test_other_model_kinds_train_over_mqtt(broker, tmp_path, kind):
+    paths = write_federation(str(tmp_path), broker.port, {"g": ["n1", "n2"]}, rounds=2, checkpoint=False)
+    text = open(paths["topic_map"]).read().replace("kind: softmax_regression", f"kind: {kind}")
+    if kind != "sgd_classifier":
+        text = text.replace("features: 8", "features: 8\n  hidden: [6]")
+    open(paths["topic_map"], "w").write(text)
+    nodes = start_nodes(paths, ["n1", "n2"], tmp_path)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 2, 60, "two rounds")
+            assert all(r["updates"] == 2 for r in c.rounds) and c.rounds[-1]["accuracy"] > 0.6
+    finally:
+        stop(list(nodes.values()))
+    assert os.path.exists(paths["topic_map"])
