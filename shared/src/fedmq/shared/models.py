@@ -16,12 +16,9 @@ from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, SKLEARN_KINDS
 from fedmq.shared.topicmap.model import ModelSpec
 
-MODEL_KINDS = ("softmax_regression", "mlp", "sgd_classifier", "sgd_regressor", "mlp_classifier")
-CLASSIFIER_KINDS = ("softmax_regression", "mlp", "sgd_classifier", "mlp_classifier")
-NEEDS_HIDDEN = ("mlp", "mlp_classifier")
-SKLEARN_KINDS = ("sgd_classifier", "sgd_regressor", "mlp_classifier")
 
 Weights = Dict[str, np.ndarray]
 Layer = Tuple[np.ndarray, np.ndarray]

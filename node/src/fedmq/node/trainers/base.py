@@ -8,7 +8,8 @@ from typing import Dict, Mapping
 import numpy as np
 
 from fedmq.shared.messages import TrainParams
-from fedmq.shared.models import SKLEARN_KINDS, Weights, evaluate
+from fedmq.shared.kinds import SKLEARN_KINDS
+from fedmq.shared.models import Weights, evaluate
 from fedmq.shared.topicmap import ModelSpec
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from fedmq.shared.data import source_kinds
-from fedmq.shared.models import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN
+from fedmq.shared import data as data_sources
+from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN
 from fedmq.shared.topicmap.model import (
     BrokerSettings, DataRef, Group, Limits, ModelSpec, RoundPolicy, TlsSettings, TopicMap,
 )
@@ -81,7 +81,7 @@ def read_data_ref(r: Reader, value: Any, path: str, line: Optional[int], base_di
     m = r.mapping(value, path, line, ("kind", "path", "label_column", "x_key", "y_key"), ("kind", "path"))
     if m is None:
         return None
-    kind = r.value(m, "kind", path, str, "npz", choices=source_kinds())
+    kind = r.value(m, "kind", path, str, "npz", choices=data_sources.source_kinds())
     p = r.value(m, "path", path, str, "")
     options = {k: r.value(m, k, path, str) for k in ("label_column", "x_key", "y_key") if k in m}
     if p and not os.path.isabs(p):

@@ -1,0 +1,62 @@
+"""A gateway that installs only fedmq-shared and fedmq-node, in a fresh virtual environment."""
+
+import os
+import subprocess
+import sys
+import venv
+
+import pytest
+import yaml
+
+from fedhelp import stop, wait_for, write_federation
+from test_federation import InThreadCoordinator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def gateway_venv(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gateway") / "venv"
+    venv.EnvBuilder(with_pip=True).create(d)
+    py = str(d / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", os.path.join(ROOT, "shared"), os.path.join(ROOT, "node")],
+                   check=True, timeout=600)
+    return d
+
+
+@pytest.mark.slow
+def test_gateway_has_node_but_no_coordinator_and_no_sklearn(gateway_venv):
+    py = str(gateway_venv / "bin" / "python")
+    fedmq = str(gateway_venv / "bin" / "fedmq")
+    out = subprocess.run([fedmq, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "node" in out and "validate" in out and "coordinator" not in out and "demo" not in out
+    assert subprocess.run([fedmq, "node", "run", "--help"], capture_output=True).returncode == 0
+    for mod in ("fedmq.coordinator", "fedmq.broker", "sklearn"):
+        r = subprocess.run([py, "-c", f"import {mod}"], capture_output=True, text=True)
+        assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, mod
+    freeze = subprocess.run([py, "-m", "pip", "freeze"], capture_output=True, text=True).stdout.lower()
+    assert "scikit-learn" not in freeze and "matplotlib" not in freeze
+
+
+@pytest.mark.slow
+def test_gateway_node_joins_a_round_and_explains_missing_sklearn(gateway_venv, broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, {"g": ["gw1"]}, rounds=1, checkpoint=False)
+    node = subprocess.Popen([str(gateway_venv / "bin" / "fedmq"), "node", "run", paths["gw1"]],
+                            stdout=open(tmp_path / "gw1.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 1, 30, "a round with the gateway node")
+            assert c.rounds[0]["updates"] == 1
+    finally:
+        stop([node])
+    # the same node asked to train a scikit-learn model says what to install
+    cfg = yaml.safe_load(open(paths["gw1"]))
+    cfg["trainer"] = "sklearn"
+    yaml.safe_dump(cfg, open(paths["gw1"], "w"))
+    probe = subprocess.run([str(gateway_venv / "bin" / "python"), "-c",
+                            "from fedmq.node.trainers import make_trainer\n"
+                            "from fedmq.shared.topicmap import ModelSpec\n"
+                            "make_trainer('sklearn', ModelSpec('sgd_classifier', 4, (0, 1)))"],
+                           capture_output=True, text=True)
+    assert "pip install 'fedmq-node[sklearn]'" in probe.stderr
+    assert sys.executable  # the test venv itself is untouched
