@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, List, Optional, Set
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
 from fedmq.coordinator.rejections import Rejections

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
-from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, SKLEARN_KINDS
+from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN
 from fedmq.shared.topicmap.model import ModelSpec
 
 

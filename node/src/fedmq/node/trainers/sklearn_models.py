@@ -72,11 +72,16 @@ class SklearnTrainer(Trainer):
         est = self._estimator(params, int(rng.integers(2**31)))
         xs = np.asarray(x, np.float64)
         ys = np.asarray(y)
+        batch = getattr(est, "batch_size", None)
+        if batch is not None:
+            est.set_params(batch_size=1)
         if self.classes is not None:
             ys = ys.astype(self.classes.dtype)
             est.partial_fit(xs[:1], ys[:1], classes=self.classes)  # builds shapes; weights replaced next
         else:
             est.partial_fit(xs[:1], ys[:1].astype(np.float64))
+        if batch is not None:
+            est.set_params(batch_size=min(batch, len(xs)))
         self._load(est)
         for _ in range(params.local_epochs):
             order = rng.permutation(len(xs))
