@@ -207,3 +207,36 @@ def test_other_model_kinds_train_over_mqtt(broker, tmp_path, kind):
     finally:
         stop(list(nodes.values()))
     assert os.path.exists(paths["topic_map"])
+
+
+def test_broker_restart_nodes_and_coordinator_reconnect(local_broker, tmp_path):
+    paths = write_federation(str(tmp_path), local_broker.port, SIX, rounds=4, deadline_s=5, quorum=0.6,
+                             extra_rounds={"max_retries": 5})
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
+            local_broker.process.restart()  # SIGTERM, persistence saved, same port
+            wait_for(lambda: len(c.rounds) >= 4, 90, "all rounds after the broker restart")
+            assert c.error is None
+            assert c.service.link.connects >= 2
+    finally:
+        stop(list(nodes.values()))
+    logs = [(tmp_path / f"{n}.log").read_text() for ns in SIX.values() for n in ns]
+    assert sum("lost the broker" in text for text in logs) == 6
+
+
+def test_quorum_failure_stops_with_a_clear_message(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, {"g": ["n1", "n2"]}, rounds=2, deadline_s=2, quorum=2,
+                             extra_rounds={"on_quorum_failure": "stop"})
+    nodes = start_nodes(paths, ["n1", "n2"], tmp_path)
+    wait_for(lambda: "connected" in (tmp_path / "n2.log").read_text(), 20, "n2 to connect")
+    nodes["n2"].send_signal(signal.SIGSTOP)
+    try:
+        coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))
+        assert coord.wait(30) == 1
+    finally:
+        nodes["n2"].send_signal(signal.SIGCONT)
+        stop(list(nodes.values()))
+    log = (tmp_path / "coord.log").read_text()
+    assert "quorum not met (1 of 2 needed)" in log and "Traceback" not in log

@@ -75,3 +75,15 @@ def test_labels_outside_the_topic_map_are_refused():
     x, _ = blobs(10, seed=4)
     with pytest.raises(ValueError, match="not one of the model's classes"):
         trainer.fit(x, np.full(10, 7), TrainParams(1, 4, 0.1), np.random.default_rng(0))
+
+
+def test_sgd_regressor_learns_a_linear_target():
+    spec = ModelSpec("sgd_regressor", 4)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    y = x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.7
+    trainer = make_trainer("auto", spec)
+    trainer.fit(x, y, TrainParams(5, 16, 0.01), np.random.default_rng(0))
+    w = trainer.get_weights()
+    assert w["coef"].shape == (4,) and w["intercept"].shape == (1,)
+    assert evaluate(spec, w, x, y)["r2"] > 0.99

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
 from fedmq.coordinator.rejections import Rejections
@@ -153,29 +153,37 @@ class GroupAggregator:
             return None
         return env
 
-    def on_update(self, node: str, payload: bytes, topic: str) -> None:
-        """A node's update: check everything, then fold it into the sums."""
-        if self.membership.group_path(node) != self.group.path:
-            self.rejections.reject("unknown node", topic, f"{node!r} is not a member of group {self.label}")
-            return
-        env = self._decode(payload, topic, Kind.UPDATE, node)
-        if env is None:
-            return
-        r = self.current
-        assert r is not None
-        if node not in r.direct:
-            self.rejections.reject("unselected node", topic, f"{node} was not selected for round {r.ctl.round}")
-            return
-        if node in r.answered:
-            self.rejections.reject("duplicate", topic, f"{node} already answered round {r.ctl.round}")
-            return
+    def _refused(self, topic: str, checks: List[Tuple[bool, str, str]]) -> bool:
+        """Reject with the first failing check's reason; True if one failed."""
+        for failed, reason, detail in checks:
+            if failed:
+                self.rejections.reject(reason, topic, detail)
+                return True
+        return False
+
+    def _shape_problem(self, env: Envelope) -> str:
         try:
             check_weights(self.tm.model, env.tensors)
         except ValueError as exc:
-            self.rejections.reject("wrong shape or dtype", topic, str(exc))
+            return str(exc)
+        return ""
+
+    def on_update(self, node: str, payload: bytes, topic: str) -> None:
+        """A node's update: check everything, then fold it into the sums."""
+        if self._refused(topic, [(self.membership.group_path(node) != self.group.path, "unknown node",
+                                  f"{node!r} is not a member of group {self.label}")]):
             return
-        if not 0 < env.samples <= MAX_SAMPLES or env.samples != int(env.samples):
-            self.rejections.reject("bad sample count", topic, f"{env.samples}")
+        env = self._decode(payload, topic, Kind.UPDATE, node)
+        r = self.current
+        if env is None or r is None:
+            return
+        shape = self._shape_problem(env)
+        if self._refused(topic, [
+            (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
+            (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
+            (bool(shape), "wrong shape or dtype", shape),
+            (not 0 < env.samples <= MAX_SAMPLES or env.samples != int(env.samples), "bad sample count", f"{env.samples}"),
+        ]):
             return
         r.answered.add(node)
         r.dropped.discard(node)
@@ -189,31 +197,23 @@ class GroupAggregator:
     def on_partial(self, child: str, payload: bytes, topic: str) -> None:
         """A child group's partial aggregate: check it, then add its sums to ours."""
         env = self._decode(payload, topic, Kind.PARTIAL, child)
-        if env is None:
-            return
         r = self.current
-        assert r is not None
-        if child not in r.children:
-            self.rejections.reject("unexpected partial", topic, f"child {child!r} has no selected nodes this round")
-            return
-        if child in r.reported:
-            self.rejections.reject("duplicate", topic, f"child {child!r} already reported")
+        if env is None or r is None:
             return
         nodes = env.meta.get("nodes", [])
         child_path = self.group.path + (child,)
         selected = set(r.ctl.selected)
-        if (not isinstance(nodes, list) or len(set(nodes)) != len(nodes)
-                or not all(isinstance(n, str) and n in selected and self.membership.in_subtree(n, child_path) for n in nodes)):
-            self.rejections.reject("bad node list", topic, "nodes must be distinct selected members of the child group")
-            return
-        if nodes:
-            try:
-                check_weights(self.tm.model, env.tensors)
-            except ValueError as exc:
-                self.rejections.reject("wrong shape or dtype", topic, str(exc))
-                return
-        elif env.tensors:
-            self.rejections.reject("bad node list", topic, "tensors without contributing nodes")
+        bad_nodes = (not isinstance(nodes, list) or len(set(map(str, nodes))) != len(nodes)
+                     or not all(isinstance(n, str) and n in selected and self.membership.in_subtree(n, child_path)
+                                for n in nodes))
+        shape = self._shape_problem(env) if nodes and not bad_nodes else ""
+        if self._refused(topic, [
+            (child not in r.children, "unexpected partial", f"child {child!r} has no selected nodes this round"),
+            (child in r.reported, "duplicate", f"child {child!r} already reported"),
+            (bad_nodes, "bad node list", "nodes must be distinct selected members of the child group"),
+            (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
+            (bool(shape), "wrong shape or dtype", shape),
+        ]):
             return
         r.reported.add(child)
         r.nodes.extend(nodes)
