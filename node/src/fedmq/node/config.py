@@ -11,7 +11,7 @@ from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref
 from fedmq.shared.topicmap.reader import load_file
 from fedmq.shared.topics import level_problem
 
-TRAINERS = ("auto", "numpy", "sklearn")
+TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed")
 
 

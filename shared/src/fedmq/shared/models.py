@@ -6,8 +6,9 @@ so nodes with different trainers can join one federation when their kinds share 
 * ``softmax_regression`` and ``sgd_classifier``: ``coef`` (C, F) and ``intercept`` (C,), where C is
   the number of classes (1 for a binary ``sgd_classifier``, as scikit-learn does).
 * ``sgd_regressor``: ``coef`` (F,), ``intercept`` (1,).
-* ``mlp`` and ``mlp_classifier``: ``layers.<i>.weight`` (fan_in, fan_out) and ``layers.<i>.bias``
-  (fan_out,), ReLU between layers, softmax output (one logistic unit for a binary ``mlp_classifier``).
+* ``mlp``, ``mlp_classifier`` and ``tflite``: ``layers.<i>.weight`` (fan_in, fan_out) and
+  ``layers.<i>.bias`` (fan_out,), ReLU between layers, softmax output (one logistic unit for a binary
+  ``mlp_classifier``; for ``tflite`` the head is ``options.output``: softmax, logistic or linear).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
-from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN
+from fedmq.shared.kinds import LAYERED_KINDS, MODEL_KINDS, spec_problem
 from fedmq.shared.topicmap.model import ModelSpec
 
 
@@ -24,9 +25,18 @@ Weights = Dict[str, np.ndarray]
 Layer = Tuple[np.ndarray, np.ndarray]
 
 
+def head(spec: ModelSpec) -> str:
+    """The output layer and loss: ``softmax`` (cross-entropy), ``logistic`` (binary cross-entropy) or ``linear`` (MSE)."""
+    if spec.kind == "tflite":
+        return str(spec.options.get("output", "softmax"))
+    if not spec.is_classifier:
+        return "linear"
+    return "logistic" if output_units(spec) == 1 else "softmax"
+
+
 def output_units(spec: ModelSpec) -> int:
     """Width of the output layer."""
-    if not spec.is_classifier:
+    if not spec.is_classifier or (spec.kind == "tflite" and spec.options.get("output") == "logistic"):
         return 1
     if len(spec.classes) == 2 and spec.kind in ("sgd_classifier", "mlp_classifier"):
         return 1
@@ -41,7 +51,7 @@ def layer_sizes(spec: ModelSpec) -> List[int]:
 def initial_weights(spec: ModelSpec) -> Weights:
     """Seeded initial weights: zeros for linear models, Glorot-uniform for MLPs."""
     sizes = layer_sizes(spec)
-    if spec.kind not in NEEDS_HIDDEN:
+    if not spec.hidden:
         layers = [(np.zeros((sizes[0], sizes[1])), np.zeros(sizes[1]))]
     else:
         rng = np.random.default_rng(spec.seed)
@@ -54,7 +64,7 @@ def initial_weights(spec: ModelSpec) -> Weights:
 
 def to_layers(spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> List[Layer]:
     """Named weights -> [(W (in, out), b (out,)), ...] as float64."""
-    if spec.kind in NEEDS_HIDDEN:
+    if spec.kind in LAYERED_KINDS:
         n = len(spec.hidden) + 1
         return [(np.asarray(weights[f"layers.{i}.weight"], np.float64), np.asarray(weights[f"layers.{i}.bias"], np.float64))
                 for i in range(n)]
@@ -65,7 +75,7 @@ def to_layers(spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> List[Layer]
 
 def from_layers(spec: ModelSpec, layers: List[Layer], dtype: type = np.float32) -> Weights:
     """[(W, b), ...] -> named weights in the kind's layout."""
-    if spec.kind in NEEDS_HIDDEN:
+    if spec.kind in LAYERED_KINDS:
         out: Weights = {}
         for i, (w, b) in enumerate(layers):
             out[f"layers.{i}.weight"] = np.asarray(w, dtype)
@@ -106,6 +116,17 @@ def class_index(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
         raise ValueError(f"label {exc.args[0]} is not one of the model's classes {list(spec.classes)}") from None
 
 
+def targets(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
+    """Training targets as a float32 matrix: one-hot (softmax), a 0/1 column (logistic) or the value column (linear)."""
+    kind = head(spec)
+    if kind == "linear":
+        return np.asarray(y, np.float32).reshape(-1, 1)
+    idx = class_index(spec, y)
+    if kind == "logistic":
+        return idx.astype(np.float32).reshape(-1, 1)
+    return np.eye(len(spec.classes), dtype=np.float32)[idx]
+
+
 def evaluate(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
     """Loss and accuracy (classifiers: cross-entropy) or loss and r2 (regressors: MSE) on (x, y)."""
     scores = forward(to_layers(spec, weights), np.asarray(x, np.float64))[-1]
@@ -141,10 +162,11 @@ def spec_from_meta(meta: object) -> ModelSpec:
         raise ValueError("classes must be a list of integers or strings")
     if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= 1_000_000 for h in hidden):
         raise ValueError("hidden must be a list of positive integers")
-    if (kind in CLASSIFIER_KINDS) != (len(classes) >= 2) or (kind in NEEDS_HIDDEN) != bool(hidden):
-        raise ValueError(f"classes / hidden do not fit a {kind}")
     if not isinstance(options, dict) or not all(isinstance(v, (int, float, str, bool)) for v in options.values()):
         raise ValueError("options must map names to scalars")
+    problem = spec_problem(kind, classes, hidden, options)
+    if problem:
+        raise ValueError(problem)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError("seed must be an integer")
     return ModelSpec(kind=kind, features=features, classes=tuple(classes), hidden=tuple(hidden), seed=seed, options=options)
@@ -161,3 +183,4 @@ def check_weights(spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
         if t.dtype.kind != "f":
             raise ValueError(f"tensor {name!r} has dtype {t.dtype}, expected a float type")
+

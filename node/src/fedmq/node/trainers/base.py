@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
@@ -42,10 +42,17 @@ class Trainer(abc.ABC):
         return evaluate(self.spec, self.get_weights(), x, y)
 
 
-def make_trainer(backend: str, spec: ModelSpec) -> Trainer:
-    """The trainer for ``spec``: ``auto`` picks scikit-learn for its kinds and numpy for the rest."""
+def make_trainer(backend: str, spec: ModelSpec, tflite_file: Optional[bytes] = None) -> Trainer:
+    """The trainer for ``spec``: ``auto`` picks scikit-learn for its kinds, TFLite for ``tflite``
+    (which needs the model file), numpy for the rest."""
     if backend == "auto":
-        backend = "sklearn" if spec.kind in SKLEARN_KINDS else "numpy"
+        backend = "sklearn" if spec.kind in SKLEARN_KINDS else "tflite" if spec.kind == "tflite" else "numpy"
+    if backend == "tflite":
+        if spec.kind != "tflite" or tflite_file is None:
+            raise TrainerUnavailable(f"the tflite trainer needs a tflite model and its file, not {spec.kind!r}")
+        from fedmq.node.trainers.tflite_model import TfliteTrainer
+
+        return TfliteTrainer(spec, tflite_file)
     if backend == "numpy":
         from fedmq.node.trainers.numpy_dense import NumpyDenseTrainer
 

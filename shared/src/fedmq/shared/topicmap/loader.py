@@ -6,7 +6,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from fedmq.shared import data as data_sources
-from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN
+from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
     BrokerSettings, DataRef, Group, Limits, ModelSpec, RoundPolicy, TlsSettings, TopicMap,
 )
@@ -94,7 +94,14 @@ def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
     kind = r.value(m, "kind", "model", str, "softmax_regression", choices=MODEL_KINDS)
     features = r.value(m, "features", "model", int, 1, minimum=1, maximum=10_000_000)
     classes = r.value(m, "classes", "model", list, [])
-    if kind in CLASSIFIER_KINDS:
+    hidden = r.value(m, "hidden", "model", list, [])
+    options = r.value(m, "options", "model", dict, {})
+    if kind == "tflite":
+        problem = spec_problem(kind, classes or [], hidden or [], options or {})
+        if problem and m is not None:
+            r.error(r.line_of(m, "options") if "options" in (problem.split()[0]) else m.line, "model", problem,
+                    "see docs/topic-map.md, model kind tflite")
+    elif kind in CLASSIFIER_KINDS:
         if m is not None and len(classes) < 2:
             r.error(r.line_of(m, "classes") if "classes" in m else m.line, "model.classes",
                     f"a {kind} needs at least two class labels", "list every label, e.g. classes: [0, 1, 2]")
@@ -106,16 +113,14 @@ def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
             r.error(r.line_of(m, "classes"), "model.classes", "duplicate class labels", "list each label once")
     elif classes:
         r.error(r.line_of(m, "classes"), "model.classes", f"a {kind} has no classes", "remove model.classes")
-    hidden = r.value(m, "hidden", "model", list, [])
     for i, h in enumerate(hidden):
         if isinstance(h, bool) or not isinstance(h, int) or h < 1:
             r.error(r.item_line(hidden, i), f"model.hidden[{i}]", f"layer size must be a positive integer, not {h!r}",
                     "e.g. hidden: [32, 16]")
     if kind in NEEDS_HIDDEN and m is not None and not hidden:
         r.error(m.line, "model.hidden", f"a {kind} needs hidden layer sizes", "add e.g. hidden: [32]")
-    if kind not in NEEDS_HIDDEN and hidden:
+    if kind not in NEEDS_HIDDEN and kind != "tflite" and hidden:
         r.error(r.line_of(m, "hidden"), "model.hidden", f"a {kind} has no hidden layers", "remove model.hidden or use kind: mlp")
-    options = r.value(m, "options", "model", dict, {})
     for k, v in (options or {}).items():
         if not isinstance(v, (int, float, str, bool)):
             r.error(r.line_of(options, k), f"model.options.{k}", "must be a scalar", "use a number, string or true/false")

@@ -1,0 +1,79 @@
+"""TFLite trainer: runs a training-capable .tflite file through its signature runners.
+
+The file must expose ``train(x, y) -> loss``, ``infer(x) -> output``, ``get_weights() -> {name: tensor}``
+and ``set_weights({name: tensor}) -> status``. Weights are always addressed by name.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import numpy as np
+
+from fedmq.node.trainers.base import Trainer
+from fedmq.node.trainers.tflite_runtime import find_interpreter
+from fedmq.shared.messages import TrainParams
+from fedmq.shared.models import Weights, targets
+from fedmq.shared.topicmap import ModelSpec
+
+SIGNATURES = ("train", "infer", "get_weights", "set_weights")
+
+
+class TfliteModel:
+    """One interpreter with the four signature runners of a training-capable model."""
+
+    def __init__(self, model: bytes) -> None:
+        interpreter_cls, self.runtime = find_interpreter()
+        self.interpreter = interpreter_cls(model_content=model)
+        found = self.interpreter.get_signature_list()
+        missing = [s for s in SIGNATURES if s not in found]
+        if missing:
+            raise ValueError(f"the model lacks the signatures {missing} (it has {sorted(found)})")
+        self.signatures = found
+        self.runners = {s: self.interpreter.get_signature_runner(s) for s in SIGNATURES}
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One step of the model's own optimiser on one batch; the loss before the step."""
+        return float(np.asarray(self.runners["train"](x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"]))
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for a batch."""
+        return np.asarray(self.runners["infer"](x=np.asarray(x, np.float32))["output"])
+
+    def get_weights(self) -> Weights:
+        """Every weight by name (copies)."""
+        return {k: np.array(v, np.float32) for k, v in self.runners["get_weights"]().items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Assign every weight by name."""
+        self.runners["set_weights"](**{k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()})
+
+
+class TfliteTrainer(Trainer):
+    """Trains a ``tflite`` model kind with the .tflite file the coordinator distributed."""
+
+    name = "tflite"
+
+    def __init__(self, spec: ModelSpec, model: bytes) -> None:
+        super().__init__(spec)
+        self.model = TfliteModel(model)
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Load the global model into the interpreter's variables."""
+        self.model.set_weights(weights)
+
+    def get_weights(self) -> Weights:
+        """The interpreter's variables, by name."""
+        return self.model.get_weights()
+
+    def fit(self, x: np.ndarray, y: np.ndarray, params: TrainParams, rng: np.random.Generator) -> Dict[str, float]:
+        """Shuffled mini-batches through ``train``; the learning rate is the one built into the file."""
+        xs = np.asarray(x, np.float32)
+        t = targets(self.spec, y)
+        losses = []
+        for _ in range(params.local_epochs):
+            order = rng.permutation(len(xs))
+            for start in range(0, len(xs), params.batch_size):
+                idx = order[start : start + params.batch_size]
+                losses.append(self.model.train_step(xs[idx], t[idx]))
+        return {"train_loss": float(np.mean(losses)) if losses else 0.0}
