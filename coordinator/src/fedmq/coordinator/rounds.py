@@ -5,6 +5,7 @@ when the quorum is missed, as the topic map says.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -40,6 +41,16 @@ def select_nodes(online: List[str], tm: TopicMap, rng: np.random.Generator) -> L
     return sorted(rng.choice(sorted(online), size=k, replace=False).tolist())
 
 
+def build_model_file(tm: TopicMap, weights: Weights) -> "Optional[tuple[str, bytes]]":
+    """(sha256, bytes) of the training-capable .tflite for a ``tflite`` model, else None."""
+    if tm.model.kind != "tflite":
+        return None
+    from fedmq.coordinator.tflite_builder import build_dense_model
+
+    data = build_dense_model(tm.model, weights, tm.policy.learning_rate)
+    return hashlib.sha256(data).hexdigest(), data
+
+
 class RoundDriver:
     """Runs the federation's rounds from the root group."""
 
@@ -70,6 +81,7 @@ class RoundDriver:
         self.selected: List[str] = []
         self.finished = False
         self.bytes_model = 0
+        self.model_file = build_model_file(tm, initial_weights(tm.model))  # stable hash across restarts
         root.on_root_close = self._on_root_close
 
     @property
@@ -78,15 +90,22 @@ class RoundDriver:
         return self.state.rounds_done + 1
 
     def begin(self) -> None:
-        """Publish the current global model (retained); rounds start once enough nodes are online."""
+        """Publish the model file (if any) and the current global model, both retained; rounds start once
+        enough nodes are online."""
+        if self.model_file is not None:
+            self.publish(self.topics.model_file(self.model_file[0]), self.model_file[1], True)
+            self.log.info("model file %s (%d bytes) published", self.model_file[0][:12], len(self.model_file[1]))
         self._publish_model()
         if self.state.rounds_done >= self.tm.policy.rounds:
             self.log.warning("all %d rounds are already done", self.tm.policy.rounds)
             self._finish()
 
     def _publish_model(self) -> None:
+        meta: Dict[str, Any] = {"model": self.tm.model.to_meta()}
+        if self.model_file is not None:
+            meta["file"] = {"sha256": self.model_file[0], "bytes": len(self.model_file[1]), "format": "tflite"}
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
-                       model_version=self.state.model_version, tensors=self.weights, meta={"model": self.tm.model.to_meta()})
+                       model_version=self.state.model_version, tensors=self.weights, meta=meta)
         payload = encode(env)
         self.bytes_model = len(payload)
         self.publish(self.topics.model(), payload, True)

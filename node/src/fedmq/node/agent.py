@@ -15,6 +15,7 @@ from typing import Optional, Set, Tuple
 import numpy as np
 
 from fedmq.node.config import NodeConfig
+from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.messages import Control, MessageError, Status
@@ -36,6 +37,8 @@ class NodeAgent:
         self.trainer: Optional[Trainer] = None
         self.spec: Optional[ModelSpec] = None
         self.model: Optional[Tuple[int, Weights]] = None
+        self.file_sha: Optional[str] = None
+        self.files = ModelFileCache(cfg.cache_dir)
         self.pending: Optional[Control] = None
         self.answered: Set[Tuple[int, int]] = set()
         self.rounds_done = 0
@@ -73,6 +76,8 @@ class NodeAgent:
         try:
             if msg.topic == self.topics.model():
                 self._on_model(msg.payload)
+            elif msg.topic.startswith(self.topics.model_file("")):
+                self._on_model_file(msg.topic.rsplit("/", 1)[1], msg.payload)
             else:
                 self._on_control(Control.decode(msg.payload))
         except (EnvelopeError, MessageError, ValueError) as exc:
@@ -86,12 +91,28 @@ class NodeAgent:
             raise ValueError(f"not a model of federation {self.cfg.federation!r}")
         spec = spec_from_meta(env.meta.get("model"))
         check_weights(spec, env.tensors)
-        if spec != self.spec:
-            self.trainer = make_trainer(self.cfg.trainer, spec)
-            self.spec = spec
-            self.log.info("model: %s with %d features, trainer %s", spec.kind, spec.features, self.trainer.name)
+        sha = check_announcement(env.meta.get("file"), self.cfg.max_message_bytes)
         self.model = (env.model_version, env.tensors)
+        if (spec, sha) != (self.spec, self.file_sha):
+            self.spec, self.file_sha, self.trainer = spec, sha, None
+            cached = self.files.get(sha) if sha else None
+            if sha and cached is None:
+                self.log.info("fetching model file %s...", sha[:12])
+                self.link.subscribe(self.topics.model_file(sha))
+                return
+            self._make_trainer(cached)
         self._train_if_ready()
+
+    def _on_model_file(self, sha: str, payload: bytes) -> None:
+        if sha != self.file_sha or self.trainer is not None:
+            return  # an old or repeated file
+        self._make_trainer(self.files.accept(sha, payload))
+        self._train_if_ready()
+
+    def _make_trainer(self, model_file: Optional[bytes]) -> None:
+        assert self.spec is not None
+        self.trainer = make_trainer(self.cfg.trainer, self.spec, model_file)
+        self.log.info("model: %s with %d features, trainer %s", self.spec.kind, self.spec.features, self.trainer.name)
 
     def _on_control(self, ctl: Control) -> None:
         if ctl.type == "done":

@@ -12,7 +12,7 @@ from fedmq.shared.topicmap.reader import load_file
 from fedmq.shared.topics import level_problem
 
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
-NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed")
+NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class NodeConfig:
     trainer: str = "auto"
     max_message_bytes: int = Limits.max_message_bytes
     seed: int = 0
+    cache_dir: str = ".fedmq-cache"
 
 
 def _group_problem(v: object) -> Optional[str]:
@@ -56,7 +57,8 @@ def load_node_config(file: str) -> NodeConfig:
     trainer = r.value(m, "trainer", "", str, "auto", choices=TRAINERS)
     max_bytes = r.value(m, "max_message_bytes", "", int, Limits.max_message_bytes, minimum=1024)
     seed = r.value(m, "seed", "", int, 0, minimum=0)
+    cache_dir = os.path.join(base, r.value(m, "cache_dir", "", str, ".fedmq-cache"))
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
-                      trainer=trainer, max_message_bytes=max_bytes, seed=seed)
+                      trainer=trainer, max_message_bytes=max_bytes, seed=seed, cache_dir=cache_dir)

@@ -54,6 +54,10 @@ class Topics:
         """Global model, retained, QoS 1 (published by the root)."""
         return f"{self.base}/_model"
 
+    def model_file(self, sha256: str) -> str:
+        """A model file (e.g. .tflite), retained, named by the SHA-256 of its bytes."""
+        return f"{self.base}/_file/{sha256}"
+
     def metrics(self) -> str:
         """Per-round metrics summary, retained, JSON (published by the root)."""
         return f"{self.base}/_metrics"

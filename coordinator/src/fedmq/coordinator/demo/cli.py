@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator.cli import format_round
 from fedmq.coordinator.demo.dataset import digits
-from fedmq.coordinator.demo.federation import HIDDEN, LEARNING_RATE, write_federation
+from fedmq.coordinator.demo.federation import HIDDEN, LEARNING_RATE, TRAINERS, write_federation
 from fedmq.coordinator.demo.plot import plot_rounds
 from fedmq.shared.messages import MessageError, decode_metrics
 from fedmq.shared.mqtt import MqttLink
@@ -38,7 +38,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--rounds", type=int, default=20, help="number of rounds (default 20)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the non-IID split (default 0.5)")
     p.add_argument("--model", default="softmax_regression", choices=sorted(LEARNING_RATE),
-                   help="model kind (default softmax_regression, numpy trainer)")
+                   help="model (default softmax_regression; tflite-logreg and tflite-mlp train .tflite files "
+                        "built by the coordinator, on TFLite nodes)")
+    p.add_argument("--trainer", default="auto", choices=TRAINERS,
+                   help="node trainer (default auto: TFLite for tflite-*, scikit-learn for its kinds, else numpy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")
     p.add_argument("--deadline", type=float, default=15.0, help="round deadline in seconds (default 15)")
     p.add_argument("--report", help="write the JSON report here")
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.rounds} rounds, model {args.model}, digits split non-IID (Dirichlet alpha={args.alpha})", flush=True)
         layout = write_federation(workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds,
                                   alpha=args.alpha, seed=args.seed, model=args.model, port=broker.port,
-                                  deadline_s=args.deadline)
+                                  deadline_s=args.deadline, trainer=args.trainer)
         topics = Topics("demo")
         watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", BrokerSettings(port=broker.port), persistent=False)
         watcher.subscribe(topics.metrics())
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
               f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
         report = {"rounds": [_report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
                   "nodes": args.nodes, "groups": args.groups, "model": args.model, "alpha": args.alpha,
-                  "seed": args.seed, "seconds": round(elapsed, 2)}
+                  "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2)}
         plot_path = args.plot or (os.path.splitext(args.report)[0] + ".png" if args.report else
                                   os.path.join(args.workdir or ".", "fedmq-demo.png"))
         if rounds:

@@ -11,8 +11,21 @@ import yaml
 
 from fedmq.coordinator.demo.dataset import Split, dirichlet_split
 
-HIDDEN = {"mlp": [32], "mlp_classifier": [32]}
-LEARNING_RATE = {"softmax_regression": 0.5, "mlp": 0.2, "sgd_classifier": 0.01, "mlp_classifier": 0.2}
+HIDDEN = {"mlp": [32], "mlp_classifier": [32], "tflite-mlp": [32]}
+LEARNING_RATE = {"softmax_regression": 0.5, "mlp": 0.2, "sgd_classifier": 0.01, "mlp_classifier": 0.2,
+                 "tflite-logreg": 0.5, "tflite-mlp": 0.2}
+TRAINERS = ("auto", "numpy", "sklearn", "tflite")
+
+
+def model_spec(model: str, features: int, classes: List[int], seed: int) -> dict:
+    """The topic map's ``model`` section for a demo model name (tflite-* are the ``tflite`` kind)."""
+    spec: dict = {"kind": "tflite" if model.startswith("tflite-") else model, "features": features,
+                  "classes": classes, "seed": seed}
+    if model in HIDDEN:
+        spec["hidden"] = HIDDEN[model]
+    if model.startswith("tflite-"):
+        spec["options"] = {"output": "softmax"}
+    return spec
 
 
 @dataclass
@@ -25,7 +38,7 @@ class DemoLayout:
 
 
 def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, groups: int, rounds: int, alpha: float,
-                     seed: int, model: str, port: int, deadline_s: float) -> DemoLayout:
+                     seed: int, model: str, port: int, deadline_s: float, trainer: str = "auto") -> DemoLayout:
     """Split the data, write one NPZ and one node config per node, and the topic map."""
     x, y = train
     parts = dirichlet_split(y, nodes, alpha, seed)
@@ -38,7 +51,8 @@ def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, gro
         node = f"{home}-node{i // groups + 1:02d}"
         np.savez(os.path.join(data_dir, f"{node}.npz"), x=x[idx], y=y[idx])
         tree["groups"].setdefault(home, {"nodes": []})["nodes"].append(node)
-        cfg = {"node_id": node, "federation": "demo", "group": home, "seed": seed,
+        cfg = {"node_id": node, "federation": "demo", "group": home, "seed": seed, "trainer": trainer,
+               "cache_dir": os.path.join(workdir, "cache", node),
                "broker": {"host": "127.0.0.1", "port": port},
                "data": {"kind": "npz", "path": os.path.join(data_dir, f"{node}.npz")}}
         path = os.path.join(workdir, f"node-{node}.yaml")
@@ -47,9 +61,7 @@ def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, gro
         ids.append(node)
         configs.append(path)
     np.savez(os.path.join(data_dir, "test.npz"), x=test[0], y=test[1])
-    spec = {"kind": model, "features": int(x.shape[1]), "classes": [int(c) for c in np.unique(y)], "seed": seed}
-    if model in HIDDEN:
-        spec["hidden"] = HIDDEN[model]
+    spec = model_spec(model, int(x.shape[1]), [int(c) for c in np.unique(y)], seed)
     fed = {
         "federation": "demo",
         "broker": {"host": "127.0.0.1", "port": port},

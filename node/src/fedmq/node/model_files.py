@@ -1,0 +1,62 @@
+"""Model files (.tflite) announced by content hash: cached on disk, fetched from their retained topic
+only when the hash changes, and refused when the bytes do not match the announced hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Optional
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelFileError(ValueError):
+    """An announced or received model file that cannot be used."""
+
+
+def check_announcement(meta: object, max_bytes: int) -> Optional[str]:
+    """The SHA-256 a model envelope's ``meta.file`` announces, or None when it announces none."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not SHA256.match(meta["sha256"]):
+        raise ModelFileError("meta.file must carry a lowercase hex sha256")
+    size = meta.get("bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= max_bytes:
+        raise ModelFileError(f"announced model file size {size!r} is not within 1..{max_bytes} bytes")
+    if meta.get("format") != "tflite":
+        raise ModelFileError(f"unknown model file format {meta.get('format')!r}")
+    return meta["sha256"]
+
+
+class ModelFileCache:
+    """Files by hash in one directory, written atomically."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def path(self, sha256: str) -> str:
+        """Where a file with this hash lives."""
+        return os.path.join(self.directory, f"{sha256}.tflite")
+
+    def get(self, sha256: str) -> Optional[bytes]:
+        """The cached bytes, if present and still matching their hash."""
+        try:
+            with open(self.path(sha256), "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == sha256 else None
+
+    def accept(self, sha256: str, data: bytes) -> bytes:
+        """Verify received bytes against the announced hash and cache them; ModelFileError on a mismatch."""
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ModelFileError(f"model file refused: announced sha256 {sha256[:16]}..., received bytes hash to "
+                                 f"{actual[:16]}... (corrupted or forged); waiting for the right file")
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = self.path(sha256) + f".tmp.{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self.path(sha256))
+        return data
