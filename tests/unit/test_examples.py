@@ -23,3 +23,22 @@ def test_example_node_config_loads_its_csv():
     x, y = open_source(cfg.data).load()
     assert x.shape == (60, 64) and len(y) == 60 and cfg.group == ("kitchen",)
     assert load_topic_map(os.path.join(EXAMPLES, "smart-home.yaml")).group_of(cfg.node_id).path == cfg.group
+
+
+def test_demo_model_names_all_have_settings():
+    from fedmq.coordinator.demo.cli import MODELS
+    from fedmq.coordinator.demo.federation import LEARNING_RATE
+
+    assert sorted(MODELS) == sorted(LEARNING_RATE)
+
+
+def test_tflite_example_builds_and_checks(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.tflite"
+    cmd = [sys.executable, "-m", "fedmq.shared.cli"]
+    r = subprocess.run(cmd + ["coordinator", "build-model", os.path.join(EXAMPLES, "tflite-sensors.yaml"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "sha256" in r.stdout, r.stderr
+    assert subprocess.run(cmd + ["model", "check", str(out)], capture_output=True).returncode == 0

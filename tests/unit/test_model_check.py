@@ -40,11 +40,12 @@ def test_not_a_model_is_reported_not_raised(tmp_path):
 
 
 def test_missing_runtime_names_the_extra(monkeypatch):
-    monkeypatch.setattr(tflite_runtime, "CANDIDATES", (("no_such_runtime_a", "a"), ("no_such_runtime_b", "b")))
+    monkeypatch.setattr(tflite_runtime, "CANDIDATES", (("no_such_runtime_a", "Interpreter", "a"),
+                                                       ("no_such_runtime_b", "Interpreter", "b")))
     with pytest.raises(TrainerUnavailable, match=r"pip install 'fedmq-node\[tflite\]'"):
         make_trainer("auto", SPEC, build_dense_model(SPEC, initial_weights(SPEC), 0.1))
 
 
 def test_runtime_preference_order():
-    assert [name for _, name in tflite_runtime.CANDIDATES] == ["ai-edge-litert", "tflite-runtime", "tensorflow"]
+    assert [name for _, _, name in tflite_runtime.CANDIDATES] == ["ai-edge-litert", "tflite-runtime", "tensorflow"]
     assert tflite_runtime.find_interpreter()[1] == "ai-edge-litert"  # what ./install.sh installs here

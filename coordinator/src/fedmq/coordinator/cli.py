@@ -8,11 +8,12 @@ import signal
 import sys
 from typing import Any, Dict
 
-from fedmq.coordinator.checkpoint import CheckpointError
-from fedmq.coordinator.rounds import FederationFailed
-from fedmq.coordinator.service import CoordinatorService
-from fedmq.shared.data import DataError
+from typing import TYPE_CHECKING
+
 from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
+
+if TYPE_CHECKING:  # the coordinator's modules load only when a coordinator command runs
+    from fedmq.coordinator.service import CoordinatorService
 
 
 def register_coordinator(sub: "argparse._SubParsersAction") -> None:
@@ -35,7 +36,29 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     edge.add_argument("topic_map", help="federation topic map (YAML)")
     edge.add_argument("--group", required=True, help="slash-separated path of the group, e.g. site-a/building-2")
     edge.set_defaults(func=_edge, default_verbosity=1)
+    build = csub.add_parser("build-model", help="write the .tflite file of a tflite model kind",
+                            description="Build the training-capable .tflite file the coordinator distributes for a "
+                                        "topic map whose model kind is tflite (no TensorFlow needed), and print "
+                                        "its SHA-256. Check it with 'fedmq model check FILE'.")
+    build.add_argument("topic_map", help="federation topic map (YAML)")
+    build.add_argument("--out", required=True, help="where to write the .tflite file")
+    build.set_defaults(func=_build_model)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _build_model(args: argparse.Namespace) -> int:
+    from fedmq.coordinator.rounds import build_model_file
+    from fedmq.shared.models import initial_weights
+
+    tm = load_topic_map(args.topic_map)
+    built = build_model_file(tm, initial_weights(tm.model))
+    if built is None:
+        raise TopicMapError([ConfigIssue(tm.file, None, "model.kind", f"{tm.model.kind!r} has no model file",
+                                         "use kind: tflite to have the coordinator build a .tflite file")])
+    with open(args.out, "wb") as fh:
+        fh.write(built[1])
+    print(f"wrote {args.out} ({len(built[1]):,} bytes, sha256 {built[0]})")
+    return 0
 
 
 def format_round(s: Dict[str, Any]) -> str:
@@ -48,7 +71,9 @@ def format_round(s: Dict[str, Any]) -> str:
             + (f"  rejected {s['rejected']}" if s.get("rejected") else ""))
 
 
-def _serve(service: CoordinatorService) -> int:
+def _serve(service: "CoordinatorService") -> int:
+    from fedmq.coordinator.rounds import FederationFailed
+
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
         service.run()
@@ -61,6 +86,10 @@ def _serve(service: CoordinatorService) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedmq.coordinator.checkpoint import CheckpointError
+    from fedmq.coordinator.service import CoordinatorService
+    from fedmq.shared.data import DataError
+
     tm = load_topic_map(args.topic_map)
     rounds = []
 
@@ -82,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _edge(args: argparse.Namespace) -> int:
+    from fedmq.coordinator.service import CoordinatorService
+
     tm = load_topic_map(args.topic_map)
     path = tuple(args.group.strip("/").split("/"))
     group = tm.groups().get(path)

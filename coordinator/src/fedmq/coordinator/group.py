@@ -45,7 +45,6 @@ class _Round:
     metrics: MetricSums = field(default_factory=MetricSums)
     nodes: List[str] = field(default_factory=list)
     answered: Set[str] = field(default_factory=set)
-    dropped: Set[str] = field(default_factory=set)
     reported: Set[str] = field(default_factory=set)
     bytes_up: float = 0.0
 
@@ -116,12 +115,11 @@ class GroupAggregator:
         return self.current.close_at if self.current else None
 
     def node_offline(self, node: str) -> None:
-        """A selected node vanished (its last will): stop waiting for it."""
+        """A selected node went offline (its last will). The round still waits for it until the deadline:
+        it may reconnect and answer (its persistent session keeps the round start for it)."""
         r = self.current
         if r is not None and node in r.direct and node not in r.answered:
-            r.dropped.add(node)
             self.log.info("round %d: node %s went offline before answering", r.ctl.round, node)
-            self._maybe_close()
 
     # --- incoming ----------------------------------------------------------------------------------
 
@@ -186,7 +184,6 @@ class GroupAggregator:
         ]):
             return
         r.answered.add(node)
-        r.dropped.discard(node)
         r.nodes.append(node)
         r.sums.add(env.tensors, env.samples)
         r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
@@ -226,7 +223,7 @@ class GroupAggregator:
 
     def _maybe_close(self) -> None:
         r = self.current
-        if r is not None and r.direct <= (r.answered | r.dropped) and r.children <= r.reported:
+        if r is not None and r.direct <= r.answered and r.children <= r.reported:
             self._close("all in")
 
     def _close(self, why: str) -> None:

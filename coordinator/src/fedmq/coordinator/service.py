@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Optional
 from fedmq.coordinator.group import GroupAggregator
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
-from fedmq.coordinator.rounds import RoundDriver
+from fedmq.coordinator.rounds import FederationFailed, RoundDriver
 from fedmq.coordinator.tree import Membership, served_groups
 from fedmq.shared.messages import Control, MessageError
 from fedmq.shared.mqtt import Message, MqttLink
@@ -73,7 +73,13 @@ class CoordinatorService:
             while not self.stopping.is_set() and not (until_finished and self.finished):
                 msg = self.link.get(timeout=self._timeout())
                 if msg is not None:
-                    self.dispatch(msg)
+                    try:
+                        self.dispatch(msg)
+                    except FederationFailed:
+                        raise
+                    except Exception:  # one bad message must never take the coordinator down
+                        log.exception("internal error while handling a message on %s; dropped it", msg.topic)
+                        self.rejections.reject("internal error", msg.topic)
                 now = time.time()
                 for agg in self.groups.values():
                     agg.tick(now)

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
@@ -56,7 +56,9 @@ class MqttLink:
         self.connects = 0
         self._subs: List[Tuple[str, int]] = []
         self.birth = birth
-        self._unacked: List[mqtt.MQTTMessageInfo] = []
+        self._unacked: Set[int] = set()  # mids of QoS 1 messages not acknowledged yet (kept across reconnects)
+        self._early: Set[int] = set()  # mids acknowledged before publish() recorded them
+        self._acked = threading.Condition()
         self._closing = False
         self._lock = threading.Lock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -76,6 +78,7 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_publish = self._on_publish
         self.client = c
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
@@ -98,11 +101,15 @@ class MqttLink:
         """Queue a message (paho resends QoS 1 after a reconnect); refuse what the broker would refuse."""
         if self.max_payload is not None and len(payload) > self.max_payload:
             raise PayloadTooLarge(f"{len(payload)} bytes on {topic} is over the broker's packet limit")
+        # Never call paho while holding our lock: paho calls on_publish while holding its own.
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        self.bytes_out += len(payload)
         if qos:
-            self._unacked = [i for i in self._unacked if not i.is_published()]
-            self._unacked.append(info)
+            with self._acked:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                else:
+                    self._unacked.add(info.mid)
+        self.bytes_out += len(payload)
 
     def get(self, timeout: float) -> Optional[Message]:
         """Next incoming message, or None after ``timeout`` seconds."""
@@ -114,15 +121,12 @@ class MqttLink:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the broker has acknowledged every QoS 1 message published so far."""
         deadline = time.monotonic() + timeout
-        for info in self._unacked:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.connected.is_set():
-                return False
-            try:
-                info.wait_for_publish(timeout=remaining)
-            except (RuntimeError, ValueError):
-                return False
-        self._unacked = []
+        with self._acked:
+            while self._unacked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._acked.wait(min(remaining, 0.1))
         return True
 
     def stop(self, final: Optional[Tuple[str, bytes]] = None) -> None:
@@ -152,6 +156,14 @@ class MqttLink:
         if self.connected.is_set() and not self._closing:
             self.log.warning("lost the broker (%s); reconnecting with backoff", reason)
         self.connected.clear()
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
+        with self._acked:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+            else:
+                self._early.add(mid)
+            self._acked.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self.bytes_in += len(msg.payload)

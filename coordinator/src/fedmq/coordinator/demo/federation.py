@@ -14,7 +14,6 @@ from fedmq.coordinator.demo.dataset import Split, dirichlet_split
 HIDDEN = {"mlp": [32], "mlp_classifier": [32], "tflite-mlp": [32]}
 LEARNING_RATE = {"softmax_regression": 0.5, "mlp": 0.2, "sgd_classifier": 0.01, "mlp_classifier": 0.2,
                  "tflite-logreg": 0.5, "tflite-mlp": 0.2}
-TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 
 
 def model_spec(model: str, features: int, classes: List[int], seed: int) -> dict:

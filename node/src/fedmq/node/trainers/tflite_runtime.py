@@ -7,22 +7,24 @@ from typing import Any, Tuple
 
 from fedmq.node.trainers.base import TrainerUnavailable
 
-CANDIDATES = (
-    ("ai_edge_litert.interpreter", "ai-edge-litert"),
-    ("tflite_runtime.interpreter", "tflite-runtime"),
-    ("tensorflow.lite", "tensorflow"),
+CANDIDATES = (  # (module, attribute path to the Interpreter class, distribution name)
+    ("ai_edge_litert.interpreter", "Interpreter", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "Interpreter", "tflite-runtime"),
+    ("tensorflow", "lite.Interpreter", "tensorflow"),
 )
 
 
 def find_interpreter() -> Tuple[Any, str]:
     """The Interpreter class of the first runtime that imports, and that runtime's name."""
     errors = []
-    for module, name in CANDIDATES:
+    for module, attr, name in CANDIDATES:
         try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
+            found: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError) as exc:
             errors.append(f"{name}: {exc}")
             continue
-        return mod.Interpreter, name
+        return found, name
     raise TrainerUnavailable("no TFLite runtime is installed (tried " + "; ".join(errors) + "): "
                              "pip install 'fedmq-node[tflite]'")

@@ -1,0 +1,169 @@
+"""The demo run: a whole federation on this machine, reported on.
+
+A private Mosquitto on a free loopback port, one coordinator process and N node processes in a
+2-level hierarchy (homes of nodes), the digits data split non-IID over the nodes. Prints a line per
+round, writes a JSON report and a PNG plot, and stops every process it started, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+from fedmq.broker.process import MosquittoProcess
+from fedmq.coordinator.cli import format_round
+from fedmq.coordinator.demo.dataset import digits
+from fedmq.coordinator.demo.federation import HIDDEN, write_federation
+from fedmq.coordinator.demo.plot import plot_rounds
+from fedmq.shared.messages import MessageError, decode_metrics
+from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.topicmap import BrokerSettings
+from fedmq.shared.topics import Topics
+
+
+class Processes:
+    """Child processes that are always stopped: SIGTERM, then SIGKILL."""
+
+    def __init__(self) -> None:
+        self.procs: List[subprocess.Popen] = []
+
+    def spawn(self, args: List[str], log_path: str) -> subprocess.Popen:
+        """Start ``python -m fedmq.shared.cli ARGS`` with its output in ``log_path``."""
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        """Terminate every child, kill the stragglers."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        end = time.monotonic() + grace
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def centralised_accuracy(model: str, train: Any, test: Any, seed: int) -> float:
+    """Accuracy of a model of the same family trained centrally on all the training data."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    if model in HIDDEN:
+        clf = MLPClassifier(hidden_layer_sizes=HIDDEN[model], max_iter=500, random_state=seed)
+    else:
+        clf = LogisticRegression(max_iter=3000)
+    clf.fit(*train)
+    return float(clf.score(*test))
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; exit code 0 when every round was applied."""
+    if args.nodes < 1 or args.groups < 1 or args.groups > args.nodes or args.rounds < 1:
+        print("fedmq demo: need --nodes >= --groups >= 1 and --rounds >= 1", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    tmp = None
+    workdir = args.workdir
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fedmq-demo-")
+        workdir = tmp.name
+    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    procs = Processes()
+    broker: Optional[MosquittoProcess] = None
+    watcher: Optional[MqttLink] = None
+    t0 = time.monotonic()
+    try:
+        train, test = digits(args.seed)
+        broker = MosquittoProcess(os.path.join(workdir, "broker")).start()
+        print(f"fedmq demo: Mosquitto on {broker.host}:{broker.port}; {args.nodes} nodes in {args.groups} homes, "
+              f"{args.rounds} rounds, model {args.model}, digits split non-IID (Dirichlet alpha={args.alpha})", flush=True)
+        layout = write_federation(workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds,
+                                  alpha=args.alpha, seed=args.seed, model=args.model, port=broker.port,
+                                  deadline_s=args.deadline, trainer=args.trainer)
+        topics = Topics("demo")
+        watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", BrokerSettings(port=broker.port), persistent=False)
+        watcher.subscribe(topics.metrics())
+        watcher.start()
+        coordinator = procs.spawn(["coordinator", "run", layout.topic_map, "--fresh", "--quiet"],
+                                  os.path.join(workdir, "logs", "coordinator.log"))
+        for node, cfg in zip(layout.node_ids, layout.node_configs):
+            procs.spawn(["node", "run", cfg, "--exit-when-done"], os.path.join(workdir, "logs", f"{node}.log"))
+        print(f"fedmq demo: started the coordinator and {args.nodes} nodes (logs in {os.path.join(workdir, 'logs')})", flush=True)
+        rounds = _collect(watcher, coordinator, args.rounds, args.deadline)
+        procs.stop_all()
+        if len(rounds) < args.rounds:
+            print(f"fedmq demo: only {len(rounds)} of {args.rounds} rounds completed; see "
+                  f"{os.path.join(workdir, 'logs', 'coordinator.log')}", file=sys.stderr)
+        baseline = centralised_accuracy(args.model, train, test, args.seed)
+        final = rounds[-1]["accuracy"] if rounds else None
+        elapsed = time.monotonic() - t0
+        print(f"fedmq demo: final federated accuracy {final if final is None else f'{final:.4f}'}; "
+              f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
+        report = {"rounds": [_report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
+                  "nodes": args.nodes, "groups": args.groups, "model": args.model, "alpha": args.alpha,
+                  "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2)}
+        plot_path = args.plot or (os.path.splitext(args.report)[0] + ".png" if args.report else
+                                  os.path.join(args.workdir or ".", "fedmq-demo.png"))
+        if rounds:
+            plot_rounds(rounds, plot_path, baseline, f"fedmq demo: {args.nodes} nodes, {args.groups} homes, {args.model}")
+            print(f"fedmq demo: plot written to {plot_path}")
+        if args.report:
+            with open(args.report, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=1)
+            print(f"fedmq demo: report written to {args.report}")
+        return 0 if len(rounds) == args.rounds else 1
+    except KeyboardInterrupt:
+        print("fedmq demo: interrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        procs.stop_all()
+        if broker is not None:
+            broker.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _report_row(r: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ("round", "accuracy", "loss", "updates", "bytes_up", "bytes_down", "seconds")
+    return {k: r.get(k) for k in keys}
+
+
+def _collect(watcher: MqttLink, coordinator: subprocess.Popen, rounds: int, deadline: float) -> List[Dict[str, Any]]:
+    """Round summaries from the metrics topic, printed as they arrive, until the last round or a stall."""
+    seen: Dict[int, Dict[str, Any]] = {}
+    last_progress = time.monotonic()
+    stall = 60.0 + 4 * deadline
+    while len(seen) < rounds and time.monotonic() - last_progress < stall:
+        msg = watcher.get(timeout=0.2)
+        if msg is None:
+            if coordinator.poll() is not None and watcher.inbox.empty():
+                break
+            continue
+        try:
+            summary = decode_metrics(msg.payload)
+        except MessageError:
+            continue
+        if summary["round"] not in seen and not msg.retain:
+            seen[summary["round"]] = summary
+            last_progress = time.monotonic()
+            print(format_round(summary), flush=True)
+    return [seen[k] for k in sorted(seen)]
