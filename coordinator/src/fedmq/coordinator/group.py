@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
+from fedmq.coordinator.guards import update_norm
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
@@ -21,7 +24,6 @@ from fedmq.shared.models import check_weights, expected_shapes
 from fedmq.shared.topicmap import Group, TopicMap
 from fedmq.shared.topics import Topics
 
-MAX_SAMPLES = 10**9
 Publish = Callable[[str, bytes, bool], None]
 
 
@@ -67,6 +69,7 @@ class GroupAggregator:
         self.current: Optional[_Round] = None
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
+        self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
 
     @property
     def label(self) -> str:
@@ -176,11 +179,17 @@ class GroupAggregator:
         if env is None or r is None:
             return
         shape = self._shape_problem(env)
+        limits = self.tm.limits
+        norm = (update_norm(env.tensors, self.reference)
+                if not shape and limits.max_update_norm is not None and self.reference is not None else 0.0)
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
             (bool(shape), "wrong shape or dtype", shape),
-            (not 0 < env.samples <= MAX_SAMPLES or env.samples != int(env.samples), "bad sample count", f"{env.samples}"),
+            (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
+             f"{env.samples} (limits.max_samples is {limits.max_samples})"),
+            (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",
+             f"{norm:.4g} > limits.max_update_norm {limits.max_update_norm}"),
         ]):
             return
         r.answered.add(node)

@@ -13,9 +13,10 @@ from fedmq.shared.topicmap.model import GroupPath
 class Presence:
     """Online / offline state of every admitted node."""
 
-    def __init__(self, membership: Membership, rejections: Rejections) -> None:
+    def __init__(self, membership: Membership, rejections: Rejections, max_nodes: int = 100_000) -> None:
         self.membership = membership
         self.rejections = rejections
+        self.max_nodes = max_nodes
         self.state: Dict[str, str] = {}
 
     def on_status(self, path: GroupPath, node: str, payload: bytes, topic: str) -> "str | None":
@@ -30,6 +31,9 @@ class Presence:
             return None
         if status.node != node:
             self.rejections.reject("sender mismatch", topic, f"status names {status.node!r}")
+            return None
+        if node not in self.state and len(self.state) >= self.max_nodes:
+            self.rejections.reject("too many nodes", topic, f"limits.max_tracked_nodes is {self.max_nodes}")
             return None
         self.state[node] = status.state
         return status.state

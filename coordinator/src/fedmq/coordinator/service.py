@@ -10,12 +10,17 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
 from fedmq.coordinator.group import GroupAggregator
+from fedmq.coordinator.guards import RateLimiter
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.rounds import FederationFailed, RoundDriver
 from fedmq.coordinator.tree import Membership, served_groups
+from fedmq.shared.envelope import EnvelopeError, decode
 from fedmq.shared.messages import Control, MessageError
+from fedmq.shared.models import check_weights
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -33,7 +38,10 @@ class CoordinatorService:
         self.topics = Topics(tm.federation)
         self.rejections = Rejections(log)
         self.membership = Membership(tm)
-        self.presence = Presence(self.membership, self.rejections)
+        self.presence = Presence(self.membership, self.rejections, tm.limits.max_tracked_nodes)
+        self.limiter = RateLimiter(tm.limits.max_messages_per_node_s, tm.limits.message_burst,
+                                   tm.limits.max_tracked_nodes)
+        self.retained: Dict[str, bytes] = {}  # last payload of every retained topic we own, for republishing
         self.stopping = threading.Event()
         name = "root" if edge is None else "edge-" + "-".join(edge)
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
@@ -53,9 +61,19 @@ class CoordinatorService:
                 self.link.subscribe(self.topics.control(path[:-1]))
         for path in status_groups:
             self.link.subscribe(f"{self.topics.group(path)}/_status/+")
+        self.link.subscribe(self.topics.model())
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if retain:
+            self.retained[topic] = payload
         self.link.publish(topic, payload, retain=retain)
+
+    def _republish(self) -> None:
+        """After a reconnect, publish our retained state again: a broker killed before it saved its
+        persistence file has lost the model, the model file and the round controls."""
+        log.warning("reconnected: republishing %d retained messages", len(self.retained))
+        for topic, payload in list(self.retained.items()):
+            self.link.publish(topic, payload, retain=True)
 
     @property
     def finished(self) -> bool:
@@ -69,8 +87,12 @@ class CoordinatorService:
             self.link.connected.wait()
         if self.driver is not None:
             self.driver.begin()
+        seen_connects = self.link.connects
         try:
             while not self.stopping.is_set() and not (until_finished and self.finished):
+                if self.link.connects != seen_connects and self.link.connected.is_set():
+                    seen_connects = self.link.connects
+                    self._republish()
                 msg = self.link.get(timeout=self._timeout())
                 if msg is not None:
                     try:
@@ -101,6 +123,15 @@ class CoordinatorService:
     def dispatch(self, msg: Message) -> None:
         """Route one message to the aggregator or the presence table it concerns."""
         t = self.topics
+        if msg.topic == t.model():
+            self._on_model(msg.payload)
+            return
+        parts = msg.topic.rsplit("/", 2)
+        if (len(parts) == 3 and parts[1] in ("_update", "_status", "_partial") and not msg.retain
+                and not self.limiter.allow(parts[2])):
+            self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
+                                   f"{self.tm.limits.max_messages_per_node_s}")
+            return
         parsed = t.parse_last(msg.topic, "update")
         if parsed and parsed[0] in self.groups:
             self.groups[parsed[0]].on_update(parsed[1], msg.payload, msg.topic)
@@ -117,6 +148,18 @@ class CoordinatorService:
             return
         if msg.topic.endswith("/_control"):
             self._on_parent_control(msg)
+
+    def _on_model(self, payload: bytes) -> None:
+        """The global model (ours echoed back, or the root's at an edge) is the reference for norm bounds."""
+        try:
+            env = decode(payload, max_bytes=self.tm.limits.max_message_bytes)
+            check_weights(self.tm.model, env.tensors)
+        except (EnvelopeError, ValueError) as exc:
+            self.rejections.reject("malformed model", self.topics.model(), str(exc))
+            return
+        reference = {k: np.asarray(v, np.float64) for k, v in env.tensors.items()}
+        for agg in self.groups.values():
+            agg.reference = reference
 
     def _on_parent_control(self, msg: Message) -> None:
         parent = tuple(msg.topic[len(self.topics.base) + 1 : -len("/_control")].split("/")) if msg.topic != self.topics.control(()) else ()

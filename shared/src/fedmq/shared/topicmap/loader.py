@@ -131,9 +131,20 @@ def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
 def _limits(r: Reader, value: Any, line: Optional[int]) -> Limits:
     if value is None:
         return Limits()
-    m = r.mapping(value, "limits", line, ("max_message_bytes",))
-    return Limits(max_message_bytes=r.value(m, "max_message_bytes", "limits", int, Limits.max_message_bytes,
-                                            minimum=1024, maximum=256 * 1024 * 1024))
+    d = Limits()
+    keys = ("max_message_bytes", "max_samples", "max_update_norm", "max_messages_per_node_s", "message_burst",
+            "max_tracked_nodes")
+    m = r.mapping(value, "limits", line, keys)
+    return Limits(
+        max_message_bytes=r.value(m, "max_message_bytes", "limits", int, d.max_message_bytes,
+                                  minimum=1024, maximum=256 * 1024 * 1024),
+        max_samples=r.value(m, "max_samples", "limits", int, d.max_samples, minimum=1),
+        max_update_norm=r.value(m, "max_update_norm", "limits", float, None, minimum=0.0),
+        max_messages_per_node_s=r.value(m, "max_messages_per_node_s", "limits", float, d.max_messages_per_node_s,
+                                        minimum=0.01),
+        message_burst=r.value(m, "message_burst", "limits", int, d.message_burst, minimum=1),
+        max_tracked_nodes=r.value(m, "max_tracked_nodes", "limits", int, d.max_tracked_nodes, minimum=1),
+    )
 
 
 POLICY_KEYS = ("rounds", "fraction", "min_nodes", "max_nodes", "deadline_s", "quorum", "on_quorum_failure",

@@ -87,6 +87,11 @@ class Limits:
     """Guard rails on what the network may send."""
 
     max_message_bytes: int = 16 * 1024 * 1024
+    max_samples: int = 1_000_000
+    max_update_norm: Optional[float] = None
+    max_messages_per_node_s: float = 20.0
+    message_burst: int = 100
+    max_tracked_nodes: int = 100_000
 
 
 @dataclass(frozen=True)
