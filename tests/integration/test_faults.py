@@ -1,0 +1,182 @@
+"""Faults against real Mosquitto processes: broker restarts, coordinator and node crashes, stragglers,
+an edge aggregator losing its uplink, and a flapping link."""
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from fedhelp import fedmq, stop, wait_for, write_federation
+from faultproxy import FaultProxy
+from fedhelp import FED
+from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.models import initial_weights
+from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.topicmap import BrokerSettings, load_topic_map
+from fedmq.shared.topics import Topics
+from test_federation import InThreadCoordinator, start_nodes
+
+SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
+TEN = {"home1": ["a1", "a2", "a3", "a4", "a5"], "home2": ["b1", "b2", "b3", "b4", "b5"]}
+
+
+def freeze_when_connected(nodes, names, tmp_path):
+    for n in names:
+        wait_for(lambda: "connected" in (tmp_path / f"{n}.log").read_text(), 20, f"{n} to connect")
+        nodes[n].send_signal(signal.SIGSTOP)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["sigterm", "sigkill"])
+def test_broker_restart_mid_round(local_broker, tmp_path, hard):
+    paths = write_federation(str(tmp_path), local_broker.port, SIX, rounds=3, deadline_s=5, quorum=0.6,
+                             extra_rounds={"max_retries": 5})
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    freeze_when_connected(nodes, ["a1"], tmp_path)  # every round now waits for its deadline
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: c.service.driver.root.current is not None, 20, "round 1 to start")
+            time.sleep(1.0)  # the other five have answered; the round is open
+            local_broker.process.restart(hard=hard)
+            wait_for(lambda: len(c.rounds) >= 3, 60, "all rounds after the broker restart")
+            assert c.error is None
+            assert [r["updates"] for r in c.rounds] == [5, 5, 5]  # nothing lost, nothing counted twice
+            assert [r["round"] for r in c.rounds] == [1, 2, 3]
+    finally:
+        nodes["a1"].send_signal(signal.SIGCONT)
+        stop(list(nodes.values()))
+
+
+def test_coordinator_sigkill_mid_round_resumes_without_gap_or_repeat(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=4, deadline_s=3, quorum=0.6)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    freeze_when_connected(nodes, ["b3"], tmp_path)
+    state = tmp_path / "ckpt" / "state.json"
+    try:
+        first = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "c1.log"))
+        wait_for(lambda: state.exists() and json.loads(state.read_text())["rounds_done"] >= 1, 30, "round 1")
+        time.sleep(1.0)  # round 2 is open, waiting for b3
+        first.kill()
+        first.wait()
+        second = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "c2.log"))
+        assert second.wait(60) == 0, (tmp_path / "c2.log").read_text()
+    finally:
+        nodes["b3"].send_signal(signal.SIGCONT)
+        stop(list(nodes.values()))
+    history = json.loads(state.read_text())["history"]
+    assert [h["round"] for h in history] == [1, 2, 3, 4]
+    assert [h["model_version"] for h in history] == [1, 2, 3, 4]
+    assert "resuming from checkpoint" in (tmp_path / "c2.log").read_text()
+
+
+def test_thirty_percent_of_nodes_killed_mid_round(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, TEN, rounds=40, deadline_s=4, quorum=0.6)
+    victims = ["a1", "a2", "b1"]
+    nodes = start_nodes(paths, [n for ns in TEN.values() for n in ns], tmp_path)
+    freeze_when_connected(nodes, victims, tmp_path)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: c.service.driver.root.current is not None, 20, "round 1 to start")
+            assert len(c.service.driver.selected) == 10
+            for n in victims:
+                nodes[n].kill()  # SIGKILL mid-round: the last wills fire
+            wait_for(lambda: all(c.service.presence.state.get(n) == "offline" for n in victims), 10, "the wills")
+            wait_for(lambda: len(c.rounds) >= 1, 15, "round 1 to close at quorum")
+            assert c.rounds[0]["updates"] == 7 and c.rounds[0]["seconds"] > 3  # closed by its deadline
+            for n in victims:  # they come back
+                nodes[n] = fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}-again.log"))
+            wait_for(lambda: all(c.service.presence.state.get(n) == "online" for n in victims), 20, "their return")
+            back = len(c.rounds)
+            wait_for(lambda: len(c.rounds) >= back + 2, 20, "two more rounds")
+            # accepted, so trained on the current model version (an update for another version is refused)
+            assert c.rounds[back + 1]["updates"] == 10 and c.rounds[back + 1]["selected"] == 10
+            assert c.service.rejections.total["wrong model version"] == 0
+            assert c.error is None
+    finally:
+        stop(list(nodes.values()))
+    assert "update sent" in (tmp_path / "a1-again.log").read_text()
+
+
+def test_stragglers_skip_or_are_rejected(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=3, deadline_s=3, quorum=0.6)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    freeze_when_connected(nodes, ["a3"], tmp_path)
+    tm = load_topic_map(paths["topic_map"])
+    late = MqttLink("late-sender", BrokerSettings(port=broker.port))
+    late.start()
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 1, 20, "round 1 to close without a3")
+            first = c.service.driver.state.history[0]
+            nodes["a3"].send_signal(signal.SIGCONT)  # wakes up after round 1 closed
+            # a straggling update for the closed round 1, as a slow device would send it
+            late.publish(Topics(FED).update(("home1",), "a3"), encode(Envelope(
+                Kind.UPDATE, FED, 1, "a3", 0, initial_weights(tm.model), samples=60)))
+            wait_for(lambda: len(c.rounds) >= 3, 30, "the remaining rounds")
+            wait_for(lambda: c.service.rejections.total["stale round"] >= 1, 10, "the straggler's rejection")
+            assert first["updates"] == 5 and c.rounds[0]["updates"] == 5
+            assert all(r["updates"] <= 6 for r in c.rounds)  # never mixed into a later round
+    finally:
+        nodes["a3"].send_signal(signal.SIGCONT)
+        stop(list(nodes.values()))
+        late.stop()
+    assert "start arrived after its deadline; skipping" in (tmp_path / "a3.log").read_text()
+
+
+@pytest.mark.parametrize("fault", ["process-stopped", "uplink-cut"])
+def test_edge_aggregator_loses_its_uplink(broker, tmp_path, fault):
+    proxy = FaultProxy("127.0.0.1", broker.port)
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=3, deadline_s=15, edge=["home2"])
+    edge_map = tmp_path / "edge.yaml"
+    edge_map.write_text(open(paths["topic_map"]).read().replace(f"port: {broker.port}", f"port: {proxy.port}"))
+    procs = list(start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path).values())
+    edge = fedmq(["coordinator", "edge", str(edge_map), "--group", "home2"], str(tmp_path / "edge.log"))
+    procs.append(edge)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
+            if fault == "process-stopped":
+                edge.send_signal(signal.SIGSTOP)
+            else:
+                proxy.block()
+            time.sleep(3)
+            if fault == "process-stopped":
+                edge.send_signal(signal.SIGCONT)
+            else:
+                proxy.unblock()
+            wait_for(lambda: len(c.rounds) >= 3, 45, "the rounds after the outage")
+            assert [r["updates"] for r in c.rounds] == [6, 6, 6]  # the edge's partials all arrived
+            assert c.rounds[1]["seconds"] > 2.5  # the root waited for it, as quorum 1.0 says
+    finally:
+        edge.send_signal(signal.SIGCONT)
+        stop(procs)
+        proxy.close()
+
+
+def test_flapping_node_link_still_completes_rounds(broker, tmp_path):
+    proxy = FaultProxy("127.0.0.1", broker.port)
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=25, deadline_s=10)
+    cfg = open(paths["b1"]).read().replace(f"port: {broker.port}", f"port: {proxy.port}")
+    open(paths["b1"], "w").write(cfg)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    stop_flapping = threading.Event()
+
+    def flap():
+        while not stop_flapping.wait(0.7):
+            proxy.cut()
+
+    try:
+        wait_for(lambda: "connected" in (tmp_path / "b1.log").read_text(), 20, "b1 to connect")
+        threading.Thread(target=flap, daemon=True).start()
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 25, 120, "the rounds over a flapping link")
+            # every selected node answered every round, b1 included whenever it was online to be selected
+            assert all(r["updates"] == r["selected"] for r in c.rounds)
+        assert proxy.cuts >= 3
+    finally:
+        stop_flapping.set()
+        stop(list(nodes.values()))
+        proxy.close()
+    log = (tmp_path / "b1.log").read_text()
+    assert log.count("connected to") >= 3 and log.count("update sent") >= 12
