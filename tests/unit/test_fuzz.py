@@ -3,11 +3,15 @@ accept an input or reject it with its own error type and a reason: no other exce
 unbounded allocation."""
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
 
 import numpy as np
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -149,3 +153,17 @@ def test_node_config_text(tmp_path_factory, text):
         load_node_config(str(p))
     except TopicMapError:
         pass
+
+
+@pytest.mark.parametrize("target", ["envelope", "messages", "topic_map"])
+def test_atheris_coverage_guided(target, tmp_path):
+    pytest.importorskip("atheris")
+    seeds = tmp_path / "corpus"
+    seeds.mkdir()
+    (seeds / "valid").write_bytes(VALID if target == "envelope" else b'{"v":1,"type":"close","round":1,"outcome":"applied"}'
+                                  if target == "messages" else b"federation: f\nmodel: {kind: mlp, features: 2}\ntree: {}\n")
+    script = os.path.join(os.path.dirname(__file__), "..", "fuzz", "atheris_targets.py")
+    r = subprocess.run([sys.executable, script, target, "-runs=20000", "-max_len=2048", str(seeds)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done 20000 runs" in r.stderr

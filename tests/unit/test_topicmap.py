@@ -129,3 +129,15 @@ def test_validate_cli_prints_tree(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "validate", str(p)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "building-1  [edge process; admits: b1-*]" in r.stdout and "kitchen  [nodes: k1, k2]" in r.stdout
+
+
+def test_section_of_the_wrong_kind_found_by_fuzzing():
+    found = issues(GOOD + "limits: []\n")
+    assert found[0].path == "limits" and "must be a mapping, not a list" in found[0].message
+
+
+def test_guard_rails_are_configurable():
+    tm = parse_topic_map(GOOD + "limits: {max_samples: 500, max_update_norm: 3.5, max_messages_per_node_s: 2,"
+                                " message_burst: 4, max_tracked_nodes: 10}\n")
+    assert (tm.limits.max_samples, tm.limits.max_update_norm, tm.limits.message_burst) == (500, 3.5, 4)
+    one(GOOD + "limits: {max_update_norm: -1}\n", "limits.max_update_norm", 19, "at least 0")

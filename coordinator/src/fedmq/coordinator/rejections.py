@@ -15,11 +15,17 @@ class Rejections:
         self.total: Counter = Counter()
         self.round: Counter = Counter()
 
+    LOG_EACH = 5  # per reason and round; after that only at 10, 100, 1000... so a flood cannot flood the log
+
     def reject(self, reason: str, topic: str, detail: str = "") -> None:
-        """Log and count one rejection."""
+        """Count one rejection and log it (throttled per reason)."""
         self.total[reason] += 1
         self.round[reason] += 1
-        self.log.warning("rejected %s: %s%s", topic, reason, f" ({detail})" if detail else "")
+        n = self.round[reason]
+        if n <= self.LOG_EACH:
+            self.log.warning("rejected %s: %s%s", topic, reason, f" ({detail})" if detail else "")
+        elif n in (10, 100, 1000, 10_000, 100_000):
+            self.log.warning("rejected %d messages for %s this round (latest on %s)", n, reason, topic)
 
     def take_round(self) -> Dict[str, int]:
         """Counts since the last call, then reset them."""

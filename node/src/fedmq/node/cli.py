@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 
 from fedmq.node.agent import NodeAgent
 from fedmq.node.config import load_node_config
@@ -18,8 +19,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     nsub = p.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
     run = nsub.add_parser("run", help="connect and take part in rounds until stopped",
                           description="Connect to the broker, announce this node, and train in every round that "
-                                      "selects it. Reconnects with backoff; Ctrl-C or SIGTERM stops it cleanly.")
-    run.add_argument("config", help="node configuration (YAML)")
+                                      "selects it. Reconnects with backoff; Ctrl-C or SIGTERM stops it cleanly. "
+                                      "Several configurations run several nodes in this process (simulated fleets), "
+                                      "each with its own MQTT connection.")
+    run.add_argument("config", nargs="+", help="node configuration (YAML); several for several nodes")
     run.add_argument("--exit-when-done", action="store_true", help="exit once the coordinator says the federation is done")
     run.set_defaults(func=_run, default_verbosity=1)
     check = nsub.add_parser("check", help="validate the configuration and load the data",
@@ -47,11 +50,19 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg, x, y = _load(args.config)
-    agent = NodeAgent(cfg, x, y)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    agents = [NodeAgent(*_load(path)) for path in args.config]
+    stop_all = lambda *_: [a.stop() for a in agents]  # noqa: E731
+    signal.signal(signal.SIGTERM, stop_all)
+    threads = [threading.Thread(target=a.run, kwargs={"exit_when_done": args.exit_when_done}, name=a.cfg.node_id)
+               for a in agents[1:]]
+    for t in threads:
+        t.start()
     try:
-        agent.run(exit_when_done=args.exit_when_done)
+        agents[0].run(exit_when_done=args.exit_when_done)
+        for t in threads:
+            t.join()
     except KeyboardInterrupt:
-        agent.stop()
+        stop_all()
+        for t in threads:
+            t.join(10)
     return 0

@@ -129,7 +129,11 @@ def join_path(path: str, key: str) -> str:
 def _describe(v: Any) -> str:
     if v is None:
         return "nothing (empty value)"
-    return f"{_TYPE_NAMES.get(type(v), type(v).__name__)} ({v!r})" if not isinstance(v, (dict, list)) else _TYPE_NAMES[type(v)]
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    return f"{_TYPE_NAMES.get(type(v), type(v).__name__)} ({v!r})"
 
 
 def load_file(file: str) -> Tuple[Any, "Reader"]:
