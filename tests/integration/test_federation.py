@@ -115,6 +115,13 @@ class RogueNode:
     def send(self, payload):
         self.link.publish(self.topics.update(self.group, self.node), payload)
 
+    def update(self, ctl, tensors, **overrides):
+        """An update envelope for the round ``ctl`` started, with fields overridden as the test wants."""
+        fields = dict(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender=self.node,
+                      model_version=ctl.model_version, tensors=tensors, samples=50)
+        fields.update(overrides)
+        return encode(Envelope(**fields))
+
 
 def test_bad_updates_are_rejected_and_the_round_completes(broker, tmp_path):
     groups = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "rogue"]}
@@ -128,10 +135,7 @@ def test_bad_updates_are_rejected_and_the_round_completes(broker, tmp_path):
             ctl = rogue.wait_start()
 
             def update(**kw):
-                base = dict(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender="rogue",
-                            model_version=ctl.model_version, tensors=good, samples=50)
-                base.update(kw)
-                return encode(Envelope(**base))
+                return rogue.update(ctl, good, **kw)
 
             rogue.send(update(tensors={"coef": np.zeros((3, 7), np.float32), "intercept": np.zeros(3, np.float32)}))
             rogue.send(update(tensors={"coef": np.full((3, 8), np.nan, np.float32), "intercept": np.zeros(3, np.float32)}))

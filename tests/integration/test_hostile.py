@@ -7,7 +7,6 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from fedhelp import FED, stop, wait_for, write_federation
-from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.messages import Status
 from fedmq.shared.models import initial_weights
 from fedmq.shared.topicmap import load_topic_map
@@ -30,10 +29,7 @@ def test_floods_oversized_packets_and_poisoned_updates_are_refused(broker, tmp_p
             ctl = rogue.wait_start()
 
             def update(**kw):
-                base = dict(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender="rogue",
-                            model_version=ctl.model_version, tensors=good, samples=50)
-                base.update(kw)
-                return encode(Envelope(**base))
+                return rogue.update(ctl, good, **kw)
 
             # weight poisoning: a huge update, and a huge claimed sample count
             rogue.send(update(tensors={k: v + 1e4 for k, v in good.items()}))
