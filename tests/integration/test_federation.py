@@ -115,10 +115,10 @@ class RogueNode:
     def send(self, payload):
         self.link.publish(self.topics.update(self.group, self.node), payload)
 
-    def update(self, ctl, tensors, **overrides):
+    def update(self, ctl, weights, **overrides):
         """An update envelope for the round ``ctl`` started, with fields overridden as the test wants."""
         fields = dict(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender=self.node,
-                      model_version=ctl.model_version, tensors=tensors, samples=50)
+                      model_version=ctl.model_version, tensors=weights, samples=50)
         fields.update(overrides)
         return encode(Envelope(**fields))
 
