@@ -27,14 +27,37 @@ def register(sub: "argparse._SubParsersAction") -> None:
         r.add_argument("--bind", default=None, help="listener address (default: the topic map's broker.host)")
         r.add_argument("--persistence-dir", help="directory for Mosquitto's persistence file (default: none)")
         r.add_argument("--log-file", help="Mosquitto log file (default: stderr)")
+        r.add_argument("--security", metavar="DIR", help="directory made by 'fedmq broker provision': TLS listener, "
+                                                         "no anonymous clients, password and ACL files")
+        r.add_argument("--auth", choices=("mtls", "password"), default="mtls",
+                       help="with --security: client certificates (default) or passwords over TLS")
         r.set_defaults(func=_render if name == "render" else _run)
+    prov = bsub.add_parser("provision", help="create a CA, certificates, passwords and the ACL for a federation",
+                           description="Create (or extend) DIR with the federation's CA, the broker's certificate, a "
+                                       "client certificate and password for the coordinator, every edge aggregator "
+                                       "and every node the topic map names, a least-privilege ACL and a CRL. "
+                                       "Running it again adds new parties and keeps existing credentials.")
+    prov.add_argument("topic_map", help="federation topic map (YAML)")
+    prov.add_argument("--out", required=True, metavar="DIR", help="security directory")
+    prov.add_argument("--ca-cert", help="use this CA certificate instead of creating one (with --ca-key)")
+    prov.add_argument("--ca-key", help="the CA's private key")
+    prov.add_argument("--server-name", action="append", default=[], help="extra DNS name or IP for the broker certificate")
+    prov.set_defaults(func=_provision)
+    rev = bsub.add_parser("revoke", help="revoke a party's credentials",
+                          description="Remove a node (or edge aggregator) from the password and ACL files and list "
+                                      "its certificate in the CRL. Restart or SIGHUP Mosquitto to apply.")
+    rev.add_argument("topic_map", help="federation topic map (YAML)")
+    rev.add_argument("--dir", required=True, help="security directory")
+    rev.add_argument("id", help="the node id (or edge:<group path>)")
+    rev.set_defaults(func=_revoke)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def _config(args: argparse.Namespace) -> "tuple[str, str]":
     tm = load_topic_map(args.topic_map)
     cfg = BrokerConfig.for_topic_map(tm, port=args.port, bind=args.bind or tm.broker.host,
-                                     persistence_dir=args.persistence_dir, log_file=args.log_file)
+                                     persistence_dir=args.persistence_dir, log_file=args.log_file,
+                                     security_dir=args.security, auth=args.auth)
     return tm.federation, render_config(cfg)
 
 
@@ -56,3 +79,29 @@ def _run(args: argparse.Namespace) -> int:
         fh.write(text)
     print(f"running mosquitto with {out} (Ctrl-C stops it)", file=sys.stderr)
     return subprocess.call([find_mosquitto(), "-c", out])
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from fedmq.broker.provision import provision
+
+    if bool(args.ca_cert) != bool(args.ca_key):
+        print("fedmq broker provision: --ca-cert and --ca-key go together", file=sys.stderr)
+        return 2
+    tm = load_topic_map(args.topic_map)
+    added = provision(tm, args.out, ca_cert=args.ca_cert, ca_key=args.ca_key, extra_server_names=args.server_name)
+    print(f"{args.out}: {len(added)} new part{'y' if len(added) == 1 else 'ies'}" + (f": {', '.join(added)}" if added else ""))
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from fedmq.broker.provision import revoke
+
+    tm = load_topic_map(args.topic_map)
+    try:
+        revoke(tm, args.dir, args.id)
+    except ValueError as exc:
+        print(f"fedmq broker revoke: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked {args.id}: removed from passwords and ACL, certificate listed in {args.dir}/crl.pem; "
+          "restart Mosquitto (or send it SIGHUP) to apply")
+    return 0

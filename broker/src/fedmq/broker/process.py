@@ -49,12 +49,14 @@ class MosquittoProcess:
     """Start, stop, kill and restart one Mosquitto with a rendered config in its own directory."""
 
     def __init__(self, workdir: Optional[str] = None, *, port: Optional[int] = None, bind: str = "127.0.0.1",
-                 persistence: bool = True, max_packet_bytes: Optional[int] = None) -> None:
+                 persistence: bool = True, max_packet_bytes: Optional[int] = None,
+                 security_dir: Optional[str] = None, auth: str = "mtls") -> None:
         self.workdir = workdir or tempfile.mkdtemp(prefix="fedmq-mosquitto-")
         os.makedirs(self.workdir, exist_ok=True)
         self.config = BrokerConfig(port=port or 0, bind=bind,
                                    persistence_dir=self.workdir if persistence else None,
-                                   log_file=os.path.join(self.workdir, "mosquitto.log"))
+                                   log_file=os.path.join(self.workdir, "mosquitto.log"),
+                                   security_dir=security_dir, auth=auth)
         if max_packet_bytes:
             self.config.max_packet_bytes = max_packet_bytes
         self._fixed_port = port is not None

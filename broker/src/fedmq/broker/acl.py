@@ -1,0 +1,66 @@
+"""Least-privilege ACLs from a topic map (Mosquitto ``acl_file``).
+
+* a node may publish only its own update and status topics, and read only the global model, the model
+  files and its own group's control topic: no other node's updates, no model publishing;
+* an edge aggregator reads the updates, partials and statuses of the groups it serves, writes their
+  control topics, reads its parent's control topic and publishes only its own partial towards its parent;
+* the coordinator reads and writes the federation's topics, and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+from fedmq.shared.topicmap import TopicMap
+from fedmq.shared.topicmap.model import GroupPath
+from fedmq.shared.topics import Topics
+
+COORDINATOR = "coordinator"
+
+
+def edge_id(path: GroupPath) -> str:
+    """Identity (certificate CN / username) of the edge aggregator of a group."""
+    return "edge:" + "/".join(path)
+
+
+def _served(tm: TopicMap, top: GroupPath) -> List[GroupPath]:
+    out = []
+    stack = [tm.groups()[top]]
+    while stack:
+        g = stack.pop()
+        out.append(g.path)
+        stack.extend(c for c in g.children if not c.edge)
+    return out
+
+
+def node_rules(tm: TopicMap, node: str, group: GroupPath) -> List[str]:
+    """ACL lines of one node."""
+    t = Topics(tm.federation)
+    return [f"user {node}",
+            f"topic write {t.update(group, node)}",
+            f"topic write {t.status(group, node)}",
+            f"topic read {t.model()}",
+            f"topic read {t.model_file('#').rsplit('/', 1)[0]}/#",
+            f"topic read {t.control(group)}"]
+
+
+def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = ()) -> str:
+    """The acl_file for the coordinator, every edge aggregator and the given nodes (id -> group)."""
+    t = Topics(tm.federation)
+    revoked = set(revoked)
+    lines = [f"# fedmq ACL for federation {tm.federation}: generated, do not edit (fedmq broker provision)", "",
+             f"user {COORDINATOR}", f"topic readwrite {t.base}/#", ""]
+    for path, group in tm.groups().items():
+        if not group.edge:
+            continue
+        lines.append(f"user {edge_id(path)}")
+        for p in _served(tm, path):
+            g = t.group(p)
+            lines += [f"topic read {g}/_update/+", f"topic readwrite {g}/_partial/+", f"topic read {g}/_status/+",
+                      f"topic readwrite {g}/_control"]
+        lines += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
+                  f"topic read {t.model()}", ""]
+    for node in sorted(nodes):
+        if node not in revoked:
+            lines += node_rules(tm, node, nodes[node]) + [""]
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""``fedmq broker provision``: everything a secured federation needs, in one directory.
+
+Layout of DIR::
+
+    ca.crt ca.key             the federation's CA (or copies of the one given)
+    server.crt server.key     the broker's certificate (SAN: localhost, 127.0.0.1 and the broker host)
+    clients/<id>.crt .key     one client certificate per party (CN = id)
+    clients/<id>.password     its MQTT password (the password file holds only the hash)
+    passwords                 mosquitto_passwd format
+    acl                       least-privilege ACL (acl.py)
+    crl.pem                   revoked certificates
+    registry.json             parties, their groups, certificate serials, revocations
+
+Running it again adds new parties and keeps existing credentials valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from fedmq.broker import acl, passwords, pki
+from fedmq.shared.topicmap import TopicMap
+
+SERVER_NAMES = ["localhost", "127.0.0.1"]
+
+
+@dataclass
+class Registry:
+    """Who has credentials: id -> {"group": [...], "serial": int, "role": node|edge|coordinator}, and revocations."""
+
+    parties: Dict[str, dict] = field(default_factory=dict)
+    revoked: List[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, directory: str) -> "Registry":
+        path = os.path.join(directory, "registry.json")
+        if not os.path.exists(path):
+            return cls()
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return cls(parties=data.get("parties", {}), revoked=data.get("revoked", []))
+
+    def save(self, directory: str) -> None:
+        path = os.path.join(directory, "registry.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump({"parties": self.parties, "revoked": self.revoked}, fh, indent=1)
+        os.replace(path + ".tmp", path)
+
+
+def _parties(tm: TopicMap) -> Dict[str, dict]:
+    out: Dict[str, dict] = {acl.COORDINATOR: {"role": "coordinator", "group": []}}
+    for path, group in tm.groups().items():
+        if group.edge:
+            out[acl.edge_id(path)] = {"role": "edge", "group": list(path)}
+        for node in group.nodes:
+            if node == acl.COORDINATOR:
+                raise ValueError(f"node id {node!r} is reserved for the coordinator; rename the node")
+            out[node] = {"role": "node", "group": list(path)}
+    return out
+
+
+def provision(tm: TopicMap, directory: str, *, ca_cert: Optional[str] = None, ca_key: Optional[str] = None,
+              extra_server_names: Optional[List[str]] = None) -> List[str]:
+    """Create or extend DIR for ``tm``; returns the ids that got new credentials."""
+    clients = os.path.join(directory, "clients")
+    os.makedirs(clients, exist_ok=True)
+    if not os.path.exists(os.path.join(directory, "ca.crt")):
+        if ca_cert and ca_key:
+            shutil.copyfile(ca_cert, os.path.join(directory, "ca.crt"))
+            shutil.copyfile(ca_key, os.path.join(directory, "ca.key"))
+            os.chmod(os.path.join(directory, "ca.key"), 0o600)
+        else:
+            pki.make_ca(directory, tm.federation)
+    ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
+    if not os.path.exists(os.path.join(directory, "server.crt")):
+        names = SERVER_NAMES + [n for n in [tm.broker.host, *(extra_server_names or [])] if n not in SERVER_NAMES]
+        pki.issue(ca, tm.broker.host, os.path.join(directory, "server.crt"), os.path.join(directory, "server.key"),
+                  server_names=names)
+    registry = Registry.load(directory)
+    hashes = passwords.read_file(os.path.join(directory, "passwords"))
+    added = []
+    for pid, info in _parties(tm).items():
+        if pid in registry.parties or pid in registry.revoked:
+            continue
+        add_party(ca, directory, registry, hashes, pid, info)
+        added.append(pid)
+    _write_state(tm, directory, ca, registry, hashes)
+    return added
+
+
+def add_party(ca: tuple, directory: str, registry: Registry, hashes: Dict[str, str], pid: str, info: dict) -> None:
+    """Issue a certificate and a password for one party and record it."""
+    safe = client_file(pid)
+    cert = pki.issue(ca, pid, os.path.join(directory, "clients", f"{safe}.crt"),
+                     os.path.join(directory, "clients", f"{safe}.key"))
+    password = passwords.new_password()
+    fd = os.open(os.path.join(directory, "clients", f"{safe}.password"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(password + "\n")
+    hashes[pid] = passwords.hash_password(password)
+    registry.parties[pid] = {**info, "serial": cert.serial_number}
+
+
+def client_file(pid: str) -> str:
+    """File name stem for a party's credentials (edge ids contain ':' and '/')."""
+    return pid.replace(":", "_").replace("/", "__")
+
+
+def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, hashes: Dict[str, str]) -> None:
+    live = {p: h for p, h in hashes.items() if p not in registry.revoked}
+    passwords.write_file(os.path.join(directory, "passwords"), live)
+    nodes = {p: tuple(i["group"]) for p, i in registry.parties.items() if i["role"] == "node"}
+    with open(os.path.join(directory, "acl"), "w", encoding="utf-8") as fh:
+        fh.write(acl.render_acl(tm, nodes, registry.revoked))
+    serials = [registry.parties[p]["serial"] for p in registry.revoked if p in registry.parties]
+    pki.write_crl(ca, serials, os.path.join(directory, "crl.pem"))
+    registry.save(directory)
+
+
+def revoke(tm: TopicMap, directory: str, pid: str) -> None:
+    """Remove a party from the password and ACL files and list its certificate in the CRL."""
+    registry = Registry.load(directory)
+    if pid not in registry.parties:
+        raise ValueError(f"{pid!r} has no credentials in {directory}")
+    if pid not in registry.revoked:
+        registry.revoked.append(pid)
+    ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
+    _write_state(tm, directory, ca, registry, passwords.read_file(os.path.join(directory, "passwords")))

@@ -1,0 +1,149 @@
+"""Security against a real Mosquitto running the rendered config: TLS, client certificates or passwords,
+no anonymous access, revocation, and least-privilege ACLs."""
+
+import os
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from fedhelp import FED, stop, wait_for, write_federation
+from fedmq.broker import pki
+from fedmq.broker.process import MosquittoProcess
+from fedmq.broker.provision import client_file, provision, revoke
+from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.topicmap import BrokerSettings, TlsSettings, load_topic_map
+from fedmq.shared.topics import Topics
+from test_federation import InThreadCoordinator, start_nodes
+
+GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
+
+
+@pytest.fixture
+def secured(tmp_path):
+    """A provisioned federation and a Mosquitto enforcing it (mutual TLS)."""
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=2, deadline_s=8)
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="mtls").start()
+    yield paths, tm, sec, broker
+    broker.stop()
+
+
+def tls_for(sec, pid):
+    stem = os.path.join(sec, "clients", client_file(pid))
+    return TlsSettings(ca_file=os.path.join(sec, "ca.crt"), cert_file=stem + ".crt", key_file=stem + ".key")
+
+
+def settings(broker, sec, pid=None, **kw):
+    return BrokerSettings(host="127.0.0.1", port=broker.port, tls=tls_for(sec, pid) if pid else
+                          TlsSettings(ca_file=os.path.join(sec, "ca.crt")), **kw)
+
+
+def raw_client(broker, sec, pid):
+    """A paho client with one party's certificate, reporting PUBACK reason codes."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{pid}", protocol=mqtt.MQTTv5)
+    t = tls_for(sec, pid)
+    c.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    c.acks, c.got, ready = {}, [], threading.Event()
+    c.on_publish = lambda cl, u, mid, rc, props: c.acks.__setitem__(mid, rc)
+    c.on_message = lambda cl, u, msg: c.got.append(msg.topic)
+    c.on_connect = lambda *a: ready.set()
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    assert ready.wait(10)
+    return c
+
+
+def connects(link: MqttLink) -> bool:
+    try:
+        return link.start(wait_s=3)
+    finally:
+        link.client.loop_stop()
+
+
+def test_anonymous_and_foreign_ca_and_revoked_clients_are_refused(secured, tmp_path):
+    paths, tm, sec, broker = secured
+    assert connects(MqttLink("ok-a1", settings(broker, sec, "a1")))
+    assert not connects(MqttLink("anon", settings(broker, sec)))  # TLS without a client certificate
+    other = tmp_path / "other"
+    other.mkdir()
+    ca = pki.make_ca(str(other), "intruder")
+    pki.issue(ca, "a2", str(other / "a2.crt"), str(other / "a2.key"))
+    foreign = BrokerSettings(port=broker.port, tls=TlsSettings(os.path.join(sec, "ca.crt"), str(other / "a2.crt"),
+                                                               str(other / "a2.key")))
+    assert not connects(MqttLink("foreign", foreign))
+    revoke(tm, sec, "b2")
+    broker.restart()
+    assert not connects(MqttLink("revoked", settings(broker, sec, "b2")))
+    assert connects(MqttLink("ok-b1", settings(broker, sec, "b1")))
+    assert "b2" not in open(os.path.join(sec, "acl")).read()
+
+
+def test_node_cannot_publish_as_another_node_or_read_other_updates(secured):
+    paths, tm, sec, broker = secured
+    t = Topics(FED)
+    coord = raw_client(broker, sec, "coordinator")
+    coord.subscribe(f"{t.base}/#", qos=1)
+    a1, b1 = raw_client(broker, sec, "a1"), raw_client(broker, sec, "b1")
+    a1.subscribe(t.update(("home2",), "b1"), qos=1)  # granted, but filtered at delivery
+    a1.subscribe(f"{t.base}/+/_update/+", qos=1)
+    time.sleep(0.5)
+    forged = a1.publish(t.update(("home2",), "b1"), b"forged", qos=1)
+    model = a1.publish(t.model(), b"not a model", qos=1)
+    wait_for(lambda: forged.mid in a1.acks and model.mid in a1.acks, 10, "the PUBACKs")
+    assert a1.acks[forged.mid].value == 0x87 and a1.acks[model.mid].value == 0x87  # not authorised
+    own = b1.publish(t.update(("home2",), "b1"), b"b1's own update", qos=1)
+    wait_for(lambda: own.mid in b1.acks, 10, "b1's PUBACK")
+    wait_for(lambda: t.update(("home2",), "b1") in coord.got, 10, "the coordinator to get b1's update")
+    time.sleep(0.5)
+    assert coord.got.count(t.update(("home2",), "b1")) == 1  # the forged one never arrived
+    assert t.model() not in coord.got
+    assert a1.got == []  # a1 read no other node's update
+    for c in (coord, a1, b1):
+        c.loop_stop()
+
+
+@pytest.mark.parametrize("auth", ["mtls", "password"])
+def test_whole_federation_over_tls(tmp_path, auth):
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=2, deadline_s=8)
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth=auth).start()
+
+    def secure(cfg_path, pid):
+        cfg = yaml.safe_load(open(cfg_path))
+        cfg["broker"]["port"] = broker.port
+        stem = os.path.join(sec, "clients", client_file(pid))
+        cfg["broker"]["tls"] = {"ca_file": os.path.join(sec, "ca.crt")}
+        if auth == "mtls":
+            cfg["broker"]["tls"].update(cert_file=stem + ".crt", key_file=stem + ".key")
+        else:
+            cfg["broker"].update(username=pid, password_file=stem + ".password")
+        yaml.safe_dump(cfg, open(cfg_path, "w"))
+
+    secure(paths["topic_map"], "coordinator")
+    for n in [n for ns in GROUPS.values() for n in ns]:
+        secure(paths[n], n)
+    nodes = start_nodes(paths, [n for ns in GROUPS.values() for n in ns], tmp_path)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 2, 40, f"two rounds over TLS ({auth})")
+            assert all(r["updates"] == 4 for r in c.rounds)
+    finally:
+        stop(list(nodes.values()))
+        broker.stop()
+    if auth == "password":
+        wrong = BrokerSettings(port=broker.port, tls=TlsSettings(os.path.join(sec, "ca.crt")), username="a1")
+        broker.start()
+        try:
+            link = MqttLink("wrong-password", wrong)
+            link.client.username_pw_set("a1", "not-the-password")
+            assert not connects(link)
+        finally:
+            broker.stop()
