@@ -147,3 +147,76 @@ def test_whole_federation_over_tls(tmp_path, auth):
             assert not connects(link)
         finally:
             broker.stop()
+
+
+def signed_federation(tmp_path, auth="mtls", rounds=2):
+    """A provisioned federation with TLS and end-to-end signatures on, and its broker."""
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=rounds, deadline_s=8, quorum=0.75)
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth=auth).start()
+    for pid, path in [("coordinator", paths["topic_map"])] + [(n, paths[n]) for ns in GROUPS.values() for n in ns]:
+        cfg = yaml.safe_load(open(path))
+        stem = os.path.join(sec, "clients", client_file(pid))
+        cfg["broker"].update(port=broker.port, tls={"ca_file": os.path.join(sec, "ca.crt"), "cert_file": stem + ".crt",
+                                                   "key_file": stem + ".key"})
+        cfg["security"] = {"keys": os.path.join(sec, "keys.json"), "signing_key": stem + ".sign"}
+        if pid == "coordinator":
+            cfg["security"]["signatures"] = True
+        yaml.safe_dump(cfg, open(path, "w"))
+    return paths, sec, broker
+
+
+def test_forged_and_replayed_updates_are_rejected_by_signature(tmp_path):
+    paths, sec, broker = signed_federation(tmp_path, rounds=3)
+    t = Topics(FED)
+    nodes = start_nodes(paths, ["a1", "a2", "b1", "b2"], tmp_path)
+    # an attacker with full broker rights (the coordinator's certificate) but not a1's signing key
+    evil = raw_client(broker, sec, "coordinator")
+    evil.captured = []
+    evil.on_message = lambda cl, u, msg: evil.captured.append(msg.payload)
+    evil.subscribe(t.update(("home1",), "a1"), qos=1)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 1 and evil.captured, 30, "round 1 and a captured update")
+            genuine = evil.captured[0]
+            # forge: a1's update with the weights changed, its old signature kept
+            from fedmq.shared.envelope import decode, encode
+            from fedmq.shared.signing import split
+            raw, nonce, sig = split(genuine)
+            env = decode(raw)
+            env.tensors = {k: v * 100 for k, v in env.tensors.items()}
+            evil.publish(t.update(("home1",), "a1"), encode(env) + genuine[len(raw):], qos=1)
+            evil.publish(t.update(("home1",), "a1"), genuine, qos=1)  # a replay of the genuine one
+            evil.publish(t.update(("home1",), "a1"), raw, qos=1)  # unsigned
+            rej = c.service.rejections.total
+            wait_for(lambda: rej["bad signature"] >= 1 and rej["missing signature"] >= 1
+                     and (rej["replayed nonce"] + rej["stale round"]) >= 1, 20, "the three rejections")
+            wait_for(lambda: len(c.rounds) >= 3, 30, "the remaining rounds")
+            assert all(r["updates"] == 4 for r in c.rounds)
+            assert c.error is None
+    finally:
+        evil.loop_stop()
+        stop(list(nodes.values()))
+        broker.stop()
+
+
+def test_nodes_refuse_a_model_not_signed_by_the_coordinator(tmp_path):
+    paths, sec, broker = signed_federation(tmp_path)
+    nodes = start_nodes(paths, ["a1"], tmp_path)
+    evil = raw_client(broker, sec, "coordinator")
+    from fedmq.shared.envelope import Envelope, Kind, encode
+    from fedmq.shared.models import initial_weights
+
+    tm = load_topic_map(paths["topic_map"])
+    fake = Envelope(Kind.MODEL, FED, 0, "coordinator", 0, {k: v + 1 for k, v in initial_weights(tm.model).items()},
+                    meta={"model": tm.model.to_meta()})
+    try:
+        wait_for(lambda: "connected" in (tmp_path / "a1.log").read_text(), 20, "a1 to connect")
+        evil.publish(Topics(FED).model(), encode(fake), qos=1, retain=True)
+        wait_for(lambda: "missing signature" in (tmp_path / "a1.log").read_text(), 20, "the refusal")
+    finally:
+        evil.loop_stop()
+        stop(list(nodes.values()))
+        broker.stop()

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List
 
+from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 from fedmq.shared.topics import Topics
 
-COORDINATOR = "coordinator"
-
-
-def edge_id(path: GroupPath) -> str:
-    """Identity (certificate CN / username) of the edge aggregator of a group."""
-    return "edge:" + "/".join(path)
 
 
 def _served(tm: TopicMap, top: GroupPath) -> List[GroupPath]:

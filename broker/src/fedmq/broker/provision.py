@@ -6,6 +6,8 @@ Layout of DIR::
     server.crt server.key     the broker's certificate (SAN: localhost, 127.0.0.1 and the broker host)
     clients/<id>.crt .key     one client certificate per party (CN = id)
     clients/<id>.password     its MQTT password (the password file holds only the hash)
+    clients/<id>.sign         its Ed25519 signing key (end-to-end signatures)
+    keys.json                 every party's Ed25519 public key (give it to the coordinator and the nodes)
     passwords                 mosquitto_passwd format
     acl                       least-privilege ACL (acl.py)
     crl.pem                   revoked certificates
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from fedmq.broker import acl, passwords, pki
+from fedmq.shared.identities import COORDINATOR, edge_id
+from fedmq.shared.signing import new_signing_key
 from fedmq.shared.topicmap import TopicMap
 
 SERVER_NAMES = ["localhost", "127.0.0.1"]
@@ -52,12 +56,12 @@ class Registry:
 
 
 def _parties(tm: TopicMap) -> Dict[str, dict]:
-    out: Dict[str, dict] = {acl.COORDINATOR: {"role": "coordinator", "group": []}}
+    out: Dict[str, dict] = {COORDINATOR: {"role": "coordinator", "group": []}}
     for path, group in tm.groups().items():
         if group.edge:
-            out[acl.edge_id(path)] = {"role": "edge", "group": list(path)}
+            out[edge_id(path)] = {"role": "edge", "group": list(path)}
         for node in group.nodes:
-            if node == acl.COORDINATOR:
+            if node == COORDINATOR:
                 raise ValueError(f"node id {node!r} is reserved for the coordinator; rename the node")
             out[node] = {"role": "node", "group": list(path)}
     return out
@@ -102,7 +106,8 @@ def add_party(ca: tuple, directory: str, registry: Registry, hashes: Dict[str, s
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(password + "\n")
     hashes[pid] = passwords.hash_password(password)
-    registry.parties[pid] = {**info, "serial": cert.serial_number}
+    public = new_signing_key(os.path.join(directory, "clients", f"{safe}.sign"))
+    registry.parties[pid] = {**info, "serial": cert.serial_number, "public_key": public}
 
 
 def client_file(pid: str) -> str:
@@ -118,6 +123,9 @@ def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, ha
         fh.write(acl.render_acl(tm, nodes, registry.revoked))
     serials = [registry.parties[p]["serial"] for p in registry.revoked if p in registry.parties]
     pki.write_crl(ca, serials, os.path.join(directory, "crl.pem"))
+    keys = {p: i["public_key"] for p, i in registry.parties.items() if p not in registry.revoked}
+    with open(os.path.join(directory, "keys.json"), "w", encoding="utf-8") as fh:
+        json.dump(keys, fh, indent=1, sort_keys=True)
     registry.save(directory)
 
 

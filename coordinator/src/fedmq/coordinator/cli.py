@@ -35,6 +35,8 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
                                        "send one partial aggregate per round to the parent group.")
     edge.add_argument("topic_map", help="federation topic map (YAML)")
     edge.add_argument("--group", required=True, help="slash-separated path of the group, e.g. site-a/building-2")
+    edge.add_argument("--signing-key", help="this edge's Ed25519 key (clients/edge_<group>.sign) when the topic map "
+                                            "turns signatures on")
     edge.set_defaults(func=_edge, default_verbosity=1)
     build = csub.add_parser("build-model", help="write the .tflite file of a tflite model kind",
                             description="Build the training-capable .tflite file the coordinator distributes for a "
@@ -120,4 +122,7 @@ def _edge(args: argparse.Namespace) -> int:
         raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.group}",
                                          "no such group marked 'edge: true'",
                                          "mark the group 'edge: true' in the topic map, or pass its full path")])
-    return _serve(CoordinatorService(tm, edge=path))
+    if tm.security.signatures and not args.signing_key:
+        print("fedmq coordinator edge: the topic map turns signatures on: pass --signing-key", file=sys.stderr)
+        return 2
+    return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key))

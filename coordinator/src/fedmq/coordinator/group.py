@@ -19,8 +19,10 @@ from fedmq.coordinator.guards import update_norm
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control
 from fedmq.shared.models import check_weights, expected_shapes
+from fedmq.shared.signing import Auth, SignatureError, split
 from fedmq.shared.topicmap import Group, TopicMap
 from fedmq.shared.topics import Topics
 
@@ -56,13 +58,14 @@ class GroupAggregator:
 
     def __init__(self, tm: TopicMap, group: Group, membership: Membership, publish: Publish,
                  rejections: Rejections, *, on_root_close: Optional[Callable[[Control, GroupResult], None]] = None,
-                 log: Optional[logging.Logger] = None) -> None:
+                 auth: Optional[Auth] = None, log: Optional[logging.Logger] = None) -> None:
         self.tm = tm
         self.group = group
         self.membership = membership
         self.publish = publish
         self.rejections = rejections
         self.on_root_close = on_root_close
+        self.auth = auth
         self.topics = Topics(tm.federation)
         self.log = log or logging.getLogger("fedmq.group." + ("/".join(group.path) or "root"))
         self.shapes = expected_shapes(tm.model)
@@ -126,9 +129,18 @@ class GroupAggregator:
 
     # --- incoming ----------------------------------------------------------------------------------
 
+    def _signer(self, kind: Kind, sender: str) -> str:
+        """Who must have signed: the node for an update; for a partial, the child's edge aggregator, or
+        the coordinator when the child group runs inside the coordinator."""
+        if kind == Kind.UPDATE:
+            return sender
+        child = next((c for c in self.group.children if c.name == sender), None)
+        return edge_id(child.path) if child is not None and child.edge else COORDINATOR
+
     def _decode(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
+        raw = split(payload)[0] if self.auth else payload
         try:
-            env = decode(payload, max_bytes=self.tm.limits.max_message_bytes)
+            env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
         except EnvelopeError as exc:
             reason = "over size limit" if "over the limit" in str(exc) else (
                 "NaN or Inf" if "NaN" in str(exc) else "bad checksum" if "checksum" in str(exc) else "malformed")
@@ -144,6 +156,12 @@ class GroupAggregator:
         if problem:
             self.rejections.reject(problem[0], topic, problem[1])
             return None
+        if self.auth is not None:
+            try:
+                self.auth.check(payload, raw, env, self._signer(kind, sender))
+            except SignatureError as exc:
+                self.rejections.reject(exc.reason, topic, str(exc))
+                return None
         r = self.current
         if r is None or (env.round, env.attempt) != (r.ctl.round, r.ctl.attempt):
             self.rejections.reject("stale round", topic, f"round {env.round} attempt {env.attempt}; "
@@ -251,4 +269,4 @@ class GroupAggregator:
                        sender=self.group.name, model_version=r.ctl.model_version,
                        tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics, meta={"nodes": r.nodes})
         parent = self.group.path[:-1]
-        self.publish(self.topics.partial(parent, self.group.name), encode(env), False)
+        self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)

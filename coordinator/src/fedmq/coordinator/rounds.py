@@ -21,6 +21,7 @@ from fedmq.shared.data import open_source
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.messages import Control, TrainParams, encode_metrics
 from fedmq.shared.models import Weights, evaluate, initial_weights
+from fedmq.shared.signing import Auth
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topics import Topics
 
@@ -55,7 +56,7 @@ class RoundDriver:
     """Runs the federation's rounds from the root group."""
 
     def __init__(self, tm: TopicMap, root: GroupAggregator, presence: Presence, publish: Publish,
-                 rejections: Rejections, *, fresh: bool = False,
+                 rejections: Rejections, *, fresh: bool = False, auth: Optional[Auth] = None,
                  on_round: Optional[Callable[[Dict[str, Any]], None]] = None, log: Optional[logging.Logger] = None) -> None:
         self.tm = tm
         self.root = root
@@ -63,6 +64,7 @@ class RoundDriver:
         self.publish = publish
         self.rejections = rejections
         self.on_round = on_round
+        self.auth = auth
         self.log = log or logging.getLogger("fedmq.rounds")
         self.topics = Topics(tm.federation)
         self.weights: Weights = initial_weights(tm.model)
@@ -106,7 +108,7 @@ class RoundDriver:
             meta["file"] = {"sha256": self.model_file[0], "bytes": len(self.model_file[1]), "format": "tflite"}
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
                        model_version=self.state.model_version, tensors=self.weights, meta=meta)
-        payload = encode(env)
+        payload = self.auth.seal(env) if self.auth else encode(env)
         self.bytes_model = len(payload)
         self.publish(self.topics.model(), payload, True)
 

@@ -20,7 +20,9 @@ from fedmq.coordinator.rounds import FederationFailed, RoundDriver
 from fedmq.coordinator.tree import Membership, served_groups
 from fedmq.shared.envelope import EnvelopeError, decode
 from fedmq.shared.messages import Control, MessageError
+from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.models import check_weights
+from fedmq.shared.signing import Auth, split
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -33,8 +35,13 @@ class CoordinatorService:
     """Serves the root (``edge=None``) or one edge subtree of a federation until stopped or finished."""
 
     def __init__(self, tm: TopicMap, *, edge: Optional[GroupPath] = None, fresh: bool = False,
-                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None, signing_key: Optional[str] = None) -> None:
         self.tm = tm
+        self.auth: Optional[Auth] = None
+        if tm.security.signatures:  # the root signs as the coordinator, an edge as edge:<path> with its own key
+            assert tm.security.keys and tm.security.signing_key
+            self.auth = Auth(COORDINATOR if edge is None else edge_id(edge),
+                             signing_key or tm.security.signing_key, tm.security.keys)
         self.topics = Topics(tm.federation)
         self.rejections = Rejections(log)
         self.membership = Membership(tm)
@@ -47,12 +54,12 @@ class CoordinatorService:
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
                              max_packet_bytes=tm.limits.max_message_bytes + 1024, log=log)
         self.groups: Dict[GroupPath, GroupAggregator] = {
-            g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections)
+            g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections, auth=self.auth)
             for g in served_groups(tm, edge)}
         self.driver: Optional[RoundDriver] = None
         if edge is None:
             self.driver = RoundDriver(tm, self.groups[()], self.presence, self._publish, self.rejections,
-                                      fresh=fresh, on_round=on_round)
+                                      fresh=fresh, on_round=on_round, auth=self.auth)
         status_groups = tm.groups() if edge is None else self.groups
         for path in self.groups:
             self.link.subscribe(f"{self.topics.group(path)}/_update/+")
@@ -151,9 +158,12 @@ class CoordinatorService:
 
     def _on_model(self, payload: bytes) -> None:
         """The global model (ours echoed back, or the root's at an edge) is the reference for norm bounds."""
+        raw = split(payload)[0] if self.auth else payload
         try:
-            env = decode(payload, max_bytes=self.tm.limits.max_message_bytes)
+            env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
             check_weights(self.tm.model, env.tensors)
+            if self.auth is not None:
+                self.auth.check(payload, raw, env, COORDINATOR, fresh=False)
         except (EnvelopeError, ValueError) as exc:
             self.rejections.reject("malformed model", self.topics.model(), str(exc))
             return

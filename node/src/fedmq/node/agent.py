@@ -18,9 +18,11 @@ from fedmq.node.config import NodeConfig
 from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+from fedmq.shared.identities import COORDINATOR
 from fedmq.shared.messages import Control, MessageError, Status
 from fedmq.shared.models import Weights, check_weights, spec_from_meta
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
+from fedmq.shared.signing import Auth, split
 from fedmq.shared.topicmap import ModelSpec
 from fedmq.shared.topics import Topics
 
@@ -38,6 +40,9 @@ class NodeAgent:
         self.spec: Optional[ModelSpec] = None
         self.model: Optional[Tuple[int, Weights]] = None
         self.file_sha: Optional[str] = None
+        self.auth: Optional[Auth] = None
+        if cfg.security.signing_key and cfg.security.keys:
+            self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir)
         self.pending: Optional[Control] = None
         self.answered: Set[Tuple[int, int]] = set()
@@ -86,9 +91,14 @@ class NodeAgent:
             self.log.error("cannot train this model here: %s", exc)
 
     def _on_model(self, payload: bytes) -> None:
-        env = decode(payload, max_bytes=self.cfg.max_message_bytes)
+        raw = split(payload)[0] if self.auth else payload
+        env = decode(raw, max_bytes=self.cfg.max_message_bytes)
         if env.kind != Kind.MODEL or env.federation != self.cfg.federation:
             raise ValueError(f"not a model of federation {self.cfg.federation!r}")
+        if self.auth is not None:  # signed by the coordinator, and never older than what we have
+            self.auth.check(payload, raw, env, COORDINATOR, fresh=False)
+            if self.model is not None and env.model_version < self.model[0]:
+                raise ValueError(f"old model version {env.model_version} (have {self.model[0]}): replay refused")
         spec = spec_from_meta(env.meta.get("model"))
         check_weights(spec, env.tensors)
         sha = check_announcement(env.meta.get("file"), self.cfg.max_message_bytes)
@@ -154,7 +164,8 @@ class NodeAgent:
                        sender=self.cfg.node_id, model_version=ctl.model_version, tensors=weights,
                        samples=len(self.x), metrics=metrics)
         try:
-            self.link.publish(self.topics.update(self.cfg.group, self.cfg.node_id), encode(env))
+            payload = self.auth.seal(env) if self.auth else encode(env)
+            self.link.publish(self.topics.update(self.cfg.group, self.cfg.node_id), payload)
         except PayloadTooLarge as exc:
             self.log.error("round %d: %s", ctl.round, exc)
             return

@@ -6,13 +6,13 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from fedmq.shared.topicmap import BrokerSettings, DataRef, Limits
-from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref
+from fedmq.shared.topicmap import BrokerSettings, DataRef, Limits, SecuritySettings
+from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref, read_security
 from fedmq.shared.topicmap.reader import load_file
 from fedmq.shared.topics import level_problem
 
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
-NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed", "cache_dir")
+NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed", "cache_dir", "security")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class NodeConfig:
     max_message_bytes: int = Limits.max_message_bytes
     seed: int = 0
     cache_dir: str = ".fedmq-cache"
+    security: SecuritySettings = SecuritySettings()
 
 
 def _group_problem(v: object) -> Optional[str]:
@@ -58,7 +59,8 @@ def load_node_config(file: str) -> NodeConfig:
     max_bytes = r.value(m, "max_message_bytes", "", int, Limits.max_message_bytes, minimum=1024)
     seed = r.value(m, "seed", "", int, 0, minimum=0)
     cache_dir = os.path.join(base, r.value(m, "cache_dir", "", str, ".fedmq-cache"))
+    security = read_security(r, m.get("security"), r.line_of(m, "security"), file, ("keys", "signing_key"))
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
-                      trainer=trainer, max_message_bytes=max_bytes, seed=seed, cache_dir=cache_dir)
+                      trainer=trainer, max_message_bytes=max_bytes, seed=seed, cache_dir=cache_dir, security=security)

@@ -9,11 +9,12 @@ from fedmq.shared.topicmap.model import (
     Limits,
     ModelSpec,
     RoundPolicy,
+    SecuritySettings,
     TlsSettings,
     TopicMap,
 )
 
 __all__ = [
-    "BrokerSettings", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "RoundPolicy",
+    "BrokerSettings", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "RoundPolicy", "SecuritySettings",
     "TlsSettings", "TopicMap", "TopicMapError", "load_topic_map", "parse_topic_map",
 ]

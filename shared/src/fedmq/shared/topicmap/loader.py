@@ -8,13 +8,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
-    BrokerSettings, DataRef, Group, Limits, ModelSpec, RoundPolicy, TlsSettings, TopicMap,
+    BrokerSettings, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings, TopicMap,
 )
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem
 
-TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "tree")
+TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "tree")
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
 
@@ -44,15 +44,38 @@ def _build(data: Any, r: Reader) -> TopicMap:
         ck = r.mapping(top["checkpoint"], "checkpoint", r.line_of(top, "checkpoint"), ("dir",), ("dir",))
         d = r.value(ck, "dir", "checkpoint", str, None)
         checkpoint_dir = _relative_to(r.file, d) if d else None
+    security = read_security(r, top.get("security"), r.line_of(top, "security"), r.file,
+                             ("signatures", "keys", "signing_key"))
     root = _tree(r, top.get("tree"), federation or "", r.line_of(top, "tree"))
     policy = _policy(r, top.get("rounds"), r.line_of(top, "rounds"), root)
     r.raise_if_any()
     return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
-                    limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir)
+                    limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
+                    security=security)
 
 
 def _relative_to(file: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(file)), path))
+
+
+def read_security(r: Reader, value: Any, line: Optional[int], file: str, allowed: Tuple[str, ...]) -> SecuritySettings:
+    """Read a ``security:`` section (topic maps: signatures, keys, signing_key; node configs: keys, signing_key)."""
+    if value is None:
+        return SecuritySettings()
+    m = r.mapping(value, "security", line, allowed)
+    keys = r.value(m, "keys", "security", str, None)
+    signing = r.value(m, "signing_key", "security", str, None)
+    signatures = r.value(m, "signatures", "security", bool, True) if "signatures" in allowed else bool(keys or signing)
+    if signatures and m is not None and not (keys and signing):
+        r.error(m.line, "security", "signatures need both 'keys' (public keys) and 'signing_key' (own private key)",
+                "point them at keys.json and clients/<id>.sign from 'fedmq broker provision'")
+    return SecuritySettings(signatures=bool(signatures), keys=_relative_to(file, keys) if keys else None,
+                            signing_key=_relative_to(file, signing) if signing else None)
+
+
+def _beside(base_dir: str, path: Optional[str]) -> Optional[str]:
+    """A path from a config file, relative to that file's directory."""
+    return os.path.join(base_dir, path) if path and not os.path.isabs(path) else path
 
 
 def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir: str) -> BrokerSettings:
@@ -64,15 +87,16 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
     if m is not None and "tls" in m:
         t = r.mapping(m["tls"], join_path(path, "tls"), r.line_of(m, "tls"), ("ca_file", "cert_file", "key_file"), ("ca_file",))
         tp = join_path(path, "tls")
-        tls = TlsSettings(ca_file=r.value(t, "ca_file", tp, str, ""), cert_file=r.value(t, "cert_file", tp, str, None),
-                          key_file=r.value(t, "key_file", tp, str, None))
+        tls = TlsSettings(ca_file=_beside(base_dir, r.value(t, "ca_file", tp, str, "")),
+                          cert_file=_beside(base_dir, r.value(t, "cert_file", tp, str, None)),
+                          key_file=_beside(base_dir, r.value(t, "key_file", tp, str, None)))
     return BrokerSettings(
         host=r.value(m, "host", path, str, "127.0.0.1"),
         port=r.value(m, "port", path, int, 1883, minimum=1, maximum=65535),
         keepalive_s=r.value(m, "keepalive_s", path, int, 30, minimum=5, maximum=65535),
         tls=tls,
         username=r.value(m, "username", path, str, None),
-        password_file=r.value(m, "password_file", path, str, None),
+        password_file=_beside(base_dir, r.value(m, "password_file", path, str, None)),
     )
 
 

@@ -95,6 +95,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """End-to-end signatures: ``keys`` is the public key file (keys.json from ``fedmq broker provision``),
+    ``signing_key`` the coordinator's own Ed25519 key."""
+
+    signatures: bool = False
+    keys: Optional[str] = None
+    signing_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class DataRef:
     """A data source: ``kind`` (csv or npz), ``path`` and kind-specific options."""
 
@@ -148,6 +158,7 @@ class TopicMap:
     root: Group
     evaluation: Optional[DataRef] = None
     checkpoint_dir: Optional[str] = None
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""
