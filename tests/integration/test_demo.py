@@ -40,3 +40,18 @@ def test_demo_ctrl_c_stops_everything(tmp_path):
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True, text=True).stdout.split()
     assert not left, f"demo left processes behind: {left}"
+
+
+@pytest.mark.slow
+def test_demo_secure_runs_over_mutual_tls_with_signatures(tmp_path):
+    work = tmp_path / "w"
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--secure", "--rounds", "5", "--workdir",
+                        str(work), "--report", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mutual TLS" in r.stdout
+    conf = (work / "broker" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "allow_anonymous false" in conf and "acl_file" in conf
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert len(data["rounds"]) == 5 and all(row["updates"] == 10 for row in data["rounds"])
+    log = (work / "logs" / "coordinator.log").read_text()
+    assert "signature" not in log  # nothing was rejected

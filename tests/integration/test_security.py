@@ -13,7 +13,7 @@ import yaml
 from fedhelp import FED, stop, wait_for, write_federation
 from fedmq.broker import pki
 from fedmq.broker.process import MosquittoProcess
-from fedmq.broker.provision import client_file, provision, revoke
+from fedmq.broker.provision import client_config, client_file, provision, revoke
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
@@ -118,13 +118,7 @@ def test_whole_federation_over_tls(tmp_path, auth):
 
     def secure(cfg_path, pid):
         cfg = yaml.safe_load(open(cfg_path))
-        cfg["broker"]["port"] = broker.port
-        stem = os.path.join(sec, "clients", client_file(pid))
-        cfg["broker"]["tls"] = {"ca_file": os.path.join(sec, "ca.crt")}
-        if auth == "mtls":
-            cfg["broker"]["tls"].update(cert_file=stem + ".crt", key_file=stem + ".key")
-        else:
-            cfg["broker"].update(username=pid, password_file=stem + ".password")
+        cfg["broker"].update(port=broker.port, **client_config(sec, pid, auth=auth)["broker"])
         yaml.safe_dump(cfg, open(cfg_path, "w"))
 
     secure(paths["topic_map"], "coordinator")
@@ -158,10 +152,9 @@ def signed_federation(tmp_path, auth="mtls", rounds=2):
     broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth=auth).start()
     for pid, path in [("coordinator", paths["topic_map"])] + [(n, paths[n]) for ns in GROUPS.values() for n in ns]:
         cfg = yaml.safe_load(open(path))
-        stem = os.path.join(sec, "clients", client_file(pid))
-        cfg["broker"].update(port=broker.port, tls={"ca_file": os.path.join(sec, "ca.crt"), "cert_file": stem + ".crt",
-                                                   "key_file": stem + ".key"})
-        cfg["security"] = {"keys": os.path.join(sec, "keys.json"), "signing_key": stem + ".sign"}
+        sections = client_config(sec, pid, auth=auth)
+        cfg["broker"].update(port=broker.port, **sections["broker"])
+        cfg["security"] = sections["security"]
         if pid == "coordinator":
             cfg["security"]["signatures"] = True
         yaml.safe_dump(cfg, open(path, "w"))

@@ -138,3 +138,15 @@ def revoke(tm: TopicMap, directory: str, pid: str) -> None:
         registry.revoked.append(pid)
     ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
     _write_state(tm, directory, ca, registry, passwords.read_file(os.path.join(directory, "passwords")))
+
+
+def client_config(directory: str, pid: str, *, auth: str = "mtls") -> Dict[str, dict]:
+    """The ``broker.tls`` (and username / password_file) and ``security`` config sections of one party."""
+    stem = os.path.join(os.path.abspath(directory), "clients", client_file(pid))
+    broker: dict = {"tls": {"ca_file": os.path.join(os.path.abspath(directory), "ca.crt")}}
+    if auth == "mtls":
+        broker["tls"].update(cert_file=stem + ".crt", key_file=stem + ".key")
+    else:
+        broker.update(username=pid, password_file=stem + ".password")
+    security = {"keys": os.path.join(os.path.abspath(directory), "keys.json"), "signing_key": stem + ".sign"}
+    return {"broker": broker, "security": security}

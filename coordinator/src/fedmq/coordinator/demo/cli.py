@@ -25,6 +25,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="node trainer (default auto: TFLite for tflite-*, scikit-learn for its kinds, else numpy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")
     p.add_argument("--deadline", type=float, default=15.0, help="round deadline in seconds (default 15)")
+    p.add_argument("--secure", action="store_true",
+                   help="provision a CA and credentials, run Mosquitto with mutual TLS, a least-privilege ACL and no "
+                        "anonymous access, and sign every update, partial and model (Ed25519)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--plot", help="write the PNG plot here (default: next to --report, or in the work directory)")
     p.add_argument("--workdir", help="keep configs, data and logs here (default: a temporary directory, removed)")

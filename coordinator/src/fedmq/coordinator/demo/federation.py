@@ -76,3 +76,29 @@ def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, gro
     with open(tm_path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(fed, fh, sort_keys=False)
     return DemoLayout(topic_map=tm_path, node_configs=configs, node_ids=ids)
+
+
+def set_port(layout: DemoLayout, port: int) -> None:
+    """Write the broker's port into every config of the demo."""
+    for path in [layout.topic_map, *layout.node_configs]:
+        with open(path, encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh)
+        cfg["broker"]["port"] = port
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg, fh, sort_keys=False)
+
+
+def secure_federation(layout: DemoLayout, security_dir: str, port: int) -> None:
+    """Point every config of the demo at the secured broker: mutual TLS and end-to-end signatures."""
+    from fedmq.broker.provision import client_config
+
+    for pid, path in [("coordinator", layout.topic_map), *zip(layout.node_ids, layout.node_configs)]:
+        with open(path, encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh)
+        sections = client_config(security_dir, pid)
+        cfg["broker"].update(port=port, **sections["broker"])
+        cfg["security"] = sections["security"]
+        if pid == "coordinator":
+            cfg["security"]["signatures"] = True
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg, fh, sort_keys=False)

@@ -20,11 +20,12 @@ from typing import Any, Dict, List, Optional
 from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator.cli import format_round
 from fedmq.coordinator.demo.dataset import digits
-from fedmq.coordinator.demo.federation import HIDDEN, write_federation
+from fedmq.broker.provision import provision
+from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
 from fedmq.coordinator.demo.plot import plot_rounds
 from fedmq.shared.messages import MessageError, decode_metrics
 from fedmq.shared.mqtt import MqttLink
-from fedmq.shared.topicmap import BrokerSettings
+from fedmq.shared.topicmap import load_topic_map
 from fedmq.shared.topics import Topics
 
 
@@ -91,14 +92,25 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         train, test = digits(args.seed)
-        broker = MosquittoProcess(os.path.join(workdir, "broker")).start()
-        print(f"fedmq demo: Mosquitto on {broker.host}:{broker.port}; {args.nodes} nodes in {args.groups} homes, "
-              f"{args.rounds} rounds, model {args.model}, digits split non-IID (Dirichlet alpha={args.alpha})", flush=True)
         layout = write_federation(workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds,
-                                  alpha=args.alpha, seed=args.seed, model=args.model, port=broker.port,
+                                  alpha=args.alpha, seed=args.seed, model=args.model, port=1,
                                   deadline_s=args.deadline, trainer=args.trainer)
+        security_dir = None
+        if args.secure:
+            security_dir = os.path.join(workdir, "security")
+            provision(load_topic_map(layout.topic_map), security_dir)
+        broker = MosquittoProcess(os.path.join(workdir, "broker"), security_dir=security_dir).start()
+        if security_dir:
+            secure_federation(layout, security_dir, broker.port)
+        else:
+            set_port(layout, broker.port)
+        print(f"fedmq demo: Mosquitto on {broker.host}:{broker.port}"
+              + (" (mutual TLS, ACL, no anonymous access; signed updates and models)" if security_dir else "")
+              + f"; {args.nodes} nodes in {args.groups} homes, {args.rounds} rounds, model {args.model}, "
+              f"digits split non-IID (Dirichlet alpha={args.alpha})", flush=True)
         topics = Topics("demo")
-        watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", BrokerSettings(port=broker.port), persistent=False)
+        watch = load_topic_map(layout.topic_map).broker  # the coordinator's identity may read the metrics
+        watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", watch, persistent=False)
         watcher.subscribe(topics.metrics())
         watcher.start()
         coordinator = procs.spawn(["coordinator", "run", layout.topic_map, "--fresh", "--quiet"],
