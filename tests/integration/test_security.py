@@ -213,3 +213,60 @@ def test_nodes_refuse_a_model_not_signed_by_the_coordinator(tmp_path):
         evil.loop_stop()
         stop(list(nodes.values()))
         broker.stop()
+
+
+def test_enrolment_with_one_time_tokens(tmp_path):
+    import numpy as np
+
+    from fedhelp import blobs
+    from fedmq.broker.provision import new_tokens
+    from fedmq.node.enrol import EnrolmentFailed, enrol_device
+
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=500, deadline_s=8, quorum=0.75)
+    fed = yaml.safe_load(open(paths["topic_map"]))
+    fed["tree"]["groups"]["garage"] = {"admit": ["garage-*"]}
+    yaml.safe_dump(fed, open(paths["topic_map"], "w"))
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    tokens = new_tokens(tm, sec, 4)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="mtls", enrol=True).start()
+    for pid, path in [("coordinator", paths["topic_map"])] + [(n, paths[n]) for ns in GROUPS.values() for n in ns]:
+        cfg = yaml.safe_load(open(path))
+        sections = client_config(sec, pid)
+        cfg["broker"].update(port=broker.port, **sections["broker"])
+        cfg["security"] = sections["security"]
+        if pid == "coordinator":
+            cfg["security"].update(signatures=True, dir=sec, broker_pid_file=broker.config.pid_file)
+        yaml.safe_dump(cfg, open(path, "w"))
+    x, y = blobs(80, seed=42)
+    np.savez(tmp_path / "garage.npz", x=x, y=y)
+    nodes = start_nodes(paths, ["a1", "a2", "b1", "b2"], tmp_path)
+    common = dict(federation=FED, host="127.0.0.1", port=broker.config.enrol_port, ca_file=os.path.join(sec, "ca.crt"),
+                  main_port=broker.port, timeout=15)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
+            cfg = enrol_device(token=tokens[0], node_id="garage-door-1", out=str(tmp_path / "device"),
+                               data=str(tmp_path / "garage.npz"), **common)
+            assert yaml.safe_load(open(cfg))["group"] == "garage"
+            nodes["garage-door-1"] = fedmq_node(cfg, tmp_path / "device.log")
+            wait_for(lambda: any(r["updates"] == 5 for r in c.rounds), 30, "a round with the enrolled device")
+            with pytest.raises(EnrolmentFailed):  # the token is spent
+                enrol_device(token=tokens[0], node_id="garage-door-2", out=str(tmp_path / "d2"), **common)
+            with pytest.raises(EnrolmentFailed, match="not admitted"):
+                enrol_device(token=tokens[1], node_id="stranger", out=str(tmp_path / "d3"), **common)
+            revoke(tm, sec, "b2")
+            with pytest.raises(EnrolmentFailed, match="revoked"):
+                enrol_device(token=tokens[2], node_id="b2", out=str(tmp_path / "d4"), **common)
+            rej = c.service.rejections.total
+            assert rej["enrol: not admitted by the topic map"] == 1 and rej["enrol: revoked id"] == 1
+    finally:
+        stop(list(nodes.values()))
+        broker.stop()
+
+
+def fedmq_node(cfg, log):
+    from fedhelp import fedmq
+
+    return fedmq(["node", "run", cfg], str(log))

@@ -18,6 +18,9 @@ from fedmq.shared.topics import Topics
 
 
 
+ENROL_PREFIX = "enrol-"
+
+
 def _served(tm: TopicMap, top: GroupPath) -> List[GroupPath]:
     out = []
     stack = [tm.groups()[top]]
@@ -39,8 +42,9 @@ def node_rules(tm: TopicMap, node: str, group: GroupPath) -> List[str]:
             f"topic read {t.control(group)}"]
 
 
-def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = ()) -> str:
-    """The acl_file for the coordinator, every edge aggregator and the given nodes (id -> group)."""
+def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = (), tokens: Iterable[str] = ()) -> str:
+    """The acl_file for the coordinator, every edge aggregator, the given nodes (id -> group) and the open
+    enrolment tokens (each may only send its own request and read its own reply)."""
     t = Topics(tm.federation)
     revoked = set(revoked)
     lines = [f"# fedmq ACL for federation {tm.federation}: generated, do not edit (fedmq broker provision)", "",
@@ -58,4 +62,7 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
     for node in sorted(nodes):
         if node not in revoked:
             lines += node_rules(tm, node, nodes[node]) + [""]
+    for token in tokens:
+        lines += [f"user {ENROL_PREFIX}{token}", f"topic write {t.enrol_request(token)}",
+                  f"topic read {t.enrol_reply(token)}", ""]
     return "\n".join(lines)

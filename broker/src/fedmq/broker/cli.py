@@ -31,6 +31,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                                          "no anonymous clients, password and ACL files")
         r.add_argument("--auth", choices=("mtls", "password"), default="mtls",
                        help="with --security: client certificates (default) or passwords over TLS")
+        r.add_argument("--enrol-port", type=int, help="with --auth mtls: a TLS listener for enrolment tokens")
+        r.add_argument("--pid-file", help="where Mosquitto writes its pid (the coordinator signals it after enrolments)")
         r.set_defaults(func=_render if name == "render" else _run)
     prov = bsub.add_parser("provision", help="create a CA, certificates, passwords and the ACL for a federation",
                            description="Create (or extend) DIR with the federation's CA, the broker's certificate, a "
@@ -50,6 +52,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     rev.add_argument("--dir", required=True, help="security directory")
     rev.add_argument("id", help="the node id (or edge:<group path>)")
     rev.set_defaults(func=_revoke)
+    tok = bsub.add_parser("token", help="create one-time enrolment tokens",
+                          description="Create one-time tokens with which new devices enrol (fedmq node enrol). Each "
+                                      "is its own broker user that may send one request; the coordinator admits the "
+                                      "device into the group the topic map's rules give its id.")
+    tok.add_argument("topic_map", help="federation topic map (YAML)")
+    tok.add_argument("--dir", required=True, help="security directory")
+    tok.add_argument("--count", type=int, default=1, help="how many tokens (default 1)")
+    tok.set_defaults(func=_tokens)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -57,7 +67,8 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
     tm = load_topic_map(args.topic_map)
     cfg = BrokerConfig.for_topic_map(tm, port=args.port, bind=args.bind or tm.broker.host,
                                      persistence_dir=args.persistence_dir, log_file=args.log_file,
-                                     security_dir=args.security, auth=args.auth)
+                                     security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,
+                                     pid_file=args.pid_file)
     return tm.federation, render_config(cfg)
 
 
@@ -104,4 +115,13 @@ def _revoke(args: argparse.Namespace) -> int:
         return 2
     print(f"revoked {args.id}: removed from passwords and ACL, certificate listed in {args.dir}/crl.pem; "
           "restart Mosquitto (or send it SIGHUP) to apply")
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from fedmq.broker.provision import new_tokens
+
+    for token in new_tokens(load_topic_map(args.topic_map), args.dir, args.count):
+        print(token)
+    print("reload Mosquitto (SIGHUP) so the tokens can log in", file=sys.stderr)
     return 0

@@ -31,6 +31,8 @@ class BrokerConfig:
     federation: str = ""
     security_dir: Optional[str] = None  # a directory made by 'fedmq broker provision'
     auth: str = "mtls"  # mtls: client certificates (CN = id); password: username + password over TLS
+    enrol_port: Optional[int] = None  # with mtls: a TLS listener where enrolment tokens log in with a password
+    pid_file: Optional[str] = None  # so the coordinator can make Mosquitto reload passwords and ACL (SIGHUP)
 
     @classmethod
     def for_topic_map(cls, tm: TopicMap, **overrides: object) -> "BrokerConfig":
@@ -50,6 +52,8 @@ def render_config(cfg: BrokerConfig) -> str:
         "per_listener_settings false",
         f"listener {cfg.port} {cfg.bind}",
         *_security(cfg),
+        *_enrol_listener(cfg),
+        *([f"pid_file {cfg.pid_file}"] if cfg.pid_file else []),
         "",
         "# Never drop QoS 1 silently: no message-count bound, a byte bound that Mosquitto logs when hit.",
         "max_queued_messages 0",
@@ -81,10 +85,23 @@ def _security(cfg: BrokerConfig) -> list:
                 "allow_anonymous true"]
     d = os.path.abspath(cfg.security_dir)
     lines = ["# TLS with the federation's CA; no anonymous clients; least-privilege ACL.",
-             f"cafile {d}/ca.crt", f"certfile {d}/server.crt", f"keyfile {d}/server.key", f"crlfile {d}/crl.pem",
-             "tls_version tlsv1.2", "allow_anonymous false", f"acl_file {d}/acl"]
+             *_tls(d), f"crlfile {d}/crl.pem", "allow_anonymous false", f"acl_file {d}/acl",
+             f"password_file {d}/passwords"]
     if cfg.auth == "mtls":
         lines += ["require_certificate true", "use_identity_as_username true"]
     else:
-        lines += ["require_certificate false", f"password_file {d}/passwords"]
+        lines += ["require_certificate false"]
     return lines
+
+
+def _tls(d: str) -> list:
+    return [f"cafile {d}/ca.crt", f"certfile {d}/server.crt", f"keyfile {d}/server.key", "tls_version tlsv1.2"]
+
+
+def _enrol_listener(cfg: BrokerConfig) -> list:
+    if not (cfg.security_dir and cfg.auth == "mtls" and cfg.enrol_port):
+        return []
+    return ["", "# Enrolment: TLS without client certificates; only one-time token users (enrol-<id>) can log in,",
+            "# and the ACL lets each send one request and read one reply.",
+            f"listener {cfg.enrol_port} {cfg.bind}", *_tls(os.path.abspath(cfg.security_dir)),
+            "require_certificate false"]

@@ -50,13 +50,15 @@ class MosquittoProcess:
 
     def __init__(self, workdir: Optional[str] = None, *, port: Optional[int] = None, bind: str = "127.0.0.1",
                  persistence: bool = True, max_packet_bytes: Optional[int] = None,
-                 security_dir: Optional[str] = None, auth: str = "mtls") -> None:
+                 security_dir: Optional[str] = None, auth: str = "mtls", enrol: bool = False) -> None:
         self.workdir = workdir or tempfile.mkdtemp(prefix="fedmq-mosquitto-")
         os.makedirs(self.workdir, exist_ok=True)
         self.config = BrokerConfig(port=port or 0, bind=bind,
                                    persistence_dir=self.workdir if persistence else None,
                                    log_file=os.path.join(self.workdir, "mosquitto.log"),
-                                   security_dir=security_dir, auth=auth)
+                                   security_dir=security_dir, auth=auth,
+                                   pid_file=os.path.join(self.workdir, "mosquitto.pid"))
+        self._enrol = enrol
         if max_packet_bytes:
             self.config.max_packet_bytes = max_packet_bytes
         self._fixed_port = port is not None
@@ -83,6 +85,8 @@ class MosquittoProcess:
         for _ in range(attempts):
             if not self._fixed_port:
                 self.config.port = free_port(self.config.bind)
+                if self._enrol:
+                    self.config.enrol_port = free_port(self.config.bind)
             with open(self.conf_path, "w", encoding="utf-8") as fh:
                 fh.write(render_config(self.config))
             self.proc = subprocess.Popen([binary, "-c", self.conf_path], stdout=subprocess.DEVNULL,

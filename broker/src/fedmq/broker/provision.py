@@ -18,8 +18,10 @@ Running it again adds new parties and keeps existing credentials valid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -28,16 +30,19 @@ from fedmq.broker import acl, passwords, pki
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.signing import new_signing_key
 from fedmq.shared.topicmap import TopicMap
+from fedmq.shared.topics import level_problem
 
 SERVER_NAMES = ["localhost", "127.0.0.1"]
 
 
 @dataclass
 class Registry:
-    """Who has credentials: id -> {"group": [...], "serial": int, "role": node|edge|coordinator}, and revocations."""
+    """Who has credentials: id -> {"group": [...], "serial": int, "role": node|edge|coordinator}, revocations,
+    and enrolment tokens: token id -> {"hash": sha256 of the secret, "used_by": node id or None}."""
 
     parties: Dict[str, dict] = field(default_factory=dict)
     revoked: List[str] = field(default_factory=list)
+    tokens: Dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: str) -> "Registry":
@@ -46,12 +51,12 @@ class Registry:
             return cls()
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-        return cls(parties=data.get("parties", {}), revoked=data.get("revoked", []))
+        return cls(parties=data.get("parties", {}), revoked=data.get("revoked", []), tokens=data.get("tokens", {}))
 
     def save(self, directory: str) -> None:
         path = os.path.join(directory, "registry.json")
         with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump({"parties": self.parties, "revoked": self.revoked}, fh, indent=1)
+            json.dump({"parties": self.parties, "revoked": self.revoked, "tokens": self.tokens}, fh, indent=1)
         os.replace(path + ".tmp", path)
 
 
@@ -116,11 +121,13 @@ def client_file(pid: str) -> str:
 
 
 def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, hashes: Dict[str, str]) -> None:
-    live = {p: h for p, h in hashes.items() if p not in registry.revoked}
+    open_tokens = {t for t, info in registry.tokens.items() if not info.get("used_by")}
+    live = {p: h for p, h in hashes.items() if p not in registry.revoked
+            and (not p.startswith(acl.ENROL_PREFIX) or p[len(acl.ENROL_PREFIX):] in open_tokens)}
     passwords.write_file(os.path.join(directory, "passwords"), live)
     nodes = {p: tuple(i["group"]) for p, i in registry.parties.items() if i["role"] == "node"}
     with open(os.path.join(directory, "acl"), "w", encoding="utf-8") as fh:
-        fh.write(acl.render_acl(tm, nodes, registry.revoked))
+        fh.write(acl.render_acl(tm, nodes, registry.revoked, sorted(open_tokens)))
     serials = [registry.parties[p]["serial"] for p in registry.revoked if p in registry.parties]
     pki.write_crl(ca, serials, os.path.join(directory, "crl.pem"))
     keys = {p: i["public_key"] for p, i in registry.parties.items() if p not in registry.revoked}
@@ -150,3 +157,52 @@ def client_config(directory: str, pid: str, *, auth: str = "mtls") -> Dict[str, 
         broker.update(username=pid, password_file=stem + ".password")
     security = {"keys": os.path.join(os.path.abspath(directory), "keys.json"), "signing_key": stem + ".sign"}
     return {"broker": broker, "security": security}
+
+
+def new_tokens(tm: TopicMap, directory: str, count: int) -> List[str]:
+    """Create ``count`` one-time enrolment tokens ("<id>.<secret>"); only their hashes are stored."""
+    registry = Registry.load(directory)
+    hashes = passwords.read_file(os.path.join(directory, "passwords"))
+    out = []
+    for _ in range(count):
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(18)
+        registry.tokens[token_id] = {"hash": hashlib.sha256(secret.encode()).hexdigest(), "used_by": None}
+        hashes[acl.ENROL_PREFIX + token_id] = passwords.hash_password(secret)
+        out.append(f"{token_id}.{secret}")
+    ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
+    _write_state(tm, directory, ca, registry, hashes)
+    return out
+
+
+def enrol(tm: TopicMap, directory: str, token_id: str, secret: str, node_id: str) -> Dict[str, str]:
+    """Spend a token on ``node_id``: check it, admit the node into the group the topic map's rules give it,
+    issue its credentials, and close the token. Returns the files' contents; EnrolmentRefused otherwise."""
+    registry = Registry.load(directory)
+    token = registry.tokens.get(token_id)
+    if token is None or token.get("used_by") or hashlib.sha256(secret.encode()).hexdigest() != token["hash"]:
+        raise EnrolmentRefused("unknown or used token")
+    if node_id in registry.revoked:
+        raise EnrolmentRefused("revoked id")
+    if node_id in registry.parties or node_id == COORDINATOR or level_problem(node_id):
+        raise EnrolmentRefused("id not available")
+    group = tm.group_of(node_id)
+    if group is None:
+        raise EnrolmentRefused("not admitted by the topic map")
+    ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
+    hashes = passwords.read_file(os.path.join(directory, "passwords"))
+    add_party(ca, directory, registry, hashes, node_id, {"role": "node", "group": list(group.path)})
+    token["used_by"] = node_id
+    _write_state(tm, directory, ca, registry, hashes)
+    stem = os.path.join(directory, "clients", client_file(node_id))
+    files = {"group": "/".join(group.path)}
+    for name, suffix in (("cert", ".crt"), ("key", ".key"), ("password", ".password"), ("signing_key", ".sign")):
+        with open(stem + suffix, encoding="utf-8") as fh:
+            files[name] = fh.read()
+    for name, path in (("ca", "ca.crt"), ("keys", "keys.json")):
+        with open(os.path.join(directory, path), encoding="utf-8") as fh:
+            files[name] = fh.read()
+    return files
+
+
+class EnrolmentRefused(ValueError):
+    """A request that does not earn credentials; the message is the reason counted."""

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from fedmq.coordinator.enrolment import Enrolment
 from fedmq.coordinator.group import GroupAggregator
 from fedmq.coordinator.guards import RateLimiter
 from fedmq.coordinator.presence import Presence
@@ -22,7 +23,7 @@ from fedmq.shared.envelope import EnvelopeError, decode
 from fedmq.shared.messages import Control, MessageError
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.models import check_weights
-from fedmq.shared.signing import Auth, split
+from fedmq.shared.signing import Auth, KeyRing, split
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -69,6 +70,17 @@ class CoordinatorService:
         for path in status_groups:
             self.link.subscribe(f"{self.topics.group(path)}/_status/+")
         self.link.subscribe(self.topics.model())
+        self.enrolment: Optional[Enrolment] = None
+        if edge is None and tm.security.dir:
+            self.enrolment = Enrolment(tm, self._publish, self.rejections, self._enrolled)
+            self.link.subscribe(self.enrolment.subscription())
+
+    def _enrolled(self, node: str) -> None:
+        """A new node has credentials: trust its signing key from now on."""
+        if self.auth is not None and self.tm.security.keys:
+            ring = KeyRing.from_file(self.tm.security.keys)
+            ring.seen = self.auth.keyring.seen  # keep the replay protection
+            self.auth.keyring = ring
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         if retain:
@@ -114,6 +126,8 @@ class CoordinatorService:
                     agg.tick(now)
                 if self.driver is not None and self.link.connected.is_set():
                     self.driver.tick(now)
+                if self.enrolment is not None:
+                    self.enrolment.tick()
         finally:
             self.link.stop()
 
@@ -138,6 +152,9 @@ class CoordinatorService:
                 and not self.limiter.allow(parts[2])):
             self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
                                    f"{self.tm.limits.max_messages_per_node_s}")
+            return
+        if self.enrolment is not None and msg.topic.startswith(t.enrol_request("")):
+            self.enrolment.handle(msg.topic.rsplit("/", 1)[1], msg.payload, msg.topic)
             return
         parsed = t.parse_last(msg.topic, "update")
         if parsed and parsed[0] in self.groups:

@@ -29,6 +29,20 @@ def register(sub: "argparse._SubParsersAction") -> None:
                             description="Validate a node configuration and load its data, without connecting.")
     check.add_argument("config", help="node configuration (YAML)")
     check.set_defaults(func=_check)
+    enrol = nsub.add_parser("enrol", help="trade a one-time token for credentials and a node config",
+                            description="Log in with an enrolment token (from 'fedmq broker token'), ask the "
+                                        "coordinator to admit this device under NODE_ID, and write its certificate, "
+                                        "keys, password and a ready node.yaml into --out.")
+    enrol.add_argument("--federation", required=True)
+    enrol.add_argument("--host", default="127.0.0.1", help="broker address")
+    enrol.add_argument("--port", type=int, required=True, help="the broker's enrolment listener")
+    enrol.add_argument("--main-port", type=int, help="the broker's main (mutual TLS) port for node.yaml")
+    enrol.add_argument("--ca", required=True, help="the federation's CA certificate")
+    enrol.add_argument("--token", required=True, help="<id>.<secret>")
+    enrol.add_argument("--node-id", required=True, help="this device's id (the topic map's rules must admit it)")
+    enrol.add_argument("--data", help="the device's data file for node.yaml (NPZ)")
+    enrol.add_argument("--out", required=True, help="directory for the credentials and node.yaml")
+    enrol.set_defaults(func=_enrol)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -65,4 +79,18 @@ def _run(args: argparse.Namespace) -> int:
         stop_all()
         for t in threads:
             t.join(10)
+    return 0
+
+
+def _enrol(args: argparse.Namespace) -> int:
+    from fedmq.node.enrol import EnrolmentFailed, enrol_device
+
+    try:
+        path = enrol_device(federation=args.federation, host=args.host, port=args.port, ca_file=args.ca,
+                            token=args.token, node_id=args.node_id, out=args.out, data=args.data,
+                            main_port=args.main_port)
+    except EnrolmentFailed as exc:
+        print(f"fedmq node enrol: {exc}", file=sys.stderr)
+        return 1
+    print(f"enrolled {args.node_id}: run it with 'fedmq node run {path}'")
     return 0

@@ -58,6 +58,14 @@ class Topics:
         """A model file (e.g. .tflite), retained, named by the SHA-256 of its bytes."""
         return f"{self.base}/_file/{sha256}"
 
+    def enrol_request(self, token_id: str) -> str:
+        """Where a device sends its enrolment request (JSON), with the token's own credentials."""
+        return f"{self.base}/_enrol/request/{token_id}"
+
+    def enrol_reply(self, token_id: str) -> str:
+        """Where the coordinator answers it."""
+        return f"{self.base}/_enrol/reply/{token_id}"
+
     def metrics(self) -> str:
         """Per-round metrics summary, retained, JSON (published by the root)."""
         return f"{self.base}/_metrics"

@@ -45,7 +45,7 @@ def _build(data: Any, r: Reader) -> TopicMap:
         d = r.value(ck, "dir", "checkpoint", str, None)
         checkpoint_dir = _relative_to(r.file, d) if d else None
     security = read_security(r, top.get("security"), r.line_of(top, "security"), r.file,
-                             ("signatures", "keys", "signing_key"))
+                             ("signatures", "keys", "signing_key", "dir", "broker_pid_file"))
     root = _tree(r, top.get("tree"), federation or "", r.line_of(top, "tree"))
     policy = _policy(r, top.get("rounds"), r.line_of(top, "rounds"), root)
     r.raise_if_any()
@@ -69,8 +69,10 @@ def read_security(r: Reader, value: Any, line: Optional[int], file: str, allowed
     if signatures and m is not None and not (keys and signing):
         r.error(m.line, "security", "signatures need both 'keys' (public keys) and 'signing_key' (own private key)",
                 "point them at keys.json and clients/<id>.sign from 'fedmq broker provision'")
+    paths = {k: r.value(m, k, "security", str, None) for k in ("dir", "broker_pid_file") if k in allowed}
     return SecuritySettings(signatures=bool(signatures), keys=_relative_to(file, keys) if keys else None,
-                            signing_key=_relative_to(file, signing) if signing else None)
+                            signing_key=_relative_to(file, signing) if signing else None,
+                            **{k: _relative_to(file, v) for k, v in paths.items() if v})
 
 
 def _beside(base_dir: str, path: Optional[str]) -> Optional[str]:

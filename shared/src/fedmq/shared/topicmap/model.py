@@ -102,6 +102,8 @@ class SecuritySettings:
     signatures: bool = False
     keys: Optional[str] = None
     signing_key: Optional[str] = None
+    dir: Optional[str] = None  # the provisioning directory: lets the coordinator enrol devices with tokens
+    broker_pid_file: Optional[str] = None  # Mosquitto's pid file, to make it reload after an enrolment
 
 
 @dataclass(frozen=True)
