@@ -2,6 +2,7 @@
 no anonymous access, revocation, and least-privilege ACLs."""
 
 import os
+import signal
 import ssl
 import threading
 import time
@@ -57,6 +58,17 @@ def raw_client(broker, sec, pid):
     c.loop_start()
     assert ready.wait(10)
     return c
+
+
+def intruder(broker, sec):
+    """A client with full broker rights (as after a broker compromise), but none of the parties' signing keys."""
+    ca = pki.load_pair(os.path.join(sec, "ca.crt"), os.path.join(sec, "ca.key"))
+    pki.issue(ca, "intruder", os.path.join(sec, "clients", "intruder.crt"), os.path.join(sec, "clients", "intruder.key"))
+    with open(os.path.join(sec, "acl"), "a") as fh:
+        fh.write("\nuser intruder\ntopic readwrite #\n")
+    os.kill(int(open(broker.config.pid_file).read()), signal.SIGHUP)  # Mosquitto reloads its ACL
+    time.sleep(0.5)
+    return raw_client(broker, sec, "intruder")
 
 
 def connects(link: MqttLink) -> bool:
@@ -165,8 +177,8 @@ def test_forged_and_replayed_updates_are_rejected_by_signature(tmp_path):
     paths, sec, broker = signed_federation(tmp_path, rounds=3)
     t = Topics(FED)
     nodes = start_nodes(paths, ["a1", "a2", "b1", "b2"], tmp_path)
-    # an attacker with full broker rights (the coordinator's certificate) but not a1's signing key
-    evil = raw_client(broker, sec, "coordinator")
+    # an attacker with full broker rights (a compromised broker config) but not a1's signing key
+    evil = intruder(broker, sec)
     evil.captured = []
     evil.on_message = lambda cl, u, msg: evil.captured.append(msg.payload)
     evil.subscribe(t.update(("home1",), "a1"), qos=1)
@@ -198,7 +210,7 @@ def test_forged_and_replayed_updates_are_rejected_by_signature(tmp_path):
 def test_nodes_refuse_a_model_not_signed_by_the_coordinator(tmp_path):
     paths, sec, broker = signed_federation(tmp_path)
     nodes = start_nodes(paths, ["a1"], tmp_path)
-    evil = raw_client(broker, sec, "coordinator")
+    evil = intruder(broker, sec)
     from fedmq.shared.envelope import Envelope, Kind, encode
     from fedmq.shared.models import initial_weights
 

@@ -4,7 +4,8 @@
   files and its own group's control topic: no other node's updates, no model publishing;
 * an edge aggregator reads the updates, partials and statuses of the groups it serves, writes their
   control topics, reads its parent's control topic and publishes only its own partial towards its parent;
-* the coordinator reads and writes the federation's topics, and nothing else.
+* the coordinator reads the federation's topics and writes only what it publishes: the model, model files,
+  metrics, enrolment replies, and the control and partial topics of the groups (never an update or a status).
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
     t = Topics(tm.federation)
     revoked = set(revoked)
     lines = [f"# fedmq ACL for federation {tm.federation}: generated, do not edit (fedmq broker provision)", "",
-             f"user {COORDINATOR}", f"topic readwrite {t.base}/#", ""]
+             f"user {COORDINATOR}", f"topic read {t.base}/#", f"topic write {t.model()}", f"topic write {t.base}/_file/#",
+             f"topic write {t.metrics()}", f"topic write {t.enrol_reply('+')}"]
+    for path in tm.groups():
+        lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
+    lines.append("")
     for path, group in tm.groups().items():
         if not group.edge:
             continue

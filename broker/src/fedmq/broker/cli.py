@@ -65,6 +65,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 def _config(args: argparse.Namespace) -> "tuple[str, str]":
     tm = load_topic_map(args.topic_map)
+    if args.security:  # the ACL follows the topic map as it is now
+        from fedmq.broker.provision import refresh
+
+        refresh(tm, args.security)
     cfg = BrokerConfig.for_topic_map(tm, port=args.port, bind=args.bind or tm.broker.host,
                                      persistence_dir=args.persistence_dir, log_file=args.log_file,
                                      security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,

@@ -136,6 +136,13 @@ def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, ha
     registry.save(directory)
 
 
+def refresh(tm: TopicMap, directory: str) -> None:
+    """Rewrite the password file, ACL, CRL and keys.json from the registry and the current topic map
+    (no new credentials)."""
+    ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
+    _write_state(tm, directory, ca, Registry.load(directory), passwords.read_file(os.path.join(directory, "passwords")))
+
+
 def revoke(tm: TopicMap, directory: str, pid: str) -> None:
     """Remove a party from the password and ACL files and list its certificate in the CRL."""
     registry = Registry.load(directory)

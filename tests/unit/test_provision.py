@@ -1,0 +1,69 @@
+"""Provisioning is additive, revocation reaches every file, and the ACL is least privilege."""
+
+import json
+import os
+
+from cryptography import x509
+
+from fedmq.broker.acl import render_acl
+from fedmq.broker.provision import Registry, new_tokens, provision, revoke
+from fedmq.shared.topicmap import parse_topic_map
+
+MAP = """
+federation: f
+model: {kind: softmax_regression, features: 2, classes: [a, b]}
+tree:
+  groups:
+    home: {nodes: [n1, n2]}
+    site: {edge: true, groups: {floor: {nodes: [s1]}}}
+"""
+
+
+def test_running_again_adds_parties_and_keeps_existing_credentials(tmp_path):
+    d = str(tmp_path / "pki")
+    added = provision(parse_topic_map(MAP), d)
+    assert set(added) == {"coordinator", "edge:site", "n1", "n2", "s1"}
+    n1_cert = open(os.path.join(d, "clients", "n1.crt"), "rb").read()
+    n1_hash = [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")]
+    bigger = parse_topic_map(MAP.replace("nodes: [n1, n2]", "nodes: [n1, n2, n3]"))
+    assert provision(bigger, d) == ["n3"]
+    assert open(os.path.join(d, "clients", "n1.crt"), "rb").read() == n1_cert
+    assert [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")] == n1_hash
+    assert set(json.load(open(os.path.join(d, "keys.json")))) == {"coordinator", "edge:site", "n1", "n2", "n3", "s1"}
+
+
+def test_revocation_reaches_passwords_acl_crl_and_keys(tmp_path):
+    d = str(tmp_path / "pki")
+    tm = parse_topic_map(MAP)
+    provision(tm, d)
+    revoke(tm, d, "n2")
+    assert not any(line.startswith("n2:") for line in open(os.path.join(d, "passwords")))
+    assert "user n2" not in open(os.path.join(d, "acl")).read()
+    assert "n2" not in json.load(open(os.path.join(d, "keys.json")))
+    crl = x509.load_pem_x509_crl(open(os.path.join(d, "crl.pem"), "rb").read())
+    assert [r.serial_number for r in crl] == [Registry.load(d).parties["n2"]["serial"]]
+    assert provision(tm, d) == []  # a revoked id is not re-created by running provision again
+
+
+def test_acl_is_least_privilege_for_every_party(tmp_path):
+    tm = parse_topic_map(MAP)
+    text = render_acl(tm, {"n1": ("home",), "s1": ("site", "floor")}, tokens=["t1"])
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in text.split("\n\n") if b.startswith("user ")}
+    assert blocks["user n1"] == ["topic write fedmq/v1/f/home/_update/n1", "topic write fedmq/v1/f/home/_status/n1",
+                                 "topic read fedmq/v1/f/_model", "topic read fedmq/v1/f/_file/#",
+                                 "topic read fedmq/v1/f/home/_control"]
+    edge = blocks["user edge:site"]
+    assert "topic write fedmq/v1/f/_partial/site" in edge and "topic read fedmq/v1/f/_control" in edge
+    assert not any(rule.endswith("/_model") and "write" in rule for rule in edge)
+    coord = blocks["user coordinator"]
+    assert "topic read fedmq/v1/f/#" in coord and not any("_update" in r or "_status" in r for r in coord if "write" in r)
+    assert blocks["user enrol-t1"] == ["topic write fedmq/v1/f/_enrol/request/t1", "topic read fedmq/v1/f/_enrol/reply/t1"]
+
+
+def test_tokens_are_stored_hashed(tmp_path):
+    d = str(tmp_path / "pki")
+    tm = parse_topic_map(MAP)
+    provision(tm, d)
+    token = new_tokens(tm, d, 1)[0]
+    stored = json.dumps(Registry.load(d).tokens)
+    assert token.split(".")[1] not in stored and token.split(".")[1] not in open(os.path.join(d, "passwords")).read()
