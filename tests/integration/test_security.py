@@ -282,3 +282,31 @@ def fedmq_node(cfg, log):
     from fedhelp import fedmq
 
     return fedmq(["node", "run", cfg], str(log))
+
+
+def test_signed_mtls_federation_with_an_edge_process(tmp_path):
+    from fedhelp import fedmq
+
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=3, deadline_s=8, edge=["home2"])
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec).start()
+    for pid, path in [("coordinator", paths["topic_map"])] + [(n, paths[n]) for ns in GROUPS.values() for n in ns]:
+        cfg = yaml.safe_load(open(path))
+        sections = client_config(sec, pid)
+        cfg["broker"].update(port=broker.port, **sections["broker"])
+        cfg["security"] = {**sections["security"], **({"signatures": True} if pid == "coordinator" else {})}
+        yaml.safe_dump(cfg, open(path, "w"))
+    edge = os.path.join(sec, "clients", client_file("edge:home2"))
+    procs = list(start_nodes(paths, [n for ns in GROUPS.values() for n in ns], tmp_path).values())
+    procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--signing-key", edge + ".sign",
+                        "--cert", edge + ".crt", "--key", edge + ".key"], str(tmp_path / "edge.log")))
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 3, 40, "three signed rounds through the edge")
+            assert all(r["updates"] == 4 for r in c.rounds)
+            assert not any("signature" in k for k in c.service.rejections.total)
+    finally:
+        stop(procs)
+        broker.stop()

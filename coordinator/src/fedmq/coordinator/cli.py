@@ -14,6 +14,7 @@ from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
 
 if TYPE_CHECKING:  # the coordinator's modules load only when a coordinator command runs
     from fedmq.coordinator.service import CoordinatorService
+    from fedmq.shared.topicmap import BrokerSettings
 
 
 def register_coordinator(sub: "argparse._SubParsersAction") -> None:
@@ -37,6 +38,10 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     edge.add_argument("--group", required=True, help="slash-separated path of the group, e.g. site-a/building-2")
     edge.add_argument("--signing-key", help="this edge's Ed25519 key (clients/edge_<group>.sign) when the topic map "
                                             "turns signatures on")
+    edge.add_argument("--cert", help="this edge's client certificate (mutual TLS), instead of the topic map's")
+    edge.add_argument("--key", help="the key of --cert")
+    edge.add_argument("--username", help="this edge's MQTT username (passwords over TLS)")
+    edge.add_argument("--password-file", help="file holding this edge's MQTT password")
     edge.set_defaults(func=_edge, default_verbosity=1)
     build = csub.add_parser("build-model", help="write the .tflite file of a tflite model kind",
                             description="Build the training-capable .tflite file the coordinator distributes for a "
@@ -61,6 +66,19 @@ def _build_model(args: argparse.Namespace) -> int:
         fh.write(built[1])
     print(f"wrote {args.out} ({len(built[1]):,} bytes, sha256 {built[0]})")
     return 0
+
+
+def _edge_broker(broker: "BrokerSettings", args: argparse.Namespace) -> "BrokerSettings":
+    """The topic map's broker settings with the edge's own identity, when given."""
+    from dataclasses import replace
+
+    from fedmq.shared.topicmap import TlsSettings
+
+    if args.cert and broker.tls is not None:
+        broker = replace(broker, tls=TlsSettings(broker.tls.ca_file, args.cert, args.key))
+    if args.username:
+        broker = replace(broker, username=args.username, password_file=args.password_file)
+    return broker
 
 
 def format_round(s: Dict[str, Any]) -> str:
@@ -122,6 +140,7 @@ def _edge(args: argparse.Namespace) -> int:
         raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.group}",
                                          "no such group marked 'edge: true'",
                                          "mark the group 'edge: true' in the topic map, or pass its full path")])
+    tm.broker = _edge_broker(tm.broker, args)
     if tm.security.signatures and not args.signing_key:
         print("fedmq coordinator edge: the topic map turns signatures on: pass --signing-key", file=sys.stderr)
         return 2
