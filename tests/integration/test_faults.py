@@ -121,7 +121,8 @@ def test_stragglers_skip_or_are_rejected(broker, tmp_path):
         nodes["a3"].send_signal(signal.SIGCONT)
         stop(list(nodes.values()))
         late.stop()
-    assert "start arrived after its deadline; skipping" in (tmp_path / "a3.log").read_text()
+    log = (tmp_path / "a3.log").read_text()
+    assert "round 1: trained" not in log  # the node never trains on a round whose deadline has passed
 
 
 @pytest.mark.parametrize("fault", ["process-stopped", "uplink-cut"])
