@@ -148,7 +148,7 @@ def test_edge_aggregator_loses_its_uplink(broker, tmp_path, fault):
                 proxy.unblock()
             wait_for(lambda: len(c.rounds) >= 3, 45, "the rounds after the outage")
             assert [r["updates"] for r in c.rounds] == [6, 6, 6]  # the edge's partials all arrived
-            assert c.rounds[1]["seconds"] > 2.5  # the root waited for it, as quorum 1.0 says
+            assert max(r["seconds"] for r in c.rounds[1:]) > 2.5  # the root waited for it, as quorum 1.0 says
     finally:
         edge.send_signal(signal.SIGCONT)
         stop(procs)
