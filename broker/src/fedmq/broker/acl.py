@@ -6,18 +6,19 @@
   control topics, reads its parent's control topic and publishes only its own partial towards its parent;
 * the coordinator reads the federation's topics and writes only what it publishes: the model, model files,
   metrics, enrolment replies, and the control and partial topics of the groups (never an update or a status).
+
+Every right on a topic ``T`` extends to ``T/_chunk/+``, where a message over the payload cap travels in chunks.
 """
 
 from __future__ import annotations
 
 from typing import Dict, Iterable, List
 
+from fedmq.shared.chunks import chunk_topic
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 from fedmq.shared.topics import Topics
-
-
 
 ENROL_PREFIX = "enrol-"
 
@@ -70,4 +71,14 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
     for token in tokens:
         lines += [f"user {ENROL_PREFIX}{token}", f"topic write {t.enrol_request(token)}",
                   f"topic read {t.enrol_reply(token)}", ""]
-    return "\n".join(lines)
+    return "\n".join(_with_chunks(lines))
+
+
+def _with_chunks(lines: List[str]) -> List[str]:
+    """Each ``topic`` rule on a single topic, followed by the same rule on that topic's chunks."""
+    out = []
+    for line in lines:
+        out.append(line)
+        if line.startswith("topic ") and not line.endswith("#"):
+            out.append(chunk_topic(line, 0)[:-1] + "+")
+    return out

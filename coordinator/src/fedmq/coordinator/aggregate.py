@@ -10,6 +10,8 @@ from typing import Dict, Mapping
 
 import numpy as np
 
+from fedmq.shared.codecs import Decoded, Sparse
+
 
 class WeightedSum:
     """Running weighted sums of named tensors (float64) and the total weight."""
@@ -18,14 +20,19 @@ class WeightedSum:
         self.sums: Dict[str, np.ndarray] = {}
         self.weight = 0.0
 
-    def add(self, tensors: Mapping[str, np.ndarray], weight: float) -> None:
-        """Add ``weight * tensors`` (one node's update, weighted by its sample count)."""
+    def add(self, tensors: Mapping[str, Decoded], weight: float) -> None:
+        """Add ``weight * tensors`` (one node's update, weighted by its sample count); a sparse (top-k)
+        tensor is scattered straight into the sums."""
         for name, t in tensors.items():
-            scaled = np.multiply(t, weight, dtype=np.float64)
-            if name in self.sums:
-                self.sums[name] += scaled
+            if isinstance(t, Sparse):
+                total = self.sums.get(name)
+                if total is None:
+                    total = self.sums[name] = np.zeros(t.shape, np.float64)
+                total.reshape(-1)[t.idx] += t.val * weight  # indices are distinct (checked on decode)
+            elif name in self.sums:
+                self.sums[name] += np.multiply(t, weight, dtype=np.float64)
             else:
-                self.sums[name] = scaled
+                self.sums[name] = np.multiply(t, weight, dtype=np.float64)
         self.weight += weight
 
     def add_sums(self, sums: Mapping[str, np.ndarray], weight: float) -> None:

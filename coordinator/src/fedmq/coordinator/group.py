@@ -15,13 +15,13 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
-from fedmq.coordinator.guards import update_norm
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
+from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control
-from fedmq.shared.models import check_weights, expected_shapes
+from fedmq.shared.models import expected_shapes
 from fedmq.shared.signing import Auth, SignatureError, split
 from fedmq.shared.topicmap import Group, TopicMap
 from fedmq.shared.topics import Topics
@@ -73,6 +73,8 @@ class GroupAggregator:
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
+        # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
+        self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
     @property
     def label(self) -> str:
@@ -180,12 +182,15 @@ class GroupAggregator:
                 return True
         return False
 
-    def _shape_problem(self, env: Envelope) -> str:
+    def _tensors(self, env: Envelope, codec: codecs.Codec) -> Tuple[Optional[Dict[str, codecs.Decoded]], str, str]:
+        """The model tensors an envelope carries, decoded; or None, the rejection reason and its detail."""
+        if (env.codec, env.codec_params.get("delta", False)) != (codec.name, codec.delta):
+            return None, "wrong codec", (f"codec {env.codec} (delta {env.codec_params.get('delta', False)}); this "
+                                         f"federation uses {codec.name} (delta {codec.delta})")
         try:
-            check_weights(self.tm.model, env.tensors)
-        except ValueError as exc:
-            return str(exc)
-        return ""
+            return codecs.decode(env.codec, env.codec_params, env.tensors, self.shapes), "", ""
+        except codecs.CodecError as exc:
+            return None, "wrong shape or dtype", str(exc)
 
     def on_update(self, node: str, payload: bytes, topic: str) -> None:
         """A node's update: check everything, then fold it into the sums."""
@@ -196,14 +201,16 @@ class GroupAggregator:
         r = self.current
         if env is None or r is None:
             return
-        shape = self._shape_problem(env)
+        codec = self.tm.compression.update
+        tensors, reason, detail = self._tensors(env, codec)
         limits = self.tm.limits
-        norm = (update_norm(env.tensors, self.reference)
-                if not shape and limits.max_update_norm is not None and self.reference is not None else 0.0)
+        norm = 0.0
+        if tensors is not None and limits.max_update_norm is not None and (codec.delta or self.reference is not None):
+            norm = codecs.norm(tensors, None if codec.delta else self.reference)
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
-            (bool(shape), "wrong shape or dtype", shape),
+            (tensors is None, reason, detail),
             (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
              f"{env.samples} (limits.max_samples is {limits.max_samples})"),
             (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",
@@ -212,7 +219,8 @@ class GroupAggregator:
             return
         r.answered.add(node)
         r.nodes.append(node)
-        r.sums.add(env.tensors, env.samples)
+        assert tensors is not None
+        r.sums.add(tensors, env.samples)
         r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
         r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0)}, {})
         r.bytes_up += len(payload)
@@ -230,13 +238,13 @@ class GroupAggregator:
         bad_nodes = (not isinstance(nodes, list) or len(set(map(str, nodes))) != len(nodes)
                      or not all(isinstance(n, str) and n in selected and self.membership.in_subtree(n, child_path)
                                 for n in nodes))
-        shape = self._shape_problem(env) if nodes and not bad_nodes else ""
+        tensors, reason, detail = self._tensors(env, self._partial_codec) if nodes and not bad_nodes else ({}, "", "")
         if self._refused(topic, [
             (child not in r.children, "unexpected partial", f"child {child!r} has no selected nodes this round"),
             (child in r.reported, "duplicate", f"child {child!r} already reported"),
             (bad_nodes, "bad node list", "nodes must be distinct selected members of the child group"),
             (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
-            (bool(shape), "wrong shape or dtype", shape),
+            (tensors is None, reason, detail),
         ]):
             return
         r.reported.add(child)
@@ -267,6 +275,7 @@ class GroupAggregator:
         metrics["bytes_up"] = r.bytes_up
         env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=r.ctl.round, attempt=r.ctl.attempt,
                        sender=self.group.name, model_version=r.ctl.model_version,
-                       tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics, meta={"nodes": r.nodes})
+                       tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics, meta={"nodes": r.nodes},
+                       codec_params=self._partial_codec.params())
         parent = self.group.path[:-1]
         self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)

@@ -1,13 +1,10 @@
-"""Guard rails against floods and poisoned updates: a per-sender token bucket and an update-norm bound."""
+"""Guard rails against floods: a per-sender token bucket (the update-norm bound is ``codecs.norm``)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
-from typing import Mapping, Optional
-
-import numpy as np
+from typing import Optional
 
 
 class RateLimiter:
@@ -28,12 +25,3 @@ class RateLimiter:
         while len(self.buckets) > self.max_keys:
             self.buckets.popitem(last=False)
         return allowed
-
-
-def update_norm(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of (update - reference) over all tensors: how far a node moved from the global model."""
-    total = 0.0
-    for name, ref in reference.items():
-        diff = np.asarray(update[name], np.float64) - ref
-        total += float(np.dot(diff.ravel(), diff.ravel()))
-    return math.sqrt(total)

@@ -103,11 +103,15 @@ class RoundDriver:
             self._finish()
 
     def _publish_model(self) -> None:
-        meta: Dict[str, Any] = {"model": self.tm.model.to_meta()}
+        meta: Dict[str, Any] = {"model": self.tm.model.to_meta(), "update_codec": self.tm.compression.update.to_meta()}
         if self.model_file is not None:
             meta["file"] = {"sha256": self.model_file[0], "bytes": len(self.model_file[1]), "format": "tflite"}
+        if self.tm.transport.max_payload_bytes:
+            meta["max_payload_bytes"] = self.tm.transport.max_payload_bytes
+        codec = self.tm.compression.model
+        tensors = {k: v.astype(np.float16) for k, v in self.weights.items()} if codec == "float16" else self.weights
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
-                       model_version=self.state.model_version, tensors=self.weights, meta=meta)
+                       model_version=self.state.model_version, tensors=tensors, meta=meta, codec=codec)
         payload = self.auth.seal(env) if self.auth else encode(env)
         self.bytes_model = len(payload)
         self.publish(self.topics.model(), payload, True)
@@ -150,7 +154,10 @@ class RoundDriver:
         p = self.tm.policy
         needed = p.quorum_count(len(ctl.selected))
         if len(result.nodes) >= needed and result.sums.weight > 0:
-            self.weights = result.sums.mean()
+            mean = result.sums.mean()
+            if self.tm.compression.update.delta:  # the sums are of changes to the global model
+                mean = {k: (self.weights[k] + v).astype(np.float32) for k, v in mean.items()}
+            self.weights = mean
             self.state.rounds_done = ctl.round
             self.state.model_version += 1
             self.attempt_count = 0

@@ -22,7 +22,8 @@ from fedmq.coordinator.tree import Membership, served_groups
 from fedmq.shared.envelope import EnvelopeError, decode
 from fedmq.shared.messages import Control, MessageError
 from fedmq.shared.identities import COORDINATOR, edge_id
-from fedmq.shared.models import check_weights
+from fedmq.shared import codecs
+from fedmq.shared.models import expected_shapes
 from fedmq.shared.signing import Auth, KeyRing, split
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
@@ -53,7 +54,9 @@ class CoordinatorService:
         self.stopping = threading.Event()
         name = "root" if edge is None else "edge-" + "-".join(edge)
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
-                             max_packet_bytes=tm.limits.max_message_bytes + 1024, log=log)
+                             max_packet_bytes=tm.limits.max_message_bytes + 1024,
+                             chunk_bytes=tm.transport.max_payload_bytes, chunk_timeout_s=tm.transport.chunk_timeout_s,
+                             on_reject=self.rejections.reject, log=log)
         self.groups: Dict[GroupPath, GroupAggregator] = {
             g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections, auth=self.auth)
             for g in served_groups(tm, edge)}
@@ -178,13 +181,13 @@ class CoordinatorService:
         raw = split(payload)[0] if self.auth else payload
         try:
             env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
-            check_weights(self.tm.model, env.tensors)
+            tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(self.tm.model))
             if self.auth is not None:
                 self.auth.check(payload, raw, env, COORDINATOR, fresh=False)
         except (EnvelopeError, ValueError) as exc:
             self.rejections.reject("malformed model", self.topics.model(), str(exc))
             return
-        reference = {k: np.asarray(v, np.float64) for k, v in env.tensors.items()}
+        reference = codecs.to_dense(tensors, np.float64)
         for agg in self.groups.values():
             agg.reference = reference
 

@@ -17,10 +17,11 @@ import numpy as np
 from fedmq.node.config import NodeConfig
 from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
+from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR
 from fedmq.shared.messages import Control, MessageError, Status
-from fedmq.shared.models import Weights, check_weights, spec_from_meta
+from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
 from fedmq.shared.signing import Auth, split
 from fedmq.shared.topicmap import ModelSpec
@@ -44,6 +45,7 @@ class NodeAgent:
         if cfg.security.signing_key and cfg.security.keys:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir)
+        self.encoder = codecs.UpdateEncoder(codecs.Codec())
         self.pending: Optional[Control] = None
         self.answered: Set[Tuple[int, int]] = set()
         self.rounds_done = 0
@@ -55,7 +57,8 @@ class NodeAgent:
         self.link = MqttLink(
             f"fedmq-{cfg.federation}-{cfg.node_id}", cfg.broker,
             will=(self.status_topic, Status(cfg.node_id, "offline").encode()),
-            birth=(self.status_topic, online), max_packet_bytes=cfg.max_message_bytes, log=self.log)
+            birth=(self.status_topic, online), max_packet_bytes=cfg.max_message_bytes,
+            chunk_bytes=cfg.max_payload_bytes, log=self.log)
         self.link.subscribe(self.topics.model())
         self.link.subscribe(self.topics.control(cfg.group))
 
@@ -100,9 +103,10 @@ class NodeAgent:
             if self.model is not None and env.model_version < self.model[0]:
                 raise ValueError(f"old model version {env.model_version} (have {self.model[0]}): replay refused")
         spec = spec_from_meta(env.meta.get("model"))
-        check_weights(spec, env.tensors)
+        tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
         sha = check_announcement(env.meta.get("file"), self.cfg.max_message_bytes)
-        self.model = (env.model_version, env.tensors)
+        self._apply_transport(env.meta)
+        self.model = (env.model_version, codecs.to_dense(tensors))
         if (spec, sha) != (self.spec, self.file_sha):
             self.spec, self.file_sha, self.trainer = spec, sha, None
             cached = self.files.get(sha) if sha else None
@@ -112,6 +116,18 @@ class NodeAgent:
                 return
             self._make_trainer(cached)
         self._train_if_ready()
+
+    def _apply_transport(self, meta: dict) -> None:
+        """Take the update codec and payload cap the coordinator announces with the model."""
+        codec = codecs.Codec.from_meta(meta.get("update_codec", codecs.Codec().to_meta()))
+        if codec != self.encoder.codec:
+            self.log.info("update codec: %s%s", codec.name, " (deltas)" if codec.delta else "")
+            self.encoder = codecs.UpdateEncoder(codec)
+        cap = meta.get("max_payload_bytes")
+        if cap is not None:
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1024:
+                raise ValueError("max_payload_bytes must be an integer >= 1024")
+            self.link.chunk_bytes = min(cap, self.cfg.max_payload_bytes or cap)
 
     def _on_model_file(self, sha: str, payload: bytes) -> None:
         if sha != self.file_sha or self.trainer is not None:
@@ -160,9 +176,11 @@ class NodeAgent:
         metrics["train_seconds"] = time.perf_counter() - t0
         metrics["bytes_in"] = float(self.link.bytes_in - self._bytes_in_reported)  # model + control since last update
         self._bytes_in_reported = self.link.bytes_in
+        codec = self.encoder.codec
         env = Envelope(kind=Kind.UPDATE, federation=self.cfg.federation, round=ctl.round, attempt=ctl.attempt,
-                       sender=self.cfg.node_id, model_version=ctl.model_version, tensors=weights,
-                       samples=len(self.x), metrics=metrics)
+                       sender=self.cfg.node_id, model_version=ctl.model_version,
+                       tensors=self.encoder.encode(weights, self.model[1]), samples=len(self.x), metrics=metrics,
+                       codec=codec.name, codec_params=codec.params())
         try:
             payload = self.auth.seal(env) if self.auth else encode(env)
             self.link.publish(self.topics.update(self.cfg.group, self.cfg.node_id), payload)

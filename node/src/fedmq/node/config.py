@@ -12,7 +12,8 @@ from fedmq.shared.topicmap.reader import load_file
 from fedmq.shared.topics import level_problem
 
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
-NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "seed", "cache_dir", "security")
+NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
+             "cache_dir", "security")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class NodeConfig:
     data: DataRef
     trainer: str = "auto"
     max_message_bytes: int = Limits.max_message_bytes
+    max_payload_bytes: Optional[int] = None
     seed: int = 0
     cache_dir: str = ".fedmq-cache"
     security: SecuritySettings = SecuritySettings()
@@ -57,10 +59,12 @@ def load_node_config(file: str) -> NodeConfig:
     data_ref = read_data_ref(r, m.get("data"), "data", r.line_of(m, "data"), base)
     trainer = r.value(m, "trainer", "", str, "auto", choices=TRAINERS)
     max_bytes = r.value(m, "max_message_bytes", "", int, Limits.max_message_bytes, minimum=1024)
+    max_payload = r.value(m, "max_payload_bytes", "", int, None, minimum=1024,
+                          fix="the largest MQTT payload this device or its broker takes, e.g. 131072")
     seed = r.value(m, "seed", "", int, 0, minimum=0)
     cache_dir = os.path.join(base, r.value(m, "cache_dir", "", str, ".fedmq-cache"))
     security = read_security(r, m.get("security"), r.line_of(m, "security"), file, ("keys", "signing_key"))
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
-                      trainer=trainer, max_message_bytes=max_bytes, seed=seed, cache_dir=cache_dir, security=security)
+                      trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security)

@@ -29,6 +29,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from fedmq.shared.codecs import CODECS, CodecError, check_params
+
 MAGIC = b"FDMQ"
 VERSION = 1
 PREFIX = struct.Struct("<4sBBHIQ")
@@ -51,7 +53,7 @@ DTYPES: Dict[str, np.dtype] = {
 }
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 HEADER_FIELDS = {
-    "federation", "round", "attempt", "sender", "model_version", "codec",
+    "federation", "round", "attempt", "sender", "model_version", "codec", "codec_params",
     "tensors", "samples", "metrics", "meta",
 }
 
@@ -85,6 +87,7 @@ class Envelope:
     samples: float = 0
     attempt: int = 0
     codec: str = "raw"
+    codec_params: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, float] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +111,7 @@ def encode(env: Envelope) -> bytes:
         "sender": env.sender,
         "model_version": int(env.model_version),
         "codec": env.codec,
+        **({"codec_params": env.codec_params} if env.codec_params else {}),
         "tensors": specs,
         "samples": env.samples,
         "metrics": {k: float(v) for k, v in env.metrics.items()},
@@ -189,7 +193,11 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     for what, v in (("round", rnd), ("attempt", attempt), ("model_version", mver)):
         _expect(_is_int(v) and 0 <= v < 2**53, f"header: {what} must be a non-negative integer")
     codec = header.get("codec", "raw")
-    _expect(codec == "raw", f"header: unknown codec {codec!r} (v1 knows 'raw')")
+    _expect(codec in CODECS, f"header: unknown codec {codec!r} (protocol 1.1 knows {', '.join(CODECS)})")
+    try:
+        codec_params = check_params(codec, header.get("codec_params", {}))
+    except CodecError as exc:
+        raise EnvelopeError(f"header: {exc}") from None
     samples = header.get("samples", 0)
     _expect(_is_num(samples) and 0 <= samples < 2**53, "header: samples must be a finite number >= 0")
     metrics = header.get("metrics", {})
@@ -226,7 +234,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     _expect(offset == end, f"body has {end - offset} bytes not described by any tensor")
     return Envelope(
         kind=Kind(kind), federation=fed, round=rnd, attempt=attempt, sender=sender,
-        model_version=mver, tensors=tensors, samples=samples, codec=codec,
+        model_version=mver, tensors=tensors, samples=samples, codec=codec, codec_params=codec_params,
         metrics={k: float(v) for k, v in metrics.items()}, meta=meta,
     )
 

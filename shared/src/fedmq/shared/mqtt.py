@@ -10,12 +10,13 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from fedmq.shared import chunks
 from fedmq.shared.topicmap.model import BrokerSettings
 
 SESSION_EXPIRY_S = 3600
@@ -39,16 +40,26 @@ class MqttLink:
     """A paho client wrapped for fedmq: subscriptions survive reconnects, messages land in ``inbox``.
 
     ``will`` is published (retained) by the broker if we vanish; ``birth`` is published (retained)
-    by us on every successful connect.
+    by us on every successful connect. Messages over ``chunk_bytes`` are sent in chunks, and chunks
+    received are reassembled (``fedmq.shared.chunks``) before ``get`` returns them; ``on_reject`` hears
+    of chunks that are malformed or never completed as ``(reason, topic, detail)``.
     """
 
     def __init__(self, client_id: str, broker: BrokerSettings, *, will: Optional[Tuple[str, bytes]] = None,
-                 birth: Optional[Tuple[str, bytes]] = None, persistent: bool = True, inbox_size: int = 10_000, max_packet_bytes: Optional[int] = None,
+                 birth: Optional[Tuple[str, bytes]] = None, persistent: bool = True, inbox_size: int = 10_000,
+                 max_packet_bytes: Optional[int] = None, chunk_bytes: Optional[int] = None,
+                 chunk_timeout_s: float = 60.0, on_reject: Optional[Callable[[str, str, str], None]] = None,
                  log: Optional[logging.Logger] = None) -> None:
         self.log = log or logging.getLogger("fedmq.mqtt")
         self.broker = broker
         self.persistent = persistent
         self.max_payload = (max_packet_bytes - PACKET_OVERHEAD) if max_packet_bytes else None
+        self.chunk_bytes = chunk_bytes
+        self.reassembler = chunks.Reassembler(max_packet_bytes or (256 << 20), chunk_timeout_s)
+        self.on_reject = on_reject or (lambda reason, topic, detail: self.log.warning("dropped %s on %s: %s",
+                                                                                     reason, topic, detail))
+        self._retained_chunks: Dict[str, int] = {}  # retained topic -> chunks last published under it
+        self._last_expiry = time.monotonic()
         self.inbox: "queue.Queue[Message]" = queue.Queue(maxsize=inbox_size)
         self.connected = threading.Event()
         self.bytes_in = 0
@@ -82,11 +93,13 @@ class MqttLink:
         self.client = c
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again after every reconnect."""
+        """Subscribe now (if connected) and again after every reconnect, to ``topic`` and its chunks."""
         with self._lock:
-            self._subs.append((topic, qos))
+            new = [(topic, qos)] + ([] if topic.endswith("#") else [(chunks.chunk_topic(topic, 0)[:-1] + "+", qos)])
+            self._subs.extend(new)
             if self.connected.is_set():
-                self.client.subscribe(topic, qos=qos)
+                for t, q in new:
+                    self.client.subscribe(t, qos=q)
 
     def start(self, wait_s: Optional[float] = 10.0) -> bool:
         """Connect in the background (retrying forever); wait up to ``wait_s`` for the first CONNACK."""
@@ -98,9 +111,26 @@ class MqttLink:
         return self.connected.wait(wait_s) if wait_s else self.connected.is_set()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Queue a message (paho resends QoS 1 after a reconnect); refuse what the broker would refuse."""
+        """Queue a message (paho resends QoS 1 after a reconnect), in chunks if it is over ``chunk_bytes``;
+        refuse what the broker would refuse."""
+        frames = chunks.split(payload, self.chunk_bytes) if self.chunk_bytes and len(payload) > self.chunk_bytes else []
+        if retain:  # clear what an earlier version of this retained message left behind
+            before = self._retained_chunks.get(topic)
+            if frames and before == 0:
+                self._send(topic, b"", qos, True)
+            for i in range(len(frames), before or 0):
+                self._send(chunks.chunk_topic(topic, i), b"", qos, True)
+            self._retained_chunks[topic] = len(frames)
+        if frames:
+            for i, frame in enumerate(frames):
+                self._send(chunks.chunk_topic(topic, i), frame, qos, retain)
+            return
         if self.max_payload is not None and len(payload) > self.max_payload:
-            raise PayloadTooLarge(f"{len(payload)} bytes on {topic} is over the broker's packet limit")
+            raise PayloadTooLarge(f"{len(payload)} bytes on {topic} is over the broker's packet limit "
+                                  "(set transport.max_payload_bytes to send it in chunks)")
+        self._send(topic, payload, qos, retain)
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         # Never call paho while holding our lock: paho calls on_publish while holding its own.
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if qos:
@@ -112,11 +142,34 @@ class MqttLink:
         self.bytes_out += len(payload)
 
     def get(self, timeout: float) -> Optional[Message]:
-        """Next incoming message, or None after ``timeout`` seconds."""
-        try:
-            return self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """Next incoming message (chunked ones reassembled), or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._expire_chunks()
+            try:
+                msg = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if not msg.payload:
+                continue  # a retained message being cleared; fedmq never sends empty messages otherwise
+            if chunks.base_topic(msg.topic) is None:
+                return msg
+            try:
+                whole = self.reassembler.add(msg.topic, msg.payload)
+            except chunks.ChunkError as exc:
+                self.on_reject("bad chunk", msg.topic, str(exc))
+                continue
+            if whole is not None:
+                return Message(whole[0], whole[1], msg.retain)
+
+    def _expire_chunks(self) -> None:
+        now = time.monotonic()
+        if now - self._last_expiry < 1.0:
+            return
+        self._last_expiry = now
+        for topic, got, count in self.reassembler.expire(now):
+            self.on_reject("incomplete chunks", topic, f"{got} of {count} chunks arrived within "
+                           f"{self.reassembler.timeout_s:.0f}s (transport.chunk_timeout_s)")
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the broker has acknowledged every QoS 1 message published so far."""

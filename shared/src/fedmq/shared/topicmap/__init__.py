@@ -4,6 +4,7 @@ from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
 from fedmq.shared.topicmap.loader import load_topic_map, parse_topic_map
 from fedmq.shared.topicmap.model import (
     BrokerSettings,
+    Compression,
     DataRef,
     Group,
     Limits,
@@ -12,9 +13,10 @@ from fedmq.shared.topicmap.model import (
     SecuritySettings,
     TlsSettings,
     TopicMap,
+    Transport,
 )
 
 __all__ = [
-    "BrokerSettings", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "RoundPolicy", "SecuritySettings",
-    "TlsSettings", "TopicMap", "TopicMapError", "load_topic_map", "parse_topic_map",
+    "BrokerSettings", "Compression", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "RoundPolicy", "SecuritySettings",
+    "TlsSettings", "TopicMap", "TopicMapError", "Transport", "load_topic_map", "parse_topic_map",
 ]

@@ -8,13 +8,16 @@ from typing import Any, Dict, List, Optional, Tuple
 from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
-    BrokerSettings, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings, TopicMap,
+    BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
+    TopicMap, Transport,
 )
+from fedmq.shared.codecs import CODECS, Codec
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem
 
-TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "tree")
+TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
+            "transport", "tree")
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
 
@@ -48,10 +51,12 @@ def _build(data: Any, r: Reader) -> TopicMap:
                              ("signatures", "keys", "signing_key", "dir", "broker_pid_file"))
     root = _tree(r, top.get("tree"), federation or "", r.line_of(top, "tree"))
     policy = _policy(r, top.get("rounds"), r.line_of(top, "rounds"), root)
+    compression = _compression(r, top.get("compression"), r.line_of(top, "compression"))
+    transport = _transport(r, top.get("transport"), r.line_of(top, "transport"), limits)
     r.raise_if_any()
     return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
                     limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
-                    security=security)
+                    security=security, compression=compression, transport=transport)
 
 
 def _relative_to(file: str, path: str) -> str:
@@ -171,6 +176,39 @@ def _limits(r: Reader, value: Any, line: Optional[int]) -> Limits:
         message_burst=r.value(m, "message_burst", "limits", int, d.message_burst, minimum=1),
         max_tracked_nodes=r.value(m, "max_tracked_nodes", "limits", int, d.max_tracked_nodes, minimum=1),
     )
+
+
+def _compression(r: Reader, value: Any, line: Optional[int]) -> Compression:
+    if value is None:
+        return Compression()
+    keys = ("update", "delta", "int8_block", "topk_fraction", "error_feedback", "model")
+    m = r.mapping(value, "compression", line, keys)
+    p = "compression"
+    name = r.value(m, "update", p, str, "raw", choices=CODECS)
+    lossy = name in ("int8", "topk")
+    delta = r.value(m, "delta", p, bool, lossy)
+    codec = Codec(name=name, delta=delta,
+                  block=r.value(m, "int8_block", p, int, 0, minimum=0, maximum=1 << 20),
+                  fraction=r.value(m, "topk_fraction", p, float, 0.01, minimum=1e-6, maximum=1.0),
+                  error_feedback=r.value(m, "error_feedback", p, bool, lossy and delta))
+    problem = codec.problem()
+    if problem:
+        r.error(r.line_of(m, "delta") or r.line_of(m, "update") or line, "compression", problem,
+                "set compression.delta: true, or drop error_feedback")
+    model = r.value(m, "model", p, str, "raw", choices=("raw", "float16"))
+    return Compression(update=codec, model=model)
+
+
+def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Transport:
+    if value is None:
+        return Transport()
+    m = r.mapping(value, "transport", line, ("max_payload_bytes", "chunk_timeout_s"))
+    return Transport(
+        max_payload_bytes=r.value(m, "max_payload_bytes", "transport", int, None, minimum=1024,
+                                  maximum=limits.max_message_bytes,
+                                  fix="use a broker's payload cap such as 131072 (AWS IoT Core), at most "
+                                      "limits.max_message_bytes"),
+        chunk_timeout_s=r.value(m, "chunk_timeout_s", "transport", float, 60.0, minimum=1.0))
 
 
 POLICY_KEYS = ("rounds", "fraction", "min_nodes", "max_nodes", "deadline_s", "quorum", "on_quorum_failure",

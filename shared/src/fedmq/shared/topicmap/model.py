@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple, Union
 
+from fedmq.shared.codecs import Codec
+
 GroupPath = Tuple[str, ...]
 
 
@@ -95,6 +97,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Compression:
+    """How updates go up (``update``: a codec with its parameters) and the global model goes down
+    (``model``: raw or float16)."""
+
+    update: Codec = field(default_factory=Codec)
+    model: str = "raw"
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Messages over ``max_payload_bytes`` are sent in chunks; incomplete chunk sets are dropped after
+    ``chunk_timeout_s``."""
+
+    max_payload_bytes: Optional[int] = None
+    chunk_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """End-to-end signatures: ``keys`` is the public key file (keys.json from ``fedmq broker provision``),
     ``signing_key`` the coordinator's own Ed25519 key."""
@@ -161,6 +181,8 @@ class TopicMap:
     evaluation: Optional[DataRef] = None
     checkpoint_dir: Optional[str] = None
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    compression: Compression = field(default_factory=Compression)
+    transport: Transport = field(default_factory=Transport)
 
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""

@@ -1,0 +1,236 @@
+"""Update and model codecs: how tensors are compressed on the wire (docs/protocol.md, section 4.4).
+
+* ``raw``: the tensors as they are (float32 from nodes, float64 sums in partial aggregates).
+* ``float16``: every tensor as IEEE half precision, same names and shapes.
+* ``int8``: every tensor ``T`` as ``T`` (int8, same shape) plus ``T@scale`` (float32, one scale per
+  ``block`` values in C order; ``block`` 0 means one scale for the tensor): ``value = q * scale``.
+* ``topk``: the largest-magnitude ``fraction`` of each tensor's entries as ``T@idx`` (int32 flat
+  C-order indices, strictly increasing) and ``T@val`` (float32); every other entry is zero.
+
+With ``delta`` the tensors are the difference to the global model of the envelope's ``model_version``.
+Error feedback (``topk`` and ``int8``) keeps on the node what compression dropped and adds it to the
+next update, so nothing is lost, only delayed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+CODECS = ("raw", "float16", "int8", "topk")
+MAX_BLOCK = 1 << 20
+
+
+class CodecError(ValueError):
+    """Tensors that do not follow the codec their envelope names."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A codec and its parameters, as the topic map's ``compression`` section sets them."""
+
+    name: str = "raw"
+    delta: bool = False
+    block: int = 0
+    fraction: float = 0.01
+    error_feedback: bool = False
+
+    def params(self) -> Dict[str, Any]:
+        """The envelope header's ``codec_params`` for this codec."""
+        out: Dict[str, Any] = {"delta": self.delta}
+        if self.name == "int8":
+            out["block"] = self.block
+        return out
+
+    def to_meta(self) -> Dict[str, Any]:
+        """JSON form carried to nodes in the model envelope's ``meta.update_codec``."""
+        return {"name": self.name, "delta": self.delta, "block": self.block, "fraction": self.fraction,
+                "error_feedback": self.error_feedback}
+
+    @classmethod
+    def from_meta(cls, meta: Any) -> "Codec":
+        """Rebuild and check a codec from ``meta.update_codec`` (untrusted input)."""
+        if not isinstance(meta, dict):
+            raise CodecError("update_codec must be an object")
+        name, delta, ef = meta.get("name"), meta.get("delta", False), meta.get("error_feedback", False)
+        block, fraction = meta.get("block", 0), meta.get("fraction", 0.01)
+        if name not in CODECS:
+            raise CodecError(f"unknown codec {name!r} (known: {', '.join(CODECS)})")
+        if not isinstance(delta, bool) or not isinstance(ef, bool):
+            raise CodecError("delta and error_feedback must be true or false")
+        if not isinstance(block, int) or isinstance(block, bool) or not 0 <= block <= MAX_BLOCK:
+            raise CodecError(f"block must be an integer in [0, {MAX_BLOCK}]")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise CodecError("fraction must be a number in (0, 1]")
+        codec = cls(name=name, delta=delta, block=block, fraction=float(fraction), error_feedback=ef)
+        problem = codec.problem()
+        if problem:
+            raise CodecError(problem)
+        return codec
+
+    def problem(self) -> str:
+        """Why this combination makes no sense (empty when it does)."""
+        if self.name == "topk" and not self.delta:
+            return "topk keeps a few entries of a change: it needs delta: true"
+        if self.error_feedback and not self.delta:
+            return "error feedback accumulates what compression dropped from a change: it needs delta: true"
+        return ""
+
+
+@dataclass
+class Sparse:
+    """A decoded top-k tensor: flat indices and values of a tensor of ``shape`` that is zero elsewhere."""
+
+    idx: np.ndarray
+    val: np.ndarray
+    shape: Tuple[int, ...]
+
+    def dense(self) -> np.ndarray:
+        """The full tensor (float64)."""
+        out = np.zeros(int(np.prod(self.shape)), np.float64)
+        out[self.idx] = self.val
+        return out.reshape(self.shape)
+
+
+Decoded = Union[np.ndarray, Sparse]
+
+
+def _block_scales(flat: np.ndarray, block: int) -> np.ndarray:
+    size = flat.size
+    b = block or max(size, 1)
+    nblocks = max(1, math.ceil(size / b))
+    padded = np.zeros(nblocks * b, np.float64)
+    padded[:size] = np.abs(flat)
+    return (padded.reshape(nblocks, b).max(axis=1) / 127.0).astype(np.float32)
+
+
+def _expand_scales(scale: np.ndarray, block: int, size: int) -> np.ndarray:
+    return np.repeat(scale.astype(np.float64), block or max(size, 1))[:size]
+
+
+def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """(wire tensors, what the receiver will reconstruct) for float tensors under ``codec``."""
+    wire: Dict[str, np.ndarray] = {}
+    seen: Dict[str, np.ndarray] = {}
+    for name, t in tensors.items():
+        t = np.asarray(t)
+        if codec.name == "raw":
+            wire[name] = seen[name] = t.astype(np.float32)
+        elif codec.name == "float16":
+            wire[name] = t.astype(np.float16)
+            seen[name] = wire[name].astype(np.float64)
+        elif codec.name == "int8":
+            flat = t.reshape(-1).astype(np.float64)
+            scale = _block_scales(flat, codec.block)
+            full = _expand_scales(scale, codec.block, flat.size)
+            q = np.divide(flat, full, out=np.zeros_like(flat), where=full > 0)
+            q = np.clip(np.rint(q), -127, 127).astype(np.int8)
+            wire[name], wire[name + "@scale"] = q.reshape(t.shape), scale
+            seen[name] = (q * full).reshape(t.shape)
+        else:  # topk
+            flat = t.reshape(-1)
+            k = min(flat.size, max(1, math.ceil(codec.fraction * flat.size)))
+            idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:]).astype(np.int32)
+            val = flat[idx].astype(np.float32)
+            wire[name + "@idx"], wire[name + "@val"] = idx, val
+            seen[name] = Sparse(idx, val, tuple(t.shape)).dense()
+    return wire, seen
+
+
+def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
+           shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Decoded]:
+    """Check wire tensors against the codec and the model's ``shapes``; return each model tensor, dense
+    (float) or, for ``topk``, sparse. Raises ``CodecError`` for anything that does not fit."""
+    if name not in CODECS:
+        raise CodecError(f"unknown codec {name!r}")
+    expected = set(shapes)
+    if name == "int8":
+        expected |= {n + "@scale" for n in shapes}
+    elif name == "topk":
+        expected = {n + s for n in shapes for s in ("@idx", "@val")}
+    if set(wire) != expected:
+        raise CodecError(f"codec {name}: tensors {sorted(wire)} do not match the model's {sorted(expected)}")
+    out: Dict[str, Decoded] = {}
+    for t, shape in shapes.items():
+        size = int(np.prod(shape))
+        if name in ("raw", "float16"):
+            a = wire[t]
+            want = "e" if name == "float16" else None
+            if tuple(a.shape) != tuple(shape) or a.dtype.kind != "f" or (want and a.dtype.char != want):
+                raise CodecError(f"tensor {t!r}: {a.dtype}{list(a.shape)}, expected "
+                                 f"{'float16' if want else 'float'}{list(shape)}")
+            out[t] = a
+        elif name == "int8":
+            q, scale = wire[t], wire[t + "@scale"]
+            block = params.get("block", 0)
+            nblocks = max(1, math.ceil(size / block)) if block else 1
+            if q.dtype != np.int8 or tuple(q.shape) != tuple(shape):
+                raise CodecError(f"tensor {t!r}: {q.dtype}{list(q.shape)}, expected int8{list(shape)}")
+            if scale.dtype != np.float32 or scale.shape != (nblocks,) or (scale < 0).any():
+                raise CodecError(f"tensor {t!r}@scale: needs {nblocks} non-negative float32 scales")
+            out[t] = (q.reshape(-1) * _expand_scales(scale, block, size)).reshape(shape)
+        else:
+            idx, val = wire[t + "@idx"], wire[t + "@val"]
+            if idx.dtype != np.int32 or val.dtype.kind != "f" or idx.ndim != 1 or idx.shape != val.shape:
+                raise CodecError(f"tensor {t!r}: @idx must be int32 and @val float, both flat and of one length")
+            if idx.size > size or (idx.size and (idx[0] < 0 or idx[-1] >= size or (np.diff(idx) <= 0).any())):
+                raise CodecError(f"tensor {t!r}: indices must be strictly increasing and within [0, {size})")
+            out[t] = Sparse(idx, val, tuple(shape))
+    return out
+
+
+def check_params(name: str, params: Any) -> Dict[str, Any]:
+    """Validate an envelope's ``codec_params`` (untrusted); returns them."""
+    if not isinstance(params, dict):
+        raise CodecError("codec_params must be an object")
+    allowed = {"delta", "block"} if name == "int8" else {"delta"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise CodecError(f"codec_params: unknown fields {sorted(unknown)} for codec {name}")
+    if not isinstance(params.get("delta", False), bool):
+        raise CodecError("codec_params.delta must be true or false")
+    block = params.get("block", 0)
+    if not isinstance(block, int) or isinstance(block, bool) or not 0 <= block <= MAX_BLOCK:
+        raise CodecError(f"codec_params.block must be an integer in [0, {MAX_BLOCK}]")
+    return params
+
+
+def to_dense(tensors: Mapping[str, Decoded], dtype: type = np.float32) -> Dict[str, np.ndarray]:
+    """Every decoded tensor as a dense array of ``dtype``."""
+    return {k: (v.dense() if isinstance(v, Sparse) else v).astype(dtype) for k, v in tensors.items()}
+
+
+def norm(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str, np.ndarray]]) -> float:
+    """L2 norm of a change: of the tensors themselves, or of their difference to ``reference``."""
+    total = 0.0
+    for k, v in tensors.items():
+        if isinstance(v, Sparse):
+            total += float(np.dot(v.val.astype(np.float64), v.val))
+        else:
+            d = np.asarray(v, np.float64) - (reference[k] if reference is not None else 0.0)
+            total += float(np.vdot(d, d))
+    return math.sqrt(total)
+
+
+class UpdateEncoder:
+    """A node's side of a codec: turns trained weights into wire tensors, keeping the error-feedback residual."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.residual: Dict[str, np.ndarray] = {}
+
+    def encode(self, weights: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Wire tensors for weights trained from ``start`` (the global model received)."""
+        c = self.codec
+        values = {k: np.asarray(w, np.float64) - (np.asarray(start[k], np.float64) if c.delta else 0.0)
+                  for k, w in weights.items()}
+        if c.error_feedback:
+            values = {k: v + self.residual[k] if k in self.residual and self.residual[k].shape == v.shape else v
+                      for k, v in values.items()}
+        wire, seen = compress(c, values)
+        if c.error_feedback:
+            self.residual = {k: values[k] - seen[k] for k in values}
+        return wire

@@ -1,0 +1,146 @@
+"""Update codecs: what each puts on the wire, what the receiver reconstructs, and what it refuses."""
+
+import numpy as np
+import pytest
+
+from fedmq.coordinator.aggregate import WeightedSum
+from fedmq.shared import codecs
+from fedmq.shared.codecs import Codec, CodecError, UpdateEncoder
+from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+
+SHAPES = {"w": (64, 10), "b": (10,)}
+
+
+def weights(seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return {k: (rng.normal(0, scale, s)).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def roundtrip(codec, tensors):
+    wire, seen = codecs.compress(codec, tensors)
+    env = Envelope(kind=Kind.UPDATE, federation="f", round=1, sender="n", model_version=0, tensors=wire, samples=5,
+                   codec=codec.name, codec_params=codec.params())
+    data = encode(env)
+    back = decode(data)
+    return data, codecs.to_dense(codecs.decode(back.codec, back.codec_params, back.tensors, SHAPES), np.float64), seen
+
+
+def body_bytes(data):
+    return len(data)
+
+
+@pytest.mark.parametrize("codec,tol", [
+    (Codec("raw"), 1e-7), (Codec("float16"), 1e-3), (Codec("int8", delta=True), 0.02),
+    (Codec("int8", delta=True, block=64), 0.02),
+])
+def test_dense_codecs_reconstruct_within_their_precision(codec, tol):
+    w = weights()
+    data, got, seen = roundtrip(codec, w)
+    for k in SHAPES:
+        assert got[k].shape == SHAPES[k]
+        np.testing.assert_allclose(got[k], seen[k], rtol=0, atol=1e-12)  # the sender knows exactly what arrives
+        assert np.max(np.abs(got[k] - w[k])) <= tol * np.max(np.abs(w[k])) + 1e-7
+
+
+def test_sizes_shrink_as_promised():
+    w = {"w": np.random.default_rng(1).normal(0, 1, (1000, 100)).astype(np.float32)}
+    shapes = {"w": (1000, 100)}
+    sizes = {}
+    for c in (Codec("raw"), Codec("float16"), Codec("int8", delta=True), Codec("topk", delta=True, fraction=0.01)):
+        wire, _ = codecs.compress(c, w)
+        env = Envelope(kind=Kind.UPDATE, federation="f", round=1, sender="n", model_version=0, tensors=wire,
+                       samples=1, codec=c.name, codec_params=c.params())
+        data = encode(env)
+        codecs.decode(c.name, c.params(), decode(data).tensors, shapes)
+        sizes[c.name] = len(data)
+    assert sizes["raw"] / sizes["float16"] > 1.99
+    assert sizes["raw"] / sizes["int8"] > 3.95
+    assert sizes["raw"] / sizes["topk"] > 45
+
+
+def test_topk_keeps_the_largest_entries_and_error_feedback_keeps_the_rest():
+    start = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    enc = UpdateEncoder(Codec("topk", delta=True, fraction=0.1, error_feedback=True))
+    w = weights(3)
+    wire = enc.encode(w, start)
+    sent = codecs.to_dense(codecs.decode("topk", {"delta": True}, wire, SHAPES), np.float64)
+    flat = np.abs(w["w"]).ravel()
+    assert len(wire["w@idx"]) == 64 and set(wire["w@idx"]) == set(np.argsort(flat)[-64:])
+    for k in SHAPES:  # sent + residual == the whole change: nothing is lost, only delayed
+        np.testing.assert_allclose(sent[k] + enc.residual[k], w[k], atol=1e-6)
+    # Summed over many rounds of the same change, error feedback sends (almost) everything.
+    total = {k: sent[k].copy() for k in SHAPES}
+    for _ in range(30):
+        wire = enc.encode(w, start)
+        for k, v in codecs.to_dense(codecs.decode("topk", {"delta": True}, wire, SHAPES), np.float64).items():
+            total[k] += v
+    for k in SHAPES:
+        np.testing.assert_allclose(total[k] / 31, w[k], atol=0.15 * np.abs(w[k]).max())
+
+
+def test_delta_is_against_the_model_the_node_started_from():
+    start = weights(5)
+    trained = {k: v + 0.01 for k, v in start.items()}
+    wire = UpdateEncoder(Codec("int8", delta=True)).encode(trained, start)
+    got = codecs.to_dense(codecs.decode("int8", {"delta": True, "block": 0}, wire, SHAPES), np.float64)
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], 0.01, atol=1e-6)
+
+
+def test_streaming_sum_of_sparse_and_dense_updates_is_exact():
+    a, b = weights(1), weights(2)
+    sa = codecs.decode("topk", {"delta": True}, codecs.compress(Codec("topk", delta=True, fraction=0.2), a)[0], SHAPES)
+    s = WeightedSum()
+    s.add(sa, 3.0)
+    s.add(b, 1.0)
+    dense_a = codecs.to_dense(sa, np.float64)
+    for k in SHAPES:
+        np.testing.assert_allclose(s.sums[k], 3 * dense_a[k] + b[k], atol=1e-6)
+
+
+@pytest.mark.parametrize("name,params,wire,why", [
+    ("int8", {"block": 0}, {"w": np.zeros((64, 10), np.int8), "b": np.zeros(10, np.int8)}, "do not match"),
+    ("int8", {"block": 0}, {"w": np.zeros((64, 10), np.int8), "w@scale": np.ones(2, np.float32),
+                            "b": np.zeros(10, np.int8), "b@scale": np.ones(1, np.float32)}, "scales"),
+    ("int8", {"block": 0}, {"w": np.zeros((64, 10), np.int8), "w@scale": -np.ones(1, np.float32),
+                            "b": np.zeros(10, np.int8), "b@scale": np.ones(1, np.float32)}, "non-negative"),
+    ("topk", {}, {"w@idx": np.array([5, 3], np.int32), "w@val": np.ones(2, np.float32),
+                  "b@idx": np.array([0], np.int32), "b@val": np.ones(1, np.float32)}, "strictly increasing"),
+    ("topk", {}, {"w@idx": np.array([640], np.int32), "w@val": np.ones(1, np.float32),
+                  "b@idx": np.array([0], np.int32), "b@val": np.ones(1, np.float32)}, "within"),
+    ("topk", {}, {"w@idx": np.array([1, 1], np.int32), "w@val": np.ones(2, np.float32),
+                  "b@idx": np.array([0], np.int32), "b@val": np.ones(1, np.float32)}, "strictly increasing"),
+    ("float16", {}, {"w": np.zeros((64, 10), np.float32), "b": np.zeros(10, np.float16)}, "expected float16"),
+    ("raw", {}, {"w": np.zeros((64, 9), np.float32), "b": np.zeros(10, np.float32)}, "expected float"),
+])
+def test_bad_codec_tensors_are_refused(name, params, wire, why):
+    with pytest.raises(CodecError, match=why):
+        codecs.decode(name, params, wire, SHAPES)
+
+
+@pytest.mark.parametrize("header_codec,params,why", [
+    ("zstd", {}, "unknown codec"), ("int8", {"block": -1}, "block"), ("raw", {"block": 4}, "unknown fields"),
+    ("topk", {"delta": "yes"}, "delta"), ("raw", [], "object"),
+])
+def test_envelope_refuses_unknown_codecs_and_bad_params(header_codec, params, why):
+    env = Envelope(kind=Kind.UPDATE, federation="f", round=1, sender="n", model_version=0, tensors={}, samples=1)
+    data = encode(env).replace(b'"codec":"raw"', b'"codec":"' + header_codec.encode() + b'","codec_params":'
+                               + __import__("json").dumps(params).encode())
+    import struct
+    import zlib
+    # fix the header length and checksum so that only the codec is wrong
+    hlen = struct.unpack_from("<I", data, 8)[0] + len(data) - len(encode(env))
+    data = data[:8] + struct.pack("<I", hlen) + data[12:-4]
+    data += struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
+    with pytest.raises(EnvelopeError, match=why):
+        decode(data)
+
+
+@pytest.mark.parametrize("meta,why", [
+    ({"name": "topk", "delta": False}, "needs delta"), ({"name": "lz4"}, "unknown codec"),
+    ({"name": "int8", "block": 1.5}, "block"), ({"name": "topk", "delta": True, "fraction": 0}, "fraction"),
+    ("int8", "object"), ({"name": "raw", "error_feedback": True}, "needs delta"),
+])
+def test_codec_announcements_from_the_network_are_checked(meta, why):
+    with pytest.raises(CodecError, match=why):
+        Codec.from_meta(meta)
