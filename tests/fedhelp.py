@@ -25,8 +25,10 @@ def blobs(n: int, seed: int, features: int = 8, classes: int = 3) -> "tuple[np.n
 
 def write_federation(tmp: str, port: int, groups: Dict[str, List[str]], *, rounds: int = 3, deadline_s: float = 10,
                      quorum: "float | int" = 1.0, edge: Optional[List[str]] = None, checkpoint: bool = True,
-                     extra_rounds: Optional[dict] = None, root_nodes: Optional[List[str]] = None) -> Dict[str, str]:
-    """Write fed.yaml plus one config and one NPZ per node; return {'topic_map': path, node: config path}."""
+                     extra_rounds: Optional[dict] = None, root_nodes: Optional[List[str]] = None,
+                     extra: Optional[dict] = None, node_extra: Optional[dict] = None) -> Dict[str, str]:
+    """Write fed.yaml plus one config and one NPZ per node; return {'topic_map': path, node: config path}.
+    ``extra`` adds or replaces top-level sections of the topic map, ``node_extra`` keys of every node config."""
     os.makedirs(os.path.join(tmp, "data"), exist_ok=True)
     out: Dict[str, str] = {}
     tree: dict = {"groups": {}}
@@ -38,7 +40,7 @@ def write_federation(tmp: str, port: int, groups: Dict[str, List[str]], *, round
         data = os.path.join(tmp, "data", f"{n}.npz")
         np.savez(data, x=x, y=y)
         cfg = {"node_id": n, "federation": FED, "group": g, "broker": {"host": "127.0.0.1", "port": port},
-               "data": {"kind": "npz", "path": data}}
+               "data": {"kind": "npz", "path": data}, **(node_extra or {})}
         path = os.path.join(tmp, f"node-{n}.yaml")
         with open(path, "w") as fh:
             yaml.safe_dump(cfg, fh)
@@ -56,6 +58,7 @@ def write_federation(tmp: str, port: int, groups: Dict[str, List[str]], *, round
            "model": {"kind": "softmax_regression", "features": 8, "classes": [0, 1, 2]},
            "rounds": policy, "evaluation": {"kind": "npz", "path": os.path.join(tmp, "data", "test.npz")},
            "tree": tree}
+    fed.update(extra or {})
     if checkpoint:
         fed["checkpoint"] = {"dir": os.path.join(tmp, "ckpt")}
     out["topic_map"] = os.path.join(tmp, "fed.yaml")

@@ -155,9 +155,8 @@ class RoundDriver:
         needed = p.quorum_count(len(ctl.selected))
         if len(result.nodes) >= needed and result.sums.weight > 0:
             mean = result.sums.mean()
-            if self.tm.compression.update.delta:  # the sums are of changes to the global model
-                mean = {k: (self.weights[k] + v).astype(np.float32) for k, v in mean.items()}
-            self.weights = mean
+            delta = self.tm.compression.update.delta  # then the sums are of changes to the global model
+            self.weights = {k: (w + mean[k]).astype(np.float32) if delta else mean[k] for k, w in self.weights.items()}
             self.state.rounds_done = ctl.round
             self.state.model_version += 1
             self.attempt_count = 0

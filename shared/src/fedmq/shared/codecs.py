@@ -4,8 +4,10 @@
 * ``float16``: every tensor as IEEE half precision, same names and shapes.
 * ``int8``: every tensor ``T`` as ``T`` (int8, same shape) plus ``T@scale`` (float32, one scale per
   ``block`` values in C order; ``block`` 0 means one scale for the tensor): ``value = q * scale``.
-* ``topk``: the largest-magnitude ``fraction`` of each tensor's entries as ``T@idx`` (int32 flat
-  C-order indices, strictly increasing) and ``T@val`` (float32); every other entry is zero.
+* ``topk``: the largest-magnitude ``fraction`` of all the model's entries, as two tensors ``@idx``
+  (int32, strictly increasing) and ``@val`` (float32). Indices count through the concatenation of every
+  tensor flattened in C order, in the order of the model's tensors (as the global model envelope lists
+  them); every other entry is zero.
 
 With ``delta`` the tensors are the difference to the global model of the envelope's ``model_version``.
 Error feedback (``topk`` and ``int8``) keeps on the node what compression dropped and adds it to the
@@ -113,6 +115,8 @@ def _expand_scales(scale: np.ndarray, block: int, size: int) -> np.ndarray:
 
 def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """(wire tensors, what the receiver will reconstruct) for float tensors under ``codec``."""
+    if codec.name == "topk":
+        return _topk(codec.fraction, tensors)
     wire: Dict[str, np.ndarray] = {}
     seen: Dict[str, np.ndarray] = {}
     for name, t in tensors.items():
@@ -122,7 +126,7 @@ def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str,
         elif codec.name == "float16":
             wire[name] = t.astype(np.float16)
             seen[name] = wire[name].astype(np.float64)
-        elif codec.name == "int8":
+        else:  # int8
             flat = t.reshape(-1).astype(np.float64)
             scale = _block_scales(flat, codec.block)
             full = _expand_scales(scale, codec.block, flat.size)
@@ -130,14 +134,22 @@ def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str,
             q = np.clip(np.rint(q), -127, 127).astype(np.int8)
             wire[name], wire[name + "@scale"] = q.reshape(t.shape), scale
             seen[name] = (q * full).reshape(t.shape)
-        else:  # topk
-            flat = t.reshape(-1)
-            k = min(flat.size, max(1, math.ceil(codec.fraction * flat.size)))
-            idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:]).astype(np.int32)
-            val = flat[idx].astype(np.float32)
-            wire[name + "@idx"], wire[name + "@val"] = idx, val
-            seen[name] = Sparse(idx, val, tuple(t.shape)).dense()
     return wire, seen
+
+
+def _topk(fraction: float, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    flat = np.concatenate([np.asarray(t, np.float64).reshape(-1) for t in tensors.values()])
+    k = min(flat.size, max(1, math.ceil(fraction * flat.size)))
+    idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:]).astype(np.int32)
+    val = flat[idx].astype(np.float32)
+    kept = np.zeros_like(flat)
+    kept[idx] = val
+    seen, offset = {}, 0
+    for name, t in tensors.items():
+        size = int(np.size(t))
+        seen[name] = kept[offset:offset + size].reshape(np.shape(t))
+        offset += size
+    return {"@idx": idx, "@val": val}, seen
 
 
 def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
@@ -150,7 +162,7 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
     if name == "int8":
         expected |= {n + "@scale" for n in shapes}
     elif name == "topk":
-        expected = {n + s for n in shapes for s in ("@idx", "@val")}
+        return _decode_topk(wire, shapes)
     if set(wire) != expected:
         raise CodecError(f"codec {name}: tensors {sorted(wire)} do not match the model's {sorted(expected)}")
     out: Dict[str, Decoded] = {}
@@ -163,7 +175,7 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
                 raise CodecError(f"tensor {t!r}: {a.dtype}{list(a.shape)}, expected "
                                  f"{'float16' if want else 'float'}{list(shape)}")
             out[t] = a
-        elif name == "int8":
+        else:  # int8
             q, scale = wire[t], wire[t + "@scale"]
             block = params.get("block", 0)
             nblocks = max(1, math.ceil(size / block)) if block else 1
@@ -172,13 +184,25 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
             if scale.dtype != np.float32 or scale.shape != (nblocks,) or (scale < 0).any():
                 raise CodecError(f"tensor {t!r}@scale: needs {nblocks} non-negative float32 scales")
             out[t] = (q.reshape(-1) * _expand_scales(scale, block, size)).reshape(shape)
-        else:
-            idx, val = wire[t + "@idx"], wire[t + "@val"]
-            if idx.dtype != np.int32 or val.dtype.kind != "f" or idx.ndim != 1 or idx.shape != val.shape:
-                raise CodecError(f"tensor {t!r}: @idx must be int32 and @val float, both flat and of one length")
-            if idx.size > size or (idx.size and (idx[0] < 0 or idx[-1] >= size or (np.diff(idx) <= 0).any())):
-                raise CodecError(f"tensor {t!r}: indices must be strictly increasing and within [0, {size})")
-            out[t] = Sparse(idx, val, tuple(shape))
+    return out
+
+
+def _decode_topk(wire: Mapping[str, np.ndarray], shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Decoded]:
+    if set(wire) != {"@idx", "@val"}:
+        raise CodecError(f"codec topk: tensors {sorted(wire)} must be exactly @idx and @val")
+    idx, val = wire["@idx"], wire["@val"]
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    if idx.dtype != np.int32 or val.dtype.kind != "f" or idx.ndim != 1 or idx.shape != val.shape:
+        raise CodecError("codec topk: @idx must be int32 and @val float, both flat and of one length")
+    if idx.size > total or (idx.size and (idx[0] < 0 or idx[-1] >= total or (np.diff(idx) <= 0).any())):
+        raise CodecError(f"codec topk: indices must be strictly increasing and within [0, {total})")
+    out: Dict[str, Decoded] = {}
+    offset = 0
+    for t, shape in shapes.items():
+        size = int(np.prod(shape))
+        lo, hi = np.searchsorted(idx, [offset, offset + size])
+        out[t] = Sparse(idx[lo:hi] - offset, val[lo:hi], tuple(shape))
+        offset += size
     return out
 
 
@@ -223,10 +247,11 @@ class UpdateEncoder:
         self.residual: Dict[str, np.ndarray] = {}
 
     def encode(self, weights: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Wire tensors for weights trained from ``start`` (the global model received)."""
+        """Wire tensors for weights trained from ``start`` (the global model as received, in its order)."""
         c = self.codec
-        values = {k: np.asarray(w, np.float64) - (np.asarray(start[k], np.float64) if c.delta else 0.0)
-                  for k, w in weights.items()}
+        # In the order of the global model's tensors: top-k indices count through them in that order.
+        values = {k: np.asarray(weights[k], np.float64) - (np.asarray(ref, np.float64) if c.delta else 0.0)
+                  for k, ref in start.items()}
         if c.error_feedback:
             values = {k: v + self.residual[k] if k in self.residual and self.residual[k].shape == v.shape else v
                       for k, v in values.items()}
