@@ -49,9 +49,10 @@ def test_acl_is_least_privilege_for_every_party(tmp_path):
     tm = parse_topic_map(MAP)
     text = render_acl(tm, {"n1": ("home",), "s1": ("site", "floor")}, tokens=["t1"])
     blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in text.split("\n\n") if b.startswith("user ")}
-    assert blocks["user n1"] == ["topic write fedmq/v1/f/home/_update/n1", "topic write fedmq/v1/f/home/_status/n1",
-                                 "topic read fedmq/v1/f/_model", "topic read fedmq/v1/f/_file/#",
-                                 "topic read fedmq/v1/f/home/_control"]
+    assert blocks["user n1"] == ["topic write fedmq/v1/f/home/_update/n1", "topic write fedmq/v1/f/home/_update/n1/_chunk/+",
+                                 "topic write fedmq/v1/f/home/_status/n1",
+                                 "topic read fedmq/v1/f/_model", "topic read fedmq/v1/f/_model/_chunk/+",
+                                 "topic read fedmq/v1/f/_file/#", "topic read fedmq/v1/f/home/_control"]
     edge = blocks["user edge:site"]
     assert "topic write fedmq/v1/f/_partial/site" in edge and "topic read fedmq/v1/f/_control" in edge
     assert not any(rule.endswith("/_model") and "write" in rule for rule in edge)

@@ -7,7 +7,8 @@
 * the coordinator reads the federation's topics and writes only what it publishes: the model, model files,
   metrics, enrolment replies, and the control and partial topics of the groups (never an update or a status).
 
-Every right on a topic ``T`` extends to ``T/_chunk/+``, where a message over the payload cap travels in chunks.
+A right on an envelope topic ``T`` (update, partial, model) extends to ``T/_chunk/+``, where a message over
+the payload cap travels in chunks (model files are under ``_file/#`` already).
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
 
 
 def _with_chunks(lines: List[str]) -> List[str]:
-    """Each ``topic`` rule on a single topic, followed by the same rule on that topic's chunks."""
+    """Each ``topic`` rule on an envelope topic, followed by the same rule on that topic's chunks."""
     out = []
     for line in lines:
         out.append(line)
-        if line.startswith("topic ") and not line.endswith("#"):
+        if line.startswith("topic ") and ("/_update/" in line or "/_partial/" in line or line.endswith("/_model")):
             out.append(chunk_topic(line, 0)[:-1] + "+")
     return out

@@ -222,7 +222,8 @@ class GroupAggregator:
         assert tensors is not None
         r.sums.add(tensors, env.samples)
         r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
-        r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0)}, {})
+        r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0), "bytes_update": float(len(payload)),
+                         "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values()))}, {})
         r.bytes_up += len(payload)
         self._maybe_close()
 

@@ -193,6 +193,9 @@ class RoundDriver:
             "train_loss": node.get("train_loss"),
             "bytes_up": int(result.bytes_up),
             "bytes_down": int(result.metrics.sums.get("bytes_down", 0.0)),
+            "bytes_per_update": round(result.metrics.sums.get("bytes_update", 0.0) / max(1, len(result.nodes))),
+            "tensor_bytes_per_update": round(result.metrics.sums.get("bytes_update_tensors", 0.0)
+                                             / max(1, len(result.nodes))),
             "seconds": round(time.monotonic() - self.round_started, 4),
             "rejected": self.rejections.take_round(),
         }

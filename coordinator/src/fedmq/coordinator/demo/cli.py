@@ -23,6 +23,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
                         "built by the coordinator, on TFLite nodes)")
     p.add_argument("--trainer", default="auto", choices=TRAINERS,
                    help="node trainer (default auto: TFLite for tflite-*, scikit-learn for its kinds, else numpy)")
+    p.add_argument("--dataset", default="digits", choices=("digits", "synthetic"),
+                   help="digits (scikit-learn's, split non-IID over the nodes) or synthetic: the FedProx paper's "
+                        "Synthetic(1,1), one device per node, trained as in the paper (lr 0.01, 20 epochs, batch 10)")
+    p.add_argument("--compression", default="raw", choices=("raw", "float16", "int8", "topk"),
+                   help="update codec (default raw float32; int8 and topk send deltas with error feedback)")
+    p.add_argument("--topk-fraction", type=float, default=0.01,
+                   help="share of the model's entries a topk update keeps (default 0.01)")
+    p.add_argument("--max-payload", type=int,
+                   help="largest MQTT payload in bytes; bigger messages travel in chunks (e.g. 131072, AWS IoT Core)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")
     p.add_argument("--deadline", type=float, default=15.0, help="round deadline in seconds (default 15)")
     p.add_argument("--secure", action="store_true",

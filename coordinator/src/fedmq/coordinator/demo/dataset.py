@@ -34,3 +34,28 @@ def dirichlet_split(y: np.ndarray, n_nodes: int, alpha: float, seed: int, min_si
         if min(len(p) for p in parts) >= min_size:
             return [np.asarray(sorted(p)) for p in parts]
     raise ValueError(f"cannot give each of {n_nodes} nodes {min_size} samples with alpha={alpha}")
+
+
+def synthetic(alpha: float, beta: float, devices: int, seed: int) -> Tuple[List[Split], Split]:
+    """The FedProx paper's Synthetic(alpha, beta) data (Li et al. 2020): per device k, u_k ~ N(0, alpha),
+    W_k ~ N(u_k, 1) (60 x 10), b_k ~ N(u_k, 1), B_k ~ N(0, beta), v_k ~ N(B_k, 1) (60), x ~ N(v_k, diag(j^-1.2)),
+    y = argmax(x W_k + b_k), n_k = int(lognormal(4, 2)) + 50 samples, split 90/10. Returns each device's
+    training split and the pooled test splits."""
+    rng = np.random.default_rng(seed)
+    dim, classes = 60, 10
+    cov = np.array([(j + 1) ** -1.2 for j in range(dim)])
+    parts: List[Split] = []
+    tests_x, tests_y = [], []
+    for _ in range(devices):
+        u, b_mean = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
+        w = rng.normal(u, 1, (dim, classes))
+        b = rng.normal(u, 1, classes)
+        v = rng.normal(b_mean, 1, dim)
+        n = int(rng.lognormal(4, 2)) + 50
+        x = rng.normal(v, np.sqrt(cov), (n, dim)).astype(np.float32)
+        y = np.argmax(x @ w + b, axis=1)
+        cut = int(0.9 * n)
+        parts.append((x[:cut], y[:cut]))
+        tests_x.append(x[cut:])
+        tests_y.append(y[cut:])
+    return parts, (np.concatenate(tests_x), np.concatenate(tests_y))

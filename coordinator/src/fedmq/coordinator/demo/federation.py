@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import yaml
@@ -37,18 +37,23 @@ class DemoLayout:
 
 
 def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, groups: int, rounds: int, alpha: float,
-                     seed: int, model: str, port: int, deadline_s: float, trainer: str = "auto") -> DemoLayout:
-    """Split the data, write one NPZ and one node config per node, and the topic map."""
+                     seed: int, model: str, port: int, deadline_s: float, trainer: str = "auto",
+                     parts: Optional[List[Split]] = None, training: Optional[dict] = None,
+                     extra: Optional[dict] = None) -> DemoLayout:
+    """Write one NPZ and one node config per node, and the topic map. The nodes' data is ``parts`` when
+    given (one per node), else ``train`` split non-IID; ``training`` overrides the local training settings
+    and ``extra`` adds top-level topic map sections (compression, transport)."""
     x, y = train
-    parts = dirichlet_split(y, nodes, alpha, seed)
+    if parts is None:
+        parts = [(x[idx], y[idx]) for idx in dirichlet_split(y, nodes, alpha, seed)]
     data_dir = os.path.join(workdir, "data")
     os.makedirs(data_dir, exist_ok=True)
     tree: dict = {"groups": {}}
     ids, configs = [], []
-    for i, idx in enumerate(parts):
+    for i, (px, py) in enumerate(parts):
         home = f"home{i % groups + 1}"
         node = f"{home}-node{i // groups + 1:02d}"
-        np.savez(os.path.join(data_dir, f"{node}.npz"), x=x[idx], y=y[idx])
+        np.savez(os.path.join(data_dir, f"{node}.npz"), x=px, y=py)
         tree["groups"].setdefault(home, {"nodes": []})["nodes"].append(node)
         cfg = {"node_id": node, "federation": "demo", "group": home, "seed": seed, "trainer": trainer,
                "cache_dir": os.path.join(workdir, "cache", node),
@@ -67,9 +72,10 @@ def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, gro
         "model": spec,
         "rounds": {"rounds": rounds, "fraction": 1.0, "min_nodes": max(1, nodes // 2), "deadline_s": deadline_s,
                    "quorum": 0.6, "local_epochs": 2, "batch_size": 16, "learning_rate": LEARNING_RATE[model],
-                   "hop_margin_s": 1.0, "wait_for_nodes_s": 60, "seed": seed},
+                   "hop_margin_s": 1.0, "wait_for_nodes_s": 60, "seed": seed, **(training or {})},
         "evaluation": {"kind": "npz", "path": os.path.join(data_dir, "test.npz")},
         "checkpoint": {"dir": os.path.join(workdir, "checkpoints")},
+        **(extra or {}),
         "tree": tree,
     }
     tm_path = os.path.join(workdir, "federation.yaml")

@@ -17,9 +17,11 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator.cli import format_round
-from fedmq.coordinator.demo.dataset import digits
+from fedmq.coordinator.demo.dataset import digits, synthetic
 from fedmq.broker.provision import provision
 from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
 from fedmq.coordinator.demo.plot import plot_rounds
@@ -91,10 +93,17 @@ def run(args: argparse.Namespace) -> int:
     watcher: Optional[MqttLink] = None
     t0 = time.monotonic()
     try:
-        train, test = digits(args.seed)
+        parts, training = None, None
+        if args.dataset == "synthetic":
+            parts, test = synthetic(1.0, 1.0, args.nodes, args.seed)
+            train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+            training = {"learning_rate": 0.01, "local_epochs": 20, "batch_size": 10}
+        else:
+            train, test = digits(args.seed)
         layout = write_federation(workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds,
                                   alpha=args.alpha, seed=args.seed, model=args.model, port=1,
-                                  deadline_s=args.deadline, trainer=args.trainer)
+                                  deadline_s=args.deadline, trainer=args.trainer, parts=parts, training=training,
+                                  extra=_transport_sections(args))
         security_dir = None
         if args.secure:
             security_dir = os.path.join(workdir, "security")
@@ -107,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"fedmq demo: Mosquitto on {broker.host}:{broker.port}"
               + (" (mutual TLS, ACL, no anonymous access; signed updates and models)" if security_dir else "")
               + f"; {args.nodes} nodes in {args.groups} homes, {args.rounds} rounds, model {args.model}, "
-              f"digits split non-IID (Dirichlet alpha={args.alpha})", flush=True)
+              + ("Synthetic(1,1), a device per node" if args.dataset == "synthetic" else
+                 f"digits split non-IID (Dirichlet alpha={args.alpha})")
+              + f", {args.compression} updates", flush=True)
         topics = Topics("demo")
         watch = load_topic_map(layout.topic_map).broker  # the coordinator's identity may read the metrics
         watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", watch, persistent=False)
@@ -130,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
               f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
         report = {"rounds": [_report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
                   "nodes": args.nodes, "groups": args.groups, "model": args.model, "alpha": args.alpha,
-                  "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2)}
+                  "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2), "dataset": args.dataset,
+                  "compression": args.compression}
         plot_path = args.plot or (os.path.splitext(args.report)[0] + ".png" if args.report else
                                   os.path.join(args.workdir or ".", "fedmq-demo.png"))
         if rounds:
@@ -154,8 +166,21 @@ def run(args: argparse.Namespace) -> int:
             tmp.cleanup()
 
 
+def _transport_sections(args: argparse.Namespace) -> Dict[str, Any]:
+    """The topic map's compression and transport sections the demo's options ask for."""
+    out: Dict[str, Any] = {}
+    if args.compression != "raw":
+        out["compression"] = {"update": args.compression}
+        if args.compression == "topk":
+            out["compression"]["topk_fraction"] = args.topk_fraction
+    if args.max_payload:
+        out["transport"] = {"max_payload_bytes": args.max_payload}
+    return out
+
+
 def _report_row(r: Dict[str, Any]) -> Dict[str, Any]:
-    keys = ("round", "accuracy", "loss", "updates", "bytes_up", "bytes_down", "seconds")
+    keys = ("round", "accuracy", "loss", "updates", "bytes_up", "bytes_down", "bytes_per_update",
+            "tensor_bytes_per_update", "seconds")
     return {k: r.get(k) for k in keys}
 
 
