@@ -183,8 +183,9 @@ def run_case(params: int, n: int, profile: str = "") -> Dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=int, nargs="+", default=sorted(UPDATES), help="model sizes to measure")
-    ap.add_argument("--profile", default="", help="profile the coordinator at 100k parameters into this HTML file "
+    ap.add_argument("--profile", default="", help="profile the coordinator at the first --params size into this HTML file "
                                                   "(pyinstrument; pip install 'fedmq-coordinator[bench]')")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per model size; the median run is shown (default 3)")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
@@ -199,10 +200,14 @@ def main() -> None:
     print(f"{'params':>10} {'updates':>8} {'MB/update':>9} {'coordinator/s':>14} {'bare paho/s':>12} {'ratio':>6} "
           f"{'coord RSS MB':>12}", flush=True)
     for params in args.params:
-        r = run_case(params, UPDATES.get(params, 200), args.profile if params == 100_000 else "")
+        runs = [run_case(params, UPDATES.get(params, 200), args.profile if params == args.params[0] and i == 0 else "")
+                for i in range(args.repeat)]
+        runs.sort(key=lambda r: r["coordinator_per_s"] / r["bare_per_s"])
+        r = runs[len(runs) // 2]
         print(f"{params:>10,} {r['updates']:>8} {r['mb_per_update']:>9.2f} {r['coordinator_per_s']:>14.1f} "
               f"{r['bare_per_s']:>12.1f} {r['coordinator_per_s'] / r['bare_per_s']:>6.2f} "
-              f"{r['coordinator_rss_mb']:>12.1f}", flush=True)
+              f"{r['coordinator_rss_mb']:>12.1f}   (ratios of all runs: "
+              + ", ".join(f"{x['coordinator_per_s'] / x['bare_per_s']:.2f}" for x in runs) + ")", flush=True)
     print("\npeak coordinator RSS against the number of updates (100k parameters):", flush=True)
     for n in RSS_COUNTS:
         r = run_case(100_000, n)

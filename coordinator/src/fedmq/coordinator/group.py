@@ -259,7 +259,9 @@ class GroupAggregator:
 
     def _maybe_close(self) -> None:
         r = self.current
-        if r is not None and r.direct <= r.answered and r.children <= r.reported:
+        # answered is a subset of direct and reported of children (checked on arrival): counting is enough,
+        # and keeps a round O(updates), not O(updates x group size).
+        if r is not None and len(r.answered) == len(r.direct) and len(r.reported) == len(r.children):
             self._close("all in")
 
     def _close(self, why: str) -> None:
