@@ -20,6 +20,7 @@ import tempfile
 from typing import Dict, List
 
 CODECS = [("raw", []), ("float16", ["--compression", "float16"]), ("int8", ["--compression", "int8"]),
+          ("topk 1.67%", ["--compression", "topk", "--topk-fraction", "0.0167"]),
           ("topk 1%", ["--compression", "topk", "--topk-fraction", "0.01"])]
 NODES = {"digits": 10, "synthetic": 30}
 

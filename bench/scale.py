@@ -60,14 +60,12 @@ class TrainTimes(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.by_round: Dict[int, float] = {}
-        self.lock = threading.Lock()
+        self.by_round: Dict[int, float] = {}  # emit runs under the handler's own lock
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg.startswith("round %d: trained"):
             rnd, _, seconds = record.args[0], record.args[1], record.args[2]  # type: ignore[index]
-            with self.lock:
-                self.by_round[rnd] = max(self.by_round.get(rnd, 0.0), float(seconds))
+            self.by_round[rnd] = max(self.by_round.get(rnd, 0.0), float(seconds))
 
 
 def worker(port: int, params: int, ids: List[str], out: str, stop_file: str) -> None:
@@ -80,6 +78,9 @@ def worker(port: int, params: int, ids: List[str], out: str, stop_file: str) -> 
     logging.getLogger("fedmq").addHandler(times)
     logging.getLogger("fedmq").setLevel(logging.INFO)
     logging.getLogger("fedmq").propagate = False
+    problems = logging.StreamHandler()
+    problems.setLevel(logging.DEBUG if os.environ.get("FEDMQ_BENCH_DEBUG") else logging.WARNING)
+    logging.getLogger("fedmq").addHandler(problems)
     rng = np.random.default_rng(abs(hash(ids[0])) % 2**32)
     features = params // 10 - 1
     agents = []
