@@ -4,8 +4,10 @@
 Usage: .venv/bin/python bench/scale.py [--nodes 1000] [--params 10000 100000] [--rounds 4]
        [--compression raw int8]
 
-The nodes are real ``NodeAgent`` objects (MQTT link, envelope and codec, numpy trainer on 20 samples),
-250 per worker process; the coordinator is a real ``fedmq coordinator run`` process. A round's wall time
+The nodes are simulated: each its own paho client and MQTT session, using fedmq's envelope, codec and
+control code and the numpy trainer on 20 samples, 250 per worker process driven by one thread (one
+Python thread per node would measure the GIL, not fedmq); the coordinator is a real ``fedmq coordinator
+run`` process. A round's wall time
 is the time between two consecutive applied rounds as seen on the metrics topic (model download, start,
 training, upload, aggregation at three levels); the overhead is that minus the slowest node's training
 time in the round, which the nodes log. Round 1 (warm-up) is left out. Needs mosquitto (./install.sh).
@@ -15,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -55,54 +55,106 @@ def write_topic_map(path: str, port: int, params: int, n: int, compression: str)
         yaml.safe_dump(fed, fh, sort_keys=False)
 
 
-class TrainTimes(logging.Handler):
-    """Collects each node's training time per round from the agents' log records."""
+class SimNode:
+    """One simulated node: its own paho client (MQTT v5, persistent session, will and birth), fedmq's envelope,
+    codec and control code, and a numpy trainer on 20 samples. Many of them share one thread (``worker``)."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.by_round: Dict[int, float] = {}  # emit runs under the handler's own lock
+    def __init__(self, node: str, group: Tuple[str, ...], port: int, features: int, rng: np.random.Generator) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg.startswith("round %d: trained"):
-            rnd, _, seconds = record.args[0], record.args[1], record.args[2]  # type: ignore[index]
-            self.by_round[rnd] = max(self.by_round.get(rnd, 0.0), float(seconds))
+        from fedmq.shared.messages import Status
+        from fedmq.shared.topics import Topics
+
+        self.node, self.group = node, group
+        self.topics = Topics(FED)
+        self.x = rng.normal(0, 1, (20, features)).astype(np.float32)
+        self.y = rng.integers(0, 10, 20)
+        self.rng = rng
+        self.model = None  # (version, weights)
+        self.pending = None
+        self.trainer = None
+        self.encoder = None
+        self.train_s: Dict[int, float] = {}
+        status = self.topics.status(group, node)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fedmq-{FED}-{node}", protocol=mqtt.MQTTv5)
+        c.will_set(status, Status(node, "offline").encode(), qos=1, retain=True)
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect("127.0.0.1", port, keepalive=120, clean_start=False, properties=props)
+        for t in (self.topics.model(), self.topics.model() + "/_chunk/+", self.topics.control(group)):
+            c.subscribe(t, qos=1)
+        c.publish(status, Status(node, "online", samples=20, trainer="numpy").encode(), qos=1, retain=True)
+        self.client = c
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        from fedmq.node.trainers import make_trainer
+        from fedmq.shared import codecs
+        from fedmq.shared.envelope import Envelope, Kind, decode, encode
+        from fedmq.shared.messages import Control
+        from fedmq.shared.models import expected_shapes, spec_from_meta
+
+        if msg.topic == self.topics.model():
+            env = decode(msg.payload)
+            spec = spec_from_meta(env.meta["model"])
+            tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
+            self.model = (env.model_version, codecs.to_dense(tensors))
+            if self.trainer is None:
+                self.trainer = make_trainer("numpy", spec)
+                self.encoder = codecs.UpdateEncoder(codecs.Codec.from_meta(env.meta["update_codec"]))
+        elif msg.topic == self.topics.control(self.group):
+            ctl = Control.decode(msg.payload)
+            if ctl.type == "start" and self.node in ctl.selected:
+                self.pending = ctl
+        ctl = self.pending
+        if ctl is None or self.model is None or self.model[0] != ctl.model_version:
+            return
+        self.pending = None
+        t0 = time.perf_counter()
+        self.trainer.set_weights(self.model[1])
+        self.trainer.fit(self.x, self.y, ctl.train, self.rng)
+        weights = self.trainer.get_weights()
+        self.train_s[ctl.round] = time.perf_counter() - t0
+        codec = self.encoder.codec
+        env = Envelope(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender=self.node,
+                       model_version=ctl.model_version, tensors=self.encoder.encode(weights, self.model[1]),
+                       samples=20, codec=codec.name, codec_params=codec.params())
+        self.client.publish(self.topics.update(self.group, self.node), encode(env), qos=1)
 
 
 def worker(port: int, params: int, ids: List[str], out: str, stop_file: str) -> None:
-    """Run NodeAgents for ``ids`` in threads until ``stop_file`` appears; write the slowest training per round."""
-    from fedmq.node.agent import NodeAgent
-    from fedmq.node.config import NodeConfig
-    from fedmq.shared.topicmap import BrokerSettings, DataRef
+    """Drive the SimNodes for ``ids`` from one thread (a selector over their sockets) until ``stop_file``
+    appears; write each round's slowest training time."""
+    import selectors
 
-    times = TrainTimes()
-    logging.getLogger("fedmq").addHandler(times)
-    logging.getLogger("fedmq").setLevel(logging.INFO)
-    logging.getLogger("fedmq").propagate = False
-    problems = logging.StreamHandler()
-    problems.setLevel(logging.DEBUG if os.environ.get("FEDMQ_BENCH_DEBUG") else logging.WARNING)
-    logging.getLogger("fedmq").addHandler(problems)
     rng = np.random.default_rng(abs(hash(ids[0])) % 2**32)
-    features = params // 10 - 1
-    agents = []
+    nodes = []
     for node in ids:
         site, bld, _ = node.split("-")
-        cfg = NodeConfig(file="-", node_id=node, federation=FED, group=(f"site{site[1:]}", f"bld{bld[1:]}"),
-                         broker=BrokerSettings(port=port, keepalive_s=120), data=DataRef("npz", "-"), trainer="numpy",
-                         max_message_bytes=64 * 1024 * 1024, cache_dir=tempfile.gettempdir())
-        x = rng.normal(0, 1, (20, features)).astype(np.float32)
-        agents.append(NodeAgent(cfg, x, rng.integers(0, 10, 20)))
-    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
-    for t in threads:
-        t.start()
-        time.sleep(0.002)  # do not stampede the broker with 250 CONNECTs at once
+        nodes.append(SimNode(node, (f"site{site[1:]}", f"bld{bld[1:]}"), port, params // 10 - 1, rng))
+    sel = selectors.DefaultSelector()
+    for n in nodes:
+        sel.register(n.client.socket(), selectors.EVENT_READ, n)
+    last_misc = 0.0
     while not os.path.exists(stop_file):
-        time.sleep(0.2)
-    for a in agents:
-        a.stop()
-    for t in threads:
-        t.join(10)
+        for n in nodes:
+            if n.client.want_write():
+                n.client.loop_write()
+        for key, _ in sel.select(timeout=0.05):
+            key.data.client.loop_read()
+        if time.monotonic() - last_misc > 1.0:
+            last_misc = time.monotonic()
+            for n in nodes:
+                n.client.loop_misc()
+    slowest: Dict[int, float] = {}
+    for n in nodes:
+        for r, s in n.train_s.items():
+            slowest[r] = max(slowest.get(r, 0.0), s)
+        n.client.disconnect()
     with open(out, "w") as fh:
-        json.dump(times.by_round, fh)
+        json.dump(slowest, fh)
 
 
 def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[str, float]]:
