@@ -5,9 +5,11 @@ Usage: .venv/bin/python bench/scale.py [--nodes 1000] [--params 10000 100000] [-
        [--compression raw int8]
 
 The nodes are simulated: each its own paho client and MQTT session, using fedmq's envelope, codec and
-control code and the numpy trainer on 20 samples, 250 per worker process driven by one thread (one
-Python thread per node would measure the GIL, not fedmq); the coordinator is a real ``fedmq coordinator
-run`` process. A round's wall time
+control code, 250 per worker process driven by one thread (one Python thread per node would measure the
+GIL, not fedmq); their training is a single vector step. The coordinator is a real ``fedmq coordinator
+run`` process. Everything shares this machine's cores, so the simulated nodes' own work (receiving,
+decoding, encoding and sending 1,000 models and updates) is inside the measured overhead; the CPU
+seconds per round of each role are printed too. A round's wall time
 is the time between two consecutive applied rounds as seen on the metrics topic (model download, start,
 training, upload, aggregation at three levels); the overhead is that minus the slowest node's training
 time in the round, which the nodes log. Round 1 (warm-up) is left out. Needs mosquitto (./install.sh).
@@ -37,6 +39,13 @@ def node_ids(n: int) -> List[str]:
     return [f"s{s}-b{b}-n{k:03d}" for s in range(SITES) for b in range(BUILDINGS) for k in range(per)]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_topic_map(path: str, port: int, params: int, n: int, compression: str) -> None:
     """The 3-level federation."""
     import yaml
@@ -57,9 +66,10 @@ def write_topic_map(path: str, port: int, params: int, n: int, compression: str)
 
 class SimNode:
     """One simulated node: its own paho client (MQTT v5, persistent session, will and birth), fedmq's envelope,
-    codec and control code, and a numpy trainer on 20 samples. Many of them share one thread (``worker``)."""
+    codec and control code. Its "training" moves every weight by a fixed random step (SGD itself is not what
+    this measures, and 250 nodes share a core here). Many of them share one thread (``worker``)."""
 
-    def __init__(self, node: str, group: Tuple[str, ...], port: int, features: int, rng: np.random.Generator) -> None:
+    def __init__(self, node: str, group: Tuple[str, ...], port: int, rng: np.random.Generator) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -69,13 +79,11 @@ class SimNode:
 
         self.node, self.group = node, group
         self.topics = Topics(FED)
-        self.x = rng.normal(0, 1, (20, features)).astype(np.float32)
-        self.y = rng.integers(0, 10, 20)
         self.rng = rng
         self.model = None  # (version, weights)
         self.pending = None
-        self.trainer = None
         self.encoder = None
+        self.step: Dict[str, np.ndarray] = {}
         self.train_s: Dict[int, float] = {}
         status = self.topics.status(group, node)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fedmq-{FED}-{node}", protocol=mqtt.MQTTv5)
@@ -90,7 +98,6 @@ class SimNode:
         self.client = c
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
-        from fedmq.node.trainers import make_trainer
         from fedmq.shared import codecs
         from fedmq.shared.envelope import Envelope, Kind, decode, encode
         from fedmq.shared.messages import Control
@@ -101,9 +108,9 @@ class SimNode:
             spec = spec_from_meta(env.meta["model"])
             tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
             self.model = (env.model_version, codecs.to_dense(tensors))
-            if self.trainer is None:
-                self.trainer = make_trainer("numpy", spec)
+            if self.encoder is None:
                 self.encoder = codecs.UpdateEncoder(codecs.Codec.from_meta(env.meta["update_codec"]))
+                self.step = {k: self.rng.normal(0, 1e-3, v.shape).astype(np.float32) for k, v in self.model[1].items()}
         elif msg.topic == self.topics.control(self.group):
             ctl = Control.decode(msg.payload)
             if ctl.type == "start" and self.node in ctl.selected:
@@ -113,9 +120,7 @@ class SimNode:
             return
         self.pending = None
         t0 = time.perf_counter()
-        self.trainer.set_weights(self.model[1])
-        self.trainer.fit(self.x, self.y, ctl.train, self.rng)
-        weights = self.trainer.get_weights()
+        weights = {k: v + self.step[k] for k, v in self.model[1].items()}  # "training": every weight moves
         self.train_s[ctl.round] = time.perf_counter() - t0
         codec = self.encoder.codec
         env = Envelope(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender=self.node,
@@ -133,7 +138,7 @@ def worker(port: int, params: int, ids: List[str], out: str, stop_file: str) -> 
     nodes = []
     for node in ids:
         site, bld, _ = node.split("-")
-        nodes.append(SimNode(node, (f"site{site[1:]}", f"bld{bld[1:]}"), port, params // 10 - 1, rng))
+        nodes.append(SimNode(node, (f"site{site[1:]}", f"bld{bld[1:]}"), port, rng))
     sel = selectors.DefaultSelector()
     for n in nodes:
         sel.register(n.client.socket(), selectors.EVENT_READ, n)
@@ -177,6 +182,7 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
     watcher.subscribe(Topics(FED).metrics())
     watcher.start()
     applied: Dict[int, float] = {}
+    cpu: Dict[int, Dict[str, float]] = {}
     outs = []
     try:
         for w in range(0, len(ids), PER_WORKER):
@@ -196,6 +202,11 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
                 continue
             summary = decode_metrics(msg.payload)
             applied[summary["round"]] = time.monotonic()
+            if summary["round"] in (1, rounds):
+                assert broker.proc is not None
+                roles = {"coordinator": [coord.pid], "mosquitto": [broker.proc.pid],
+                         "simulated nodes": [p.pid for p in procs[:-1]]}
+                cpu[summary["round"]] = {k: sum(cpu_seconds(p) for p in pids) for k, pids in roles.items()}
             print(f"  round {summary['round']}: {summary['updates']} updates, {summary['seconds']:.2f} s start to "
                   f"applied", flush=True)
         if len(applied) < rounds:
@@ -216,6 +227,8 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
     for r in range(2, rounds + 1):
         wall = applied[r] - applied[r - 1]
         rows.append({"round": r, "wall_s": wall, "slowest_train_s": slowest[r], "overhead_s": wall - slowest[r]})
+    per_round = {k: (cpu[rounds][k] - cpu[1][k]) / (rounds - 1) for k in cpu[1]}
+    print("  CPU seconds per round: " + ", ".join(f"{k} {v:.2f}" for k, v in per_round.items()), flush=True)
     return rows
 
 

@@ -102,15 +102,19 @@ Decoded = Union[np.ndarray, Sparse]
 
 def _block_scales(flat: np.ndarray, block: int) -> np.ndarray:
     size = flat.size
-    b = block or max(size, 1)
-    nblocks = max(1, math.ceil(size / b))
-    padded = np.zeros(nblocks * b, np.float64)
+    if not block or block >= size:  # one scale: no padding, no copies
+        return np.array([np.abs(flat).max(initial=0.0) / 127.0], np.float32)
+    nblocks = math.ceil(size / block)
+    padded = np.zeros(nblocks * block, np.float64)
     padded[:size] = np.abs(flat)
-    return (padded.reshape(nblocks, b).max(axis=1) / 127.0).astype(np.float32)
+    return (padded.reshape(nblocks, block).max(axis=1) / 127.0).astype(np.float32)
 
 
-def _expand_scales(scale: np.ndarray, block: int, size: int) -> np.ndarray:
-    return np.repeat(scale.astype(np.float64), block or max(size, 1))[:size]
+def _expand_scales(scale: np.ndarray, block: int, size: int) -> Union[float, np.ndarray]:
+    """The scale of every value: a scalar when one scale covers the tensor."""
+    if scale.size == 1:
+        return float(scale[0])
+    return np.repeat(scale.astype(np.float64), block)[:size]
 
 
 def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
@@ -122,16 +126,19 @@ def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str,
     for name, t in tensors.items():
         t = np.asarray(t)
         if codec.name == "raw":
-            wire[name] = seen[name] = t.astype(np.float32)
+            wire[name] = seen[name] = t.astype(np.float32, copy=False)
         elif codec.name == "float16":
             wire[name] = t.astype(np.float16)
             seen[name] = wire[name].astype(np.float64)
         else:  # int8
-            flat = t.reshape(-1).astype(np.float64)
+            flat = t.reshape(-1).astype(np.float64, copy=False)
             scale = _block_scales(flat, codec.block)
             full = _expand_scales(scale, codec.block, flat.size)
-            q = np.divide(flat, full, out=np.zeros_like(flat), where=full > 0)
-            q = np.clip(np.rint(q), -127, 127).astype(np.int8)
+            if isinstance(full, float):
+                q = flat * (1.0 / full) if full > 0 else np.zeros_like(flat)
+            else:
+                q = np.divide(flat, full, out=np.zeros_like(flat), where=full > 0)
+            q = np.clip(np.rint(q, out=q), -127, 127, out=q).astype(np.int8)
             wire[name], wire[name + "@scale"] = q.reshape(t.shape), scale
             seen[name] = (q * full).reshape(t.shape)
     return wire, seen
@@ -183,7 +190,8 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
                 raise CodecError(f"tensor {t!r}: {q.dtype}{list(q.shape)}, expected int8{list(shape)}")
             if scale.dtype != np.float32 or scale.shape != (nblocks,) or (scale < 0).any():
                 raise CodecError(f"tensor {t!r}@scale: needs {nblocks} non-negative float32 scales")
-            out[t] = (q.reshape(-1) * _expand_scales(scale, block, size)).reshape(shape)
+            full = _expand_scales(scale, block, size)
+            out[t] = q * full if isinstance(full, float) else (q.reshape(-1) * full).reshape(shape)
     return out
 
 
@@ -224,7 +232,7 @@ def check_params(name: str, params: Any) -> Dict[str, Any]:
 
 def to_dense(tensors: Mapping[str, Decoded], dtype: type = np.float32) -> Dict[str, np.ndarray]:
     """Every decoded tensor as a dense array of ``dtype``."""
-    return {k: (v.dense() if isinstance(v, Sparse) else v).astype(dtype) for k, v in tensors.items()}
+    return {k: (v.dense() if isinstance(v, Sparse) else v).astype(dtype, copy=False) for k, v in tensors.items()}
 
 
 def norm(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str, np.ndarray]]) -> float:
@@ -250,8 +258,10 @@ class UpdateEncoder:
         """Wire tensors for weights trained from ``start`` (the global model as received, in its order)."""
         c = self.codec
         # In the order of the global model's tensors: top-k indices count through them in that order.
-        values = {k: np.asarray(weights[k], np.float64) - (np.asarray(ref, np.float64) if c.delta else 0.0)
-                  for k, ref in start.items()}
+        if c.delta:
+            values = {k: np.asarray(weights[k], np.float64) - np.asarray(ref, np.float64) for k, ref in start.items()}
+        else:  # no arithmetic: no float64 copies
+            values = {k: np.asarray(weights[k]) for k in start}
         if c.error_feedback:
             values = {k: v + self.residual[k] if k in self.residual and self.residual[k].shape == v.shape else v
                       for k, v in values.items()}
