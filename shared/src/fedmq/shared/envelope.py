@@ -96,7 +96,7 @@ class Envelope:
 def encode(env: Envelope) -> bytes:
     """Serialise an envelope; tensors are written in insertion order as little-endian C-order bytes."""
     specs = []
-    chunks = []
+    arrays = []
     for name, arr in env.tensors.items():
         a = np.asarray(arr)
         wire = _DTYPE_NAMES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
@@ -104,7 +104,7 @@ def encode(env: Envelope) -> bytes:
             raise EnvelopeError(f"tensor {name!r}: dtype {a.dtype} is not allowed on the wire")
         a = a.astype(DTYPES[wire], order="C", copy=False)  # keeps 0-d arrays 0-d
         specs.append({"name": name, "dtype": wire, "shape": list(a.shape)})
-        chunks.append(a.tobytes())
+        arrays.append(a)
     header = {
         "federation": env.federation,
         "round": int(env.round),
@@ -120,10 +120,18 @@ def encode(env: Envelope) -> bytes:
     }
     hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
     hbytes += b" " * (-(PREFIX_LEN + len(hbytes)) % ALIGN)  # the body starts 8-aligned: fast, copy-free reads
-    body = b"".join(chunks)
-    head = PREFIX.pack(MAGIC, VERSION, int(env.kind), 0, len(hbytes), len(body))
-    msg = head + hbytes + body
-    return msg + struct.pack("<I", zlib.crc32(msg) & 0xFFFFFFFF)
+    blen = sum(a.nbytes for a in arrays)
+    out = bytearray(PREFIX_LEN + len(hbytes) + blen + CRC_LEN)  # one buffer, every tensor copied once
+    PREFIX.pack_into(out, 0, MAGIC, VERSION, int(env.kind), 0, len(hbytes), blen)
+    offset = PREFIX_LEN + len(hbytes)
+    out[PREFIX_LEN:offset] = hbytes
+    dst = np.frombuffer(out, dtype=np.uint8)
+    for a in arrays:
+        dst[offset:offset + a.nbytes] = a.reshape(-1).view(np.uint8)
+        offset += a.nbytes
+    del dst  # release the buffer export before the bytes copy
+    struct.pack_into("<I", out, offset, zlib.crc32(memoryview(out)[:offset]) & 0xFFFFFFFF)
+    return bytes(out)
 
 
 def _reject_duplicates(pairs: list) -> dict:
