@@ -2,6 +2,7 @@
 time per local epoch, and the size of the model file it trains (TFLite).
 
 Usage: .venv/bin/python bench/node_footprint.py [--rounds 5]
+Also prints the installed size of a node per trainer: fresh virtual environments, pip from PyPI.
 Needs mosquitto (./install.sh). Data: the digits demo split (10 nodes' shares; the measured node is one).
 """
 
@@ -80,10 +81,37 @@ def measure(trainer: str, model: str, rounds: int, workdir: str) -> dict:
             "rounds": len(service.driver.state.history) if service.driver else 0}
 
 
+INSTALLS = [("numpy", ""), ("sklearn", "[sklearn]"), ("tflite", "[tflite]")]
+
+
+def installed_mb(extra: str, workdir: str) -> "tuple[float, int]":
+    """Size of a fresh virtual environment's site-packages after installing fedmq-shared and fedmq-node
+    (with ``extra``) as a gateway would (no editable installs), and its number of distributions."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = os.path.join(workdir, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    py = os.path.join(venv, "bin", "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--disable-pip-version-check",
+                    os.path.join(root, "shared"), os.path.join(root, "node") + extra], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = 0
+    for dirpath, _, files in os.walk(site):
+        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    dists = len([d for d in os.listdir(site) if d.endswith(".dist-info")])
+    return total / 1e6, dists
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="rounds the measured node takes part in (default 5)")
     args = ap.parse_args()
+    print("installed size of a gateway's node (fresh virtual environment, fedmq-shared + fedmq-node):")
+    for trainer, extra in INSTALLS:
+        with tempfile.TemporaryDirectory() as tmp:
+            mb, dists = installed_mb(extra, tmp)
+        print(f"  {trainer:<8} fedmq-node{extra:<10} {mb:>7.1f} MB in {dists} distributions", flush=True)
     print(f"# {platform.machine()} python {platform.python_version()}, {os.cpu_count()} cores")
     print(f"{'trainer':<8} {'model':<20} {'rounds':>6} {'peak RSS MB':>12} {'samples':>8} {'ms/epoch':>9} {'model file B':>13}")
     for trainer, model in CASES:

@@ -141,3 +141,18 @@ def test_guard_rails_are_configurable():
                                 " message_burst: 4, max_tracked_nodes: 10}\n")
     assert (tm.limits.max_samples, tm.limits.max_update_norm, tm.limits.message_burst) == (500, 3.5, 4)
     one(GOOD + "limits: {max_update_norm: -1}\n", "limits.max_update_norm", 19, "at least 0")
+
+
+def test_compression_and_transport_sections():
+    tm = parse_topic_map(GOOD + "compression: {update: topk, topk_fraction: 0.02, model: float16}\n"
+                                "transport: {max_payload_bytes: 131072, chunk_timeout_s: 30}\n")
+    c = tm.compression.update
+    assert (c.name, c.delta, c.fraction, c.error_feedback, tm.compression.model) == ("topk", True, 0.02, True, "float16")
+    assert (tm.transport.max_payload_bytes, tm.transport.chunk_timeout_s) == (131072, 30.0)
+    raw = parse_topic_map(GOOD)
+    assert (raw.compression.update.name, raw.compression.update.delta, raw.transport.max_payload_bytes) == ("raw", False, None)
+    one(GOOD + "compression: {update: topk, delta: false}\n", "compression", 19, "needs delta")
+    one(GOOD + "compression: {update: zstd}\n", "compression.update", 19, "must be one of")
+    one(GOOD + "compression: {model: int8}\n", "compression.model", 19, "must be one of")
+    one(GOOD + "transport: {max_payload_bytes: 100}\n", "transport.max_payload_bytes", 19, "at least 1024")
+    one(GOOD + "compression: {updte: int8}\n", "compression.updte", 19, "unknown key")
