@@ -244,3 +244,17 @@ def test_quorum_failure_stops_with_a_clear_message(broker, tmp_path):
         stop(list(nodes.values()))
     log = (tmp_path / "coord.log").read_text()
     assert "quorum not met (1 of 2 needed)" in log and "Traceback" not in log
+
+
+def test_nodes_that_exit_when_done_do_so_after_the_last_round(broker, tmp_path):
+    """The root's "done" reaches nodes of groups the coordinator serves itself, although it exits at once."""
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=2)
+    names = [n for ns in SIX.values() for n in ns]
+    nodes = {n: fedmq(["node", "run", paths[n], "--exit-when-done"], str(tmp_path / f"{n}.log")) for n in names}
+    coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))
+    try:
+        assert coord.wait(60) == 0, (tmp_path / "coord.log").read_text()
+        assert [nodes[n].wait(15) for n in names] == [0] * len(names)
+    finally:
+        stop([coord, *nodes.values()])
+    assert all("federation finished after round 2" in (tmp_path / f"{n}.log").read_text() for n in names)

@@ -89,6 +89,11 @@ class CoordinatorService:
         if retain:
             self.retained[topic] = payload
         self.link.publish(topic, payload, retain=retain)
+        if topic.endswith("/_control"):
+            # Child groups in this process hear their parent's control at once, not after a broker round
+            # trip: quicker, and the last "done" is relayed even though the process exits right after it.
+            # The copy that comes back through the broker is recognised (same round and attempt).
+            self._on_parent_control(Message(topic, payload, False))
 
     def _republish(self) -> None:
         """After a reconnect, publish our retained state again: a broker killed before it saved its
