@@ -269,7 +269,8 @@ def flower_venv(path: str) -> str:
     if not os.path.exists(os.path.join(bin_dir, "flower-superlink")):
         print(f"installing flwr {FLWR_VERSION} into {path} (once)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", path], check=True)
-        subprocess.run([os.path.join(bin_dir, "pip"), "install", "-q", f"flwr=={FLWR_VERSION}", "numpy"], check=True)
+        subprocess.run([os.path.join(bin_dir, "pip"), "install", "-q", f"flwr=={FLWR_VERSION}", "numpy"], check=True,
+                       stderr=subprocess.DEVNULL)
     return bin_dir
 
 
@@ -322,29 +323,33 @@ def run_flower(work: str, rounds: int, venv: str, node_files: List[str]) -> Dict
     write_flower_app(app_dir, work, rounds)
     home = os.path.join(work, "flwr-home")
     os.makedirs(home, exist_ok=True)
-    fleet, control, serverappio = free_port(), free_port(), free_port()
+    port = free_port()
     with open(os.path.join(home, "config.toml"), "w") as fh:
-        fh.write(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
+        fh.write(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     env = {**os.environ, "FLWR_HOME": home, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     history = os.path.join(work, "flower-history.json")
     procs: List[subprocess.Popen] = []
     lo0, t0 = loopback_bytes(), time.monotonic()
     with MemorySampler([]) as mem:
         try:
-            link = spawn([os.path.join(bin_dir, "flower-superlink"), "--insecure", "--fleet-api-address",
-                          f"127.0.0.1:{fleet}", "--control-api-address", f"127.0.0.1:{control}",
-                          "--serverappio-api-address", f"127.0.0.1:{serverappio}", "--database", ":flwr-in-memory:"],
+            # Flower 1.41: the Fleet and Control APIs are one HTTP server (--host/--port); state in memory.
+            link = spawn([os.path.join(bin_dir, "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                          "--port", str(port)],
                          os.path.join(work, "superlink.log"), env)
             procs.append(link)
             mem.add_session(link.pid)
             for i, data in enumerate(node_files):
                 p = spawn([os.path.join(bin_dir, "flower-supernode"), "--insecure", "--superlink",
-                           f"127.0.0.1:{fleet}", "--port", str(free_port()),
+                           f"127.0.0.1:{port}", "--port", str(free_port()),
                            "--node-config", f'data="{data}" seed={SEED + i}'],
                           os.path.join(work, f"supernode{i}.log"), env)
                 procs.append(p)
                 mem.add_session(p.pid)
-            time.sleep(3)  # let the SuperLink's APIs come up
+            for _ in range(120):  # until the SuperLink's Control API answers
+                if subprocess.run([os.path.join(bin_dir, "flwr"), "ls", "bench"], env=env, cwd=app_dir,
+                                  capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.5)
             run = spawn([os.path.join(bin_dir, "flwr"), "run", app_dir, "bench", "--stream"],
                         os.path.join(work, "flwr-run.log"), env, cwd=app_dir)
             procs.append(run)

@@ -92,7 +92,7 @@ class Sparse:
 
     def dense(self) -> np.ndarray:
         """The full tensor (float64)."""
-        out = np.zeros(int(np.prod(self.shape)), np.float64)
+        out = np.zeros(math.prod(self.shape), np.float64)
         out[self.idx] = self.val
         return out.reshape(self.shape)
 
@@ -174,7 +174,7 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
         raise CodecError(f"codec {name}: tensors {sorted(wire)} do not match the model's {sorted(expected)}")
     out: Dict[str, Decoded] = {}
     for t, shape in shapes.items():
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         if name in ("raw", "float16"):
             a = wire[t]
             want = "e" if name == "float16" else None
@@ -199,7 +199,7 @@ def _decode_topk(wire: Mapping[str, np.ndarray], shapes: Mapping[str, Tuple[int,
     if set(wire) != {"@idx", "@val"}:
         raise CodecError(f"codec topk: tensors {sorted(wire)} must be exactly @idx and @val")
     idx, val = wire["@idx"], wire["@val"]
-    total = sum(int(np.prod(s)) for s in shapes.values())
+    total = sum(math.prod(s) for s in shapes.values())
     if idx.dtype != np.int32 or val.dtype.kind != "f" or idx.ndim != 1 or idx.shape != val.shape:
         raise CodecError("codec topk: @idx must be int32 and @val float, both flat and of one length")
     if idx.size > total or (idx.size and (idx[0] < 0 or idx[-1] >= total or (np.diff(idx) <= 0).any())):
@@ -207,7 +207,7 @@ def _decode_topk(wire: Mapping[str, np.ndarray], shapes: Mapping[str, Tuple[int,
     out: Dict[str, Decoded] = {}
     offset = 0
     for t, shape in shapes.items():
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         lo, hi = np.searchsorted(idx, [offset, offset + size])
         out[t] = Sparse(idx[lo:hi] - offset, val[lo:hi], tuple(shape))
         offset += size
