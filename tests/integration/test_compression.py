@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -118,3 +119,33 @@ def test_bad_and_incomplete_chunks_are_rejected_and_the_federation_goes_on(cappe
     assert "bad chunk" in log and "1 of 3 chunks arrived within 2s" in log
     rounds = json.loads(report.read_text())["rounds"]
     assert [r["updates"] for r in rounds] == [6, 6]
+
+
+def test_retained_chunked_messages_are_replaced_cleanly(broker, tmp_path):
+    """A retained message that shrinks, grows into chunks and shrinks again: a subscriber that comes later
+    gets exactly the latest version, never a stale whole message or stale chunks."""
+    from fedmq.shared.mqtt import MqttLink
+    from fedmq.shared.topicmap import BrokerSettings
+
+    settings = BrokerSettings(host=broker.host, port=broker.port)
+    pub = MqttLink("chunk-pub", settings, persistent=False, chunk_bytes=1024)
+    assert pub.start()
+    topic = f"fedmq/v1/{FED}/_model"
+    versions = [b"A" * 5000, b"B" * 100, b"C" * 3000, b"D" * 2000]
+    try:
+        for payload in versions:
+            pub.publish(topic, payload, retain=True)
+            assert pub.flush(5)
+            sub = MqttLink(f"chunk-sub-{payload[:1].decode()}", settings, persistent=False)
+            sub.subscribe(topic)
+            assert sub.start()
+            got = []
+            end = time.monotonic() + 1
+            while time.monotonic() < end:
+                msg = sub.get(timeout=0.2)
+                if msg is not None:
+                    got.append(msg.payload)
+            sub.stop()
+            assert got == [payload], [g[:1] + str(len(g)).encode() for g in got]
+    finally:
+        pub.stop()
