@@ -39,10 +39,21 @@ def render_tree(tm: TopicMap) -> List[str]:
         f"rounds     {p.rounds} x (fraction {p.fraction}, min {p.min_nodes}, max {p.max_nodes or '-'}, "
         f"deadline {p.deadline_s}s, quorum {quorum}, on failure {p.on_quorum_failure})",
         f"training   {p.local_epochs} epoch(s), batch {p.batch_size}, learning rate {p.learning_rate}",
+        f"updates    {_codec_line(tm)}; model down as {tm.compression.model}",
+        "transport  " + (f"chunks over {tm.transport.max_payload_bytes} bytes (timeout {tm.transport.chunk_timeout_s:g}s)"
+                         if tm.transport.max_payload_bytes else "no payload cap (no chunking)"),
         "tree",
     ]
     lines.extend(_group_lines(tm.root, ""))
     return lines
+
+
+def _codec_line(tm: TopicMap) -> str:
+    c = tm.compression.update
+    detail = {"int8": f", {'one scale per tensor' if not c.block else f'a scale per {c.block} values'}",
+              "topk": f", {c.fraction:.2%} of the entries"}.get(c.name, "")
+    return (f"{c.name}{detail}" + (", as deltas" if c.delta else "")
+            + (" with error feedback" if c.error_feedback else ""))
 
 
 def _group_lines(g: Group, indent: str) -> List[str]:
