@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -43,6 +44,21 @@ def register(sub: "argparse._SubParsersAction") -> None:
     enrol.add_argument("--data", help="the device's data file for node.yaml (NPZ)")
     enrol.add_argument("--out", required=True, help="directory for the credentials and node.yaml")
     enrol.set_defaults(func=_enrol)
+    bundle = nsub.add_parser("bundle", help="an offline installer for a gateway: wheels, config, service",
+                             description="Write a .tar.gz with the wheels of fedmq-shared, fedmq-node and their "
+                                         "dependencies for PLATFORM and Python VERSION, this node's config with its "
+                                         "credentials (and data file), a systemd unit and install.sh, which installs "
+                                         "into /opt/fedmq without network and starts the service. Needs PyPI here.")
+    bundle.add_argument("config", help="the node's configuration (YAML)")
+    bundle.add_argument("--platform", required=True, choices=("x86_64", "aarch64", "armv7l"), help="the gateway's CPU")
+    bundle.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+                        help="the gateway's Python version, e.g. 3.11 (default: this one)")
+    bundle.add_argument("--out", required=True, help="the bundle file to write (.tar.gz)")
+    bundle.add_argument("--with", dest="extras", default=None,
+                        help="comma-separated extras: tflite, sklearn, secure (default: what the config's trainer "
+                             "and security section need)")
+    bundle.add_argument("--no-data", action="store_true", help="leave the data file out")
+    bundle.set_defaults(func=_bundle)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -93,4 +109,25 @@ def _enrol(args: argparse.Namespace) -> int:
         print(f"fedmq node enrol: {exc}", file=sys.stderr)
         return 1
     print(f"enrolled {args.node_id}: run it with 'fedmq node run {path}'")
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from fedmq.node.bundle import BundleError, build
+
+    cfg = load_node_config(args.config)
+    if args.extras is None:
+        extras = [t for t in ("tflite", "sklearn") if cfg.trainer == t]
+        if cfg.security.signing_key or cfg.security.keys:
+            extras.append("secure")
+    else:
+        extras = [e.strip() for e in args.extras.split(",") if e.strip()]
+    try:
+        build(args.config, args.platform, args.python, args.out, extras, include_data=not args.no_data,
+              log=lambda m: print(f"fedmq node bundle: {m}", flush=True))
+    except BundleError as exc:
+        print(f"fedmq node bundle: {exc}", file=sys.stderr)
+        return 2
+    print(f"fedmq node bundle: wrote {args.out}; on the gateway: tar xzf {os.path.basename(args.out)} && "
+          f"sudo ./fedmq-node-{cfg.node_id}/install.sh")
     return 0
