@@ -9,7 +9,7 @@ import sys
 
 from fedmq.broker.config import BrokerConfig, render_config
 from fedmq.broker.process import find_mosquitto
-from fedmq.shared.topicmap import load_topic_map
+from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -33,6 +33,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                        help="with --security: client certificates (default) or passwords over TLS")
         r.add_argument("--enrol-port", type=int, help="with --auth mtls: a TLS listener for enrolment tokens")
         r.add_argument("--pid-file", help="where Mosquitto writes its pid (the coordinator signals it after enrolments)")
+        r.add_argument("--site", metavar="GROUP", help="the config of this group's own (site) broker: its listener from "
+                                                       "the group's broker section, and a bridge to its parent's broker")
         r.set_defaults(func=_render if name == "render" else _run)
     prov = bsub.add_parser("provision", help="create a CA, certificates, passwords and the ACL for a federation",
                            description="Create (or extend) DIR with the federation's CA, the broker's certificate, a "
@@ -69,10 +71,21 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
         from fedmq.broker.provision import refresh
 
         refresh(tm, args.security)
-    cfg = BrokerConfig.for_topic_map(tm, port=args.port, bind=args.bind or tm.broker.host,
+    listen, bridge = tm.broker, None
+    if args.site:
+        from fedmq.broker.bridge import bridge_for
+
+        site = tuple(args.site.strip("/").split("/"))
+        group = tm.groups().get(site)
+        if group is None or group.broker is None:
+            raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.site}",
+                                             "no such group with its own broker",
+                                             "give the group a 'broker: {host: ..., port: ...}' section and edge: true")])
+        listen, bridge = group.broker, bridge_for(tm, site)
+    cfg = BrokerConfig.for_topic_map(tm, port=args.port or listen.port, bind=args.bind or listen.host,
                                      persistence_dir=args.persistence_dir, log_file=args.log_file,
                                      security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,
-                                     pid_file=args.pid_file)
+                                     pid_file=args.pid_file, bridge=bridge)
     return tm.federation, render_config(cfg)
 
 

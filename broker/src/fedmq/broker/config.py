@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from fedmq.broker.bridge import Bridge, render_bridge
 from fedmq.shared.mqtt import PACKET_OVERHEAD
 from fedmq.shared.topicmap import TopicMap
 
@@ -33,6 +34,7 @@ class BrokerConfig:
     auth: str = "mtls"  # mtls: client certificates (CN = id); password: username + password over TLS
     enrol_port: Optional[int] = None  # with mtls: a TLS listener where enrolment tokens log in with a password
     pid_file: Optional[str] = None  # so the coordinator can make Mosquitto reload passwords and ACL (SIGHUP)
+    bridge: Optional["Bridge"] = None  # a site broker's bridge to its parent (fedmq.broker.bridge)
 
     @classmethod
     def for_topic_map(cls, tm: TopicMap, **overrides: object) -> "BrokerConfig":
@@ -74,6 +76,8 @@ def render_config(cfg: BrokerConfig) -> str:
         lines += ["log_dest stderr"]
     lines += ["log_type error", "log_type warning", "log_type notice", "log_type information",
               "connection_messages true", "log_timestamp true"]
+    if cfg.bridge is not None:
+        lines += render_bridge(cfg.bridge)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         lines += ["# Running as root: keep root so Mosquitto can write its log and persistence files.", "user root"]
     return "\n".join(lines) + "\n"

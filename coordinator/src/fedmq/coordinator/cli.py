@@ -140,7 +140,7 @@ def _edge(args: argparse.Namespace) -> int:
         raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.group}",
                                          "no such group marked 'edge: true'",
                                          "mark the group 'edge: true' in the topic map, or pass its full path")])
-    tm.broker = _edge_broker(tm.broker, args)
+    tm.broker = _edge_broker(tm.broker_for(path), args)  # a site group's edge talks to its site broker
     if tm.security.signatures and not args.signing_key:
         print("fedmq coordinator edge: the topic map turns signatures on: pass --signing-key", file=sys.stderr)
         return 2

@@ -277,7 +277,7 @@ def _check_policy_fits(r: Reader, m: Optional[dict], policy: RoundPolicy, root: 
                 f"use a quorum of at most {total}, or a fraction such as 0.8")
 
 
-GROUP_KEYS = ("nodes", "admit", "edge", "groups")
+GROUP_KEYS = ("nodes", "admit", "edge", "groups", "broker")
 
 
 def _tree(r: Reader, value: Any, federation: str, line: Optional[int]) -> Group:
@@ -312,6 +312,12 @@ def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: st
     if edge and not path:
         r.error(r.line_of(m, "edge"), f"{key_path}.edge", "the root group cannot be an edge group",
                 "set edge: true on a child group instead")
+    site_broker = None
+    if m is not None and "broker" in m:
+        site_broker = read_broker(r, m["broker"], f"{key_path}.broker", r.line_of(m, "broker"), os.path.dirname(r.file))
+        if not edge:
+            r.error(r.line_of(m, "broker"), f"{key_path}.broker", "a group with its own (site) broker needs edge: true",
+                    "add edge: true: the site's edge aggregator runs next to the site broker")
     children: List[Group] = []
     groups = r.value(m, "groups", key_path, dict, {})
     for child_name, child_value in (groups or {}).items():
@@ -323,7 +329,7 @@ def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: st
             continue
         children.append(_group(r, child_value, child_name, path + (child_name,), cpath, cline, seen_nodes))
     return Group(name=name, path=path, nodes=tuple(nodes), admit=tuple(admit), edge=bool(edge),
-                 children=tuple(children), line=line)
+                 children=tuple(children), line=line, broker=site_broker)
 
 
 def _pattern_problem(p: Any) -> Optional[str]:

@@ -146,6 +146,7 @@ class Group:
     edge: bool = False
     children: Tuple["Group", ...] = ()
     line: Optional[int] = None
+    broker: Optional[BrokerSettings] = None  # a site broker for this subtree, bridged to its parent's broker
 
     def walk(self) -> Iterator["Group"]:
         """This group and every group below it, parents first."""
@@ -187,6 +188,15 @@ class TopicMap:
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""
         return {g.path: g for g in self.root.walk()}
+
+    def broker_for(self, path: GroupPath) -> BrokerSettings:
+        """The broker that serves group ``path``: its own site broker, the nearest ancestor's, or the root's."""
+        groups = self.groups()
+        for i in range(len(path), 0, -1):
+            g = groups.get(path[:i])
+            if g is not None and g.broker is not None:
+                return g.broker
+        return self.broker
 
     def group_of(self, node_id: str) -> Optional[Group]:
         """The group a node belongs to: the one naming it, else the deepest whose pattern admits it."""

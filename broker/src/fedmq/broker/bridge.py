@@ -1,0 +1,77 @@
+"""Site brokers: a group with its own ``broker`` in the topic map gets its own Mosquitto, bridged to the
+broker of its parent (the nearest ancestor site, or the root's). Only what the site's edge aggregator and
+the root need crosses the bridge: the model, model files and the parent's round control come in; the
+site's partial aggregate and its nodes' statuses (the root selects online nodes) go out. A node's update
+never leaves its site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from fedmq.shared.chunks import chunk_topic
+from fedmq.shared.topicmap import BrokerSettings, TopicMap
+from fedmq.shared.topicmap.model import GroupPath
+from fedmq.shared.topics import Topics
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """One Mosquitto bridge: where the parent broker is and which topics cross in which direction."""
+
+    name: str
+    remote: BrokerSettings
+    topics: Tuple[Tuple[str, str], ...]  # (topic filter, "in" or "out")
+
+
+def _chunks(topic: str) -> str:
+    return chunk_topic(topic, 0)[:-1] + "+"
+
+
+def site_groups(tm: TopicMap, site: GroupPath) -> List[GroupPath]:
+    """The groups whose broker is this site's: the site and its subtree minus nested sites."""
+    out, stack = [], [tm.groups()[site]]
+    while stack:
+        g = stack.pop()
+        out.append(g.path)
+        stack.extend(c for c in g.children if c.broker is None)
+    return sorted(out)
+
+
+def bridge_for(tm: TopicMap, site: GroupPath) -> Bridge:
+    """The bridge from site ``site`` (a group with its own broker) to its parent's broker."""
+    group = tm.groups().get(site)
+    if group is None or group.broker is None:
+        raise ValueError(f"group {'/'.join(site)!r} has no broker of its own in {tm.file}")
+    t = Topics(tm.federation)
+    parent = site[:-1]
+    partial = t.partial(parent, site[-1])
+    topics: List[Tuple[str, str]] = [
+        (t.model(), "in"), (_chunks(t.model()), "in"), (f"{t.base}/_file/#", "in"),
+        (t.control(parent), "in"),
+        (partial, "out"), (_chunks(partial), "out"),
+    ]
+    topics += [(f"{t.group(p)}/_status/+", "out") for p in site_groups(tm, site)]
+    return Bridge(name=f"fedmq-{tm.federation}-{'-'.join(site)}", remote=tm.broker_for(parent),
+                  topics=tuple(topics))
+
+
+def render_bridge(bridge: Bridge) -> List[str]:
+    """mosquitto.conf lines for the bridge: MQTT v5, persistent session (cleansession false), QoS 1."""
+    r = bridge.remote
+    lines = ["", f"# Bridge to the parent broker {r.host}:{r.port}: only partial aggregates and statuses go up.",
+             f"connection {bridge.name}", f"address {r.host}:{r.port}", "bridge_protocol_version mqttv50",
+             "cleansession false", f"remote_clientid {bridge.name}", f"local_clientid {bridge.name}-local",
+             "try_private true", "restart_timeout 1 30", "notifications true"]
+    if r.tls is not None:
+        lines += [f"bridge_cafile {r.tls.ca_file}"]
+        if r.tls.cert_file and r.tls.key_file:
+            lines += [f"bridge_certfile {r.tls.cert_file}", f"bridge_keyfile {r.tls.key_file}"]
+    if r.username:
+        lines += [f"remote_username {r.username}"]
+        if r.password_file:
+            with open(r.password_file, encoding="utf-8") as fh:
+                lines += [f"remote_password {fh.read().strip()}"]
+    lines += [f"topic {pattern} {direction} 1" for pattern, direction in bridge.topics]
+    return lines

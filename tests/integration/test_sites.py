@@ -1,0 +1,70 @@
+"""Site brokers: three real Mosquittos on loopback (cloud and two sites, each site bridged to the cloud).
+A federation runs across them, and only partial aggregates, never a node's update, reach the cloud."""
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+import yaml
+
+from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedmq.broker.bridge import bridge_for
+from fedmq.broker.process import MosquittoProcess, free_port
+from fedmq.shared.topicmap import load_topic_map
+from fedmq.shared.topics import Topics
+
+GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
+
+
+def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path):
+    cloud_port, site_ports = free_port(), {"home1": free_port(), "home2": free_port()}
+    paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=3, deadline_s=20, edge=list(GROUPS))
+    with open(paths["topic_map"]) as fh:
+        fed = yaml.safe_load(fh)
+    for g, port in site_ports.items():
+        fed["tree"]["groups"][g]["broker"] = {"host": "127.0.0.1", "port": port}
+    with open(paths["topic_map"], "w") as fh:
+        yaml.safe_dump(fed, fh)
+    for g, nodes in GROUPS.items():  # nodes talk to their site's broker
+        for n in nodes:
+            with open(paths[n]) as fh:
+                cfg = yaml.safe_load(fh)
+            cfg["broker"]["port"] = site_ports[g]
+            with open(paths[n], "w") as fh:
+                yaml.safe_dump(cfg, fh)
+    tm = load_topic_map(paths["topic_map"])
+    cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port).start()
+    sites = []
+    for g, port in site_ports.items():
+        site = MosquittoProcess(str(tmp_path / g), port=port)
+        site.config.bridge = bridge_for(tm, (g,))
+        sites.append(site.start())
+    seen, lock = [], threading.Lock()
+    sniff = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sniff.on_message = lambda c, u, m: (lock.acquire(), seen.append(m.topic), lock.release())
+    sniff.connect("127.0.0.1", cloud_port)
+    sniff.subscribe(f"{Topics(FED).base}/#")
+    sniff.loop_start()
+    procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", g], str(tmp_path / f"edge-{g}.log"))
+             for g in GROUPS]
+    procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
+    report = tmp_path / "report.json"
+    coord = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "coord.log"))
+    try:
+        assert coord.wait(90) == 0, (tmp_path / "coord.log").read_text()[-3000:]
+    finally:
+        stop([coord, *procs])
+        sniff.loop_stop()
+        for b in [*sites, cloud]:
+            b.stop()
+    rounds = json.loads(report.read_text())["rounds"]
+    assert [r["updates"] for r in rounds] == [4, 4, 4]
+    assert rounds[-1]["accuracy"] > 0.9
+    with lock:
+        topics = list(seen)
+    t = Topics(FED)
+    assert not [x for x in topics if "/_update/" in x], "a node's update crossed a bridge"
+    assert topics.count(t.partial((), "home1")) == 3 and topics.count(t.partial((), "home2")) == 3
+    assert any(x == t.status(("home1",), "a1") for x in topics)  # statuses go up: the root selects online nodes
+    for g in GROUPS:  # each edge aggregator worked against its own site broker
+        assert f"connected to 127.0.0.1:{site_ports[g]}" in (tmp_path / f"edge-{g}.log").read_text()
