@@ -2,51 +2,75 @@
 A federation runs across them, and only partial aggregates, never a node's update, reach the cloud."""
 
 import json
+import os
 import threading
 
 import paho.mqtt.client as mqtt
+import pytest
 import yaml
 
-from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, fedmq, stop, write_federation
 from fedmq.broker.bridge import bridge_for
 from fedmq.broker.process import MosquittoProcess, free_port
+from fedmq.broker.provision import client_config, provision
+from fedmq.shared.identities import edge_id
 from fedmq.shared.topicmap import load_topic_map
 from fedmq.shared.topics import Topics
 
 GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
 
 
-def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path):
+def _rewrite(path, change):
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh)
+    change(cfg)
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg, fh)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "mutual-tls"])
+def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path, secure):
     cloud_port, site_ports = free_port(), {"home1": free_port(), "home2": free_port()}
     paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=3, deadline_s=20, edge=list(GROUPS))
-    with open(paths["topic_map"]) as fh:
-        fed = yaml.safe_load(fh)
-    for g, port in site_ports.items():
-        fed["tree"]["groups"][g]["broker"] = {"host": "127.0.0.1", "port": port}
-    with open(paths["topic_map"], "w") as fh:
-        yaml.safe_dump(fed, fh)
+    _rewrite(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
+                                              for g, p in site_ports.items()])
     for g, nodes in GROUPS.items():  # nodes talk to their site's broker
         for n in nodes:
-            with open(paths[n]) as fh:
-                cfg = yaml.safe_load(fh)
-            cfg["broker"]["port"] = site_ports[g]
-            with open(paths[n], "w") as fh:
-                yaml.safe_dump(cfg, fh)
+            _rewrite(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
+    security, edge_args = None, {g: [] for g in GROUPS}
+    if secure:  # every broker with the federation's CA, mutual TLS and the ACL; bridges log in as the edges
+        security = str(tmp_path / "pki")
+        provision(load_topic_map(paths["topic_map"]), security)
+        ca = {"ca_file": os.path.join(security, "ca.crt")}
+
+        def secure_map(fed):
+            fed["broker"].update(client_config(security, "coordinator")["broker"])
+            for g in GROUPS:
+                fed["tree"]["groups"][g]["broker"]["tls"] = dict(ca)
+        _rewrite(paths["topic_map"], secure_map)
+        for g, nodes in GROUPS.items():
+            for n in nodes:
+                _rewrite(paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n)["broker"]))
+            tls = client_config(security, edge_id((g,)))["broker"]["tls"]
+            edge_args[g] = ["--cert", tls["cert_file"], "--key", tls["key_file"]]
     tm = load_topic_map(paths["topic_map"])
-    cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port).start()
+    cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port, security_dir=security).start()
     sites = []
     for g, port in site_ports.items():
-        site = MosquittoProcess(str(tmp_path / g), port=port)
-        site.config.bridge = bridge_for(tm, (g,))
+        site = MosquittoProcess(str(tmp_path / g), port=port, security_dir=security)
+        site.config.bridge = bridge_for(tm, (g,), security)
         sites.append(site.start())
     seen, lock = [], threading.Lock()
     sniff = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sniff.on_message = lambda c, u, m: (lock.acquire(), seen.append(m.topic), lock.release())
+    if secure:  # the coordinator's identity may read the whole federation
+        tls = client_config(security, "coordinator")["broker"]["tls"]
+        sniff.tls_set(ca_certs=tls["ca_file"], certfile=tls["cert_file"], keyfile=tls["key_file"])
     sniff.connect("127.0.0.1", cloud_port)
     sniff.subscribe(f"{Topics(FED).base}/#")
     sniff.loop_start()
-    procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", g], str(tmp_path / f"edge-{g}.log"))
-             for g in GROUPS]
+    procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", g, *edge_args[g]],
+                   str(tmp_path / f"edge-{g}.log")) for g in GROUPS]
     procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
     report = tmp_path / "report.json"
     coord = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "coord.log"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List
 
+from fedmq.broker.bridge import site_groups
 from fedmq.shared.chunks import chunk_topic
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.topicmap import TopicMap
@@ -65,7 +66,11 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
             lines += [f"topic read {g}/_update/+", f"topic readwrite {g}/_partial/+", f"topic read {g}/_status/+",
                       f"topic readwrite {g}/_control"]
         lines += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
-                  f"topic read {t.model()}", ""]
+                  f"topic read {t.model()}"]
+        if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
+            lines += [f"topic write {t.group(p)}/_status/+" for p in site_groups(tm, path)]
+            lines += [f"topic read {t.base}/_file/#"]
+        lines.append("")
     for node in sorted(nodes):
         if node not in revoked:
             lines += node_rules(tm, node, nodes[node]) + [""]

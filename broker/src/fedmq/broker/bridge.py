@@ -7,11 +7,12 @@ never leaves its site.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Tuple
+from dataclasses import dataclass, replace
+from typing import List, Optional, Tuple
 
 from fedmq.shared.chunks import chunk_topic
-from fedmq.shared.topicmap import BrokerSettings, TopicMap
+from fedmq.shared.identities import edge_id
+from fedmq.shared.topicmap import BrokerSettings, TlsSettings, TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 from fedmq.shared.topics import Topics
 
@@ -39,8 +40,10 @@ def site_groups(tm: TopicMap, site: GroupPath) -> List[GroupPath]:
     return sorted(out)
 
 
-def bridge_for(tm: TopicMap, site: GroupPath) -> Bridge:
-    """The bridge from site ``site`` (a group with its own broker) to its parent's broker."""
+def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None, auth: str = "mtls") -> Bridge:
+    """The bridge from site ``site`` (a group with its own broker) to its parent's broker. With a provisioning
+    directory the bridge logs in to the parent as the site's edge aggregator (TLS, its certificate or its
+    password), whose ACL allows exactly what the bridge carries."""
     group = tm.groups().get(site)
     if group is None or group.broker is None:
         raise ValueError(f"group {'/'.join(site)!r} has no broker of its own in {tm.file}")
@@ -53,8 +56,15 @@ def bridge_for(tm: TopicMap, site: GroupPath) -> Bridge:
         (partial, "out"), (_chunks(partial), "out"),
     ]
     topics += [(f"{t.group(p)}/_status/+", "out") for p in site_groups(tm, site)]
-    return Bridge(name=f"fedmq-{tm.federation}-{'-'.join(site)}", remote=tm.broker_for(parent),
-                  topics=tuple(topics))
+    remote = tm.broker_for(parent)
+    if security_dir is not None:
+        from fedmq.broker.provision import client_config
+
+        cfg = client_config(security_dir, edge_id(site), auth=auth)["broker"]
+        tls = cfg["tls"]
+        remote = replace(remote, tls=TlsSettings(tls["ca_file"], tls.get("cert_file"), tls.get("key_file")),
+                         username=cfg.get("username"), password_file=cfg.get("password_file"))
+    return Bridge(name=f"fedmq-{tm.federation}-{'-'.join(site)}", remote=remote, topics=tuple(topics))
 
 
 def render_bridge(bridge: Bridge) -> List[str]:
@@ -63,7 +73,7 @@ def render_bridge(bridge: Bridge) -> List[str]:
     lines = ["", f"# Bridge to the parent broker {r.host}:{r.port}: only partial aggregates and statuses go up.",
              f"connection {bridge.name}", f"address {r.host}:{r.port}", "bridge_protocol_version mqttv50",
              "cleansession false", f"remote_clientid {bridge.name}", f"local_clientid {bridge.name}-local",
-             "try_private true", "restart_timeout 1 30", "notifications true"]
+             "try_private true", "restart_timeout 1 30", "notifications true", "notifications_local_only true"]
     if r.tls is not None:
         lines += [f"bridge_cafile {r.tls.ca_file}"]
         if r.tls.cert_file and r.tls.key_file:

@@ -81,7 +81,7 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
             raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.site}",
                                              "no such group with its own broker",
                                              "give the group a 'broker: {host: ..., port: ...}' section and edge: true")])
-        listen, bridge = group.broker, bridge_for(tm, site)
+        listen, bridge = group.broker, bridge_for(tm, site, args.security, args.auth)
     cfg = BrokerConfig.for_topic_map(tm, port=args.port or listen.port, bind=args.bind or listen.host,
                                      persistence_dir=args.persistence_dir, log_file=args.log_file,
                                      security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,
