@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fedhelp import FED, stop, wait_for, write_federation
+from fedmq.shared.identities import edge_id
 from fedmq.broker import pki
 from fedmq.broker.process import MosquittoProcess
 from fedmq.broker.provision import client_config, client_file, provision, revoke
@@ -298,7 +299,7 @@ def test_signed_mtls_federation_with_an_edge_process(tmp_path):
         cfg["broker"].update(port=broker.port, **sections["broker"])
         cfg["security"] = {**sections["security"], **({"signatures": True} if pid == "coordinator" else {})}
         yaml.safe_dump(cfg, open(path, "w"))
-    edge = os.path.join(sec, "clients", client_file("edge:home2"))
+    edge = os.path.join(sec, "clients", client_file(edge_id(("home2",))))
     procs = list(start_nodes(paths, [n for ns in GROUPS.values() for n in ns], tmp_path).values())
     procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--signing-key", edge + ".sign",
                         "--cert", edge + ".crt", "--key", edge + ".key"], str(tmp_path / "edge.log")))

@@ -28,7 +28,7 @@ def _rewrite(path, change):
         yaml.safe_dump(cfg, fh)
 
 
-@pytest.mark.parametrize("secure", [False, True], ids=["plain", "mutual-tls"])
+@pytest.mark.parametrize("secure", [None, "mtls", "password"], ids=["plain", "mutual-tls", "passwords-over-tls"])
 def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path, secure):
     cloud_port, site_ports = free_port(), {"home1": free_port(), "home2": free_port()}
     paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=3, deadline_s=20, edge=list(GROUPS))
@@ -44,28 +44,32 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
         ca = {"ca_file": os.path.join(security, "ca.crt")}
 
         def secure_map(fed):
-            fed["broker"].update(client_config(security, "coordinator")["broker"])
+            fed["broker"].update(client_config(security, "coordinator", auth=secure)["broker"])
             for g in GROUPS:
                 fed["tree"]["groups"][g]["broker"]["tls"] = dict(ca)
         _rewrite(paths["topic_map"], secure_map)
         for g, nodes in GROUPS.items():
             for n in nodes:
-                _rewrite(paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n)["broker"]))
-            tls = client_config(security, edge_id((g,)))["broker"]["tls"]
-            edge_args[g] = ["--cert", tls["cert_file"], "--key", tls["key_file"]]
+                _rewrite(paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"]))
+            edge = client_config(security, edge_id((g,)), auth=secure)["broker"]
+            edge_args[g] = (["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]] if secure == "mtls"
+                            else ["--username", edge["username"], "--password-file", edge["password_file"]])
     tm = load_topic_map(paths["topic_map"])
-    cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port, security_dir=security).start()
+    auth = secure or "mtls"
+    cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port, security_dir=security, auth=auth).start()
     sites = []
     for g, port in site_ports.items():
-        site = MosquittoProcess(str(tmp_path / g), port=port, security_dir=security)
-        site.config.bridge = bridge_for(tm, (g,), security)
+        site = MosquittoProcess(str(tmp_path / g), port=port, security_dir=security, auth=auth)
+        site.config.bridge = bridge_for(tm, (g,), security, auth)
         sites.append(site.start())
     seen, lock = [], threading.Lock()
     sniff = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sniff.on_message = lambda c, u, m: (lock.acquire(), seen.append(m.topic), lock.release())
     if secure:  # the coordinator's identity may read the whole federation
-        tls = client_config(security, "coordinator")["broker"]["tls"]
-        sniff.tls_set(ca_certs=tls["ca_file"], certfile=tls["cert_file"], keyfile=tls["key_file"])
+        me = client_config(security, "coordinator", auth=secure)["broker"]
+        sniff.tls_set(ca_certs=me["tls"]["ca_file"], certfile=me["tls"].get("cert_file"), keyfile=me["tls"].get("key_file"))
+        if secure == "password":
+            sniff.username_pw_set("coordinator", open(me["password_file"]).read().strip())
     sniff.connect("127.0.0.1", cloud_port)
     sniff.subscribe(f"{Topics(FED).base}/#")
     sniff.loop_start()

@@ -52,7 +52,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                       "its certificate in the CRL. Restart or SIGHUP Mosquitto to apply.")
     rev.add_argument("topic_map", help="federation topic map (YAML)")
     rev.add_argument("--dir", required=True, help="security directory")
-    rev.add_argument("id", help="the node id (or edge:<group path>)")
+    rev.add_argument("id", help="the node id (or edge/<group path>)")
     rev.set_defaults(func=_revoke)
     tok = bsub.add_parser("token", help="create one-time enrolment tokens",
                           description="Create one-time tokens with which new devices enrol (fedmq node enrol). Each "

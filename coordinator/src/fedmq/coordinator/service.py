@@ -40,7 +40,7 @@ class CoordinatorService:
                  on_round: Optional[Callable[[Dict[str, Any]], None]] = None, signing_key: Optional[str] = None) -> None:
         self.tm = tm
         self.auth: Optional[Auth] = None
-        if tm.security.signatures:  # the root signs as the coordinator, an edge as edge:<path> with its own key
+        if tm.security.signatures:  # the root signs as the coordinator, an edge as edge/<path> with its own key
             assert tm.security.keys and tm.security.signing_key
             self.auth = Auth(COORDINATOR if edge is None else edge_id(edge),
                              signing_key or tm.security.signing_key, tm.security.keys)

@@ -7,4 +7,4 @@ COORDINATOR = "coordinator"
 
 def edge_id(path: Sequence[str]) -> str:
     """The identity of the edge aggregator serving the group at ``path``."""
-    return "edge:" + "/".join(path)
+    return "edge/" + "/".join(path)  # "/" cannot be in a node id, and (unlike ":") can be in a Mosquitto user name
