@@ -67,6 +67,8 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
                       f"topic readwrite {g}/_control"]
         lines += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
                   f"topic read {t.model()}"]
+        if group.workers > 1:  # its workers tell each other which nodes they have aggregated
+            lines += [f"topic readwrite {t.group(path)}/_progress/+"]
         if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
             lines += [f"topic write {t.group(p)}/_status/+" for p in site_groups(tm, path)]
             lines += [f"topic read {t.base}/_file/#"]

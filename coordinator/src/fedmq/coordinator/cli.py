@@ -36,7 +36,10 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
                                        "send one partial aggregate per round to the parent group.")
     edge.add_argument("topic_map", help="federation topic map (YAML)")
     edge.add_argument("--group", required=True, help="slash-separated path of the group, e.g. site-a/building-2")
-    edge.add_argument("--signing-key", help="this edge's Ed25519 key (clients/edge_<group>.sign) when the topic map "
+    edge.add_argument("--worker", type=int, default=0, metavar="INDEX",
+                      help="which of the group's 'workers' this process is (0 .. workers-1); the broker shares the "
+                           "group's updates between them (MQTT v5 shared subscription)")
+    edge.add_argument("--signing-key", help="this edge's Ed25519 key (clients/edge__<group>.sign) when the topic map "
                                             "turns signatures on")
     edge.add_argument("--cert", help="this edge's client certificate (mutual TLS), instead of the topic map's")
     edge.add_argument("--key", help="the key of --cert")
@@ -140,8 +143,12 @@ def _edge(args: argparse.Namespace) -> int:
         raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.group}",
                                          "no such group marked 'edge: true'",
                                          "mark the group 'edge: true' in the topic map, or pass its full path")])
+    if not 0 <= args.worker < group.workers:
+        print(f"fedmq coordinator edge: --worker must be in 0..{group.workers - 1} (group {args.group} has "
+              f"workers: {group.workers})", file=sys.stderr)
+        return 2
     tm.broker = _edge_broker(tm.broker_for(path), args)  # a site group's edge talks to its site broker
     if tm.security.signatures and not args.signing_key:
         print("fedmq coordinator edge: the topic map turns signatures on: pass --signing-key", file=sys.stderr)
         return 2
-    return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key))
+    return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key, worker=args.worker))

@@ -7,6 +7,7 @@ The same class runs inside the coordinator process and inside ``fedmq coordinato
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from fedmq.shared.topicmap import Group, TopicMap
 from fedmq.shared.topics import Topics
 
 Publish = Callable[[str, bytes, bool], None]
+MAX_PROGRESS_BYTES = 1 << 16
 
 
 @dataclass
@@ -44,12 +46,12 @@ class _Round:
     ctl: Control
     close_at: float
     direct: Set[str]
-    children: Set[str]
+    children: Set[Tuple[str, int]]  # (child group, worker) partials expected; one worker unless split
     sums: WeightedSum = field(default_factory=WeightedSum)
     metrics: MetricSums = field(default_factory=MetricSums)
     nodes: List[str] = field(default_factory=list)
-    answered: Set[str] = field(default_factory=set)
-    reported: Set[str] = field(default_factory=set)
+    answered: Set[str] = field(default_factory=set)  # by this worker, or, split, by any worker of the group
+    reported: Set[Tuple[str, int]] = field(default_factory=set)
     bytes_up: float = 0.0
 
 
@@ -58,8 +60,9 @@ class GroupAggregator:
 
     def __init__(self, tm: TopicMap, group: Group, membership: Membership, publish: Publish,
                  rejections: Rejections, *, on_root_close: Optional[Callable[[Control, GroupResult], None]] = None,
-                 auth: Optional[Auth] = None, log: Optional[logging.Logger] = None) -> None:
+                 auth: Optional[Auth] = None, worker: int = 0, log: Optional[logging.Logger] = None) -> None:
         self.tm = tm
+        self.worker = worker  # which of the group's workers this is (groups with workers > 1)
         self.group = group
         self.membership = membership
         self.publish = publish
@@ -97,8 +100,8 @@ class GroupAggregator:
         self.last_key = key
         mine = [n for n in parent.selected if self.membership.in_subtree(n, self.group.path)]
         direct = {n for n in mine if self.membership.group_path(n) == self.group.path}
-        children = {c.name for c in self.group.children
-                    if any(self.membership.in_subtree(n, c.path) for n in mine)}
+        children = {(c.name, w) for c in self.group.children
+                    if any(self.membership.in_subtree(n, c.path) for n in mine) for w in range(c.workers)}
         ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
                       deadline_at=close_at, selected=mine, train=parent.train)
         self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children)
@@ -219,12 +222,34 @@ class GroupAggregator:
             return
         r.answered.add(node)
         r.nodes.append(node)
+        if self.group.workers > 1:  # the other workers of this group learn that this node is in
+            self.publish(self.topics.progress(self.group.path, self.worker),
+                         json.dumps({"v": 1, "round": r.ctl.round, "attempt": r.ctl.attempt, "nodes": [node]}).encode(),
+                         False)
         assert tensors is not None
         r.sums.add(tensors, env.samples)
         r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
         r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0), "bytes_update": float(len(payload)),
                          "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values()))}, {})
         r.bytes_up += len(payload)
+        self._maybe_close()
+
+    def on_progress(self, worker: str, payload: bytes, topic: str) -> None:
+        """Another worker of this (split) group aggregated these nodes: count them as answered here, so that
+        every worker closes once the group's selected nodes are all in, wherever they were aggregated."""
+        r = self.current
+        try:
+            msg = json.loads(payload.decode("utf-8"))
+            ok = (isinstance(msg, dict) and msg.get("v") == 1 and isinstance(msg.get("nodes"), list)
+                  and all(isinstance(n, str) for n in msg["nodes"]))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            ok = False
+        if not ok or len(payload) > MAX_PROGRESS_BYTES:
+            self.rejections.reject("malformed progress", topic)
+            return
+        if worker == str(self.worker) or r is None or (msg.get("round"), msg.get("attempt")) != (r.ctl.round, r.ctl.attempt):
+            return  # our own echo, or another round
+        r.answered.update(n for n in msg["nodes"] if n in r.direct)
         self._maybe_close()
 
     def on_partial(self, child: str, payload: bytes, topic: str) -> None:
@@ -234,21 +259,25 @@ class GroupAggregator:
         if env is None or r is None:
             return
         nodes = env.meta.get("nodes", [])
+        worker = env.meta.get("worker", 0)
+        key = (child, worker)
         child_path = self.group.path + (child,)
         selected = set(r.ctl.selected)
+        taken = set(r.nodes)  # a node counted by another worker of the same child must not count twice
         bad_nodes = (not isinstance(nodes, list) or len(set(map(str, nodes))) != len(nodes)
-                     or not all(isinstance(n, str) and n in selected and self.membership.in_subtree(n, child_path)
-                                for n in nodes))
+                     or not all(isinstance(n, str) and n in selected and n not in taken
+                                and self.membership.in_subtree(n, child_path) for n in nodes))
         tensors, reason, detail = self._tensors(env, self._partial_codec) if nodes and not bad_nodes else ({}, "", "")
         if self._refused(topic, [
-            (child not in r.children, "unexpected partial", f"child {child!r} has no selected nodes this round"),
-            (child in r.reported, "duplicate", f"child {child!r} already reported"),
+            (key not in r.children, "unexpected partial",
+             f"child {child!r} (worker {worker!r}) has no selected nodes this round, or no such worker"),
+            (key in r.reported, "duplicate", f"child {child!r} (worker {worker}) already reported"),
             (bad_nodes, "bad node list", "nodes must be distinct selected members of the child group"),
             (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
             (tensors is None, reason, detail),
         ]):
             return
-        r.reported.add(child)
+        r.reported.add(key)
         r.nodes.extend(nodes)
         r.sums.add_sums(env.tensors, env.samples)
         r.metrics.merge_wire({k: v for k, v in env.metrics.items() if k != "bytes_up"})
@@ -278,7 +307,8 @@ class GroupAggregator:
         metrics["bytes_up"] = r.bytes_up
         env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=r.ctl.round, attempt=r.ctl.attempt,
                        sender=self.group.name, model_version=r.ctl.model_version,
-                       tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics, meta={"nodes": r.nodes},
+                       tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics,
+                       meta={"nodes": r.nodes, **({"worker": self.worker} if self.group.workers > 1 else {})},
                        codec_params=self._partial_codec.params())
         parent = self.group.path[:-1]
         self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)

@@ -37,7 +37,8 @@ class CoordinatorService:
     """Serves the root (``edge=None``) or one edge subtree of a federation until stopped or finished."""
 
     def __init__(self, tm: TopicMap, *, edge: Optional[GroupPath] = None, fresh: bool = False,
-                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None, signing_key: Optional[str] = None) -> None:
+                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None, signing_key: Optional[str] = None,
+                 worker: int = 0) -> None:
         self.tm = tm
         self.auth: Optional[Auth] = None
         if tm.security.signatures:  # the root signs as the coordinator, an edge as edge/<path> with its own key
@@ -52,21 +53,26 @@ class CoordinatorService:
                                    tm.limits.max_tracked_nodes)
         self.retained: Dict[str, bytes] = {}  # last payload of every retained topic we own, for republishing
         self.stopping = threading.Event()
-        name = "root" if edge is None else "edge-" + "-".join(edge)
+        name = "root" if edge is None else "edge-" + "-".join(edge) + (f"-w{worker}" if worker else "")
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
                              max_packet_bytes=tm.limits.max_message_bytes + 1024,
                              chunk_bytes=tm.transport.max_payload_bytes, chunk_timeout_s=tm.transport.chunk_timeout_s,
                              on_reject=self.rejections.reject, log=log)
         self.groups: Dict[GroupPath, GroupAggregator] = {
-            g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections, auth=self.auth)
+            g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections, auth=self.auth,
+                                    worker=worker)
             for g in served_groups(tm, edge)}
         self.driver: Optional[RoundDriver] = None
         if edge is None:
             self.driver = RoundDriver(tm, self.groups[()], self.presence, self._publish, self.rejections,
                                       fresh=fresh, on_round=on_round, auth=self.auth)
         status_groups = tm.groups() if edge is None else self.groups
-        for path in self.groups:
-            self.link.subscribe(f"{self.topics.group(path)}/_update/+")
+        for path, agg in self.groups.items():
+            if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
+                self.link.subscribe(f"$share/fedmq-{tm.federation}-{'-'.join(path)}/{self.topics.group(path)}/_update/+")
+                self.link.subscribe(f"{self.topics.group(path)}/_progress/+")
+            else:
+                self.link.subscribe(f"{self.topics.group(path)}/_update/+")
             self.link.subscribe(f"{self.topics.group(path)}/_partial/+")
             if path:
                 self.link.subscribe(self.topics.control(path[:-1]))
@@ -171,6 +177,10 @@ class CoordinatorService:
         parsed = t.parse_last(msg.topic, "partial")
         if parsed and parsed[0] in self.groups:
             self.groups[parsed[0]].on_partial(parsed[1], msg.payload, msg.topic)
+            return
+        parsed = t.parse_last(msg.topic, "progress")
+        if parsed and parsed[0] in self.groups:
+            self.groups[parsed[0]].on_progress(parsed[1], msg.payload, msg.topic)
             return
         parsed = t.parse_last(msg.topic, "status")
         if parsed:

@@ -82,6 +82,10 @@ class Topics:
         """A child group's partial aggregate to its parent, QoS 1."""
         return f"{self.group(parent)}/_partial/{child}"
 
+    def progress(self, path: Sequence[str], worker: int) -> str:
+        """Where worker ``worker`` of a group split over several workers says which nodes it has aggregated."""
+        return f"{self.group(path)}/_progress/{worker}"
+
     def status(self, path: Sequence[str], node: str) -> str:
         """A node's status (online / offline), retained, with the last will."""
         return f"{self.group(path)}/_status/{node}"

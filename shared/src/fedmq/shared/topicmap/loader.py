@@ -277,7 +277,7 @@ def _check_policy_fits(r: Reader, m: Optional[dict], policy: RoundPolicy, root: 
                 f"use a quorum of at most {total}, or a fraction such as 0.8")
 
 
-GROUP_KEYS = ("nodes", "admit", "edge", "groups", "broker")
+GROUP_KEYS = ("nodes", "admit", "edge", "groups", "broker", "workers")
 
 
 def _tree(r: Reader, value: Any, federation: str, line: Optional[int]) -> Group:
@@ -328,8 +328,13 @@ def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: st
             r.error(cline, cpath, f"group name {child_name!r} {problem}", LEVEL_FIX)
             continue
         children.append(_group(r, child_value, child_name, path + (child_name,), cpath, cline, seen_nodes))
+    workers = r.value(m, "workers", key_path, int, 1, minimum=1, maximum=64)
+    if workers > 1 and (not edge or children):
+        r.error(r.line_of(m, "workers"), f"{key_path}.workers",
+                "a group split over several workers must be an edge group without child groups",
+                "set edge: true and move the child groups elsewhere, or use workers: 1")
     return Group(name=name, path=path, nodes=tuple(nodes), admit=tuple(admit), edge=bool(edge),
-                 children=tuple(children), line=line, broker=site_broker)
+                 children=tuple(children), line=line, broker=site_broker, workers=workers)
 
 
 def _pattern_problem(p: Any) -> Optional[str]:

@@ -147,6 +147,7 @@ class Group:
     children: Tuple["Group", ...] = ()
     line: Optional[int] = None
     broker: Optional[BrokerSettings] = None  # a site broker for this subtree, bridged to its parent's broker
+    workers: int = 1  # edge aggregator processes sharing this group's updates (MQTT v5 shared subscription)
 
     def walk(self) -> Iterator["Group"]:
         """This group and every group below it, parents first."""
