@@ -146,3 +146,69 @@ def test_group_rejects_bad_updates_and_counts_them():
     (topic, payload, retain), = [m for m in sent if m[0] == topics.partial((), "home")]
     partial = decode(payload)
     assert partial.kind == Kind.PARTIAL and partial.meta["nodes"] == ["h1"] and partial.samples == 5
+
+
+SPLIT = """
+federation: f
+model: {kind: softmax_regression, features: 5, classes: [0, 1, 2]}
+rounds: {deadline_s: 30, hop_margin_s: 1}
+tree:
+  groups:
+    big: {edge: true, workers: 2, nodes: [n1, n2, n3]}
+"""
+
+
+def test_split_group_workers_close_together_and_the_parent_refuses_double_counting():
+    tm = parse_topic_map(SPLIT)
+    topics = Topics("f")
+    membership = Membership(tm)
+    rej = Rejections(__import__("logging").getLogger("test"))
+    closed, progress, partials = {}, [], []
+    root = GroupAggregator(tm, tm.root, membership, lambda *a: None, rej,
+                           on_root_close=lambda ctl, res: closed.update(res=res))
+    workers = [GroupAggregator(tm, tm.groups()[("big",)], membership,
+                               lambda t, p, r: (progress if "_progress" in t else partials if "_partial" in t else []).append((t, p)),
+                               rej, worker=w)
+               for w in (0, 1)]
+    ctl = Control("start", 1, attempt=3, model_version=0, deadline_at=time.time() + 30, selected=["n1", "n2", "n3"],
+                  train=TrainParams(1, 8, 0.1))
+    root.start(ctl)
+    for w in workers:
+        w.start(ctl)
+    updates = random_updates(tm)
+    share = {"n1": 0, "n2": 1, "n3": 0}  # as a shared subscription might hand them out
+    for n, (w, samples) in updates.items():
+        env = Envelope(Kind.UPDATE, "f", 1, n, 0, w, samples=samples, attempt=3)
+        workers[share[n]].on_update(n, encode(env), topics.update(("big",), n))
+    for t, p in progress:  # the workers hear each other (and themselves)
+        for w in workers:
+            w.on_progress(t.rsplit("/", 1)[1], p, t)
+    assert [w.current for w in workers] == [None, None]  # both closed "all in"
+    workers[1].on_progress("0", b"not json", topics.progress(("big",), 0))
+    assert rej.total["malformed progress"] == 1
+    assert len(partials) == 2
+    first, second = partials
+    root.on_partial("big", second[1], second[0])
+    root.on_partial("big", second[1], second[0])  # the same worker again
+    assert rej.total["duplicate"] == 1
+    root.on_partial("big", first[1], first[0])
+    res = closed["res"]
+    assert sorted(res.nodes) == ["n1", "n2", "n3"]
+    expected = flat_fedavg(updates)
+    for k, v in res.sums.mean().items():
+        np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-6)
+    # A node counted by one worker's partial must not count again in another's.
+    root.start(Control("start", 2, attempt=4, model_version=0, deadline_at=time.time() + 30,
+                       selected=["n1", "n2", "n3"], train=TrainParams(1, 8, 0.1)))
+    w0 = decode(first[1])
+    overlap = Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
+                       meta={"nodes": ["n1"], "worker": 0})
+    again = Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
+                     meta={"nodes": ["n1"], "worker": 1})
+    stranger = Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
+                        meta={"nodes": ["n2"], "worker": 5})
+    t = topics.partial((), "big")
+    root.on_partial("big", encode(overlap), t)
+    root.on_partial("big", encode(again), t)
+    root.on_partial("big", encode(stranger), t)
+    assert rej.total["bad node list"] == 1 and rej.total["unexpected partial"] == 1
