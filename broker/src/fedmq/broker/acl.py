@@ -13,7 +13,7 @@ the payload cap travels in chunks (model files are under ``_file/#`` already).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Set
 
 from fedmq.broker.bridge import site_groups
 from fedmq.shared.chunks import chunk_topic
@@ -35,9 +35,8 @@ def _served(tm: TopicMap, top: GroupPath) -> List[GroupPath]:
     return out
 
 
-def node_rules(tm: TopicMap, node: str, group: GroupPath) -> List[str]:
+def node_rules(t: Topics, node: str, group: GroupPath) -> List[str]:
     """ACL lines of one node."""
-    t = Topics(tm.federation)
     return [f"user {node}",
             f"topic write {t.update(group, node)}",
             f"topic write {t.status(group, node)}",
@@ -48,11 +47,17 @@ def node_rules(tm: TopicMap, node: str, group: GroupPath) -> List[str]:
 
 def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = (), tokens: Iterable[str] = ()) -> str:
     """The acl_file for the coordinator, every edge aggregator, the given nodes (id -> group) and the open
-    enrolment tokens (each may only send its own request and read its own reply)."""
-    t = Topics(tm.federation)
-    revoked = set(revoked)
-    lines = [f"# fedmq ACL for federation {tm.federation}: generated, do not edit (fedmq broker provision)", "",
-             f"user {COORDINATOR}", f"topic read {t.base}/#", f"topic write {t.model()}", f"topic write {t.base}/_file/#",
+    enrolment tokens (each may only send its own request and read its own reply). Brokers with different
+    topic prefixes (bridged sites) share the file: the rules are written once per prefix."""
+    prefixes = sorted({tm.broker.topic_prefix} | {g.broker.topic_prefix for g in tm.groups().values() if g.broker})
+    lines = [f"# fedmq ACL for federation {tm.federation}: generated, do not edit (fedmq broker provision)", ""]
+    for prefix in prefixes:
+        lines += _rules(tm, Topics(tm.federation, prefix), nodes, set(revoked), list(tokens))
+    return "\n".join(_with_chunks(lines))
+
+
+def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[str], tokens: List[str]) -> List[str]:
+    lines = [f"user {COORDINATOR}", f"topic read {t.base}/#", f"topic write {t.model()}", f"topic write {t.base}/_file/#",
              f"topic write {t.metrics()}", f"topic write {t.enrol_reply('+')}"]
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
@@ -75,11 +80,11 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
         lines.append("")
     for node in sorted(nodes):
         if node not in revoked:
-            lines += node_rules(tm, node, nodes[node]) + [""]
+            lines += node_rules(t, node, nodes[node]) + [""]
     for token in tokens:
         lines += [f"user {ENROL_PREFIX}{token}", f"topic write {t.enrol_request(token)}",
                   f"topic read {t.enrol_reply(token)}", ""]
-    return "\n".join(_with_chunks(lines))
+    return lines
 
 
 def _with_chunks(lines: List[str]) -> List[str]:

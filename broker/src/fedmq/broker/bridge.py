@@ -1,5 +1,6 @@
 """Site brokers: a group with its own ``broker`` in the topic map gets its own Mosquitto, bridged to the
-broker of its parent (the nearest ancestor site, or the root's). Only what the site's edge aggregator and
+broker of its parent (the nearest ancestor site, or the root's). Topics are remapped from the site's
+``topic_prefix`` to the parent's (by default both empty: the same names on both sides). Only what the site's edge aggregator and
 the root need crosses the bridge: the model, model files and the parent's round control come in; the
 site's partial aggregate and its nodes' statuses (the root selects online nodes) go out. A node's update
 never leaves its site.
@@ -23,7 +24,9 @@ class Bridge:
 
     name: str
     remote: BrokerSettings
-    topics: Tuple[Tuple[str, str], ...]  # (topic filter, "in" or "out")
+    topics: Tuple[Tuple[str, str], ...]  # (topic filter relative to the federation, "in" or "out")
+    local_base: str  # the federation's topics on the site broker (its topic_prefix + fedmq/v1/<federation>)
+    remote_base: str  # and on the parent broker: the bridge remaps one onto the other
 
 
 def _chunks(topic: str) -> str:
@@ -47,7 +50,7 @@ def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None
     group = tm.groups().get(site)
     if group is None or group.broker is None:
         raise ValueError(f"group {'/'.join(site)!r} has no broker of its own in {tm.file}")
-    t = Topics(tm.federation)
+    t = Topics(tm.federation)  # patterns relative to the federation, then each side's own prefix
     parent = site[:-1]
     partial = t.partial(parent, site[-1])
     topics: List[Tuple[str, str]] = [
@@ -56,6 +59,7 @@ def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None
         (partial, "out"), (_chunks(partial), "out"),
     ]
     topics += [(f"{t.group(p)}/_status/+", "out") for p in site_groups(tm, site)]
+    relative = tuple((pattern[len(t.base) + 1:], direction) for pattern, direction in topics)
     remote = tm.broker_for(parent)
     if security_dir is not None:
         from fedmq.broker.provision import client_config
@@ -64,7 +68,9 @@ def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None
         tls = cfg["tls"]
         remote = replace(remote, tls=TlsSettings(tls["ca_file"], tls.get("cert_file"), tls.get("key_file")),
                          username=cfg.get("username"), password_file=cfg.get("password_file"))
-    return Bridge(name=f"fedmq-{tm.federation}-{'-'.join(site)}", remote=remote, topics=tuple(topics))
+    return Bridge(name=f"fedmq-{tm.federation}-{'-'.join(site)}", remote=remote, topics=relative,
+                  local_base=Topics(tm.federation, group.broker.topic_prefix).base,
+                  remote_base=Topics(tm.federation, remote.topic_prefix).base)
 
 
 def render_bridge(bridge: Bridge) -> List[str]:
@@ -83,5 +89,6 @@ def render_bridge(bridge: Bridge) -> List[str]:
         if r.password_file:
             with open(r.password_file, encoding="utf-8") as fh:
                 lines += [f"remote_password {fh.read().strip()}"]
-    lines += [f"topic {pattern} {direction} 1" for pattern, direction in bridge.topics]
+    lines += [f"topic {pattern} {direction} 1 {bridge.local_base}/ {bridge.remote_base}/"
+              for pattern, direction in bridge.topics]
     return lines

@@ -20,7 +20,6 @@ from typing import Callable, Optional
 from fedmq.broker.provision import EnrolmentRefused, enrol
 from fedmq.coordinator.rejections import Rejections
 from fedmq.shared.topicmap import TopicMap
-from fedmq.shared.topics import Topics
 
 log = logging.getLogger("fedmq.enrolment")
 RELOAD_DELAY_S = 2.0  # let the reply reach the device before its token user disappears
@@ -37,7 +36,7 @@ class Enrolment:
         self.publish = publish
         self.rejections = rejections
         self.on_enrolled = on_enrolled
-        self.topics = Topics(tm.federation)
+        self.topics = tm.topics()
         self.reload_at: Optional[float] = None
 
     def subscription(self) -> str:

@@ -25,7 +25,6 @@ from fedmq.shared.messages import Control
 from fedmq.shared.models import expected_shapes
 from fedmq.shared.signing import Auth, SignatureError, split
 from fedmq.shared.topicmap import Group, TopicMap
-from fedmq.shared.topics import Topics
 
 Publish = Callable[[str, bytes, bool], None]
 MAX_PROGRESS_BYTES = 1 << 16
@@ -69,7 +68,7 @@ class GroupAggregator:
         self.rejections = rejections
         self.on_root_close = on_root_close
         self.auth = auth
-        self.topics = Topics(tm.federation)
+        self.topics = tm.topics()
         self.log = log or logging.getLogger("fedmq.group." + ("/".join(group.path) or "root"))
         self.shapes = expected_shapes(tm.model)
         self.current: Optional[_Round] = None

@@ -23,7 +23,6 @@ from fedmq.shared.messages import Control, TrainParams, encode_metrics
 from fedmq.shared.models import Weights, evaluate, initial_weights
 from fedmq.shared.signing import Auth
 from fedmq.shared.topicmap import TopicMap
-from fedmq.shared.topics import Topics
 
 Publish = Callable[[str, bytes, bool], None]
 
@@ -66,7 +65,7 @@ class RoundDriver:
         self.on_round = on_round
         self.auth = auth
         self.log = log or logging.getLogger("fedmq.rounds")
-        self.topics = Topics(tm.federation)
+        self.topics = tm.topics()
         self.weights: Weights = initial_weights(tm.model)
         self.state = checkpoint.RoundState()
         self.eval_data = open_source(tm.evaluation).load() if tm.evaluation else None

@@ -28,7 +28,6 @@ from fedmq.shared.signing import Auth, KeyRing, split
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
-from fedmq.shared.topics import Topics
 
 log = logging.getLogger("fedmq.coordinator")
 
@@ -45,7 +44,7 @@ class CoordinatorService:
             assert tm.security.keys and tm.security.signing_key
             self.auth = Auth(COORDINATOR if edge is None else edge_id(edge),
                              signing_key or tm.security.signing_key, tm.security.keys)
-        self.topics = Topics(tm.federation)
+        self.topics = tm.topics()
         self.rejections = Rejections(log)
         self.membership = Membership(tm)
         self.presence = Presence(self.membership, self.rejections, tm.limits.max_tracked_nodes)

@@ -35,7 +35,7 @@ class NodeAgent:
         self.cfg = cfg
         self.x, self.y = x, y
         self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
-        self.topics = Topics(cfg.federation)
+        self.topics = Topics(cfg.federation, cfg.broker.topic_prefix)
         self.status_topic = self.topics.status(cfg.group, cfg.node_id)
         self.trainer: Optional[Trainer] = None
         self.spec: Optional[ModelSpec] = None

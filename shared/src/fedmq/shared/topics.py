@@ -16,6 +16,21 @@ FORBIDDEN_LEVEL_CHARS = ("+", "#", "/", "\x00")
 MAX_LEVEL_BYTES = 128
 
 
+def prefix_problem(value: object) -> Optional[str]:
+    """Why ``value`` cannot be a broker's topic prefix ('' or levels each followed by '/'), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value == "":
+        return None
+    if not value.endswith("/"):
+        return "must end with '/'"
+    for level in value[:-1].split("/"):
+        problem = level_problem(level)
+        if problem:
+            return f"level {level!r} {problem}"
+    return None
+
+
 def level_problem(value: object) -> Optional[str]:
     """Why ``value`` cannot be one topic level (a group name, node id or federation id), or None."""
     if not isinstance(value, str):
@@ -42,9 +57,9 @@ def level_problem(value: object) -> Optional[str]:
 class Topics:
     """Builds every topic name of one federation."""
 
-    def __init__(self, federation: str) -> None:
+    def __init__(self, federation: str, prefix: str = "") -> None:
         self.federation = federation
-        self.base = f"{ROOT}/{federation}"
+        self.base = f"{prefix}{ROOT}/{federation}"  # a broker's topic_prefix puts the federation under it
 
     def group(self, path: Sequence[str]) -> str:
         """Topic prefix of a group (the root group is the federation prefix)."""

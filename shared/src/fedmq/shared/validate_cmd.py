@@ -6,7 +6,6 @@ import argparse
 from typing import List
 
 from fedmq.shared.topicmap import Group, TopicMap, load_topic_map
-from fedmq.shared.topics import Topics
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -31,7 +30,7 @@ def render_tree(tm: TopicMap) -> List[str]:
     quorum = f"{p.quorum} nodes" if isinstance(p.quorum, int) else f"{p.quorum:.0%} of selected"
     lines = [
         f"{tm.file}: OK",
-        f"federation {tm.federation}  (topics under {Topics(tm.federation).base})",
+        f"federation {tm.federation}  (topics under {tm.topics().base})",
         f"broker     {tm.broker.host}:{tm.broker.port}{'  TLS' if tm.broker.tls else ''}",
         f"model      {tm.model.kind}, {tm.model.features} features"
         + (f", classes {list(tm.model.classes)}" if tm.model.classes else "")

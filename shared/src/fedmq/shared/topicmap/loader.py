@@ -14,7 +14,7 @@ from fedmq.shared.topicmap.model import (
 from fedmq.shared.codecs import CODECS, Codec
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
-from fedmq.shared.topics import level_problem
+from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
             "transport", "tree")
@@ -89,7 +89,7 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
     """Read a ``broker:`` section (shared by topic maps and node configs)."""
     if value is None:
         return BrokerSettings()
-    m = r.mapping(value, path, line, ("host", "port", "keepalive_s", "tls", "username", "password_file"))
+    m = r.mapping(value, path, line, ("host", "port", "keepalive_s", "tls", "username", "password_file", "topic_prefix"))
     tls = None
     if m is not None and "tls" in m:
         t = r.mapping(m["tls"], join_path(path, "tls"), r.line_of(m, "tls"), ("ca_file", "cert_file", "key_file"), ("ca_file",))
@@ -104,6 +104,8 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
         tls=tls,
         username=r.value(m, "username", path, str, None),
         password_file=_beside(base_dir, r.value(m, "password_file", path, str, None)),
+        topic_prefix=r.value(m, "topic_prefix", path, str, "", check=prefix_problem,
+                             fix="topic levels each followed by '/', e.g. 'tenant-42/' ('' for none)"),
     )
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple, Union
 
 from fedmq.shared.codecs import Codec
+
+if TYPE_CHECKING:
+    from fedmq.shared.topics import Topics
 
 GroupPath = Tuple[str, ...]
 
@@ -31,6 +34,7 @@ class BrokerSettings:
     tls: Optional[TlsSettings] = None
     username: Optional[str] = None
     password_file: Optional[str] = None
+    topic_prefix: str = ""  # where the federation's topics live on this broker (bridges remap between them)
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,12 @@ class TopicMap:
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""
         return {g.path: g for g in self.root.walk()}
+
+    def topics(self) -> "Topics":
+        """Topic names on the broker this process talks to (``broker``, with its topic prefix)."""
+        from fedmq.shared.topics import Topics
+
+        return Topics(self.federation, self.broker.topic_prefix)
 
     def broker_for(self, path: GroupPath) -> BrokerSettings:
         """The broker that serves group ``path``: its own site broker, the nearest ancestor's, or the root's."""
