@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Set
 
 from fedmq.broker.bridge import site_groups
-from fedmq.shared.chunks import chunk_topic
+from fedmq.shared.chunks import chunk_filter
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -93,5 +93,5 @@ def _with_chunks(lines: List[str]) -> List[str]:
     for line in lines:
         out.append(line)
         if line.startswith("topic ") and ("/_update/" in line or "/_partial/" in line or line.endswith("/_model")):
-            out.append(chunk_topic(line, 0)[:-1] + "+")
+            out.append(chunk_filter(line))
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
-from fedmq.shared.chunks import chunk_topic
+from fedmq.shared.chunks import chunk_filter
 from fedmq.shared.identities import edge_id
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -27,10 +27,6 @@ class Bridge:
     topics: Tuple[Tuple[str, str], ...]  # (topic filter relative to the federation, "in" or "out")
     local_base: str  # the federation's topics on the site broker (its topic_prefix + fedmq/v1/<federation>)
     remote_base: str  # and on the parent broker: the bridge remaps one onto the other
-
-
-def _chunks(topic: str) -> str:
-    return chunk_topic(topic, 0)[:-1] + "+"
 
 
 def site_groups(tm: TopicMap, site: GroupPath) -> List[GroupPath]:
@@ -54,9 +50,9 @@ def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None
     parent = site[:-1]
     partial = t.partial(parent, site[-1])
     topics: List[Tuple[str, str]] = [
-        (t.model(), "in"), (_chunks(t.model()), "in"), (f"{t.base}/_file/#", "in"),
+        (t.model(), "in"), (chunk_filter(t.model()), "in"), (f"{t.base}/_file/#", "in"),
         (t.control(parent), "in"),
-        (partial, "out"), (_chunks(partial), "out"),
+        (partial, "out"), (chunk_filter(partial), "out"),
     ]
     topics += [(f"{t.group(p)}/_status/+", "out") for p in site_groups(tm, site)]
     relative = tuple((pattern[len(t.base) + 1:], direction) for pattern, direction in topics)

@@ -39,14 +39,14 @@ class ChunkError(ValueError):
     """A chunk that is malformed or does not fit the others of its message."""
 
 
-def is_chunk(payload: bytes) -> bool:
-    """True if ``payload`` starts like a chunk."""
-    return payload[:4] == MAGIC
-
-
 def chunk_topic(topic: str, index: int) -> str:
     """Topic of chunk ``index`` of a message for ``topic``."""
     return f"{topic}{SUFFIX}{index}"
+
+
+def chunk_filter(topic: str) -> str:
+    """The topic filter matching every chunk of messages for ``topic`` (a name or a filter)."""
+    return f"{topic}{SUFFIX}+"
 
 
 def base_topic(topic: str) -> Optional[str]:

@@ -171,24 +171,24 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     n = len(data)
     if max_bytes is not None and n > max_bytes:
         raise EnvelopeError(f"message is {n} bytes, over the limit of {max_bytes}")
-    if not (n >= PREFIX_LEN + CRC_LEN):
+    if n < PREFIX_LEN + CRC_LEN:
         raise EnvelopeError(f"truncated: {n} bytes is shorter than the fixed {PREFIX_LEN + CRC_LEN}")
     magic, version, kind, flags, hlen, blen = PREFIX.unpack_from(data, 0)
-    if not (magic == MAGIC):
+    if magic != MAGIC:
         raise EnvelopeError(f"wrong magic {magic!r} (expected {MAGIC!r})")
-    if not (version == VERSION):
+    if version != VERSION:
         raise EnvelopeError(f"unsupported envelope version {version} (this side speaks {VERSION})")
-    if not (kind in Kind._value2member_map_):
+    if kind not in Kind._value2member_map_:
         raise EnvelopeError(f"unknown kind {kind}")
-    if not (flags == 0):
+    if flags != 0:
         raise EnvelopeError(f"unknown flags 0x{flags:04x}")
-    if not (hlen <= MAX_HEADER_BYTES):
+    if hlen > MAX_HEADER_BYTES:
         raise EnvelopeError(f"header claims {hlen} bytes, over the {MAX_HEADER_BYTES} limit")
     expected = PREFIX_LEN + hlen + blen + CRC_LEN
-    if not (expected == n):
+    if expected != n:
         raise EnvelopeError(f"length mismatch: header says {expected} bytes in all, message has {n}")
     (crc,) = struct.unpack_from("<I", data, n - CRC_LEN)
-    if not (zlib.crc32(memoryview(data)[: n - CRC_LEN]) & 0xFFFFFFFF == crc):
+    if zlib.crc32(memoryview(data)[: n - CRC_LEN]) & 0xFFFFFFFF != crc:
         raise EnvelopeError("checksum mismatch (corrupted message)")
     try:
         header = json.loads(
@@ -198,10 +198,10 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
         )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise EnvelopeError(f"header is not UTF-8 JSON: {exc}") from None
-    if not (isinstance(header, dict)):
+    if not isinstance(header, dict):
         raise EnvelopeError("header must be a JSON object")
     unknown = set(header) - HEADER_FIELDS
-    if not (not unknown):
+    if unknown:
         raise EnvelopeError(f"header: unknown fields {sorted(unknown)}")
     fed = _check_text(header.get("federation"), "federation")
     sender = _check_text(header.get("sender"), "sender")
@@ -210,7 +210,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
         if not (_is_int(v) and 0 <= v < 2**53):
             raise EnvelopeError(f"header: {what} must be a non-negative integer")
     codec = header.get("codec", "raw")
-    if not (codec in CODECS):
+    if codec not in CODECS:
         raise EnvelopeError(f"header: unknown codec {codec!r} (protocol 1.1 knows {', '.join(CODECS)})")
     try:
         codec_params = check_params(codec, header.get("codec_params", {}))
@@ -223,10 +223,10 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     if not (isinstance(metrics, dict) and len(metrics) <= 256):
         raise EnvelopeError("header: metrics must be an object of at most 256 entries")
     for k, v in metrics.items():
-        if not (_is_num(v)):
+        if not _is_num(v):
             raise EnvelopeError(f"header: metric {k!r} must be a finite number")
     meta = header.get("meta", {})
-    if not (isinstance(meta, dict)):
+    if not isinstance(meta, dict):
         raise EnvelopeError("header: meta must be an object")
     specs = header.get("tensors")
     if not (isinstance(specs, list) and len(specs) <= MAX_TENSORS):
@@ -238,10 +238,10 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
         if not (isinstance(spec, dict) and set(spec) == {"name", "dtype", "shape"}):
             raise EnvelopeError(f"tensor #{i}: needs exactly name, dtype, shape")
         name = _check_text(spec["name"], "tensor name", MAX_NAME_LEN)
-        if not (name not in tensors):
+        if name in tensors:
             raise EnvelopeError(f"tensor {name!r} appears twice")
         dt = DTYPES.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
-        if not (dt is not None):
+        if dt is None:
             raise EnvelopeError(f"tensor {name!r}: unknown dtype {spec['dtype']!r}")
         shape = spec["shape"]
         if not (isinstance(shape, list) and len(shape) <= MAX_NDIM):
@@ -252,7 +252,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
                 raise EnvelopeError(f"tensor {name!r}: bad dimension {d!r}")
             count *= d
             # Python ints do not overflow, but stop as soon as the claim exceeds the body.
-            if not (count * dt.itemsize <= end - offset):
+            if count * dt.itemsize > end - offset:
                 raise EnvelopeError(f"tensor {name!r}: shape {shape} needs more bytes than the body holds")
         nbytes = count * dt.itemsize
         arr = np.frombuffer(data, dtype=dt, count=count, offset=offset).reshape(shape)
@@ -263,7 +263,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
             raise EnvelopeError(f"tensor {name!r} contains NaN or Inf")
         tensors[name] = arr
         offset += nbytes
-    if not (offset == end):
+    if offset != end:
         raise EnvelopeError(f"body has {end - offset} bytes not described by any tensor")
     return Envelope(
         kind=Kind(kind), federation=fed, round=rnd, attempt=attempt, sender=sender,

@@ -95,7 +95,7 @@ class MqttLink:
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again after every reconnect, to ``topic`` and its chunks."""
         with self._lock:
-            new = [(topic, qos)] + ([] if topic.endswith("#") else [(chunks.chunk_topic(topic, 0)[:-1] + "+", qos)])
+            new = [(topic, qos)] + ([] if topic.endswith("#") else [(chunks.chunk_filter(topic), qos)])
             self._subs.extend(new)
             if self.connected.is_set():
                 for t, q in new:
