@@ -265,6 +265,9 @@ def test_enrolment_with_one_time_tokens(tmp_path):
             assert yaml.safe_load(open(cfg))["group"] == "garage"
             nodes["garage-door-1"] = fedmq_node(cfg, tmp_path / "device.log")
             wait_for(lambda: any(r["updates"] == 5 for r in c.rounds), 30, "a round with the enrolled device")
+            # the coordinator makes Mosquitto reload a moment after an enrolment; let that happen first
+            wait_for(lambda: c.service.enrolment.reload_at is None, 30, "the broker reload after enrolment")
+            time.sleep(0.5)
             with pytest.raises(EnrolmentFailed):  # the token is spent
                 enrol_device(token=tokens[0], node_id="garage-door-2", out=str(tmp_path / "d2"), **common)
             with pytest.raises(EnrolmentFailed, match="not admitted"):

@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 from typing import Dict
+from fedmq.shared.files import write_atomic
 
 ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 
@@ -37,8 +38,4 @@ def read_file(path: str) -> Dict[str, str]:
 
 def write_file(path: str, entries: Dict[str, str]) -> None:
     """Write user:hash lines, readable only by the owner."""
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for user in sorted(entries):
-            fh.write(f"{user}:{entries[user]}\n")
-    os.replace(path + ".tmp", path)
+    write_atomic(path, "".join(f"{user}:{entries[user]}\n" for user in sorted(entries)), mode=0o600)

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fedmq.shared.files import write_atomic
 
 VALID_DAYS = 3650
 
@@ -97,5 +98,4 @@ def write_crl(ca: Tuple[x509.Certificate, ec.EllipticCurvePrivateKey], serials: 
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(_now()).build())
     crl = builder.sign(ca_key, hashes.SHA256())
-    with open(path, "wb") as fh:
-        fh.write(crl.public_bytes(serialization.Encoding.PEM))
+    write_atomic(path, crl.public_bytes(serialization.Encoding.PEM))

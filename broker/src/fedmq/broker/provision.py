@@ -31,6 +31,7 @@ from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.signing import new_signing_key
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topics import level_problem
+from fedmq.shared.files import write_atomic
 
 SERVER_NAMES = ["localhost", "127.0.0.1"]
 
@@ -55,9 +56,8 @@ class Registry:
 
     def save(self, directory: str) -> None:
         path = os.path.join(directory, "registry.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump({"parties": self.parties, "revoked": self.revoked, "tokens": self.tokens}, fh, indent=1)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, json.dumps({"parties": self.parties, "revoked": self.revoked, "tokens": self.tokens},
+                                      indent=1), mode=0o600)
 
 
 def _parties(tm: TopicMap) -> Dict[str, dict]:
@@ -126,13 +126,11 @@ def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, ha
             and (not p.startswith(acl.ENROL_PREFIX) or p[len(acl.ENROL_PREFIX):] in open_tokens)}
     passwords.write_file(os.path.join(directory, "passwords"), live)
     nodes = {p: tuple(i["group"]) for p, i in registry.parties.items() if i["role"] == "node"}
-    with open(os.path.join(directory, "acl"), "w", encoding="utf-8") as fh:
-        fh.write(acl.render_acl(tm, nodes, registry.revoked, sorted(open_tokens)))
+    write_atomic(os.path.join(directory, "acl"), acl.render_acl(tm, nodes, registry.revoked, sorted(open_tokens)))
     serials = [registry.parties[p]["serial"] for p in registry.revoked if p in registry.parties]
     pki.write_crl(ca, serials, os.path.join(directory, "crl.pem"))
     keys = {p: i["public_key"] for p, i in registry.parties.items() if p not in registry.revoked}
-    with open(os.path.join(directory, "keys.json"), "w", encoding="utf-8") as fh:
-        json.dump(keys, fh, indent=1, sort_keys=True)
+    write_atomic(os.path.join(directory, "keys.json"), json.dumps(keys, indent=1, sort_keys=True))
     registry.save(directory)
 
 

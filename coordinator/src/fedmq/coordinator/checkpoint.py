@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.models import Weights, check_weights
 from fedmq.shared.topicmap import ModelSpec
+from fedmq.shared.files import write_atomic
 
 STATE = "state.json"
 MODEL = "model.fmq"
@@ -29,24 +30,15 @@ class RoundState:
     history: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, state: RoundState) -> None:
     """Write the model, then the state that points at it."""
     os.makedirs(directory, exist_ok=True)
     env = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
                    model_version=state.model_version, tensors=weights, meta={"model": spec.to_meta()})
-    _atomic_write(os.path.join(directory, MODEL), encode(env))
+    write_atomic(os.path.join(directory, MODEL), encode(env), sync=True)
     body = {"federation": federation, "rounds_done": state.rounds_done, "model_version": state.model_version,
             "history": state.history}
-    _atomic_write(os.path.join(directory, STATE), json.dumps(body, indent=1, allow_nan=False).encode("utf-8"))
+    write_atomic(os.path.join(directory, STATE), json.dumps(body, indent=1, allow_nan=False).encode("utf-8"), sync=True)
 
 
 def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[Weights, RoundState]"]:

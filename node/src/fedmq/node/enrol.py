@@ -19,8 +19,22 @@ from fedmq.shared.topicmap import BrokerSettings, TlsSettings
 from fedmq.shared.topics import Topics
 
 
+REFUSALS_BEFORE_GIVING_UP = 2
+
+
 class EnrolmentFailed(RuntimeError):
     """The coordinator refused, or did not answer."""
+
+
+def _log_in(link: MqttLink, timeout: float) -> bool:
+    """Connect; give up early once the broker refused the token twice (paho retries a second later, which
+    covers a broker that was reloading its password file at the first attempt)."""
+    link.start(wait_s=None)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and link.refusals < REFUSALS_BEFORE_GIVING_UP:
+        if link.connected.wait(0.1):
+            return True
+    return False
 
 
 def enrol_device(*, federation: str, host: str, port: int, ca_file: str, token: str, node_id: str, out: str,
@@ -34,9 +48,11 @@ def enrol_device(*, federation: str, host: str, port: int, ca_file: str, token: 
                     persistent=False)
     link.client.username_pw_set(f"enrol-{token_id}", secret)
     link.subscribe(topics.enrol_reply(token_id))
-    if not link.start(wait_s=timeout):
+    if not _log_in(link, timeout):
         link.stop()
-        raise EnrolmentFailed(f"could not log in to {host}:{port} with this token (used, wrong, or broker not reloaded)")
+        why = f"the broker said: {link.last_refusal}" if link.last_refusal else "no answer from the broker"
+        raise EnrolmentFailed(f"could not log in to {host}:{port} with this token ({why}; a used or wrong token, "
+                              "or a broker that has not reloaded its password file since the token was made)")
     try:
         link.publish(topics.enrol_request(token_id), json.dumps({"v": 1, "token": token, "node_id": node_id}).encode())
         end = time.monotonic() + timeout

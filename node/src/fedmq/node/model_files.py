@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 from typing import Optional
+from fedmq.shared.files import write_atomic
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -55,8 +56,5 @@ class ModelFileCache:
             raise ModelFileError(f"model file refused: announced sha256 {sha256[:16]}..., received bytes hash to "
                                  f"{actual[:16]}... (corrupted or forged); waiting for the right file")
         os.makedirs(self.directory, exist_ok=True)
-        tmp = self.path(sha256) + f".tmp.{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.path(sha256))
+        write_atomic(self.path(sha256), data)
         return data

@@ -65,6 +65,8 @@ class MqttLink:
         self.bytes_in = 0
         self.bytes_out = 0
         self.connects = 0
+        self.last_refusal: Optional[str] = None  # the reason of the last refused CONNECT, until one succeeds
+        self.refusals = 0  # CONNECTs the broker refused
         self._subs: List[Tuple[str, int]] = []
         self.birth = birth
         self._unacked: Set[int] = set()  # mids of QoS 1 messages not acknowledged yet (kept across reconnects)
@@ -194,8 +196,11 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
             self.log.error("broker %s:%s refused the connection: %s", self.broker.host, self.broker.port, reason)
+            self.last_refusal = str(reason)
+            self.refusals += 1
             return
         self.connects += 1
+        self.last_refusal = None
         self.log.info("connected to %s:%s (session present: %s)", self.broker.host, self.broker.port,
                       getattr(flags, "session_present", "?"))
         with self._lock:

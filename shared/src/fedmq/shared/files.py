@@ -1,0 +1,19 @@
+"""Writing files that other processes read while we write them (Mosquitto on reload, nodes on restart)."""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+
+def write_atomic(path: str, data: Union[bytes, str], mode: int = 0o644, sync: bool = False) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``: a reader sees the old
+    file or the new one, never half of it. ``mode`` applies to the new file; ``sync`` fsyncs it first."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
