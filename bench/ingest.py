@@ -38,6 +38,14 @@ def vm_hwm_mb() -> float:
     return 0.0
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) this process has used."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def topic_map(path: str, port: int, params: int, n: int) -> str:
     """A one-group federation of n nodes (n00000...) training a softmax regression of about ``params``."""
     import yaml
@@ -73,6 +81,7 @@ def consume_coordinator(tm_path: str, n: int, ready: str, out: str, profile: str
 
         profiler = Profiler(interval=0.0005)
         profiler.start()
+    cpu0 = cpu_s()
     open(ready, "w").close()
     while "t" not in done:
         msg = svc.link.get(timeout=0.5)
@@ -84,7 +93,7 @@ def consume_coordinator(tm_path: str, n: int, ready: str, out: str, profile: str
             fh.write(profiler.output_html())
         print(profiler.output_text(unicode=False, color=False, show_all=False), file=sys.stderr)
     with open(out, "w") as fh:
-        json.dump({"last": done["t"], "aggregated": done["nodes"], "rss_mb": vm_hwm_mb(),
+        json.dump({"last": done["t"], "aggregated": done["nodes"], "rss_mb": vm_hwm_mb(), "cpu_s": cpu_s() - cpu0,
                    "rejected": dict(svc.rejections.total)}, fh)
     svc.link.stop()
 
@@ -110,11 +119,12 @@ def consume_bare(port: int, n: int, ready: str, out: str) -> None:
     c.subscribe(f"fedmq/v1/{FED}/_update/+", qos=1)
     c.loop_start()
     time.sleep(0.5)
+    cpu0 = cpu_s()
     open(ready, "w").close()
     finished.wait()
     c.loop_stop()
     with open(out, "w") as fh:
-        json.dump({"last": got["last"], "received": got["n"], "rss_mb": vm_hwm_mb()}, fh)
+        json.dump({"last": got["last"], "received": got["n"], "rss_mb": vm_hwm_mb(), "cpu_s": cpu_s() - cpu0}, fh)
 
 
 def publish(port: int, params: int, n: int, start_file: str) -> None:
@@ -172,6 +182,7 @@ def run_case(params: int, n: int, profile: str = "") -> Dict[str, float]:
             raise RuntimeError(f"lost messages: coordinator {c}, bare {b}")
         return {"params": params, "updates": n, "coordinator_per_s": n / (c["last"] - t0),
                 "bare_per_s": n / (b["last"] - t0), "coordinator_rss_mb": c["rss_mb"], "bare_rss_mb": b["rss_mb"],
+                "coordinator_cpu_us": c["cpu_s"] / n * 1e6, "bare_cpu_us": b["cpu_s"] / n * 1e6,
                 "mb_per_update": params * 4 / 1e6}
     finally:
         for p in procs:
@@ -198,7 +209,7 @@ def main() -> None:
             publish(int(rest[0]), int(rest[1]), int(rest[2]), rest[3])
         return
     print(f"{'params':>10} {'updates':>8} {'MB/update':>9} {'coordinator/s':>14} {'bare paho/s':>12} {'ratio':>6} "
-          f"{'coord RSS MB':>12}", flush=True)
+          f"{'coord RSS MB':>12} {'CPU us/msg coord':>16} {'bare':>5}", flush=True)
     for params in args.params:
         runs = [run_case(params, UPDATES.get(params, 200), args.profile if params == args.params[0] and i == 0 else "")
                 for i in range(args.repeat)]
@@ -206,7 +217,7 @@ def main() -> None:
         r = runs[len(runs) // 2]
         print(f"{params:>10,} {r['updates']:>8} {r['mb_per_update']:>9.2f} {r['coordinator_per_s']:>14.1f} "
               f"{r['bare_per_s']:>12.1f} {r['coordinator_per_s'] / r['bare_per_s']:>6.2f} "
-              f"{r['coordinator_rss_mb']:>12.1f}   (ratios of all runs: "
+              f"{r['coordinator_rss_mb']:>12.1f} {r['coordinator_cpu_us']:>16.0f} {r['bare_cpu_us']:>5.0f}   (ratios of all runs: "
               + ", ".join(f"{x['coordinator_per_s'] / x['bare_per_s']:.2f}" for x in runs) + ")", flush=True)
     print("\npeak coordinator RSS against the number of updates (100k parameters):", flush=True)
     for n in RSS_COUNTS:

@@ -9,6 +9,8 @@ from fedmq.shared.codecs import Codec, CodecError, UpdateEncoder
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 
 SHAPES = {"w": (64, 10), "b": (10,)}
+GAP8 = {"delta": True, "index": "gap8", "values": "int8"}
+ONE = np.ones(1, np.float32)
 
 
 def weights(seed=0, scale=1.0):
@@ -51,24 +53,26 @@ def test_sizes_shrink_as_promised():
         sizes[c.name] = len(data)
     assert sizes["raw"] / sizes["float16"] > 1.99
     assert sizes["raw"] / sizes["int8"] > 3.95
-    assert sizes["raw"] / sizes["topk"] > 48
+    assert sizes["raw"] / sizes["topk"] > 150  # 2 bytes per kept entry (200x) plus the header
 
 
-def test_topk_keeps_the_largest_entries_and_error_feedback_keeps_the_rest():
+@pytest.mark.parametrize("index,values", [("gap8", "int8"), ("int32", "float32"), ("gap8", "float32")])
+def test_topk_keeps_the_largest_entries_and_error_feedback_keeps_the_rest(index, values):
     start = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-    enc = UpdateEncoder(Codec("topk", delta=True, fraction=0.1, error_feedback=True))
+    codec = Codec("topk", delta=True, fraction=0.1, error_feedback=True, index=index, values=values)
+    enc = UpdateEncoder(codec)
     w = weights(3)
     wire = enc.encode(w, start)
-    sent = codecs.to_dense(codecs.decode("topk", {"delta": True}, wire, SHAPES), np.float64)
+    sent = codecs.to_dense(codecs.decode("topk", codec.params(), wire, SHAPES), np.float64)
     both = np.concatenate([np.abs(w["w"]).ravel(), np.abs(w["b"])])
-    assert len(wire["@idx"]) == 65 and set(wire["@idx"]) == set(np.argsort(both)[-65:])
+    assert set(np.flatnonzero(np.concatenate([sent["w"].ravel(), sent["b"]]))) == set(np.argsort(both)[-65:])
     for k in SHAPES:  # sent + residual == the whole change: nothing is lost, only delayed
         np.testing.assert_allclose(sent[k] + enc.residual[k], w[k], atol=1e-6)
     # Over many rounds, what was sent plus what is still held back is exactly everything: nothing is lost.
     total = {k: sent[k].copy() for k in SHAPES}
     for _ in range(30):
         wire = enc.encode(w, start)
-        for k, v in codecs.to_dense(codecs.decode("topk", {"delta": True}, wire, SHAPES), np.float64).items():
+        for k, v in codecs.to_dense(codecs.decode("topk", codec.params(), wire, SHAPES), np.float64).items():
             total[k] += v
     for k in SHAPES:
         np.testing.assert_allclose(total[k] + enc.residual[k], 31 * w[k].astype(np.float64), atol=1e-4)
@@ -86,7 +90,8 @@ def test_delta_is_against_the_model_the_node_started_from():
 
 def test_streaming_sum_of_sparse_and_dense_updates_is_exact():
     a, b = weights(1), weights(2)
-    sa = codecs.decode("topk", {"delta": True}, codecs.compress(Codec("topk", delta=True, fraction=0.2), a)[0], SHAPES)
+    c = Codec("topk", delta=True, fraction=0.2)
+    sa = codecs.decode("topk", c.params(), codecs.compress(c, a)[0], SHAPES)
     s = WeightedSum()
     s.add(sa, 3.0)
     s.add(b, 1.0)
@@ -105,7 +110,15 @@ def test_streaming_sum_of_sparse_and_dense_updates_is_exact():
     ("topk", {}, {"@idx": np.array([650], np.int32), "@val": np.ones(1, np.float32)}, "within"),
     ("topk", {}, {"@idx": np.array([1, 1], np.int32), "@val": np.ones(2, np.float32)}, "strictly increasing"),
     ("topk", {}, {"@idx": np.array([1], np.int64), "@val": np.ones(1, np.float32)}, "int32"),
-    ("topk", {}, {"w@idx": np.array([1], np.int32), "w@val": np.ones(1, np.float32)}, "exactly @idx and @val"),
+    ("topk", {}, {"w@idx": np.array([1], np.int32), "w@val": np.ones(1, np.float32)}, "must be exactly"),
+    ("topk", GAP8, {"@gap": np.array([3, 0], np.uint8), "@val": np.ones(2, np.int8), "@val@scale": ONE}, "at least 1"),
+    ("topk", GAP8, {"@gap": np.full(3, 255, np.uint8), "@val": np.ones(3, np.int8), "@val@scale": ONE}, "within"),
+    ("topk", GAP8, {"@gap": np.ones(2, np.int16), "@val": np.ones(2, np.int8), "@val@scale": ONE}, "uint8"),
+    ("topk", GAP8, {"@gap": np.ones(2, np.uint8), "@val": np.ones(3, np.int8), "@val@scale": ONE}, "one per index"),
+    ("topk", GAP8, {"@gap": np.ones(2, np.uint8), "@val": np.ones(2, np.float32), "@val@scale": ONE}, "int8"),
+    ("topk", GAP8, {"@gap": np.ones(2, np.uint8), "@val": np.ones(2, np.int8),
+                    "@val@scale": np.array([np.nan], np.float32)}, "non-negative"),
+    ("topk", GAP8, {"@gap": np.ones(2, np.uint8), "@val": np.ones(2, np.int8)}, "must be exactly"),
     ("float16", {}, {"w": np.zeros((64, 10), np.float32), "b": np.zeros(10, np.float16)}, "expected float16"),
     ("raw", {}, {"w": np.zeros((64, 9), np.float32), "b": np.zeros(10, np.float32)}, "expected float"),
 ])
@@ -116,7 +129,8 @@ def test_bad_codec_tensors_are_refused(name, params, wire, why):
 
 @pytest.mark.parametrize("header_codec,params,why", [
     ("zstd", {}, "unknown codec"), ("int8", {"block": -1}, "block"), ("raw", {"block": 4}, "unknown fields"),
-    ("topk", {"delta": "yes"}, "delta"), ("raw", [], "object"),
+    ("topk", {"delta": "yes"}, "delta"), ("raw", [], "object"), ("topk", {"index": "gap4"}, "index must be"),
+    ("int8", {"index": "gap8"}, "unknown fields"),
 ])
 def test_envelope_refuses_unknown_codecs_and_bad_params(header_codec, params, why):
     env = Envelope(kind=Kind.UPDATE, federation="f", round=1, sender="n", model_version=0, tensors={}, samples=1)
@@ -130,6 +144,18 @@ def test_envelope_refuses_unknown_codecs_and_bad_params(header_codec, params, wh
     data += struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
     with pytest.raises(EnvelopeError, match=why):
         decode(data)
+
+
+def test_topk_gaps_over_255_are_bridged_by_zero_fillers():
+    flat = np.zeros(2000)
+    flat[[3, 600, 1999]] = [1.0, -2.0, 3.0]  # gaps of 597 and 1399: fillers needed
+    shapes = {"w": (2000,)}
+    wire, seen = codecs.compress(Codec("topk", delta=True, fraction=3 / 2000), {"w": flat})
+    assert wire["@gap"].dtype == np.uint8 and wire["@gap"].max() == 255
+    got = codecs.to_dense(codecs.decode("topk", GAP8, wire, shapes), np.float64)["w"]
+    np.testing.assert_allclose(got, seen["w"], atol=0)
+    assert set(np.flatnonzero(got)) == {3, 600, 1999}
+    np.testing.assert_allclose(got[[3, 600, 1999]], [1.0, -2.0, 3.0], rtol=0.01)
 
 
 @pytest.mark.parametrize("meta,why", [

@@ -4,10 +4,13 @@
 * ``float16``: every tensor as IEEE half precision, same names and shapes.
 * ``int8``: every tensor ``T`` as ``T`` (int8, same shape) plus ``T@scale`` (float32, one scale per
   ``block`` values in C order; ``block`` 0 means one scale for the tensor): ``value = q * scale``.
-* ``topk``: the largest-magnitude ``fraction`` of all the model's entries, as two tensors ``@idx``
-  (int32, strictly increasing) and ``@val`` (float32). Indices count through the concatenation of every
-  tensor flattened in C order, in the order of the model's tensors (as the global model envelope lists
-  them); every other entry is zero.
+* ``topk``: the largest-magnitude ``fraction`` of all the model's entries. Indices count through the
+  concatenation of every tensor flattened in C order, in the order of the model's tensors (as the global
+  model envelope lists them); every other entry is zero. Indices go as ``@idx`` (int32, strictly
+  increasing; ``index: int32``) or as ``@gap`` (uint8 gaps, index = running sum - 1; a gap over 255 is
+  bridged by filler entries of value zero; ``index: gap8``, the default). Values go as ``@val``: float32
+  (``values: float32``) or int8 with one float32 ``@val@scale`` (``values: int8``, the default), so an
+  entry costs 2 bytes instead of 8.
 
 With ``delta`` the tensors are the difference to the global model of the envelope's ``model_version``.
 Error feedback (``topk`` and ``int8``) keeps on the node what compression dropped and adds it to the
@@ -23,6 +26,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 CODECS = ("raw", "float16", "int8", "topk")
+TOPK_INDEX = ("gap8", "int32")
+TOPK_VALUES = ("int8", "float32")
+GAP_MAX = 255
 MAX_BLOCK = 1 << 20
 
 
@@ -39,18 +45,22 @@ class Codec:
     block: int = 0
     fraction: float = 0.01
     error_feedback: bool = False
+    index: str = "gap8"
+    values: str = "int8"
 
     def params(self) -> Dict[str, Any]:
         """The envelope header's ``codec_params`` for this codec."""
         out: Dict[str, Any] = {"delta": self.delta}
         if self.name == "int8":
             out["block"] = self.block
+        elif self.name == "topk":
+            out.update(index=self.index, values=self.values)
         return out
 
     def to_meta(self) -> Dict[str, Any]:
         """JSON form carried to nodes in the model envelope's ``meta.update_codec``."""
         return {"name": self.name, "delta": self.delta, "block": self.block, "fraction": self.fraction,
-                "error_feedback": self.error_feedback}
+                "error_feedback": self.error_feedback, "index": self.index, "values": self.values}
 
     @classmethod
     def from_meta(cls, meta: Any) -> "Codec":
@@ -59,15 +69,19 @@ class Codec:
             raise CodecError("update_codec must be an object")
         name, delta, ef = meta.get("name"), meta.get("delta", False), meta.get("error_feedback", False)
         block, fraction = meta.get("block", 0), meta.get("fraction", 0.01)
+        index, values = meta.get("index", "int32"), meta.get("values", "float32")  # 1.1 coordinators name neither
         if name not in CODECS:
             raise CodecError(f"unknown codec {name!r} (known: {', '.join(CODECS)})")
+        if index not in TOPK_INDEX or values not in TOPK_VALUES:
+            raise CodecError(f"index must be one of {TOPK_INDEX} and values one of {TOPK_VALUES}")
         if not isinstance(delta, bool) or not isinstance(ef, bool):
             raise CodecError("delta and error_feedback must be true or false")
         if not isinstance(block, int) or isinstance(block, bool) or not 0 <= block <= MAX_BLOCK:
             raise CodecError(f"block must be an integer in [0, {MAX_BLOCK}]")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise CodecError("fraction must be a number in (0, 1]")
-        codec = cls(name=name, delta=delta, block=block, fraction=float(fraction), error_feedback=ef)
+        codec = cls(name=name, delta=delta, block=block, fraction=float(fraction), error_feedback=ef, index=index,
+                    values=values)
         problem = codec.problem()
         if problem:
             raise CodecError(problem)
@@ -120,7 +134,7 @@ def _expand_scales(scale: np.ndarray, block: int, size: int) -> Union[float, np.
 def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """(wire tensors, what the receiver will reconstruct) for float tensors under ``codec``."""
     if codec.name == "topk":
-        return _topk(codec.fraction, tensors)
+        return _topk(codec, tensors)
     wire: Dict[str, np.ndarray] = {}
     seen: Dict[str, np.ndarray] = {}
     for name, t in tensors.items():
@@ -144,11 +158,24 @@ def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str,
     return wire, seen
 
 
-def _topk(fraction: float, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+def _topk(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     flat = np.concatenate([np.asarray(t, np.float64).reshape(-1) for t in tensors.values()])
-    k = min(flat.size, max(1, math.ceil(fraction * flat.size)))
-    idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:]).astype(np.int32)
-    val = flat[idx].astype(np.float32)
+    k = min(flat.size, max(1, math.ceil(codec.fraction * flat.size)))
+    idx = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:])
+    wire: Dict[str, np.ndarray] = {}
+    if codec.index == "gap8":
+        idx, wire["@gap"] = _with_fillers(idx)
+    else:
+        wire["@idx"] = idx.astype(np.int32)
+    val = flat[idx]
+    if codec.values == "int8":
+        scale = np.array([np.abs(val).max(initial=0.0) / 127.0], np.float32)
+        q = np.clip(np.rint(val / scale[0]), -127, 127).astype(np.int8) if scale[0] > 0 else np.zeros(val.size, np.int8)
+        wire["@val"], wire["@val@scale"] = q, scale
+        val = q * np.float64(scale[0])
+    else:
+        wire["@val"] = val.astype(np.float32)
+        val = wire["@val"]
     kept = np.zeros_like(flat)
     kept[idx] = val
     seen, offset = {}, 0
@@ -156,7 +183,21 @@ def _topk(fraction: float, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str,
         size = int(np.size(t))
         seen[name] = kept[offset:offset + size].reshape(np.shape(t))
         offset += size
-    return {"@idx": idx, "@val": val}, seen
+    return wire, seen
+
+
+def _with_fillers(idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Sorted indices -> (indices with filler entries wherever a gap exceeds 255, their uint8 gaps)."""
+    gaps = np.diff(idx, prepend=-1)
+    if gaps.size and gaps.max() > GAP_MAX:
+        steps = [np.full(g // GAP_MAX - (g % GAP_MAX == 0), GAP_MAX, np.int64) for g in gaps.tolist()]
+        parts = []
+        for g, fill in zip(gaps.tolist(), steps):
+            parts.append(fill)
+            parts.append(np.array([g - fill.sum()], np.int64))
+        gaps = np.concatenate(parts)
+        idx = np.cumsum(gaps) - 1
+    return idx, gaps.astype(np.uint8)
 
 
 def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
@@ -169,7 +210,7 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
     if name == "int8":
         expected |= {n + "@scale" for n in shapes}
     elif name == "topk":
-        return _decode_topk(wire, shapes)
+        return _decode_topk(params, wire, shapes)
     if set(wire) != expected:
         raise CodecError(f"codec {name}: tensors {sorted(wire)} do not match the model's {sorted(expected)}")
     out: Dict[str, Decoded] = {}
@@ -195,14 +236,32 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
     return out
 
 
-def _decode_topk(wire: Mapping[str, np.ndarray], shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Decoded]:
-    if set(wire) != {"@idx", "@val"}:
-        raise CodecError(f"codec topk: tensors {sorted(wire)} must be exactly @idx and @val")
-    idx, val = wire["@idx"], wire["@val"]
+def _decode_topk(params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
+                 shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Decoded]:
+    gap8, int8 = params.get("index", "int32") == "gap8", params.get("values", "float32") == "int8"
+    names = {"@gap" if gap8 else "@idx", "@val"} | ({"@val@scale"} if int8 else set())
+    if set(wire) != names:
+        raise CodecError(f"codec topk: tensors {sorted(wire)} must be exactly {sorted(names)}")
+    val = wire["@val"]
     total = sum(math.prod(s) for s in shapes.values())
-    if idx.dtype != np.int32 or val.dtype.kind != "f" or idx.ndim != 1 or idx.shape != val.shape:
-        raise CodecError("codec topk: @idx must be int32 and @val float, both flat and of one length")
-    if idx.size > total or (idx.size and (idx[0] < 0 or idx[-1] >= total or (np.diff(idx) <= 0).any())):
+    if gap8:
+        gaps = wire["@gap"]
+        if gaps.dtype != np.uint8 or gaps.ndim != 1 or gaps.size > total or (gaps.size and gaps.min() == 0):
+            raise CodecError("codec topk: @gap must be flat uint8 gaps of at least 1, no more than the model's size")
+        idx = np.cumsum(gaps, dtype=np.int64) - 1
+    else:
+        idx = wire["@idx"]
+        if idx.dtype != np.int32 or idx.ndim != 1 or idx.size > total:
+            raise CodecError("codec topk: @idx must be flat int32, no longer than the model's size")
+    if val.ndim != 1 or val.shape != idx.shape or val.dtype != (np.int8 if int8 else val.dtype) or \
+            (not int8 and val.dtype.kind != "f"):
+        raise CodecError(f"codec topk: @val must be flat {'int8' if int8 else 'float'}, one per index")
+    if int8:
+        scale = wire["@val@scale"]
+        if scale.dtype != np.float32 or scale.shape != (1,) or not scale[0] >= 0:  # "not >=" also catches NaN
+            raise CodecError("codec topk: @val@scale must be one non-negative float32")
+        val = (val * np.float64(scale[0])).astype(np.float32)
+    if idx.size and (idx[0] < 0 or idx[-1] >= total or (np.diff(idx) <= 0).any()):
         raise CodecError(f"codec topk: indices must be strictly increasing and within [0, {total})")
     out: Dict[str, Decoded] = {}
     offset = 0
@@ -218,10 +277,12 @@ def check_params(name: str, params: Any) -> Dict[str, Any]:
     """Validate an envelope's ``codec_params`` (untrusted); returns them."""
     if not isinstance(params, dict):
         raise CodecError("codec_params must be an object")
-    allowed = {"delta", "block"} if name == "int8" else {"delta"}
+    allowed = {"int8": {"delta", "block"}, "topk": {"delta", "index", "values"}}.get(name, {"delta"})
     unknown = set(params) - allowed
     if unknown:
         raise CodecError(f"codec_params: unknown fields {sorted(unknown)} for codec {name}")
+    if params.get("index", "int32") not in TOPK_INDEX or params.get("values", "float32") not in TOPK_VALUES:
+        raise CodecError(f"codec_params: index must be one of {TOPK_INDEX}, values one of {TOPK_VALUES}")
     if not isinstance(params.get("delta", False), bool):
         raise CodecError("codec_params.delta must be true or false")
     block = params.get("block", 0)

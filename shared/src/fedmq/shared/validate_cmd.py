@@ -50,7 +50,7 @@ def render_tree(tm: TopicMap) -> List[str]:
 def _codec_line(tm: TopicMap) -> str:
     c = tm.compression.update
     detail = {"int8": f", {'one scale per tensor' if not c.block else f'a scale per {c.block} values'}",
-              "topk": f", {c.fraction:.2%} of the entries"}.get(c.name, "")
+              "topk": f", {c.fraction:.2%} of the entries ({c.index} indices, {c.values} values)"}.get(c.name, "")
     return (f"{c.name}{detail}" + (", as deltas" if c.delta else "")
             + (" with error feedback" if c.error_feedback else ""))
 

@@ -11,7 +11,7 @@ from fedmq.shared.topicmap.model import (
     BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
     TopicMap, Transport,
 )
-from fedmq.shared.codecs import CODECS, Codec
+from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
@@ -183,7 +183,7 @@ def _limits(r: Reader, value: Any, line: Optional[int]) -> Limits:
 def _compression(r: Reader, value: Any, line: Optional[int]) -> Compression:
     if value is None:
         return Compression()
-    keys = ("update", "delta", "int8_block", "topk_fraction", "error_feedback", "model")
+    keys = ("update", "delta", "int8_block", "topk_fraction", "topk_index", "topk_values", "error_feedback", "model")
     m = r.mapping(value, "compression", line, keys)
     p = "compression"
     name = r.value(m, "update", p, str, "raw", choices=CODECS)
@@ -192,7 +192,9 @@ def _compression(r: Reader, value: Any, line: Optional[int]) -> Compression:
     codec = Codec(name=name, delta=delta,
                   block=r.value(m, "int8_block", p, int, 0, minimum=0, maximum=1 << 20),
                   fraction=r.value(m, "topk_fraction", p, float, 0.01, minimum=1e-6, maximum=1.0),
-                  error_feedback=r.value(m, "error_feedback", p, bool, lossy and delta))
+                  error_feedback=r.value(m, "error_feedback", p, bool, lossy and delta),
+                  index=r.value(m, "topk_index", p, str, "gap8", choices=TOPK_INDEX),
+                  values=r.value(m, "topk_values", p, str, "int8", choices=TOPK_VALUES))
     problem = codec.problem()
     if problem:
         r.error(r.line_of(m, "delta") or r.line_of(m, "update") or line, "compression", problem,
