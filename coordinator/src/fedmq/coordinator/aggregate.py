@@ -6,10 +6,11 @@ and only the root divides. So hierarchical FedAvg is exactly flat FedAvg (up to 
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from fedmq.coordinator.strategy.vectors import Shapes, flatten, size
 from fedmq.shared.codecs import Decoded, Sparse
 
 
@@ -49,6 +50,32 @@ class WeightedSum:
         if self.weight <= 0:
             raise ValueError("no weight to average")
         return {name: (s / self.weight).astype(np.float32) for name, s in self.sums.items()}
+
+
+class UpdateStack:
+    """Every update of a round as one float32 row each, with its weight: what a robust rule needs.
+    Memory is O(updates x model size); groups forward their rows to the root."""
+
+    def __init__(self, shapes: Shapes) -> None:
+        self.shapes = shapes
+        self.width = size(shapes)
+        self.rows: List[np.ndarray] = []
+        self.weights: List[float] = []
+
+    def add(self, tensors: Mapping[str, Decoded], weight: float) -> None:
+        """One node's update (dense or sparse tensors)."""
+        self.rows.append(flatten(tensors, self.shapes).astype(np.float32))
+        self.weights.append(float(weight))
+
+    def add_rows(self, rows: np.ndarray, weights: np.ndarray) -> None:
+        """A child group's forwarded rows."""
+        self.rows.extend(np.asarray(rows, np.float32))
+        self.weights.extend(float(w) for w in weights)
+
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(rows as an n x P float32 matrix, weights as a float64 vector)."""
+        rows = np.stack(self.rows) if self.rows else np.zeros((0, self.width), np.float32)
+        return rows, np.asarray(self.weights, np.float64)
 
 
 class MetricSums:

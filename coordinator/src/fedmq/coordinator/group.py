@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from fedmq.coordinator.aggregate import MetricSums, WeightedSum
+from fedmq.coordinator.aggregate import MetricSums, UpdateStack, WeightedSum
+from fedmq.coordinator.strategy.clipping import clip_update
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
@@ -38,6 +39,7 @@ class GroupResult:
     nodes: List[str]
     metrics: MetricSums
     bytes_up: float
+    stack: Optional[UpdateStack] = None  # every update, when the strategy's rule is robust
 
 
 @dataclass
@@ -52,6 +54,7 @@ class _Round:
     answered: Set[str] = field(default_factory=set)  # by this worker, or, split, by any worker of the group
     reported: Set[Tuple[str, int]] = field(default_factory=set)
     bytes_up: float = 0.0
+    stack: Optional[UpdateStack] = None
 
 
 class GroupAggregator:
@@ -103,7 +106,8 @@ class GroupAggregator:
                     if any(self.membership.in_subtree(n, c.path) for n in mine) for w in range(c.workers)}
         ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
                       deadline_at=close_at, selected=mine, train=parent.train)
-        self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children)
+        self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children,
+                              stack=UpdateStack(self.shapes) if self.tm.strategy.robust else None)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
         self._maybe_close()
@@ -205,10 +209,14 @@ class GroupAggregator:
             return
         codec = self.tm.compression.update
         tensors, reason, detail = self._tensors(env, codec)
-        limits = self.tm.limits
+        limits, strategy = self.tm.limits, self.tm.strategy
         norm = 0.0
+        reference = None if codec.delta else self.reference
         if tensors is not None and limits.max_update_norm is not None and (codec.delta or self.reference is not None):
-            norm = codecs.norm(tensors, None if codec.delta else self.reference)
+            norm = codecs.norm(tensors, reference)
+        bound = strategy.clip
+        if tensors is not None and bound is not None and reference is None and not codec.delta:
+            tensors, reason, detail = None, "no reference model", "clipping needs the global model, not received yet"
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
@@ -226,7 +234,14 @@ class GroupAggregator:
                          json.dumps({"v": 1, "round": r.ctl.round, "attempt": r.ctl.attempt, "nodes": [node]}).encode(),
                          False)
         assert tensors is not None
-        r.sums.add(tensors, env.samples)
+        if bound is not None:
+            tensors, before = clip_update(tensors, reference, bound)
+            if before > bound:
+                r.metrics.merge({"clipped": 1.0}, {})
+        weight = 1.0 if strategy.privacy is not None else env.samples  # DP-FedAvg weighs every node equally
+        if r.stack is not None:
+            r.stack.add(tensors, weight)
+        r.sums.add(tensors, weight)
         r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
         r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0), "bytes_update": float(len(payload)),
                          "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values()))}, {})
@@ -266,6 +281,7 @@ class GroupAggregator:
         bad_nodes = (not isinstance(nodes, list) or len(set(map(str, nodes))) != len(nodes)
                      or not all(isinstance(n, str) and n in selected and n not in taken
                                 and self.membership.in_subtree(n, child_path) for n in nodes))
+        rows, row_problem = self._forwarded_rows(env, nodes)
         tensors, reason, detail = self._tensors(env, self._partial_codec) if nodes and not bad_nodes else ({}, "", "")
         if self._refused(topic, [
             (key not in r.children, "unexpected partial",
@@ -274,14 +290,30 @@ class GroupAggregator:
             (bad_nodes, "bad node list", "nodes must be distinct selected members of the child group"),
             (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
             (tensors is None, reason, detail),
+            (bool(row_problem), "bad update rows", row_problem),
         ]):
             return
+        if r.stack is not None and rows is not None:
+            r.stack.add_rows(*rows)
         r.reported.add(key)
         r.nodes.extend(nodes)
         r.sums.add_sums(env.tensors, env.samples)
         r.metrics.merge_wire({k: v for k, v in env.metrics.items() if k != "bytes_up"})
         r.bytes_up += len(payload) + env.metrics.get("bytes_up", 0.0)
         self._maybe_close()
+
+    def _forwarded_rows(self, env: Envelope, nodes: object) -> Tuple[Optional[Tuple[np.ndarray, np.ndarray]], str]:
+        """Take a partial's forwarded updates (``@rows``, ``@row_weights``: robust strategies) out of its
+        tensors; returns them, or the problem with them."""
+        rows, weights = env.tensors.pop("@rows", None), env.tensors.pop("@row_weights", None)
+        if self.current is None or self.current.stack is None:
+            return None, "" if rows is None and weights is None else "update rows sent to a group that sums"
+        n = len(nodes) if isinstance(nodes, list) else -1
+        width = self.current.stack.width
+        if rows is None or weights is None or rows.shape != (n, width) or weights.shape != (n,) \
+                or rows.dtype != np.float32 or weights.dtype != np.float64 or (weights <= 0).any():
+            return None, f"a robust strategy needs @rows (float32 [{n}, {width}]) and @row_weights (positive float64 [{n}])"
+        return (rows, weights), ""
 
     # --- closing -----------------------------------------------------------------------------------
 
@@ -296,7 +328,7 @@ class GroupAggregator:
         r = self.current
         assert r is not None
         self.current = None
-        result = GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up)
+        result = GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack)
         self.log.info("round %d: closing (%s) with %d of %d nodes", r.ctl.round, why, len(r.nodes), len(r.ctl.selected))
         if self.is_root:
             assert self.on_root_close is not None
@@ -304,9 +336,12 @@ class GroupAggregator:
             return
         metrics = r.metrics.to_wire()
         metrics["bytes_up"] = r.bytes_up
+        tensors = dict(r.sums.sums)
+        if r.stack is not None and r.stack.rows:  # robust: the root needs every update, not only the sums
+            tensors["@rows"], tensors["@row_weights"] = r.stack.arrays()
         env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=r.ctl.round, attempt=r.ctl.attempt,
                        sender=self.group.name, model_version=r.ctl.model_version,
-                       tensors=r.sums.sums, samples=r.sums.weight, metrics=metrics,
+                       tensors=tensors, samples=r.sums.weight, metrics=metrics,
                        meta={"nodes": r.nodes, **({"worker": self.worker} if self.group.workers > 1 else {})},
                        codec_params=self._partial_codec.params())
         parent = self.group.path[:-1]

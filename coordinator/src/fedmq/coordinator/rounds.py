@@ -20,7 +20,11 @@ from fedmq.coordinator.rejections import Rejections
 from fedmq.shared.data import open_source
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.messages import Control, TrainParams, encode_metrics
-from fedmq.shared.models import Weights, evaluate, initial_weights
+from fedmq.coordinator.strategy import robust
+from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
+from fedmq.coordinator.strategy.server_opt import ServerOptimizer
+from fedmq.coordinator.strategy.vectors import unflatten
+from fedmq.shared.models import Weights, evaluate, expected_shapes, initial_weights
 from fedmq.shared.signing import Auth
 from fedmq.shared.topicmap import TopicMap
 
@@ -75,6 +79,10 @@ class RoundDriver:
                 self.weights, self.state = loaded
                 self.log.warning("resuming from checkpoint %s: %d rounds done, model version %d",
                                  tm.checkpoint_dir, self.state.rounds_done, self.state.model_version)
+        self.optimizer = ServerOptimizer(tm.strategy)
+        privacy = tm.strategy.privacy
+        self.accountant = Accountant(privacy) if privacy is not None and privacy.noise_multiplier > 0 else None
+        self.population = 0
         self.attempt_count = 0
         self.waiting_since = time.monotonic()
         self.last_wait_log = 0.0
@@ -109,6 +117,7 @@ class RoundDriver:
             meta["max_payload_bytes"] = self.tm.transport.max_payload_bytes
         codec = self.tm.compression.model
         tensors = {k: v.astype(np.float16) for k, v in self.weights.items()} if codec == "float16" else self.weights
+        self.root.reference = {k: v.astype(np.float64) for k, v in tensors.items()}  # what nodes train from
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
                        model_version=self.state.model_version, tensors=tensors, meta=meta, codec=codec)
         payload = self.auth.seal(env) if self.auth else encode(env)
@@ -140,22 +149,53 @@ class RoundDriver:
         self.attempt_count += 1
         rng = np.random.default_rng([p.seed, self.next_round, self.attempt_count])
         self.selected = select_nodes(online, self.tm, rng)
+        self.population = len(online)
         attempt = int(time.time() * 1000)  # unique per start, also across coordinator restarts
         ctl = Control(type="start", round=self.next_round, attempt=attempt, model_version=self.state.model_version,
                       deadline_at=time.time() + p.deadline_s, selected=self.selected,
-                      train=TrainParams(p.local_epochs, p.batch_size, p.learning_rate))
+                      train=self._train_params())
         self.round_started = time.monotonic()
         self.rejections.take_round()
         self.log.info("round %d: started with %d of %d online nodes", ctl.round, len(self.selected), len(online))
         self.root.start(ctl)
 
+    def _train_params(self) -> TrainParams:
+        p, s = self.tm.policy, self.tm.strategy
+        local = s.privacy if s.privacy is not None and s.privacy.mode == "local" else None
+        return TrainParams(p.local_epochs, p.batch_size, p.learning_rate, proximal_mu=s.proximal_mu,
+                           dp_clip_norm=local.clip_norm if local else None,
+                           dp_noise_multiplier=local.noise_multiplier if local else 0.0)
+
+    def _change(self, ctl: Control, result: GroupResult) -> Dict[str, np.ndarray]:
+        """The round's aggregated change to the global model, by the strategy's rule."""
+        s = self.tm.strategy
+        delta = self.tm.compression.update.delta  # then updates (and sums) are changes, else weights
+        shapes = expected_shapes(self.tm.model)
+        if s.robust:
+            assert result.stack is not None
+            rows, weights = result.stack.arrays()
+            agg = unflatten(robust.aggregate(s, rows.astype(np.float64), weights), shapes)
+            return agg if delta else {k: agg[k] - self.weights[k] for k in agg}
+        sums, weight = result.sums.sums, result.sums.weight
+        if not delta:  # sums of changes: DP's sensitivity is bounded for changes, not weights
+            sums = {k: v - weight * self.weights[k].astype(np.float64) for k, v in sums.items()}
+        if s.privacy is not None:
+            if s.privacy.mode == "central":
+                noise = gaussian_noise(shapes, s.privacy.noise_multiplier * s.privacy.clip_norm)
+                sums = {k: v + noise[k] for k, v in sums.items()}
+            weight = float(len(ctl.selected))  # fixed before training: the count of answers stays private
+        return {k: v / weight for k, v in sums.items()}
+
     def _on_root_close(self, ctl: Control, result: GroupResult) -> None:
         p = self.tm.policy
         needed = p.quorum_count(len(ctl.selected))
         if len(result.nodes) >= needed and result.sums.weight > 0:
-            mean = result.sums.mean()
-            delta = self.tm.compression.update.delta  # then the sums are of changes to the global model
-            self.weights = {k: (w + mean[k]).astype(np.float32) if delta else mean[k] for k, w in self.weights.items()}
+            try:
+                change = self._change(ctl, result)
+            except robust.RobustError as exc:
+                raise FederationFailed(f"round {ctl.round}: {exc}; lower strategy.byzantine or trim_fraction, "
+                                       "or raise rounds.quorum") from None
+            self.weights = self.optimizer.step(self.weights, change)
             self.state.rounds_done = ctl.round
             self.state.model_version += 1
             self.attempt_count = 0
@@ -197,7 +237,11 @@ class RoundDriver:
                                              / max(1, len(result.nodes))),
             "seconds": round(time.monotonic() - self.round_started, 4),
             "rejected": self.rejections.take_round(),
+            "clipped": int(result.metrics.sums.get("clipped", 0.0)),
         }
+        if self.accountant is not None:
+            summary["epsilon"] = round(self.accountant.round(self.population, len(ctl.selected)), 4)
+            summary["delta"] = self.accountant.privacy.delta
         if self.eval_data is not None:
             server = evaluate(self.tm.model, self.weights, *self.eval_data)
             summary["loss"] = server["loss"]

@@ -17,6 +17,7 @@ import numpy as np
 from fedmq.node.config import NodeConfig
 from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
+from fedmq.node.privacy import privatize
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR
@@ -46,6 +47,7 @@ class NodeAgent:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir)
         self.encoder = codecs.UpdateEncoder(codecs.Codec())
+        self._warned_proximal = False
         self.pending: Optional[Control] = None
         self.answered: Set[Tuple[int, int]] = set()
         self.rounds_done = 0
@@ -165,12 +167,18 @@ class NodeAgent:
         self.pending = None
         t0 = time.perf_counter()
         self.trainer.set_weights(self.model[1])
+        if ctl.train.proximal_mu and not self.trainer.supports_proximal and not self._warned_proximal:
+            self._warned_proximal = True
+            self.log.warning("the %s trainer cannot add FedProx's proximal term: training plain local SGD "
+                             "(use the numpy or tflite trainer for strategy.proximal_mu)", self.trainer.name)
         before = self.trainer.evaluate(self.x, self.y)
         train = self.trainer.fit(self.x, self.y, ctl.train, self.rng)
         weights = self.trainer.get_weights()
         if not all(np.isfinite(w).all() for w in weights.values()):
             self.log.error("round %d: training diverged (NaN/Inf); not sending an update", ctl.round)
             return
+        if ctl.train.dp_clip_norm is not None:
+            weights = privatize(weights, self.model[1], ctl.train.dp_clip_norm, ctl.train.dp_noise_multiplier)
         metrics = {f"eval_{k}": v for k, v in before.items()}
         metrics.update(train)
         metrics["train_seconds"] = time.perf_counter() - t0

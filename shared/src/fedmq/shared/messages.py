@@ -68,6 +68,9 @@ class TrainParams:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    proximal_mu: float = 0.0  # FedProx: mu/2 |w - w_global|^2 added to the local loss
+    dp_clip_norm: Optional[float] = None  # local DP: clip the change to this norm ...
+    dp_noise_multiplier: float = 0.0  # ... and add N(0, (multiplier * clip)^2) to every entry
 
 
 @dataclass
@@ -97,6 +100,11 @@ class Control:
                 d.pop(k)
         if self.type != "close":
             d.pop("outcome")
+        if d.get("train"):  # optional fields only when set: a 1.1 node reads the rest unchanged
+            t = d["train"]
+            for k, default in (("proximal_mu", 0.0), ("dp_clip_norm", None), ("dp_noise_multiplier", 0.0)):
+                if t[k] == default:
+                    t.pop(k)
         return _dump(d)
 
     @classmethod
@@ -117,11 +125,17 @@ class Control:
             train = obj.get("train")
             if not isinstance(train, dict):
                 raise MessageError("train must be an object")
+            clip = _num(train, "dp_clip_norm") if "dp_clip_norm" in train else None
             msg.train = TrainParams(
                 local_epochs=_int(train, "local_epochs", 1),
                 batch_size=_int(train, "batch_size", 1),
                 learning_rate=_num(train, "learning_rate"),
+                proximal_mu=_num(train, "proximal_mu") if "proximal_mu" in train else 0.0,
+                dp_clip_norm=clip,
+                dp_noise_multiplier=_num(train, "dp_noise_multiplier") if "dp_noise_multiplier" in train else 0.0,
             )
+            if msg.train.proximal_mu < 0 or msg.train.dp_noise_multiplier < 0 or (clip is not None and clip <= 0):
+                raise MessageError("train: proximal_mu and dp_noise_multiplier must be >= 0, dp_clip_norm > 0")
         elif kind == "close":
             outcome = obj.get("outcome")
             if outcome not in ("applied", "retry", "failed"):

@@ -21,6 +21,7 @@ class Trainer(abc.ABC):
     """Trains one model kind locally. Weights go in and out as named tensors, never by position."""
 
     name = "abstract"
+    supports_proximal = False  # True where fit() adds FedProx's term for params.proximal_mu
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -35,7 +36,8 @@ class Trainer(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, x: np.ndarray, y: np.ndarray, params: TrainParams, rng: np.random.Generator) -> Dict[str, float]:
-        """Run ``params.local_epochs`` epochs of local training; return training metrics (``train_loss``)."""
+        """Run ``params.local_epochs`` epochs of local training; return training metrics (``train_loss``).
+        Trainers that support it add FedProx's ``params.proximal_mu / 2 * |w - w_start|^2`` to the loss."""
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
         """Loss and accuracy (or r2) of the current weights on (x, y)."""

@@ -68,6 +68,7 @@ class NumpyDenseTrainer(Trainer):
     """Dense ReLU networks in plain numpy."""
 
     name = "numpy"
+    supports_proximal = True
 
     def __init__(self, spec: ModelSpec) -> None:
         if spec.kind not in SUPPORTED:
@@ -96,10 +97,16 @@ class NumpyDenseTrainer(Trainer):
         """Shuffled mini-batch SGD for ``local_epochs`` epochs."""
         xs = np.asarray(x, np.float64)
         t = targets(self.spec, y).astype(np.float64)
+        mu, lr = params.proximal_mu, params.learning_rate
+        anchor = [(w.copy(), b.copy()) for w, b in self.layers] if mu else []
         losses = []
         for _ in range(params.local_epochs):
             order = rng.permutation(len(xs))
             for start in range(0, len(xs), params.batch_size):
                 idx = order[start : start + params.batch_size]
-                losses.append(self.step(xs[idx], t[idx], params.learning_rate))
+                prox = [[mu * (p - p0) for p, p0 in zip(layer, a)] for layer, a in zip(self.layers, anchor)]
+                losses.append(self.step(xs[idx], t[idx], lr))
+                for layer, grads in zip(self.layers, prox):  # FedProx: the gradient of mu/2 |w - w0|^2 at w
+                    for p, g in zip(layer, grads):
+                        p -= lr * g
         return {"train_loss": float(np.mean(losses)) if losses else 0.0}

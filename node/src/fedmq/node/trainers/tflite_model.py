@@ -53,6 +53,7 @@ class TfliteTrainer(Trainer):
     """Trains a ``tflite`` model kind with the .tflite file the coordinator distributed."""
 
     name = "tflite"
+    supports_proximal = True
 
     def __init__(self, spec: ModelSpec, model: bytes) -> None:
         super().__init__(spec)
@@ -70,10 +71,16 @@ class TfliteTrainer(Trainer):
         """Shuffled mini-batches through ``train``; the learning rate is the one built into the file."""
         xs = np.asarray(x, np.float32)
         t = targets(self.spec, y)
+        mu, lr = params.proximal_mu, params.learning_rate
+        anchor = self.model.get_weights() if mu else {}
         losses = []
         for _ in range(params.local_epochs):
             order = rng.permutation(len(xs))
             for start in range(0, len(xs), params.batch_size):
                 idx = order[start : start + params.batch_size]
+                before = self.model.get_weights() if mu else {}
                 losses.append(self.model.train_step(xs[idx], t[idx]))
+                if mu:  # FedProx outside the graph: the proximal gradient at the pre-step weights, same lr
+                    after = self.model.get_weights()
+                    self.model.set_weights({k: after[k] - lr * mu * (before[k] - anchor[k]) for k in after})
         return {"train_loss": float(np.mean(losses)) if losses else 0.0}

@@ -9,14 +9,16 @@ from fedmq.shared.topicmap.model import (
     Group,
     Limits,
     ModelSpec,
+    Privacy,
     RoundPolicy,
     SecuritySettings,
+    Strategy,
     TlsSettings,
     TopicMap,
     Transport,
 )
 
 __all__ = [
-    "BrokerSettings", "Compression", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "RoundPolicy", "SecuritySettings",
+    "BrokerSettings", "Compression", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "Privacy", "RoundPolicy", "SecuritySettings", "Strategy",
     "TlsSettings", "TopicMap", "TopicMapError", "Transport", "load_topic_map", "parse_topic_map",
 ]

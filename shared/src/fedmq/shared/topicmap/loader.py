@@ -9,7 +9,7 @@ from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
     BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
-    TopicMap, Transport,
+    TopicMap, Transport, AGGREGATORS, SERVER_OPTIMIZERS, Privacy, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
@@ -17,7 +17,7 @@ from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
-            "transport", "tree")
+            "transport", "strategy", "tree")
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
 
@@ -53,10 +53,11 @@ def _build(data: Any, r: Reader) -> TopicMap:
     policy = _policy(r, top.get("rounds"), r.line_of(top, "rounds"), root)
     compression = _compression(r, top.get("compression"), r.line_of(top, "compression"))
     transport = _transport(r, top.get("transport"), r.line_of(top, "transport"), limits)
+    strategy = _strategy(r, top.get("strategy"), r.line_of(top, "strategy"))
     r.raise_if_any()
     return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
                     limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
-                    security=security, compression=compression, transport=transport)
+                    security=security, compression=compression, transport=transport, strategy=strategy)
 
 
 def _relative_to(file: str, path: str) -> str:
@@ -213,6 +214,47 @@ def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Tr
                                   fix="use a broker's payload cap such as 131072 (AWS IoT Core), at most "
                                       "limits.max_message_bytes"),
         chunk_timeout_s=r.value(m, "chunk_timeout_s", "transport", float, 60.0, minimum=1.0))
+
+
+STRATEGY_KEYS = ("aggregator", "trim_fraction", "byzantine", "multi_krum_keep", "clip_norm", "proximal_mu",
+                 "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy")
+
+
+def _strategy(r: Reader, value: Any, line: Optional[int]) -> Strategy:
+    if value is None:
+        return Strategy()
+    m = r.mapping(value, "strategy", line, STRATEGY_KEYS)
+    p, d = "strategy", Strategy()
+    privacy = None
+    if m is not None and "privacy" in m:
+        pm = r.mapping(m["privacy"], "strategy.privacy", r.line_of(m, "privacy"),
+                       ("mode", "noise_multiplier", "clip_norm", "delta"), ("clip_norm",))
+        q, dp = "strategy.privacy", Privacy()
+        privacy = Privacy(mode=r.value(pm, "mode", q, str, dp.mode, choices=("central", "local")),
+                          noise_multiplier=r.value(pm, "noise_multiplier", q, float, dp.noise_multiplier, minimum=0.0),
+                          clip_norm=r.value(pm, "clip_norm", q, float, dp.clip_norm, minimum=1e-12),
+                          delta=r.value(pm, "delta", q, float, dp.delta, minimum=1e-12, maximum=0.5))
+    s = Strategy(
+        aggregator=r.value(m, "aggregator", p, str, d.aggregator, choices=AGGREGATORS),
+        trim_fraction=r.value(m, "trim_fraction", p, float, d.trim_fraction, minimum=0.0, maximum=0.49),
+        byzantine=r.value(m, "byzantine", p, int, d.byzantine, minimum=0),
+        multi_krum_keep=r.value(m, "multi_krum_keep", p, int, None, minimum=1),
+        clip_norm=r.value(m, "clip_norm", p, float, None, minimum=1e-12),
+        proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0),
+        server_optimizer=r.value(m, "server_optimizer", p, str, d.server_optimizer, choices=SERVER_OPTIMIZERS),
+        server_lr=r.value(m, "server_lr", p, float, d.server_lr, minimum=1e-12),
+        server_momentum=r.value(m, "server_momentum", p, float, d.server_momentum, minimum=0.0, maximum=0.999),
+        beta1=r.value(m, "beta1", p, float, d.beta1, minimum=0.0, maximum=0.999),
+        beta2=r.value(m, "beta2", p, float, d.beta2, minimum=0.0, maximum=0.9999),
+        tau=r.value(m, "tau", p, float, d.tau, minimum=1e-12),
+        privacy=privacy)
+    if privacy is not None and s.robust:
+        r.error(r.line_of(m, "aggregator"), "strategy.aggregator", "differential privacy is accounted for the "
+                "mean of clipped changes, not for a robust rule", "use aggregator: fedavg with privacy")
+    if privacy is not None and s.clip_norm is not None:
+        r.error(r.line_of(m, "clip_norm"), "strategy.clip_norm", "privacy.clip_norm already bounds every change",
+                "drop strategy.clip_norm")
+    return s
 
 
 POLICY_KEYS = ("rounds", "fraction", "min_nodes", "max_nodes", "deadline_s", "quorum", "on_quorum_failure",

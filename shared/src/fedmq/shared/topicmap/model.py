@@ -109,6 +109,61 @@ class Compression:
     model: str = "raw"
 
 
+AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum", "multi_krum")
+ROBUST = AGGREGATORS[1:]
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """Client-level differential privacy: every update's change clipped to ``clip_norm`` and Gaussian noise
+    of standard deviation ``noise_multiplier * clip_norm`` added to the sum at the root (``central``) or
+    to each change on its node (``local``); the budget is reported as epsilon at ``delta``."""
+
+    mode: str = "central"
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How updates become the next global model (docs/topic-map.md, ``strategy``).
+
+    ``aggregator``: ``fedavg`` (sample-weighted mean, streamed as sums up the tree) or a Byzantine-robust
+    rule computed at the root over every update (``median``, ``trimmed_mean`` cutting ``trim_fraction``
+    at each end, ``krum`` / ``multi_krum`` tolerating ``byzantine`` attackers and averaging the
+    ``multi_krum_keep`` best). ``clip_norm`` bounds every update's change. ``proximal_mu`` is FedProx's
+    mu, sent to nodes with each round. The server optimizer treats the aggregated change as a
+    pseudo-gradient (Reddi et al. 2021): ``fedavg`` applies it, ``fedavgm`` with momentum, ``fedadam``,
+    ``fedyogi`` and ``fedadagrad`` adaptively.
+    """
+
+    aggregator: str = "fedavg"
+    trim_fraction: float = 0.2
+    byzantine: int = 0
+    multi_krum_keep: Optional[int] = None
+    clip_norm: Optional[float] = None
+    proximal_mu: float = 0.0
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    privacy: Optional[Privacy] = None
+
+    @property
+    def robust(self) -> bool:
+        """True when the rule needs every update, not just their sums."""
+        return self.aggregator in ROBUST
+
+    @property
+    def clip(self) -> Optional[float]:
+        """The norm every change is clipped to: the privacy bound, else ``clip_norm``, else none."""
+        return self.privacy.clip_norm if self.privacy is not None else self.clip_norm
+
+
 @dataclass(frozen=True)
 class Transport:
     """Messages over ``max_payload_bytes`` are sent in chunks; incomplete chunk sets are dropped after
@@ -189,6 +244,7 @@ class TopicMap:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     compression: Compression = field(default_factory=Compression)
     transport: Transport = field(default_factory=Transport)
+    strategy: Strategy = field(default_factory=Strategy)
 
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""

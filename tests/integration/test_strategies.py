@@ -1,0 +1,123 @@
+"""Aggregation strategies over a real Mosquitto: Byzantine-robust rules against attacking nodes (forwarded
+through a child group), server optimizers, FedProx and differential privacy end to end.
+
+Nodes run fedmq's real NodeAgent in threads (each with its own MQTT connection); attackers are NodeAgents
+whose trainer turns every honest change into a scaled, sign-flipped one.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from fedhelp import wait_for, write_federation
+from fedmq.broker.process import MosquittoProcess
+from fedmq.node.agent import NodeAgent
+from fedmq.node.config import load_node_config
+from fedmq.shared.data import open_source
+
+from test_federation import InThreadCoordinator
+
+GROUPS = {"home1": [f"a{i}" for i in range(5)], "home2": [f"b{i}" for i in range(5)]}
+ATTACKERS = {"a4", "b4"}  # 20 % of the nodes, one in each group
+ROUNDS = 6
+
+
+class SignFlipped:
+    """A trainer whose update is start - 10 x (honest change): a scaled, sign-flipped attack."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.supports_proximal = inner, inner.name, inner.supports_proximal
+
+    def set_weights(self, weights):
+        self.start = {k: np.asarray(v, np.float32).copy() for k, v in weights.items()}
+        self.inner.set_weights(weights)
+
+    def get_weights(self):
+        w = self.inner.get_weights()
+        return {k: (self.start[k] - 10.0 * (w[k] - self.start[k])).astype(np.float32) for k in w}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class Attacker(NodeAgent):
+    def _make_trainer(self, model_file):
+        super()._make_trainer(model_file)
+        self.trainer = SignFlipped(self.trainer)
+
+
+def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS):
+    paths = write_federation(str(tmp_path), port, GROUPS, rounds=rounds, checkpoint=False,
+                             extra={"strategy": strategy} if strategy else None,
+                             extra_rounds={"learning_rate": 0.05})
+    agents = []
+    for n in [n for ns in GROUPS.values() for n in ns]:
+        cfg = load_node_config(paths[n])
+        x, y = open_source(cfg.data).load()
+        agents.append((Attacker if n in attackers else NodeAgent)(cfg, x, y))
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for t in threads:
+        t.start()
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= rounds or c.error is not None, 90, f"{rounds} rounds")
+            assert c.error is None, c.error
+            return c.rounds, c.service
+    finally:
+        for a in agents:
+            a.stop()
+        for t in threads:
+            t.join(10)
+
+
+@pytest.fixture(scope="module")
+def clean_accuracy(tmp_path_factory):
+    """Final accuracy of the same federation with every node honest (its own broker)."""
+    tmp = tmp_path_factory.mktemp("clean")
+    proc = MosquittoProcess(str(tmp / "mosquitto")).start()
+    try:
+        rounds, _ = run_federation(tmp, proc.port, None)
+    finally:
+        proc.stop()
+    return rounds[-1]["accuracy"]
+
+
+@pytest.mark.parametrize("strategy", [{"aggregator": "median"}, {"aggregator": "trimmed_mean", "trim_fraction": 0.2},
+                                      {"aggregator": "multi_krum", "byzantine": 2}])
+def test_robust_rules_hold_against_20_percent_attackers(tmp_path, broker, clean_accuracy, strategy):
+    rounds, _ = run_federation(tmp_path, broker.port, strategy, ATTACKERS)
+    assert all(r["updates"] == 10 for r in rounds)  # the attackers' updates were counted, then outvoted
+    assert rounds[-1]["accuracy"] >= clean_accuracy - 0.02, (clean_accuracy, [r["accuracy"] for r in rounds])
+
+
+def test_plain_fedavg_breaks_down_under_the_same_attack(tmp_path, broker, clean_accuracy):
+    rounds, _ = run_federation(tmp_path, broker.port, None, ATTACKERS)
+    assert clean_accuracy > 0.9
+    assert rounds[-1]["accuracy"] < clean_accuracy - 0.2, [r["accuracy"] for r in rounds]
+
+
+def test_clipping_bounds_every_change(tmp_path, broker):
+    rounds, _ = run_federation(tmp_path, broker.port, {"clip_norm": 0.05}, rounds=2)
+    assert all(r["clipped"] == 10 for r in rounds)  # each change was larger and was cut down
+
+
+@pytest.mark.parametrize("strategy", [
+    {"server_optimizer": "fedavgm", "server_lr": 1.0, "server_momentum": 0.5},
+    {"server_optimizer": "fedadam", "server_lr": 0.05},
+    {"server_optimizer": "fedyogi", "server_lr": 0.05},
+    {"server_optimizer": "fedadagrad", "server_lr": 0.05},
+    {"proximal_mu": 1.0},
+])
+def test_server_optimizers_and_fedprox_learn(tmp_path, broker, strategy):
+    rounds, _ = run_federation(tmp_path, broker.port, strategy)
+    assert rounds[-1]["accuracy"] > 0.9, [r["accuracy"] for r in rounds]
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_differential_privacy_reports_its_budget(tmp_path, broker, mode):
+    strategy = {"privacy": {"mode": mode, "noise_multiplier": 0.5, "clip_norm": 1.0, "delta": 1e-5}}
+    rounds, _ = run_federation(tmp_path, broker.port, strategy, rounds=3)
+    eps = [r["epsilon"] for r in rounds]
+    assert 0 < eps[0] < eps[1] < eps[2] < float("inf")  # the budget is spent round after round
+    assert all(r["delta"] == 1e-5 for r in rounds)
