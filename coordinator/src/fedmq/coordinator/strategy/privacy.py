@@ -4,8 +4,10 @@ on every change on its node (local). The privacy spent is tracked by Google's dp
 accountant) and reported after every round as epsilon at the configured delta.
 
 Central: each round is a Gaussian mechanism of multiplier ``z`` on the sum of clipped changes
-(sensitivity C), applied to a sample drawn without replacement from the online nodes; the mean divides by
-the number selected (fixed before anyone trains), not by the number that answered.
+(sensitivity C, add-or-remove-one neighbours) on a sample of the online nodes, accounted as Poisson sampling
+at rate selected / online (the usual approximation for a fixed-size uniform sample, as TensorFlow Federated
+and Opacus make); the mean divides by the number selected (fixed before anyone trains), not by the number
+that answered.
 Local: each node releases a Gaussian mechanism of multiplier ``z`` in every round it takes part in; the
 report is for a node that takes part in every round (the worst case).
 """
@@ -35,7 +37,7 @@ class Accountant:
 
         event = dp_accounting.GaussianDpEvent(self.privacy.noise_multiplier)
         if self.privacy.mode == "central" and selected < population:
-            event = dp_accounting.SampledWithoutReplacementDpEvent(population, selected, event)
+            event = dp_accounting.PoissonSampledDpEvent(selected / population, event)
         self.accountant.compose(event)
         self.rounds += 1
         return self.epsilon()

@@ -1,0 +1,102 @@
+"""Aggregation strategies without a broker: robust rules, clipping, server optimizers, privacy, config."""
+
+import numpy as np
+import pytest
+
+from fedmq.coordinator.strategy import robust
+from fedmq.coordinator.strategy.clipping import clip_update
+from fedmq.coordinator.strategy.privacy import Accountant
+from fedmq.coordinator.strategy.server_opt import ServerOptimizer
+from fedmq.node.privacy import privatize
+from fedmq.shared.codecs import Sparse, norm
+from fedmq.shared.messages import Control, TrainParams
+from fedmq.shared.topicmap import Privacy, Strategy, TopicMapError, parse_topic_map
+
+from test_topicmap import GOOD
+
+
+def honest_and_attackers(n_honest=8, n_bad=2, p=5, seed=0):
+    rng = np.random.default_rng(seed)
+    honest = 1.0 + 0.01 * rng.normal(size=(n_honest, p))
+    bad = np.full((n_bad, p), -100.0)
+    return np.vstack([honest, bad]), np.ones(n_honest + n_bad)
+
+
+@pytest.mark.parametrize("strategy", [Strategy(aggregator="median"), Strategy(aggregator="trimmed_mean"),
+                                      Strategy(aggregator="krum", byzantine=2),
+                                      Strategy(aggregator="multi_krum", byzantine=2)])
+def test_robust_rules_ignore_a_minority_of_outliers(strategy):
+    rows, w = honest_and_attackers()
+    agg = robust.aggregate(strategy, rows, w)
+    np.testing.assert_allclose(agg, 1.0, atol=0.05)
+    assert abs(rows.mean(axis=0) - 1.0).max() > 10  # what the mean would have been
+
+
+def test_trimmed_mean_and_krum_refuse_too_few_updates():
+    with pytest.raises(robust.RobustError):
+        robust.krum_scores(np.zeros((3, 2)), byzantine=2)
+    with pytest.raises(robust.RobustError):
+        robust.trimmed_mean(np.zeros((2, 2)), 0.49 + 0.01)
+    np.testing.assert_allclose(robust.trimmed_mean(np.array([[1.0], [2.0], [30.0], [-40.0], [3.0]]), 0.2), [2.0])
+
+
+def test_clipping_scales_changes_of_dense_and_sparse_updates():
+    ref = {"w": np.zeros(4)}
+    clipped, before = clip_update({"w": np.array([3.0, 4.0, 0, 0])}, ref, 1.0)
+    assert before == 5.0 and norm(clipped, ref) == pytest.approx(1.0)
+    sparse, before = clip_update({"w": Sparse(np.array([1]), np.array([10.0], np.float32), (4,))}, None, 2.0)
+    assert before == 10.0 and sparse["w"].val[0] == pytest.approx(2.0)
+    same, _ = clip_update({"w": np.array([0.1, 0, 0, 0])}, ref, 1.0)
+    assert same["w"][0] == 0.1
+
+
+def test_server_optimizers_follow_their_update_rules():
+    x, d = {"w": np.zeros(2, np.float32)}, {"w": np.array([1.0, -2.0])}
+    np.testing.assert_allclose(ServerOptimizer(Strategy()).step(x, d)["w"], [1.0, -2.0])
+    m = ServerOptimizer(Strategy(server_optimizer="fedavgm", server_momentum=0.5))
+    m.step(x, d)
+    np.testing.assert_allclose(m.step(x, d)["w"], [1.5, -3.0])  # v = 0.5 * d + d
+    s = Strategy(server_optimizer="fedadam", server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    got = ServerOptimizer(s).step(x, d)["w"]
+    v = 0.99 * 1e-6 + 0.01 * np.array([1.0, 4.0])
+    np.testing.assert_allclose(got, 0.1 * 0.1 * np.array([1.0, -2.0]) / (np.sqrt(v) + 1e-3), rtol=1e-5)
+    for name in ("fedyogi", "fedadagrad"):
+        step = ServerOptimizer(Strategy(server_optimizer=name, server_lr=0.1)).step(x, d)["w"]
+        assert np.sign(step).tolist() == [1.0, -1.0]
+
+
+def test_accountant_spends_more_with_more_rounds_and_less_with_sampling_and_noise():
+    central = Accountant(Privacy(mode="central", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5))
+    eps = [central.round(100, 10) for _ in range(3)]
+    assert 0 < eps[0] < eps[1] < eps[2]
+    full = Accountant(Privacy(mode="central", noise_multiplier=1.0))
+    assert full.round(100, 100) > eps[0]  # no amplification by sampling
+    noisy = Accountant(Privacy(mode="local", noise_multiplier=4.0))
+    assert noisy.round(100, 10) < full.epsilon()
+
+
+def test_local_privacy_clips_then_adds_noise():
+    start = {"w": np.zeros(1000, np.float32)}
+    out = privatize({"w": np.full(1000, 10.0, np.float32)}, start, clip_norm=1.0, noise_multiplier=0.0)
+    assert np.linalg.norm(out["w"]) == pytest.approx(1.0, rel=1e-5)
+    noisy = privatize(start, start, 1.0, 2.0, np.random.default_rng(0))
+    assert np.std(noisy["w"]) == pytest.approx(2.0, rel=0.1)
+
+
+def test_train_fields_round_trip_and_are_omitted_when_unset():
+    ctl = Control(type="start", round=1, attempt=1, deadline_at=1.0, selected=["a"],
+                  train=TrainParams(1, 8, 0.1, proximal_mu=0.5, dp_clip_norm=1.0, dp_noise_multiplier=1.2))
+    assert Control.decode(ctl.encode()).train == ctl.train
+    plain = Control(type="start", round=1, attempt=1, deadline_at=1.0, selected=["a"], train=TrainParams(1, 8, 0.1))
+    assert b"proximal_mu" not in plain.encode() and Control.decode(plain.encode()).train == plain.train
+
+
+def test_strategy_section_is_read_and_checked():
+    tm = parse_topic_map(GOOD + "strategy: {aggregator: trimmed_mean, trim_fraction: 0.1, server_optimizer: fedadam}\n")
+    assert tm.strategy.robust and tm.strategy.server_optimizer == "fedadam"
+    with pytest.raises(TopicMapError, match="strategy.aggregator"):
+        parse_topic_map(GOOD + "strategy: {aggregator: geometric_median}\n")
+    with pytest.raises(TopicMapError, match="robust rule"):
+        parse_topic_map(GOOD + "strategy: {aggregator: median, privacy: {clip_norm: 1.0}}\n")
+    with pytest.raises(TopicMapError, match="clip_norm"):
+        parse_topic_map(GOOD + "strategy: {privacy: {noise_multiplier: 1.0}}\n")
