@@ -42,11 +42,15 @@ def test_trimmed_mean_and_krum_refuse_too_few_updates():
 
 def test_clipping_scales_changes_of_dense_and_sparse_updates():
     ref = {"w": np.zeros(4)}
-    clipped, before = clip_update({"w": np.array([3.0, 4.0, 0, 0])}, ref, 1.0)
+    dense = {"w": np.array([3.0, 4.0, 0, 0])}
+    before = norm(dense, ref)
+    clipped = clip_update(dense, ref, 1.0, before)
     assert before == 5.0 and norm(clipped, ref) == pytest.approx(1.0)
-    sparse, before = clip_update({"w": Sparse(np.array([1]), np.array([10.0], np.float32), (4,))}, None, 2.0)
-    assert before == 10.0 and sparse["w"].val[0] == pytest.approx(2.0)
-    same, _ = clip_update({"w": np.array([0.1, 0, 0, 0])}, ref, 1.0)
+    sparse = {"w": Sparse(np.array([1]), np.array([10.0], np.float32), (4,))}
+    before = norm(sparse, None)
+    assert before == 10.0 and clip_update(sparse, None, 2.0, before)["w"].val[0] == pytest.approx(2.0)
+    small = {"w": np.array([0.1, 0, 0, 0])}
+    same = clip_update(small, ref, 1.0, norm(small, ref))
     assert same["w"][0] == 0.1
 
 

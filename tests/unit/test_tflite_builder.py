@@ -72,3 +72,26 @@ def test_file_is_small_and_has_no_flex_ops():
     assert data_[4:8] == b"TFL3"
     assert b"Flex" not in data_
     assert len(data_) < 64 * 1024
+
+
+def test_fedprox_pulls_numpy_and_tflite_training_towards_the_start_alike():
+    from fedmq.node.trainers.tflite_model import TfliteTrainer
+    from fedmq.shared.messages import TrainParams
+
+    spec = spec_for("softmax", (7,), {})
+    w0 = initial_weights(spec)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, spec.features)).astype(np.float32)
+    y = rng.choice(spec.classes, 64)
+    moved = {}
+    for mu in (0.0, 5.0):
+        params = TrainParams(3, 8, 0.1, proximal_mu=mu)
+        out = []
+        for trainer in (NumpyDenseTrainer(spec), TfliteTrainer(spec, build_dense_model(spec, w0, 0.1))):
+            trainer.set_weights(w0)
+            trainer.fit(x, y, params, np.random.default_rng(0))
+            out.append(trainer.get_weights())
+        for k in w0:  # both trainers run the same proximal SGD
+            np.testing.assert_allclose(out[1][k], out[0][k], rtol=0, atol=1e-4)
+        moved[mu] = np.sqrt(sum(np.sum((out[0][k] - w0[k]) ** 2) for k in w0))
+    assert moved[5.0] < 0.7 * moved[0.0], moved  # the proximal term keeps the weights near the start

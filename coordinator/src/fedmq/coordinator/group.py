@@ -212,11 +212,12 @@ class GroupAggregator:
         limits, strategy = self.tm.limits, self.tm.strategy
         norm = 0.0
         reference = None if codec.delta else self.reference
-        if tensors is not None and limits.max_update_norm is not None and (codec.delta or self.reference is not None):
-            norm = codecs.norm(tensors, reference)
         bound = strategy.clip
-        if tensors is not None and bound is not None and reference is None and not codec.delta:
+        if tensors is not None and bound is not None and not codec.delta and reference is None:
             tensors, reason, detail = None, "no reference model", "clipping needs the global model, not received yet"
+        if tensors is not None and (limits.max_update_norm is not None or bound is not None) \
+                and (codec.delta or reference is not None):
+            norm = codecs.norm(tensors, reference)
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
@@ -235,8 +236,8 @@ class GroupAggregator:
                          False)
         assert tensors is not None
         if bound is not None:
-            tensors, before = clip_update(tensors, reference, bound)
-            if before > bound:
+            tensors = clip_update(tensors, reference, bound, norm)
+            if norm > bound:
                 r.metrics.merge({"clipped": 1.0}, {})
         weight = 1.0 if strategy.privacy is not None else env.samples  # DP-FedAvg weighs every node equally
         if r.stack is not None:

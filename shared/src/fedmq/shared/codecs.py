@@ -131,6 +131,15 @@ def _expand_scales(scale: np.ndarray, block: int, size: int) -> Union[float, np.
     return np.repeat(scale.astype(np.float64), block)[:size]
 
 
+def _quantise(flat: np.ndarray, full: Union[float, np.ndarray]) -> np.ndarray:
+    """int8 codes of ``flat`` (float64) for the scale(s) ``full``; 0 where a scale is 0."""
+    if isinstance(full, float):
+        q = flat * (1.0 / full) if full > 0 else np.zeros_like(flat)
+    else:
+        q = np.divide(flat, full, out=np.zeros_like(flat), where=full > 0)
+    return np.clip(np.rint(q, out=q), -127, 127, out=q).astype(np.int8)
+
+
 def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """(wire tensors, what the receiver will reconstruct) for float tensors under ``codec``."""
     if codec.name == "topk":
@@ -148,11 +157,7 @@ def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str,
             flat = t.reshape(-1).astype(np.float64, copy=False)
             scale = _block_scales(flat, codec.block)
             full = _expand_scales(scale, codec.block, flat.size)
-            if isinstance(full, float):
-                q = flat * (1.0 / full) if full > 0 else np.zeros_like(flat)
-            else:
-                q = np.divide(flat, full, out=np.zeros_like(flat), where=full > 0)
-            q = np.clip(np.rint(q, out=q), -127, 127, out=q).astype(np.int8)
+            q = _quantise(flat, full)
             wire[name], wire[name + "@scale"] = q.reshape(t.shape), scale
             seen[name] = (q * full).reshape(t.shape)
     return wire, seen
@@ -169,8 +174,8 @@ def _topk(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np
         wire["@idx"] = idx.astype(np.int32)
     val = flat[idx]
     if codec.values == "int8":
-        scale = np.array([np.abs(val).max(initial=0.0) / 127.0], np.float32)
-        q = np.clip(np.rint(val / scale[0]), -127, 127).astype(np.int8) if scale[0] > 0 else np.zeros(val.size, np.int8)
+        scale = _block_scales(val, 0)
+        q = _quantise(val, float(scale[0]))
         wire["@val"], wire["@val@scale"] = q, scale
         val = q * np.float64(scale[0])
     else:
@@ -190,13 +195,10 @@ def _with_fillers(idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Sorted indices -> (indices with filler entries wherever a gap exceeds 255, their uint8 gaps)."""
     gaps = np.diff(idx, prepend=-1)
     if gaps.size and gaps.max() > GAP_MAX:
-        steps = [np.full(g // GAP_MAX - (g % GAP_MAX == 0), GAP_MAX, np.int64) for g in gaps.tolist()]
-        parts = []
-        for g, fill in zip(gaps.tolist(), steps):
-            parts.append(fill)
-            parts.append(np.array([g - fill.sum()], np.int64))
-        gaps = np.concatenate(parts)
-        idx = np.cumsum(gaps) - 1
+        fill = (gaps - 1) // GAP_MAX  # fillers of gap 255 before each entry; its own gap is then in [1, 255]
+        out = np.full(gaps.size + int(fill.sum()), GAP_MAX, np.int64)
+        out[np.cumsum(fill + 1) - 1] = gaps - GAP_MAX * fill
+        gaps, idx = out, np.cumsum(out) - 1
     return idx, gaps.astype(np.uint8)
 
 
@@ -253,8 +255,7 @@ def _decode_topk(params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
         idx = wire["@idx"]
         if idx.dtype != np.int32 or idx.ndim != 1 or idx.size > total:
             raise CodecError("codec topk: @idx must be flat int32, no longer than the model's size")
-    if val.ndim != 1 or val.shape != idx.shape or val.dtype != (np.int8 if int8 else val.dtype) or \
-            (not int8 and val.dtype.kind != "f"):
+    if val.ndim != 1 or val.shape != idx.shape or (val.dtype != np.int8 if int8 else val.dtype.kind != "f"):
         raise CodecError(f"codec topk: @val must be flat {'int8' if int8 else 'float'}, one per index")
     if int8:
         scale = wire["@val@scale"]

@@ -125,17 +125,20 @@ class Control:
             train = obj.get("train")
             if not isinstance(train, dict):
                 raise MessageError("train must be an object")
-            clip = _num(train, "dp_clip_norm") if "dp_clip_norm" in train else None
+            def optional(key: str, default: Optional[float]) -> Optional[float]:
+                return _num(train, key) if key in train else default
+
+            clip = optional("dp_clip_norm", None)
+            if clip == 0:
+                raise MessageError("dp_clip_norm must be > 0")
             msg.train = TrainParams(
                 local_epochs=_int(train, "local_epochs", 1),
                 batch_size=_int(train, "batch_size", 1),
                 learning_rate=_num(train, "learning_rate"),
-                proximal_mu=_num(train, "proximal_mu") if "proximal_mu" in train else 0.0,
+                proximal_mu=optional("proximal_mu", 0.0) or 0.0,
                 dp_clip_norm=clip,
-                dp_noise_multiplier=_num(train, "dp_noise_multiplier") if "dp_noise_multiplier" in train else 0.0,
+                dp_noise_multiplier=optional("dp_noise_multiplier", 0.0) or 0.0,
             )
-            if msg.train.proximal_mu < 0 or msg.train.dp_noise_multiplier < 0 or (clip is not None and clip <= 0):
-                raise MessageError("train: proximal_mu and dp_noise_multiplier must be >= 0, dp_clip_norm > 0")
         elif kind == "close":
             outcome = obj.get("outcome")
             if outcome not in ("applied", "retry", "failed"):

@@ -39,12 +39,28 @@ def render_tree(tm: TopicMap) -> List[str]:
         f"deadline {p.deadline_s}s, quorum {quorum}, on failure {p.on_quorum_failure})",
         f"training   {p.local_epochs} epoch(s), batch {p.batch_size}, learning rate {p.learning_rate}",
         f"updates    {_codec_line(tm)}; model down as {tm.compression.model}",
+        f"strategy   {_strategy_line(tm)}",
         "transport  " + (f"chunks over {tm.transport.max_payload_bytes} bytes (timeout {tm.transport.chunk_timeout_s:g}s)"
                          if tm.transport.max_payload_bytes else "no payload cap (no chunking)"),
         "tree",
     ]
     lines.extend(_group_lines(tm.root, ""))
     return lines
+
+
+def _strategy_line(tm: TopicMap) -> str:
+    s = tm.strategy
+    parts = [s.aggregator + {"trimmed_mean": f" (trim {s.trim_fraction:g} at each end)",
+                             "krum": f" (f = {s.byzantine})", "multi_krum": f" (f = {s.byzantine})"}.get(s.aggregator, "")]
+    if s.clip_norm is not None:
+        parts.append(f"changes clipped to {s.clip_norm:g}")
+    if s.proximal_mu:
+        parts.append(f"FedProx mu {s.proximal_mu:g}")
+    parts.append(f"server optimizer {s.server_optimizer} (lr {s.server_lr:g})")
+    if s.privacy is not None:
+        p = s.privacy
+        parts.append(f"{p.mode} DP: clip {p.clip_norm:g}, noise multiplier {p.noise_multiplier:g}, delta {p.delta:g}")
+    return "; ".join(parts)
 
 
 def _codec_line(tm: TopicMap) -> str:

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from fedmq.shared.codecs import Decoded, Sparse, norm
+from fedmq.shared.codecs import Decoded, Sparse
 
 
-def clip_update(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str, np.ndarray]], bound: float
-                ) -> Tuple[Dict[str, Decoded], float]:
-    """(the update with its change scaled down to norm ``bound`` if it was larger, the change's norm before).
+def clip_update(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str, np.ndarray]], bound: float,
+                norm: float) -> Mapping[str, Decoded]:
+    """The update with its change scaled down to L2 norm ``bound`` if ``norm`` (the change's norm, which the
+    caller has from ``codecs.norm``) is larger; otherwise the update as it is.
 
     ``reference`` is None when the tensors already are a change (``compression.delta``); otherwise the
     change is ``tensors - reference`` and the clipped update is ``reference + scaled change``."""
-    before = norm(tensors, reference)
-    if before <= bound or before == 0.0:
-        return dict(tensors), before
-    scale = bound / before
+    if norm <= bound:
+        return tensors
+    scale = bound / norm
     out: Dict[str, Decoded] = {}
     for k, t in tensors.items():
         if isinstance(t, Sparse):
@@ -27,4 +27,4 @@ def clip_update(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str,
             out[k] = np.asarray(t, np.float64) * scale
         else:
             out[k] = reference[k] + (np.asarray(t, np.float64) - reference[k]) * scale
-    return out, before
+    return out

@@ -14,7 +14,7 @@ report is for a node that takes part in every round (the worst case).
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
@@ -29,7 +29,6 @@ class Accountant:
 
         self.privacy = privacy
         self.accountant = rdp.RdpAccountant()
-        self.rounds = 0
 
     def round(self, population: int, selected: int) -> float:
         """Account one round (``selected`` of ``population`` online nodes); returns epsilon so far."""
@@ -39,7 +38,6 @@ class Accountant:
         if self.privacy.mode == "central" and selected < population:
             event = dp_accounting.PoissonSampledDpEvent(selected / population, event)
         self.accountant.compose(event)
-        self.rounds += 1
         return self.epsilon()
 
     def epsilon(self) -> float:
@@ -49,8 +47,7 @@ class Accountant:
         return float(self.accountant.get_epsilon(self.privacy.delta))
 
 
-def gaussian_noise(shapes: Dict[str, tuple], std: float, rng: Optional[np.random.Generator] = None
-                   ) -> Dict[str, np.ndarray]:
-    """Independent N(0, std^2) noise for every tensor (a fresh OS-seeded generator unless one is given)."""
-    rng = rng or np.random.default_rng()
+def gaussian_noise(shapes: Dict[str, tuple], std: float) -> Dict[str, np.ndarray]:
+    """Independent N(0, std^2) noise for every tensor, from a fresh OS-seeded generator."""
+    rng = np.random.default_rng()
     return {k: rng.normal(0.0, std, shape) for k, shape in shapes.items()}

@@ -17,15 +17,14 @@ def size(shapes: Shapes) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
 
-def flatten(tensors: Mapping[str, Decoded], shapes: Shapes, out: np.ndarray = None) -> np.ndarray:
-    """The tensors (dense or sparse) concatenated in ``shapes`` order, into ``out`` if given."""
-    vec = np.zeros(size(shapes), np.float64) if out is None else out
+def flatten(tensors: Mapping[str, Decoded], shapes: Shapes) -> np.ndarray:
+    """The tensors (dense or sparse) concatenated in ``shapes`` order."""
+    vec = np.zeros(size(shapes), np.float64)
     offset = 0
     for name, shape in shapes.items():
         n = math.prod(shape)
         t = tensors[name]
         if isinstance(t, Sparse):
-            vec[offset:offset + n] = 0.0
             vec[offset + t.idx] = t.val
         else:
             vec[offset:offset + n] = np.asarray(t).reshape(-1)
