@@ -67,11 +67,29 @@ def test_three_rounds_six_nodes_two_groups(broker, tmp_path):
     assert state["rounds_done"] == 3 and state["model_version"] == 3
 
 
+def wait_online(port, nodes, timeout=20):
+    """Wait until the broker holds an "online" status for each node (id -> group path)."""
+    t = Topics(FED)
+    watcher = MqttLink(f"watch-{time.time()}", BrokerSettings(port=port), persistent=False)
+    for node, group in nodes.items():
+        watcher.subscribe(t.status(group, node))
+    watcher.start()
+    online, end = set(), time.monotonic() + timeout
+    try:
+        while online != set(nodes) and time.monotonic() < end:
+            msg = watcher.get(0.2)
+            if msg is not None and Status.decode(msg.payload).state == "online":
+                online.add(Status.decode(msg.payload).node)
+    finally:
+        watcher.stop()
+    assert online == set(nodes), f"only {sorted(online)} came online"
+
+
 def test_node_killed_and_node_frozen_mid_round_close_at_quorum(broker, tmp_path):
     paths = write_federation(str(tmp_path), broker.port, SIX, rounds=2, deadline_s=4, quorum=0.6)
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    wait_online(broker.port, {"a2": ("home1",), "b3": ("home2",)})  # their retained "online" is on the broker
     for n in ("a2", "b3"):
-        wait_for(lambda: "connected" in (tmp_path / f"{n}.log").read_text(), 20, f"{n} to connect")
         nodes[n].send_signal(signal.SIGSTOP)  # frozen: still looks online, never answers
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
