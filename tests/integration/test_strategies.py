@@ -6,6 +6,8 @@ whose trainer turns every honest change into a scaled, sign-flipped one.
 """
 
 import threading
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,13 +49,13 @@ class Attacker(NodeAgent):
         self.trainer = SignFlipped(self.trainer)
 
 
-def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS):
+def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS, delays=None, extra_rounds=None):
     paths = write_federation(str(tmp_path), port, GROUPS, rounds=rounds, checkpoint=False,
                              extra={"strategy": strategy} if strategy else None,
-                             extra_rounds={"learning_rate": 0.05})
+                             extra_rounds={"learning_rate": 0.05, **(extra_rounds or {})})
     agents = []
     for n in [n for ns in GROUPS.values() for n in ns]:
-        cfg = load_node_config(paths[n])
+        cfg = replace(load_node_config(paths[n]), simulate_delay_s=(delays or {}).get(n, 0.0))
         x, y = open_source(cfg.data).load()
         agents.append((Attacker if n in attackers else NodeAgent)(cfg, x, y))
     threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
@@ -63,6 +65,7 @@ def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS):
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= rounds or c.error is not None, 90, f"{rounds} rounds")
             assert c.error is None, c.error
+            run_federation.agents = agents
             return c.rounds, c.service
     finally:
         for a in agents:
@@ -121,3 +124,31 @@ def test_differential_privacy_reports_its_budget(tmp_path, broker, mode):
     eps = [r["epsilon"] for r in rounds]
     assert 0 < eps[0] < eps[1] < eps[2] < float("inf")  # the budget is spent round after round
     assert all(r["delta"] == 1e-5 for r in rounds)
+
+
+def test_async_fedbuff_is_not_held_back_by_slow_nodes(tmp_path, broker):
+    """Three nodes take 6 s per training; in sync mode every round would wait for them. In async mode the
+    root applies a version per 4 changes, the slow nodes' changes arrive late, discounted by staleness."""
+    slow = {"a0": 6.0, "a1": 6.0, "b0": 6.0}
+    strategy = {"mode": "async", "async": {"buffer_size": 4, "max_staleness": 20, "flush_s": 0.2}}
+    t0 = time.monotonic()
+    rounds, service = run_federation(tmp_path, broker.port, strategy, rounds=12, delays=slow)
+    elapsed = time.monotonic() - t0
+    assert [r["model_version"] for r in rounds] == list(range(1, 13))
+    assert all(r["updates"] >= 4 for r in rounds)
+    assert rounds[-1]["accuracy"] > 0.9, [r["accuracy"] for r in rounds]
+    assert elapsed < 12 * 6.0 / 2, elapsed  # a synchronous run waits 6 s in every one of its 12 rounds
+    assert max(r["staleness"] for r in rounds) > 0  # changes from older versions were applied, discounted
+    assert service.rejections.total.get("too stale", 0) == 0
+
+
+def test_hierfavg_edge_rounds_per_root_round(tmp_path, broker):
+    """edge_rounds [3]: each home group aggregates three times (publishing its own model in between) per
+    root round, so every node trains three times per round and the groups send one partial each."""
+    rounds, service = run_federation(tmp_path, broker.port, {"edge_rounds": [3]}, rounds=3,
+                                     extra_rounds={"deadline_s": 20})
+    assert [r["updates"] for r in rounds] == [10, 10, 10]
+    assert all(a.rounds_done == 9 for a in run_federation.agents), [a.rounds_done for a in run_federation.agents]
+    assert rounds[-1]["accuracy"] > 0.9, [r["accuracy"] for r in rounds]
+    assert all(t in service.retained for t in (service.topics.group_model(("home1",)),
+                                               service.topics.group_model(("home2",))))

@@ -78,6 +78,7 @@ class GroupAggregator:
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
+        self.model_version = -1
         # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
         self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
@@ -86,13 +87,18 @@ class GroupAggregator:
         """Group path for log lines."""
         return "/".join(self.group.path) or "(root)"
 
+    def set_model(self, version: int, tensors: Dict[str, np.ndarray]) -> None:
+        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds."""
+        self.reference = tensors
+        self.model_version = version
+
     # --- round lifecycle -------------------------------------------------------------------------
 
     def start(self, parent: Control) -> None:
         """Begin a round from the parent's start (or the root driver's); publish our own start."""
-        key = (parent.round, parent.attempt)
-        if key == self.last_key:
-            return  # the same start again (retained copy, or our own relay)
+        key = (parent.round, parent.attempt, parent.model_version, tuple(parent.model_group or ()))
+        if key == self.last_key or parent.type != "start":
+            return  # the same start again (retained copy, or our own relay), or not a round's start
         if self.current is not None:
             self.log.info("round %d attempt %d superseded before closing", self.current.ctl.round, self.current.ctl.attempt)
         margin = 0.0 if self.is_root else self.tm.policy.hop_margin_s
@@ -105,7 +111,8 @@ class GroupAggregator:
         children = {(c.name, w) for c in self.group.children
                     if any(self.membership.in_subtree(n, c.path) for n in mine) for w in range(c.workers)}
         ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
-                      deadline_at=close_at, selected=mine, train=parent.train)
+                      deadline_at=close_at, selected=mine, train=parent.train, model_group=parent.model_group,
+                      secure=parent.secure)
         self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children,
                               stack=UpdateStack(self.shapes) if self.tm.strategy.robust else None)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
@@ -146,6 +153,22 @@ class GroupAggregator:
         return edge_id(child.path) if child is not None and child.edge else COORDINATOR
 
     def _decode(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
+        """The envelope if it is well-formed, from ``sender``, and for the open round; else None (rejected)."""
+        env = self._open(payload, topic, kind, sender)
+        if env is None:
+            return None
+        r = self.current
+        if r is None or (env.round, env.attempt) != (r.ctl.round, r.ctl.attempt):
+            self.rejections.reject("stale round", topic, f"round {env.round} attempt {env.attempt}; "
+                                   + (f"open is {r.ctl.round} attempt {r.ctl.attempt}" if r else "no round is open"))
+            return None
+        if env.model_version != r.ctl.model_version:
+            self.rejections.reject("wrong model version", topic, f"{env.model_version}, expected {r.ctl.model_version}")
+            return None
+        return env
+
+    def _open(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
+        """The envelope if it decodes, is of ``kind`` and this federation, and comes (signed) from ``sender``."""
         raw = split(payload)[0] if self.auth else payload
         try:
             env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
@@ -170,14 +193,6 @@ class GroupAggregator:
             except SignatureError as exc:
                 self.rejections.reject(exc.reason, topic, str(exc))
                 return None
-        r = self.current
-        if r is None or (env.round, env.attempt) != (r.ctl.round, r.ctl.attempt):
-            self.rejections.reject("stale round", topic, f"round {env.round} attempt {env.attempt}; "
-                                   + (f"open is {r.ctl.round} attempt {r.ctl.attempt}" if r else "no round is open"))
-            return None
-        if env.model_version != r.ctl.model_version:
-            self.rejections.reject("wrong model version", topic, f"{env.model_version}, expected {r.ctl.model_version}")
-            return None
         return env
 
     def _refused(self, topic: str, checks: List[Tuple[bool, str, str]]) -> bool:
@@ -329,21 +344,28 @@ class GroupAggregator:
         r = self.current
         assert r is not None
         self.current = None
-        result = GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack)
         self.log.info("round %d: closing (%s) with %d of %d nodes", r.ctl.round, why, len(r.nodes), len(r.ctl.selected))
+        self._closed(r.ctl, GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack))
+
+    def _closed(self, ctl: Control, result: GroupResult) -> None:
+        """Hand a closed round's result upwards: to the round driver at the root, else as a partial."""
         if self.is_root:
             assert self.on_root_close is not None
-            self.on_root_close(r.ctl, result)
-            return
-        metrics = r.metrics.to_wire()
-        metrics["bytes_up"] = r.bytes_up
-        tensors = dict(r.sums.sums)
-        if r.stack is not None and r.stack.rows:  # robust: the root needs every update, not only the sums
-            tensors["@rows"], tensors["@row_weights"] = r.stack.arrays()
-        env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=r.ctl.round, attempt=r.ctl.attempt,
-                       sender=self.group.name, model_version=r.ctl.model_version,
-                       tensors=tensors, samples=r.sums.weight, metrics=metrics,
-                       meta={"nodes": r.nodes, **({"worker": self.worker} if self.group.workers > 1 else {})},
+            self.on_root_close(ctl, result)
+        else:
+            self._send_partial(ctl, result)
+
+    def _send_partial(self, ctl: Control, result: GroupResult) -> None:
+        """Publish ``result`` as this group's partial aggregate for the parent's round ``ctl``."""
+        metrics = result.metrics.to_wire()
+        metrics["bytes_up"] = result.bytes_up
+        tensors = dict(result.sums.sums)
+        if result.stack is not None and result.stack.rows:  # robust: the root needs every update, not only the sums
+            tensors["@rows"], tensors["@row_weights"] = result.stack.arrays()
+        env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=ctl.round, attempt=ctl.attempt,
+                       sender=self.group.name, model_version=ctl.model_version,
+                       tensors=tensors, samples=result.sums.weight, metrics=metrics,
+                       meta={"nodes": result.nodes, **({"worker": self.worker} if self.group.workers > 1 else {})},
                        codec_params=self._partial_codec.params())
         parent = self.group.path[:-1]
         self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)

@@ -117,7 +117,7 @@ class RoundDriver:
             meta["max_payload_bytes"] = self.tm.transport.max_payload_bytes
         codec = self.tm.compression.model
         tensors = {k: v.astype(np.float16) for k, v in self.weights.items()} if codec == "float16" else self.weights
-        self.root.reference = {k: v.astype(np.float64) for k, v in tensors.items()}  # what nodes train from
+        self.root.set_model(self.state.model_version, {k: v.astype(np.float64) for k, v in tensors.items()})
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
                        model_version=self.state.model_version, tensors=tensors, meta=meta, codec=codec)
         payload = self.auth.seal(env) if self.auth else encode(env)
@@ -195,22 +195,15 @@ class RoundDriver:
             except robust.RobustError as exc:
                 raise FederationFailed(f"round {ctl.round}: {exc}; lower strategy.byzantine or trim_fraction, "
                                        "or raise rounds.quorum") from None
-            self.weights = self.optimizer.step(self.weights, change)
-            self.state.rounds_done = ctl.round
-            self.state.model_version += 1
             self.attempt_count = 0
-            summary = self._summary(ctl, result)
-            self.state.history.append(summary)
             self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
                                                           outcome="applied").encode(), True)
-            if self.tm.checkpoint_dir:
-                checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
-            self._publish_model()
-            self.publish(self.topics.metrics(), encode_metrics(summary), True)
-            if self.on_round:
-                self.on_round(summary)
-            if self.state.rounds_done >= p.rounds:
-                self._finish()
+            summary = self._summary(result)
+            summary["selected"] = len(ctl.selected)
+            if self.accountant is not None:
+                summary["epsilon"] = round(self.accountant.round(self.population, len(ctl.selected)), 4)
+                summary["delta"] = self.accountant.privacy.delta
+            self._apply(change, summary)
         else:
             retry = p.on_quorum_failure == "retry" and self.attempt_count <= p.max_retries
             self.log.warning("round %d: %d of %d selected nodes answered, quorum is %d: %s", ctl.round, len(result.nodes),
@@ -224,24 +217,43 @@ class RoundDriver:
                     "rounds.on_quorum_failure: retry")
         self.waiting_since = time.monotonic()
 
-    def _summary(self, ctl: Control, result: GroupResult) -> Dict[str, Any]:
+    def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any]) -> None:
+        """Step the global model by ``change`` (through the server optimizer); evaluate, checkpoint, publish
+        the new model and the summary; finish after the last round."""
+        self.weights = self.optimizer.step(self.weights, change)
+        self.state.rounds_done += 1
+        self.state.model_version += 1
+        summary = self._evaluated(summary)
+        self.state.history.append(summary)
+        if self.tm.checkpoint_dir:
+            checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
+        self._publish_model()
+        self.publish(self.topics.metrics(), encode_metrics(summary), True)
+        if self.on_round:
+            self.on_round(summary)
+        if self.state.rounds_done >= self.tm.policy.rounds:
+            self._finish()
+
+    def _summary(self, result: GroupResult) -> Dict[str, Any]:
+        """The figures of one aggregation that do not depend on how it was triggered."""
         node = result.metrics.means()
-        summary: Dict[str, Any] = {
-            "round": ctl.round, "model_version": self.state.model_version, "selected": len(ctl.selected),
-            "updates": len(result.nodes), "node_loss": node.get("eval_loss"), "node_accuracy": node.get("eval_accuracy"),
-            "train_loss": node.get("train_loss"),
-            "bytes_up": int(result.bytes_up),
-            "bytes_down": int(result.metrics.sums.get("bytes_down", 0.0)),
-            "bytes_per_update": round(result.metrics.sums.get("bytes_update", 0.0) / max(1, len(result.nodes))),
-            "tensor_bytes_per_update": round(result.metrics.sums.get("bytes_update_tensors", 0.0)
-                                             / max(1, len(result.nodes))),
+        sums = result.metrics.sums
+        count = max(1, len(result.nodes))
+        return {
+            "round": self.state.rounds_done + 1, "updates": len(result.nodes), "node_loss": node.get("eval_loss"),
+            "node_accuracy": node.get("eval_accuracy"), "train_loss": node.get("train_loss"),
+            "bytes_up": int(result.bytes_up), "bytes_down": int(sums.get("bytes_down", 0.0)),
+            "bytes_per_update": round(sums.get("bytes_update", 0.0) / count),
+            "tensor_bytes_per_update": round(sums.get("bytes_update_tensors", 0.0) / count),
             "seconds": round(time.monotonic() - self.round_started, 4),
             "rejected": self.rejections.take_round(),
-            "clipped": int(result.metrics.sums.get("clipped", 0.0)),
+            "clipped": int(sums.get("clipped", 0.0)),
         }
-        if self.accountant is not None:
-            summary["epsilon"] = round(self.accountant.round(self.population, len(ctl.selected)), 4)
-            summary["delta"] = self.accountant.privacy.delta
+
+    def _evaluated(self, summary: Dict[str, Any]) -> Dict[str, Any]:
+        """``summary`` with the new model version and its loss and accuracy (held-out data at the root if
+        the topic map names some, else the nodes' own evaluation before training); unset figures dropped."""
+        summary["model_version"] = self.state.model_version
         if self.eval_data is not None:
             server = evaluate(self.tm.model, self.weights, *self.eval_data)
             summary["loss"] = server["loss"]
@@ -249,7 +261,7 @@ class RoundDriver:
         else:
             summary["loss"] = summary["node_loss"]
             summary["accuracy"] = summary["node_accuracy"]
-        self.log.info("round %d applied: %d updates, accuracy %s", ctl.round, len(result.nodes), summary["accuracy"])
+        self.log.info("round %d applied: %d updates, accuracy %s", summary["round"], summary["updates"], summary["accuracy"])
         return {k: v for k, v in summary.items() if v is not None}
 
     def _finish(self) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from fedmq.coordinator.async_group import AsyncGroup
+from fedmq.coordinator.async_rounds import AsyncDriver
+from fedmq.coordinator.edge_schedule import ScheduledGroup
 from fedmq.coordinator.enrolment import Enrolment
 from fedmq.coordinator.group import GroupAggregator
 from fedmq.coordinator.guards import RateLimiter
@@ -57,14 +60,25 @@ class CoordinatorService:
                              max_packet_bytes=tm.limits.max_message_bytes + 1024,
                              chunk_bytes=tm.transport.max_payload_bytes, chunk_timeout_s=tm.transport.chunk_timeout_s,
                              on_reject=self.rejections.reject, log=log)
-        self.groups: Dict[GroupPath, GroupAggregator] = {
-            g.path: GroupAggregator(tm, g, self.membership, self._publish, self.rejections, auth=self.auth,
-                                    worker=worker)
-            for g in served_groups(tm, edge)}
+        asynchronous = tm.strategy.mode == "async"
+        self.groups: Dict[GroupPath, GroupAggregator] = {}
+        for g in served_groups(tm, edge):
+            common = dict(auth=self.auth, worker=worker)
+            schedule = tm.strategy.edge_rounds_at(len(g.path))
+            if asynchronous:
+                agg: GroupAggregator = AsyncGroup(tm, g, self.membership, self._publish, self.rejections, **common)
+            elif schedule > 1:
+                agg = ScheduledGroup(tm, g, self.membership, self._publish, self.rejections, edge_rounds=schedule, **common)
+                for depth in range(1, len(g.path)):  # ancestors' models: edge rounds may start from one
+                    self.link.subscribe(self.topics.group_model(g.path[:depth]))
+            else:
+                agg = GroupAggregator(tm, g, self.membership, self._publish, self.rejections, **common)
+            self.groups[g.path] = agg
         self.driver: Optional[RoundDriver] = None
         if edge is None:
-            self.driver = RoundDriver(tm, self.groups[()], self.presence, self._publish, self.rejections,
-                                      fresh=fresh, on_round=on_round, auth=self.auth)
+            self.driver = (AsyncDriver if asynchronous else RoundDriver)(
+                tm, self.groups[()], self.presence, self._publish, self.rejections, fresh=fresh, on_round=on_round,
+                auth=self.auth)
         status_groups = tm.groups() if edge is None else self.groups
         for path, agg in self.groups.items():
             if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
@@ -160,6 +174,9 @@ class CoordinatorService:
         if msg.topic == t.model():
             self._on_model(msg.payload)
             return
+        if msg.topic.endswith("/_model"):
+            self._on_group_model(tuple(msg.topic[len(t.base) + 1 : -len("/_model")].split("/")), msg.payload, msg.topic)
+            return
         parts = msg.topic.rsplit("/", 2)
         if (len(parts) == 3 and parts[1] in ("_update", "_status", "_partial") and not msg.retain
                 and not self.limiter.allow(parts[2])):
@@ -190,20 +207,33 @@ class CoordinatorService:
         if msg.topic.endswith("/_control"):
             self._on_parent_control(msg)
 
-    def _on_model(self, payload: bytes) -> None:
-        """The global model (ours echoed back, or the root's at an edge) is the reference for norm bounds."""
+    def _model_tensors(self, payload: bytes, topic: str, signers: Tuple[str, ...]) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
+        """(version, float64 tensors) of a model envelope signed by one of ``signers``; None if rejected."""
         raw = split(payload)[0] if self.auth else payload
         try:
             env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
             tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(self.tm.model))
             if self.auth is not None:
-                self.auth.check(payload, raw, env, COORDINATOR, fresh=False)
+                self.auth.check_any(payload, raw, env, signers, fresh=False)
         except (EnvelopeError, ValueError) as exc:
-            self.rejections.reject("malformed model", self.topics.model(), str(exc))
-            return
-        reference = codecs.to_dense(tensors, np.float64)
-        for agg in self.groups.values():
-            agg.reference = reference
+            self.rejections.reject("malformed model", topic, str(exc))
+            return None
+        return env.model_version, codecs.to_dense(tensors, np.float64)
+
+    def _on_model(self, payload: bytes) -> None:
+        """The global model (ours echoed back, or the root's at an edge) is the reference for norm bounds."""
+        model = self._model_tensors(payload, self.topics.model(), (COORDINATOR,))
+        if model is not None:
+            for agg in self.groups.values():
+                agg.set_model(*model)
+
+    def _on_group_model(self, path: GroupPath, payload: bytes, topic: str) -> None:
+        """An edge group's model between its edge rounds: a child group's edge round may start from it."""
+        model = self._model_tensors(payload, topic, (edge_id(path), COORDINATOR))
+        if model is not None:
+            for agg in self.groups.values():
+                if isinstance(agg, ScheduledGroup) and agg.group.path[:len(path)] == path:
+                    agg.set_group_model(path, *model)
 
     def _on_parent_control(self, msg: Message) -> None:
         parent = tuple(msg.topic[len(self.topics.base) + 1 : -len("/_control")].split("/")) if msg.topic != self.topics.control(()) else ()
@@ -214,7 +244,7 @@ class CoordinatorService:
             return
         for path, agg in self.groups.items():
             if path and path[:-1] == parent:
-                if ctl.type == "start":
+                if ctl.type in ("start", "async"):
                     agg.start(ctl)
                 else:
                     agg.relay_close(ctl)

@@ -2,6 +2,8 @@
 
 Data path: model topic (retained envelope) -> ``_on_model`` -> trainer weights;
 control topic (round start) -> ``_on_control`` -> ``_train_if_ready`` -> update envelope -> update topic.
+In async mode (an ``async`` control) the node trains on the newest model it has, once per model version,
+whenever no message is waiting.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import logging
 import threading
 import time
 import zlib
-from typing import Optional, Set, Tuple
+from dataclasses import replace
+from typing import Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -20,7 +23,7 @@ from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.node.privacy import privatize
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
-from fedmq.shared.identities import COORDINATOR
+from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control, MessageError, Status
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
@@ -49,7 +52,8 @@ class NodeAgent:
         self.encoder = codecs.UpdateEncoder(codecs.Codec())
         self._warned_proximal = False
         self.pending: Optional[Control] = None
-        self.answered: Set[Tuple[int, int]] = set()
+        self.session: Optional[Control] = None  # async mode
+        self.answered: Set[Tuple[int, int, int]] = set()  # (round, attempt, model version)
         self.rounds_done = 0
         self.finished = threading.Event()
         self.stopping = threading.Event()
@@ -63,6 +67,9 @@ class NodeAgent:
             chunk_bytes=cfg.max_payload_bytes, log=self.log)
         self.link.subscribe(self.topics.model())
         self.link.subscribe(self.topics.control(cfg.group))
+        self.group_models: Dict[Tuple[str, ...], Tuple[int, Weights]] = {}  # HierFAVG: models of our groups
+        for depth in range(1, len(cfg.group) + 1):
+            self.link.subscribe(self.topics.group_model(cfg.group[:depth]))
 
     def run(self, *, exit_when_done: bool = False) -> None:
         """Connect (retrying with backoff) and serve rounds until stopped or, optionally, the federation is done."""
@@ -72,8 +79,10 @@ class NodeAgent:
         try:
             while not self.stopping.is_set() and not (exit_when_done and self.finished.is_set()):
                 msg = self.link.get(timeout=0.5)
-                if msg is not None:
+                while msg is not None:  # all that is waiting first: train on the newest model only
                     self.handle(msg)
+                    msg = self.link.get(timeout=0)
+                self._train_async()
         finally:
             self.link.stop(final=(self.status_topic, Status(self.cfg.node_id, "offline").encode()))
 
@@ -86,6 +95,8 @@ class NodeAgent:
         try:
             if msg.topic == self.topics.model():
                 self._on_model(msg.payload)
+            elif msg.topic.endswith("/_model"):
+                self._on_group_model(msg.topic, msg.payload)
             elif msg.topic.startswith(self.topics.model_file("")):
                 self._on_model_file(msg.topic.rsplit("/", 1)[1], msg.payload)
             else:
@@ -119,6 +130,24 @@ class NodeAgent:
             self._make_trainer(cached)
         self._train_if_ready()
 
+    def _on_group_model(self, topic: str, payload: bytes) -> None:
+        """An edge group's model between its edge rounds (signed by that group's aggregator)."""
+        path = next((self.cfg.group[:d] for d in range(1, len(self.cfg.group) + 1)
+                     if self.topics.group_model(self.cfg.group[:d]) == topic), None)
+        if path is None or self.spec is None:
+            return
+        raw = split(payload)[0] if self.auth else payload
+        env = decode(raw, max_bytes=self.cfg.max_message_bytes)
+        if env.kind != Kind.MODEL or env.federation != self.cfg.federation:
+            raise ValueError(f"not a model of federation {self.cfg.federation!r}")
+        if self.auth is not None:
+            self.auth.check_any(payload, raw, env, (edge_id(path), COORDINATOR), fresh=False)
+            if path in self.group_models and env.model_version < self.group_models[path][0]:
+                raise ValueError(f"old group model version {env.model_version}: replay refused")
+        tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(self.spec))
+        self.group_models[path] = (env.model_version, codecs.to_dense(tensors))
+        self._train_if_ready()
+
     def _apply_transport(self, meta: dict) -> None:
         """Take the update codec and payload cap the coordinator announces with the model."""
         codec = codecs.Codec.from_meta(meta.get("update_codec", codecs.Codec().to_meta()))
@@ -146,13 +175,20 @@ class NodeAgent:
         if ctl.type == "done":
             self.log.info("federation finished after round %d", ctl.round)
             self.finished.set()
+            self.session = None
+            return
+        if ctl.type == "async":
+            if self.session is None or self.session.attempt != ctl.attempt:
+                self.log.info("async session %d: training on every new model version", ctl.attempt)
+            self.finished.clear()
+            self.session, self.pending = ctl, None
             return
         if ctl.type == "close":
             if self.pending and (self.pending.round, self.pending.attempt) == (ctl.round, ctl.attempt):
                 self.pending = None
             return
         self.finished.clear()
-        if self.cfg.node_id not in ctl.selected or (ctl.round, ctl.attempt) in self.answered:
+        if self.cfg.node_id not in ctl.selected or (ctl.round, ctl.attempt, ctl.model_version) in self.answered:
             return
         if ctl.deadline_at < time.time():
             self.log.info("round %d: start arrived after its deadline; skipping", ctl.round)
@@ -160,13 +196,29 @@ class NodeAgent:
         self.pending = ctl
         self._train_if_ready()
 
+    def _train_async(self) -> None:
+        """Async mode: train once on the newest model version, unless done already."""
+        s = self.session
+        if s is None or self.model is None or (self.model[0], s.attempt, self.model[0]) in self.answered:
+            return
+        self.pending = replace(s, round=self.model[0], model_version=self.model[0])
+        self._train_if_ready()
+
+    def _start_model(self, ctl: Control) -> Optional[Weights]:
+        """The model a round trains from, once this node has the version it names (global or a group's)."""
+        model = self.group_models.get(tuple(ctl.model_group)) if ctl.model_group else self.model
+        return model[1] if model is not None and model[0] == ctl.model_version else None
+
     def _train_if_ready(self) -> None:
         ctl = self.pending
-        if ctl is None or self.model is None or self.trainer is None or self.model[0] != ctl.model_version:
+        start = self._start_model(ctl) if ctl is not None else None
+        if ctl is None or start is None or self.trainer is None:
             return  # wait for the model version the round names
         self.pending = None
+        if self.cfg.simulate_delay_s:
+            time.sleep(self.cfg.simulate_delay_s)
         t0 = time.perf_counter()
-        self.trainer.set_weights(self.model[1])
+        self.trainer.set_weights(start)
         if ctl.train.proximal_mu and not self.trainer.supports_proximal and not self._warned_proximal:
             self._warned_proximal = True
             self.log.warning("the %s trainer cannot add FedProx's proximal term: training plain local SGD "
@@ -178,7 +230,7 @@ class NodeAgent:
             self.log.error("round %d: training diverged (NaN/Inf); not sending an update", ctl.round)
             return
         if ctl.train.dp_clip_norm is not None:
-            weights = privatize(weights, self.model[1], ctl.train.dp_clip_norm, ctl.train.dp_noise_multiplier)
+            weights = privatize(weights, start, ctl.train.dp_clip_norm, ctl.train.dp_noise_multiplier)
         metrics = {f"eval_{k}": v for k, v in before.items()}
         metrics.update(train)
         metrics["train_seconds"] = time.perf_counter() - t0
@@ -187,7 +239,7 @@ class NodeAgent:
         codec = self.encoder.codec
         env = Envelope(kind=Kind.UPDATE, federation=self.cfg.federation, round=ctl.round, attempt=ctl.attempt,
                        sender=self.cfg.node_id, model_version=ctl.model_version,
-                       tensors=self.encoder.encode(weights, self.model[1]), samples=len(self.x), metrics=metrics,
+                       tensors=self.encoder.encode(weights, start), samples=len(self.x), metrics=metrics,
                        codec=codec.name, codec_params=codec.params())
         try:
             payload = self.auth.seal(env) if self.auth else encode(env)
@@ -195,7 +247,7 @@ class NodeAgent:
         except PayloadTooLarge as exc:
             self.log.error("round %d: %s", ctl.round, exc)
             return
-        self.answered.add((ctl.round, ctl.attempt))
+        self.answered.add((ctl.round, ctl.attempt, ctl.model_version))
         self.rounds_done += 1
         self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
                       metrics["train_seconds"], train.get("train_loss", float("nan")))

@@ -13,7 +13,7 @@ from fedmq.shared.topics import level_problem
 
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
-             "cache_dir", "security")
+             "cache_dir", "security", "simulate_delay_s")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class NodeConfig:
     seed: int = 0
     cache_dir: str = ".fedmq-cache"
     security: SecuritySettings = SecuritySettings()
+    simulate_delay_s: float = 0.0  # testing and benchmarks only: sleep this long before every training
 
 
 def _group_problem(v: object) -> Optional[str]:
@@ -64,7 +65,10 @@ def load_node_config(file: str) -> NodeConfig:
     seed = r.value(m, "seed", "", int, 0, minimum=0)
     cache_dir = os.path.join(base, r.value(m, "cache_dir", "", str, ".fedmq-cache"))
     security = read_security(r, m.get("security"), r.line_of(m, "security"), file, ("keys", "signing_key"))
+    delay = r.value(m, "simulate_delay_s", "", float, 0.0, minimum=0.0, maximum=3600.0,
+                    fix="seconds to sleep before each training, to emulate a slow device (testing only)")
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
-                      trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security)
+                      trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security,
+                      simulate_delay_s=delay)

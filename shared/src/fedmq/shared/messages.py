@@ -75,10 +75,14 @@ class TrainParams:
 
 @dataclass
 class Control:
-    """Round control. ``type`` is ``start``, ``close`` or ``done``.
+    """Round control. ``type`` is ``start``, ``async``, ``close`` or ``done``.
 
     start: ``round``, ``attempt``, ``model_version``, ``deadline_at`` (Unix time, seconds),
-    ``selected`` (node ids in this group's subtree) and ``train``.
+    ``selected`` (node ids in this group's subtree) and ``train``; optionally ``model_group`` (the group
+    whose model topic carries ``model_version``: HierFAVG edge rounds; absent means the global model) and
+    ``secure`` (secure aggregation parameters).
+    async: ``round`` (model versions applied), ``attempt`` (the session), ``model_version`` and ``train``:
+    every node trains on the newest model it has, once per model version (FedBuff).
     close: ``round``, ``attempt``, ``outcome`` (``applied``, ``retry`` or ``failed``).
     done: ``round`` (the last round applied); the federation is finished.
     """
@@ -91,15 +95,23 @@ class Control:
     selected: List[str] = field(default_factory=list)
     train: Optional[TrainParams] = None
     outcome: str = ""
+    model_group: Optional[List[str]] = None
+    secure: Optional[Dict[str, Any]] = None
 
     def encode(self) -> bytes:
         """JSON bytes of this message."""
         d = asdict(self)
+        if self.type not in ("start", "async"):
+            for k in ("model_version", "train"):
+                d.pop(k)
         if self.type != "start":
-            for k in ("model_version", "deadline_at", "selected", "train"):
+            for k in ("deadline_at", "selected"):
                 d.pop(k)
         if self.type != "close":
             d.pop("outcome")
+        for k in ("model_group", "secure"):
+            if d[k] is None:
+                d.pop(k)
         if d.get("train"):  # optional fields only when set: a 1.1 node reads the rest unchanged
             t = d["train"]
             for k, default in (("proximal_mu", 0.0), ("dp_clip_norm", None), ("dp_noise_multiplier", 0.0)):
@@ -112,16 +124,25 @@ class Control:
         """Parse and validate a control message."""
         obj = _load(payload)
         kind = obj.get("type")
-        if kind not in ("start", "close", "done"):
-            raise MessageError(f"type must be start, close or done, not {kind!r}")
+        if kind not in ("start", "async", "close", "done"):
+            raise MessageError(f"type must be start, async, close or done, not {kind!r}")
         msg = cls(type=kind, round=_int(obj, "round"), attempt=_int(obj, "attempt") if "attempt" in obj else 0)
         if kind == "start":
-            msg.model_version = _int(obj, "model_version")
             msg.deadline_at = _num(obj, "deadline_at")
             sel = obj.get("selected")
             if not isinstance(sel, list) or not all(isinstance(s, str) and s for s in sel):
                 raise MessageError("selected must be a list of node ids")
             msg.selected = sel
+            group = obj.get("model_group")
+            if group is not None and (not isinstance(group, list) or not all(isinstance(g, str) and g for g in group)):
+                raise MessageError("model_group must be a list of group names")
+            msg.model_group = group
+            secure = obj.get("secure")
+            if secure is not None and not isinstance(secure, dict):
+                raise MessageError("secure must be an object")
+            msg.secure = secure
+        if kind in ("start", "async"):
+            msg.model_version = _int(obj, "model_version")
             train = obj.get("train")
             if not isinstance(train, dict):
                 raise MessageError("train must be an object")

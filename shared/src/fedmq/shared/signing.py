@@ -148,3 +148,15 @@ class Auth:
         """Verify that ``signer`` signed this envelope (raises SignatureError)."""
         self.keyring.verify(payload, federation=env.federation, round_=env.round, signer=signer, kind=int(env.kind),
                             envelope=envelope, fresh=fresh)
+
+    def check_any(self, payload: bytes, envelope: bytes, env: "Envelope", signers: Tuple[str, ...], *,
+                  fresh: bool = True) -> None:
+        """Verify that one of ``signers`` signed this envelope (raises the last signer's SignatureError)."""
+        error = SignatureError("unknown signer", "no signer allowed")
+        for signer in signers:
+            try:
+                self.check(payload, envelope, env, signer, fresh=fresh)
+                return
+            except SignatureError as exc:
+                error = exc
+        raise error

@@ -69,6 +69,10 @@ class Topics:
         """Global model, retained, QoS 1 (published by the root)."""
         return f"{self.base}/_model"
 
+    def group_model(self, path: Sequence[str]) -> str:
+        """A group's own model between its edge rounds (HierFAVG), retained, QoS 1; the root's is ``model()``."""
+        return f"{self.group(path)}/_model" if path else self.model()
+
     def model_file(self, sha256: str) -> str:
         """A model file (e.g. .tflite), retained, named by the SHA-256 of its bytes."""
         return f"{self.base}/_file/{sha256}"

@@ -9,7 +9,7 @@ from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
     BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
-    TopicMap, Transport, AGGREGATORS, SERVER_OPTIMIZERS, Privacy, Strategy,
+    TopicMap, Transport, AGGREGATORS, SERVER_OPTIMIZERS, AsyncSettings, Privacy, SecureAggregation, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
@@ -53,7 +53,7 @@ def _build(data: Any, r: Reader) -> TopicMap:
     policy = _policy(r, top.get("rounds"), r.line_of(top, "rounds"), root)
     compression = _compression(r, top.get("compression"), r.line_of(top, "compression"))
     transport = _transport(r, top.get("transport"), r.line_of(top, "transport"), limits)
-    strategy = _strategy(r, top.get("strategy"), r.line_of(top, "strategy"))
+    strategy = _strategy(r, top.get("strategy"), r.line_of(top, "strategy"), compression.update)
     r.raise_if_any()
     return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
                     limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
@@ -217,10 +217,12 @@ def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Tr
 
 
 STRATEGY_KEYS = ("aggregator", "trim_fraction", "byzantine", "multi_krum_keep", "clip_norm", "proximal_mu",
-                 "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy")
+                 "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy", "mode",
+                 "async", "edge_rounds", "secure")
+MAX_EDGE_ROUNDS = 100
 
 
-def _strategy(r: Reader, value: Any, line: Optional[int]) -> Strategy:
+def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strategy:
     if value is None:
         return Strategy()
     m = r.mapping(value, "strategy", line, STRATEGY_KEYS)
@@ -247,14 +249,76 @@ def _strategy(r: Reader, value: Any, line: Optional[int]) -> Strategy:
         beta1=r.value(m, "beta1", p, float, d.beta1, minimum=0.0, maximum=0.999),
         beta2=r.value(m, "beta2", p, float, d.beta2, minimum=0.0, maximum=0.9999),
         tau=r.value(m, "tau", p, float, d.tau, minimum=1e-12),
-        privacy=privacy)
-    if privacy is not None and s.robust:
-        r.error(r.line_of(m, "aggregator"), "strategy.aggregator", "differential privacy is accounted for the "
-                "mean of clipped changes, not for a robust rule", "use aggregator: fedavg with privacy")
-    if privacy is not None and s.clip_norm is not None:
-        r.error(r.line_of(m, "clip_norm"), "strategy.clip_norm", "privacy.clip_norm already bounds every change",
-                "drop strategy.clip_norm")
+        privacy=privacy,
+        mode=r.value(m, "mode", p, str, d.mode, choices=("sync", "async")),
+        asynchronous=_async(r, m),
+        edge_rounds=_edge_rounds(r, m),
+        secure=_secure(r, m))
+    _check_combinations(r, m, s, codec)
     return s
+
+
+def _async(r: Reader, m: Optional[dict]) -> AsyncSettings:
+    d, q = AsyncSettings(), "strategy.async"
+    if m is None or "async" not in m:
+        return d
+    am = r.mapping(m["async"], q, r.line_of(m, "async"), ("buffer_size", "max_staleness", "staleness_exponent", "flush_s"))
+    return AsyncSettings(buffer_size=r.value(am, "buffer_size", q, int, d.buffer_size, minimum=1),
+                         max_staleness=r.value(am, "max_staleness", q, int, d.max_staleness, minimum=0),
+                         staleness_exponent=r.value(am, "staleness_exponent", q, float, d.staleness_exponent, minimum=0.0),
+                         flush_s=r.value(am, "flush_s", q, float, d.flush_s, minimum=0.0, maximum=3600.0))
+
+
+def _edge_rounds(r: Reader, m: Optional[dict]) -> Tuple[int, ...]:
+    value = r.value(m, "edge_rounds", "strategy", list, [])
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EDGE_ROUNDS]
+    if bad:
+        r.error(r.line_of(m, "edge_rounds"), "strategy.edge_rounds", f"entries must be integers from 1 to "
+                f"{MAX_EDGE_ROUNDS}, not {bad[0]!r}", "one count per level below the root, e.g. [3] or [2, 2]")
+        return ()
+    return tuple(value)
+
+
+def _secure(r: Reader, m: Optional[dict]) -> Optional[SecureAggregation]:
+    if m is None or "secure" not in m or m["secure"] is False:
+        return None
+    d, q = SecureAggregation(), "strategy.secure"
+    if m["secure"] is True:
+        return d
+    sm = r.mapping(m["secure"], q, r.line_of(m, "secure"), ("threshold", "frac_bits", "phase_s"))
+    return SecureAggregation(threshold=r.value(sm, "threshold", q, float, d.threshold, minimum=0.51, maximum=1.0),
+                             frac_bits=r.value(sm, "frac_bits", q, int, d.frac_bits, minimum=8, maximum=30),
+                             phase_s=r.value(sm, "phase_s", q, float, d.phase_s, minimum=0.1, maximum=3600.0))
+
+
+def _check_combinations(r: Reader, m: Optional[dict], s: Strategy, codec: Codec) -> None:
+    """Refuse strategy parts that do not compose, naming the key to change."""
+    refused = [
+        (s.mode == "async" and s.robust, "aggregator", "a robust rule needs one round's set of updates; async "
+         "mode applies a buffer of changes trained from different models", "use aggregator: fedavg with mode: async"),
+        (s.mode == "async" and s.privacy is not None, "privacy", "the privacy accountant counts sampled rounds, "
+         "which async mode does not have", "use mode: sync with privacy"),
+        (s.mode == "async" and s.secure is not None, "secure", "secure aggregation masks one round's cohort; "
+         "async mode has none", "use mode: sync with secure"),
+        (s.mode == "async" and any(n > 1 for n in s.edge_rounds), "edge_rounds", "edge schedules are rounds; "
+         "async mode has none", "drop edge_rounds or use mode: sync"),
+        (s.robust and any(n > 1 for n in s.edge_rounds), "edge_rounds", "after several edge aggregations a group "
+         "sends one edge model, not its nodes' updates, so a robust rule at the root has nothing to screen",
+         "use aggregator: fedavg with edge_rounds"),
+        (s.privacy is not None and any(n > 1 for n in s.edge_rounds), "edge_rounds", "the privacy accounting "
+         "assumes one clipped change per node per round", "drop edge_rounds with privacy"),
+        (s.privacy is not None and s.robust, "aggregator", "differential privacy is accounted for the mean of "
+         "clipped changes, not for a robust rule", "use aggregator: fedavg with privacy"),
+        (s.privacy is not None and s.clip_norm is not None, "clip_norm", "privacy.clip_norm already bounds every "
+         "change", "drop strategy.clip_norm"),
+        (s.secure is not None and codec.name != "raw", "secure", "secure aggregation encodes updates in its own "
+         f"finite field; the update codec {codec.name!r} cannot be masked", "use compression.update: raw with secure"),
+        (s.secure is not None and s.robust, "secure", "a robust rule needs every update in the clear; secure "
+         "aggregation reveals only sums", "use aggregator: fedavg with secure"),
+    ]
+    for failed, key, why, fix in refused:
+        if failed:
+            r.error(r.line_of(m, key), f"strategy.{key}", why, fix)
 
 
 POLICY_KEYS = ("rounds", "fraction", "min_nodes", "max_nodes", "deadline_s", "quorum", "on_quorum_failure",

@@ -127,6 +127,31 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class AsyncSettings:
+    """Buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022): the root applies the mean of
+    ``buffer_size`` changes, each weighted by ``(1 + staleness) ** -staleness_exponent``; changes trained
+    from a model more than ``max_staleness`` versions old are refused. Edge groups forward what they have
+    buffered every ``flush_s`` seconds (or as soon as they hold ``buffer_size`` changes)."""
+
+    buffer_size: int = 10
+    max_staleness: int = 10
+    staleness_exponent: float = 0.5
+    flush_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """Secure aggregation (Bonawitz et al. 2017) in every group: a group's aggregator learns only the sum
+    of its nodes' updates. ``threshold`` is the fraction of a group's key holders whose shares are needed
+    to unmask (more than half); ``frac_bits`` the fixed-point precision of the field encoding;
+    ``phase_s`` how long each key-exchange phase waits for stragglers."""
+
+    threshold: float = 0.6
+    frac_bits: int = 20
+    phase_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Strategy:
     """How updates become the next global model (docs/topic-map.md, ``strategy``).
 
@@ -136,7 +161,8 @@ class Strategy:
     ``multi_krum_keep`` best). ``clip_norm`` bounds every update's change. ``proximal_mu`` is FedProx's
     mu, sent to nodes with each round. The server optimizer treats the aggregated change as a
     pseudo-gradient (Reddi et al. 2021): ``fedavg`` applies it, ``fedavgm`` with momentum, ``fedadam``,
-    ``fedyogi`` and ``fedadagrad`` adaptively.
+    ``fedyogi`` and ``fedadagrad`` adaptively. ``mode`` is ``sync`` (rounds) or ``async`` (FedBuff,
+    ``asynchronous``); ``edge_rounds`` HierFAVG's schedule per level; ``secure`` secure aggregation.
     """
 
     aggregator: str = "fedavg"
@@ -152,6 +178,15 @@ class Strategy:
     beta2: float = 0.99
     tau: float = 1e-3
     privacy: Optional[Privacy] = None
+    mode: str = "sync"
+    asynchronous: AsyncSettings = field(default_factory=AsyncSettings)
+    edge_rounds: Tuple[int, ...] = ()  # HierFAVG: aggregations a group at depth d runs per parent aggregation
+    secure: Optional[SecureAggregation] = None
+
+    def edge_rounds_at(self, depth: int) -> int:
+        """How many aggregations of its own a group at ``depth`` (1 = the root's children) runs per round
+        of its parent (1 unless ``edge_rounds`` says more)."""
+        return self.edge_rounds[depth - 1] if 0 < depth <= len(self.edge_rounds) else 1
 
     @property
     def robust(self) -> bool:

@@ -1,0 +1,46 @@
+"""The root's driver in async mode (FedBuff): open one session once enough nodes are online, then apply
+the root group's buffer each time it fills (one model version per ``buffer_size`` changes) until
+``rounds.rounds`` versions are applied. Nodes are never selected and nothing waits for a slow node.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+from fedmq.coordinator.group import GroupResult
+from fedmq.coordinator.rounds import RoundDriver
+from fedmq.shared.messages import Control
+
+
+class AsyncDriver(RoundDriver):
+    """Runs a federation in async mode from the root group (an ``AsyncGroup``)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.session: Optional[Control] = None
+        self.root.on_root_close = self._on_buffer
+
+    def tick(self, now: float) -> None:
+        """Open the session once enough nodes are online (as the first synchronous round would start)."""
+        if self.session is None:
+            super().tick(now)
+
+    def _start(self, online: List[str]) -> None:
+        self.session = Control(type="async", round=self.state.rounds_done, attempt=int(time.time() * 1000),
+                               model_version=self.state.model_version, train=self._train_params())
+        self.round_started = time.monotonic()
+        self.rejections.take_round()
+        a = self.tm.strategy.asynchronous
+        self.log.info("async session started with %d online nodes: a model version every %d changes, at most %d "
+                      "versions stale", len(online), a.buffer_size, a.max_staleness)
+        self.root.start(self.session)
+
+    def _on_buffer(self, session: Control, result: GroupResult) -> None:
+        if result.sums.weight <= 0:
+            return
+        change = {k: v / result.sums.weight for k, v in result.sums.sums.items()}
+        summary = self._summary(result)
+        summary["staleness"] = round(result.metrics.sums.get("staleness", 0.0) / max(1, len(result.nodes)), 3)
+        self._apply(change, summary)
+        self.round_started = time.monotonic()
