@@ -49,7 +49,9 @@ class Attacker(NodeAgent):
         self.trainer = SignFlipped(self.trainer)
 
 
-def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS, delays=None, extra_rounds=None):
+def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS, delays=None, extra_rounds=None,
+                   dropouts=None):
+    dropouts = dropouts or {}
     paths = write_federation(str(tmp_path), port, GROUPS, rounds=rounds, checkpoint=False,
                              extra={"strategy": strategy} if strategy else None,
                              extra_rounds={"learning_rate": 0.05, **(extra_rounds or {})})
@@ -57,7 +59,7 @@ def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS, delays
     for n in [n for ns in GROUPS.values() for n in ns]:
         cfg = replace(load_node_config(paths[n]), simulate_delay_s=(delays or {}).get(n, 0.0))
         x, y = open_source(cfg.data).load()
-        agents.append((Attacker if n in attackers else NodeAgent)(cfg, x, y))
+        agents.append((Attacker if n in attackers else dropouts.get(n, NodeAgent))(cfg, x, y))
     threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
     for t in threads:
         t.start()
@@ -152,3 +154,29 @@ def test_hierfavg_edge_rounds_per_root_round(tmp_path, broker):
     assert rounds[-1]["accuracy"] > 0.9, [r["accuracy"] for r in rounds]
     assert all(t in service.retained for t in (service.topics.group_model(("home1",)),
                                                service.topics.group_model(("home2",))))
+
+
+class DropsAfterSharing(NodeAgent):
+    """Takes part in the key exchange, then goes silent: never sends its masked update."""
+
+    def _secure_input(self, ctl, weights, start, metrics):
+        self.log.info("round %d: dropping out after sharing keys", ctl.round)
+
+
+def test_secure_aggregation_costs_no_accuracy_and_survives_dropouts(tmp_path, broker, clean_accuracy):
+    """Each home group runs secure aggregation over its 5 nodes; one node per group drops out after the
+    key exchange in every round, so the groups rebuild its mask key from the others' shares."""
+    dropped = {"a0": DropsAfterSharing, "b0": DropsAfterSharing}
+    rounds, service = run_federation(tmp_path, broker.port, {"secure": {"phase_s": 3, "threshold": 0.6}},
+                                     dropouts=dropped, rounds=3, extra_rounds={"quorum": 0.8, "deadline_s": 6})
+    assert [r["updates"] for r in rounds] == [8] * 3  # 4 survivors in each of the 2 groups
+    assert rounds[-1]["accuracy"] >= clean_accuracy - 0.02, (clean_accuracy, [r["accuracy"] for r in rounds])
+    assert sum(service.rejections.total.values()) == 0, service.rejections.total
+
+
+def test_secure_aggregation_matches_plain_fedavg(tmp_path, broker):
+    """Same nodes and seeds: the securely aggregated model equals plain FedAvg's up to the field's rounding."""
+    plain, plain_service = run_federation(tmp_path / "plain", broker.port, None, rounds=2)
+    secure, secure_service = run_federation(tmp_path / "secure", broker.port, {"secure": {"phase_s": 3}}, rounds=2)
+    a, b = plain_service.driver.weights, secure_service.driver.weights
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4

@@ -18,6 +18,8 @@ import numpy as np
 from fedmq.coordinator.aggregate import MetricSums, UpdateStack, WeightedSum
 from fedmq.coordinator.strategy.clipping import clip_update
 from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.secure_session import SecureSession
+from fedmq.coordinator.strategy.vectors import size, unflatten
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
@@ -55,6 +57,7 @@ class _Round:
     reported: Set[Tuple[str, int]] = field(default_factory=set)
     bytes_up: float = 0.0
     stack: Optional[UpdateStack] = None
+    secure: Optional[SecureSession] = None  # this group's secure aggregation of its direct nodes
 
 
 class GroupAggregator:
@@ -113,8 +116,13 @@ class GroupAggregator:
         ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
                       deadline_at=close_at, selected=mine, train=parent.train, model_group=parent.model_group,
                       secure=parent.secure)
+        secure = None
+        if ctl.secure is not None and direct and self.tm.strategy.secure is not None:
+            secure = SecureSession(self.tm.strategy.secure, self.topics, self.group.path,
+                                   (ctl.round, ctl.attempt, ctl.model_version), direct, size(self.shapes), close_at,
+                                   self.publish, self.rejections, self.log, self.tm.federation)
         self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children,
-                              stack=UpdateStack(self.shapes) if self.tm.strategy.robust else None)
+                              stack=UpdateStack(self.shapes) if self.tm.strategy.robust else None, secure=secure)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
         self._maybe_close()
@@ -127,13 +135,21 @@ class GroupAggregator:
         self.publish(self.topics.control(self.group.path), parent.encode(), True)
 
     def tick(self, now: float) -> None:
-        """Close the round once its deadline has passed."""
+        """Move secure aggregation on; close the round once its deadline has passed."""
+        r = self.current
+        if r is not None and r.secure is not None:
+            r.secure.tick(now)
+            self._secure_progress()
         if self.current is not None and now >= self.current.close_at:
             self._close("deadline")
 
     def next_deadline(self) -> Optional[float]:
         """When ``tick`` will next have work, if a round is open."""
-        return self.current.close_at if self.current else None
+        r = self.current
+        if r is None:
+            return None
+        secure = r.secure.next_deadline() if r.secure is not None else None
+        return min(r.close_at, secure) if secure is not None else r.close_at
 
     def node_offline(self, node: str) -> None:
         """A selected node went offline (its last will). The round still waits for it until the deadline:
@@ -213,6 +229,50 @@ class GroupAggregator:
         except codecs.CodecError as exc:
             return None, "wrong shape or dtype", str(exc)
 
+    def on_secagg(self, node: str, payload: bytes, topic: str) -> None:
+        """A node's secure-aggregation message (keys, shares, unmasking shares)."""
+        r = self.current
+        if self._refused(topic, [
+            (self.membership.group_path(node) != self.group.path, "unknown node", f"{node!r} is not a member of group {self.label}"),
+            (r is None or r.secure is None, "stale round", "no secure aggregation is open in this group"),
+        ]):
+            return
+        assert r is not None and r.secure is not None
+        r.secure.on_message(node, payload, topic)
+        self._secure_progress()
+
+    def _on_masked(self, r: _Round, node: str, env: Envelope, payload: bytes, topic: str) -> None:
+        """A masked update: only summed in the field; nothing of it is readable on its own."""
+        assert r.secure is not None
+        masked = env.tensors.get("@masked")
+        if self._refused(topic, [
+            (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
+            (set(env.tensors) != {"@masked"} or masked is None, "wrong codec",
+             "secure aggregation updates carry exactly one tensor, @masked"),
+        ]):
+            return
+        assert masked is not None
+        problem = r.secure.on_masked(node, masked)
+        if problem:
+            self.rejections.reject("bad secure aggregation message", topic, problem)
+            return
+        r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0), "bytes_update": float(len(payload)),
+                         "bytes_update_tensors": float(masked.nbytes)}, {})
+        r.bytes_up += len(payload)
+        self._secure_progress()
+
+    def _secure_progress(self) -> None:
+        """Once the group's secure sum is unmasked (or has failed), count it and its nodes in."""
+        r = self.current
+        if r is None or r.secure is None or not r.secure.done or r.answered == r.direct:
+            return
+        if r.secure.result is not None:
+            vec, nodes = r.secure.result
+            r.sums.add_sums(unflatten(vec[:-1], self.shapes), float(vec[-1]))
+            r.nodes.extend(nodes)
+        r.answered = set(r.direct)  # nothing more will come from them this round
+        self._maybe_close()
+
     def on_update(self, node: str, payload: bytes, topic: str) -> None:
         """A node's update: check everything, then fold it into the sums."""
         if self._refused(topic, [(self.membership.group_path(node) != self.group.path, "unknown node",
@@ -221,6 +281,9 @@ class GroupAggregator:
         env = self._decode(payload, topic, Kind.UPDATE, node)
         r = self.current
         if env is None or r is None:
+            return
+        if r.secure is not None:
+            self._on_masked(r, node, env, payload, topic)
             return
         codec = self.tm.compression.update
         tensors, reason, detail = self._tensors(env, codec)

@@ -151,9 +151,12 @@ class RoundDriver:
         self.selected = select_nodes(online, self.tm, rng)
         self.population = len(online)
         attempt = int(time.time() * 1000)  # unique per start, also across coordinator restarts
+        secure = self.tm.strategy.secure
         ctl = Control(type="start", round=self.next_round, attempt=attempt, model_version=self.state.model_version,
                       deadline_at=time.time() + p.deadline_s, selected=self.selected,
-                      train=self._train_params())
+                      train=self._train_params(),
+                      secure=None if secure is None else {"frac_bits": secure.frac_bits,
+                                                          "equal_weights": self.tm.strategy.privacy is not None})
         self.round_started = time.monotonic()
         self.rejections.take_round()
         self.log.info("round %d: started with %d of %d online nodes", ctl.round, len(self.selected), len(online))
@@ -162,9 +165,10 @@ class RoundDriver:
     def _train_params(self) -> TrainParams:
         p, s = self.tm.policy, self.tm.strategy
         local = s.privacy if s.privacy is not None and s.privacy.mode == "local" else None
+        # Under secure aggregation no aggregator sees an update, so nodes clip their own changes.
+        clip = local.clip_norm if local else (s.clip if s.secure is not None else None)
         return TrainParams(p.local_epochs, p.batch_size, p.learning_rate, proximal_mu=s.proximal_mu,
-                           dp_clip_norm=local.clip_norm if local else None,
-                           dp_noise_multiplier=local.noise_multiplier if local else 0.0)
+                           dp_clip_norm=clip, dp_noise_multiplier=local.noise_multiplier if local else 0.0)
 
     def _change(self, ctl: Control, result: GroupResult) -> Dict[str, np.ndarray]:
         """The round's aggregated change to the global model, by the strategy's rule."""

@@ -87,6 +87,8 @@ class CoordinatorService:
             else:
                 self.link.subscribe(f"{self.topics.group(path)}/_update/+")
             self.link.subscribe(f"{self.topics.group(path)}/_partial/+")
+            if tm.strategy.secure is not None:
+                self.link.subscribe(f"{self.topics.group(path)}/_secagg/+")
             if path:
                 self.link.subscribe(self.topics.control(path[:-1]))
         for path in status_groups:
@@ -178,7 +180,7 @@ class CoordinatorService:
             self._on_group_model(tuple(msg.topic[len(t.base) + 1 : -len("/_model")].split("/")), msg.payload, msg.topic)
             return
         parts = msg.topic.rsplit("/", 2)
-        if (len(parts) == 3 and parts[1] in ("_update", "_status", "_partial") and not msg.retain
+        if (len(parts) == 3 and parts[1] in ("_update", "_status", "_partial", "_secagg") and not msg.retain
                 and not self.limiter.allow(parts[2])):
             self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
                                    f"{self.tm.limits.max_messages_per_node_s}")
@@ -193,6 +195,11 @@ class CoordinatorService:
         parsed = t.parse_last(msg.topic, "partial")
         if parsed and parsed[0] in self.groups:
             self.groups[parsed[0]].on_partial(parsed[1], msg.payload, msg.topic)
+            return
+        parsed = t.parse_last(msg.topic, "secagg")
+        if parsed and parsed[0] in self.groups:
+            if not parsed[1].startswith("_"):  # not our own messages to the nodes
+                self.groups[parsed[0]].on_secagg(parsed[1], msg.payload, msg.topic)
             return
         parsed = t.parse_last(msg.topic, "progress")
         if parsed and parsed[0] in self.groups:

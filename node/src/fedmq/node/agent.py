@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from dataclasses import replace
-from typing import Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -25,11 +25,15 @@ from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control, MessageError, Status
+from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
 from fedmq.shared.signing import Auth, split
 from fedmq.shared.topicmap import ModelSpec
 from fedmq.shared.topics import Topics
+
+if TYPE_CHECKING:
+    from fedmq.node.secure_client import SecureClient
 
 
 class NodeAgent:
@@ -70,6 +74,10 @@ class NodeAgent:
         self.group_models: Dict[Tuple[str, ...], Tuple[int, Weights]] = {}  # HierFAVG: models of our groups
         for depth in range(1, len(cfg.group) + 1):
             self.link.subscribe(self.topics.group_model(cfg.group[:depth]))
+        self.secure: Optional["SecureClient"] = None
+        self.secagg_topics = (self.topics.secagg_all(cfg.group), self.topics.secagg_to(cfg.group, cfg.node_id))
+        for topic in self.secagg_topics:
+            self.link.subscribe(topic)
 
     def run(self, *, exit_when_done: bool = False) -> None:
         """Connect (retrying with backoff) and serve rounds until stopped or, optionally, the federation is done."""
@@ -97,6 +105,8 @@ class NodeAgent:
                 self._on_model(msg.payload)
             elif msg.topic.endswith("/_model"):
                 self._on_group_model(msg.topic, msg.payload)
+            elif msg.topic in self.secagg_topics:
+                self._on_secagg(msg.payload)
             elif msg.topic.startswith(self.topics.model_file("")):
                 self._on_model_file(msg.topic.rsplit("/", 1)[1], msg.payload)
             else:
@@ -194,6 +204,8 @@ class NodeAgent:
             self.log.info("round %d: start arrived after its deadline; skipping", ctl.round)
             return
         self.pending = ctl
+        if ctl.secure is not None:
+            self._secure_start(ctl)
         self._train_if_ready()
 
     def _train_async(self) -> None:
@@ -214,6 +226,8 @@ class NodeAgent:
         start = self._start_model(ctl) if ctl is not None else None
         if ctl is None or start is None or self.trainer is None:
             return  # wait for the model version the round names
+        if ctl.secure is not None and (self.secure is None or not self.secure.shared):
+            return  # first the key exchange's roster (our shares go out, then we train)
         self.pending = None
         if self.cfg.simulate_delay_s:
             time.sleep(self.cfg.simulate_delay_s)
@@ -234,13 +248,20 @@ class NodeAgent:
         metrics = {f"eval_{k}": v for k, v in before.items()}
         metrics.update(train)
         metrics["train_seconds"] = time.perf_counter() - t0
-        metrics["bytes_in"] = float(self.link.bytes_in - self._bytes_in_reported)  # model + control since last update
-        self._bytes_in_reported = self.link.bytes_in
-        codec = self.encoder.codec
+        metrics["bytes_in"] = self._take_bytes_in()  # model + control since the last update
+        if ctl.secure is not None:
+            self._secure_input(ctl, weights, start, metrics)
+            return
+        self._send_update(ctl, self.encoder.encode(weights, start), len(self.x), metrics)
+        self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
+                      metrics["train_seconds"], train.get("train_loss", float("nan")))
+
+    def _send_update(self, ctl: Control, tensors: Dict[str, np.ndarray], samples: int, metrics: Dict[str, float],
+                     codec: Optional[codecs.Codec] = None) -> None:
+        codec = codec or self.encoder.codec
         env = Envelope(kind=Kind.UPDATE, federation=self.cfg.federation, round=ctl.round, attempt=ctl.attempt,
-                       sender=self.cfg.node_id, model_version=ctl.model_version,
-                       tensors=self.encoder.encode(weights, start), samples=len(self.x), metrics=metrics,
-                       codec=codec.name, codec_params=codec.params())
+                       sender=self.cfg.node_id, model_version=ctl.model_version, tensors=tensors, samples=samples,
+                       metrics=metrics, codec=codec.name, codec_params=codec.params())
         try:
             payload = self.auth.seal(env) if self.auth else encode(env)
             self.link.publish(self.topics.update(self.cfg.group, self.cfg.node_id), payload)
@@ -249,5 +270,45 @@ class NodeAgent:
             return
         self.answered.add((ctl.round, ctl.attempt, ctl.model_version))
         self.rounds_done += 1
-        self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
-                      metrics["train_seconds"], train.get("train_loss", float("nan")))
+
+    # --- secure aggregation ------------------------------------------------------------------------
+
+    def _secure_start(self, ctl: Control) -> None:
+        """Advertise this round's keys (before training, so the key exchange runs alongside it)."""
+        try:
+            from fedmq.node.secure_client import SecureClient
+
+            self.secure = SecureClient(
+                self.cfg.node_id, self.cfg.federation, self.cfg.group, (ctl.round, ctl.attempt, ctl.model_version),
+                int(ctl.secure.get("frac_bits", 20)) if ctl.secure else 20,
+                lambda m: self.link.publish(self.topics.secagg_in(self.cfg.group, self.cfg.node_id), m.encode()),
+                lambda y: self._send_update(ctl, {"@masked": y}, 1, {"bytes_in": self._take_bytes_in()}, codecs.Codec()),
+                self.log)
+        except ImportError:
+            self.log.error("this federation uses secure aggregation, which needs the 'cryptography' package: "
+                           "pip install 'fedmq-node[secure]'")
+            self.pending = None
+
+    def _on_secagg(self, payload: bytes) -> None:
+        msg = SecAggMessage.decode(payload, ("roster", "deliver", "survivors"))
+        if self.secure is not None:
+            self.secure.on_message(msg)
+            self._train_if_ready()
+
+    def _secure_input(self, ctl: Control, weights: Weights, start: Weights, metrics: Dict[str, float]) -> None:
+        """Hand the trained update to secure aggregation: only the masked sum leaves the node (no metrics)."""
+        assert self.secure is not None and self.spec is not None and ctl.secure is not None
+        shapes = expected_shapes(self.spec)
+        delta = self.encoder.codec.delta
+        vector = np.concatenate([(np.asarray(weights[k], np.float64) - (start[k] if delta else 0.0)).reshape(-1)
+                                 for k in shapes])
+        weight = 1.0 if ctl.secure.get("equal_weights") else float(len(self.x))
+        self.secure.set_input(vector, weight, np.random.default_rng())  # rounding noise: not from the seed
+        self.log.info("round %d: trained in %.3fs; masked update %s", ctl.round, metrics["train_seconds"],
+                      "sent" if self.secure.masked_sent else "waits for the peers' shares")
+
+    def _take_bytes_in(self) -> float:
+        """Bytes received (model and control) since the last update."""
+        n = float(self.link.bytes_in - self._bytes_in_reported)
+        self._bytes_in_reported = self.link.bytes_in
+        return n

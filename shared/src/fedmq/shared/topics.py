@@ -109,6 +109,18 @@ class Topics:
         """A node's status (online / offline), retained, with the last will."""
         return f"{self.group(path)}/_status/{node}"
 
+    def secagg_in(self, path: Sequence[str], node: str) -> str:
+        """A node's secure-aggregation messages to its group aggregator, QoS 1."""
+        return f"{self.group(path)}/_secagg/{node}"
+
+    def secagg_all(self, path: Sequence[str]) -> str:
+        """The group aggregator's secure-aggregation messages to every node of the group, QoS 1."""
+        return f"{self.group(path)}/_secagg/_all"
+
+    def secagg_to(self, path: Sequence[str], node: str) -> str:
+        """The group aggregator's secure-aggregation messages to one node, QoS 1."""
+        return f"{self.group(path)}/_secagg/_to/{node}"
+
     def parse_last(self, topic: str, kind: str) -> Optional[Tuple[GroupPath, str]]:
         """Split ``<group>/_<kind>/<leaf>`` into (group path, leaf); None if it does not match."""
         if not topic.startswith(self.base + "/"):
