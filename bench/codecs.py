@@ -13,13 +13,10 @@ the mean over the seeds, each codec compared with float32 on the same seed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from typing import Dict, List
+
+from demo_runs import run_demo
 
 CODECS = [("raw", []), ("float16", ["--compression", "float16"]), ("int8", ["--compression", "int8"]),
           ("topk 6%", ["--compression", "topk", "--topk-fraction", "0.06"]),
@@ -29,15 +26,8 @@ NODES = {"digits": 10, "synthetic": 30}
 
 def run(dataset: str, extra: List[str], rounds: int, seed: int) -> Dict[str, float]:
     """One demo run; returns its report's figures."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.json")
-        cmd = [sys.executable, "-m", "fedmq.shared.cli", "demo", "--dataset", dataset, "--nodes", str(NODES[dataset]),
-               "--rounds", str(rounds), "--seed", str(seed), "--report", report, "--plot", os.path.join(tmp, "p.png"), "--deadline", "60",
-               *extra]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        rep = json.load(open(report))
+    rep = run_demo(["--dataset", dataset, "--nodes", str(NODES[dataset]), "--rounds", str(rounds), "--seed", str(seed),
+                    "--deadline", "60", *extra])
     rows = rep["rounds"]
     return {"accuracy": rep["final_accuracy"], "seconds": rep["seconds"],
             "bytes": sum(r["bytes_per_update"] for r in rows) / len(rows),

@@ -52,10 +52,15 @@ def test_acl_is_least_privilege_for_every_party(tmp_path):
     assert blocks["user n1"] == ["topic write fedmq/v1/f/home/_update/n1", "topic write fedmq/v1/f/home/_update/n1/_chunk/+",
                                  "topic write fedmq/v1/f/home/_status/n1",
                                  "topic read fedmq/v1/f/_model", "topic read fedmq/v1/f/_model/_chunk/+",
-                                 "topic read fedmq/v1/f/_file/#", "topic read fedmq/v1/f/home/_control"]
+                                 "topic read fedmq/v1/f/_file/#", "topic read fedmq/v1/f/home/_control",
+                                 "topic write fedmq/v1/f/home/_secagg/n1", "topic read fedmq/v1/f/home/_secagg/_all",
+                                 "topic read fedmq/v1/f/home/_secagg/_to/n1",
+                                 "topic read fedmq/v1/f/home/_model", "topic read fedmq/v1/f/home/_model/_chunk/+"]
     edge = blocks["user edge/site"]
     assert "topic write fedmq/v1/f/_partial/site" in edge and "topic read fedmq/v1/f/_control" in edge
-    assert not any(rule.endswith("/_model") and "write" in rule for rule in edge)
+    assert "topic write fedmq/v1/f/site/_model" in edge  # its own edge-round model (HierFAVG)
+    assert not any(rule.startswith("topic write fedmq/v1/f/_model") for rule in edge)  # never the global model
+    assert "topic write fedmq/v1/f/site/_secagg/_to/+" in edge and "topic read fedmq/v1/f/site/_secagg/+" in edge
     coord = blocks["user coordinator"]
     assert "topic read fedmq/v1/f/#" in coord and not any("_update" in r or "_status" in r for r in coord if "write" in r)
     assert blocks["user enrol-t1"] == ["topic write fedmq/v1/f/_enrol/request/t1", "topic read fedmq/v1/f/_enrol/reply/t1"]

@@ -104,3 +104,42 @@ def test_strategy_section_is_read_and_checked():
         parse_topic_map(GOOD + "strategy: {aggregator: median, privacy: {clip_norm: 1.0}}\n")
     with pytest.raises(TopicMapError, match="clip_norm"):
         parse_topic_map(GOOD + "strategy: {privacy: {noise_multiplier: 1.0}}\n")
+
+
+def test_topic_map_reads_async_edge_rounds_and_secure_aggregation():
+    tm = parse_topic_map(GOOD + "strategy: {mode: async, async: {buffer_size: 5, max_staleness: 3}}\n")
+    assert tm.strategy.mode == "async" and tm.strategy.asynchronous.buffer_size == 5
+    assert tm.strategy.asynchronous.max_staleness == 3 and tm.strategy.asynchronous.staleness_exponent == 0.5
+    tm = parse_topic_map(GOOD + "strategy: {edge_rounds: [3, 2], secure: {threshold: 0.7}}\n")
+    assert [tm.strategy.edge_rounds_at(d) for d in (1, 2, 3)] == [3, 2, 1]
+    assert tm.strategy.secure.threshold == 0.7 and tm.strategy.secure.frac_bits == 20
+    assert parse_topic_map(GOOD + "strategy: {secure: true}\n").strategy.secure is not None
+
+
+@pytest.mark.parametrize("strategy, key", [
+    ("{mode: async, aggregator: median}", "strategy.aggregator"),
+    ("{mode: async, privacy: {clip_norm: 1.0}}", "strategy.privacy"),
+    ("{mode: async, secure: true}", "strategy.secure"),
+    ("{edge_rounds: [2], aggregator: krum}", "strategy.edge_rounds"),
+    ("{edge_rounds: [0]}", "strategy.edge_rounds"),
+    ("{secure: true, aggregator: median}", "strategy.secure"),
+    ("{secure: {threshold: 0.4}}", "strategy.secure.threshold"),
+    ("{mode: sometimes}", "strategy.mode"),
+])
+def test_topic_map_refuses_strategies_that_do_not_compose(strategy, key):
+    with pytest.raises(TopicMapError) as err:
+        parse_topic_map(GOOD + f"strategy: {strategy}\n")
+    assert key in str(err.value)
+
+
+def test_secure_aggregation_needs_raw_updates():
+    with pytest.raises(TopicMapError, match="cannot be masked"):
+        parse_topic_map(GOOD + "compression: {update: int8}\nstrategy: {secure: true}\n")
+
+
+def test_staleness_discount_is_fedbuffs_polynomial():
+    from fedmq.coordinator.async_group import staleness_weight
+
+    assert staleness_weight(0, 0.5) == 1.0
+    assert staleness_weight(3, 0.5) == pytest.approx(0.5)
+    assert staleness_weight(3, 0.0) == 1.0

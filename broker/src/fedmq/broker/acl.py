@@ -42,7 +42,11 @@ def node_rules(t: Topics, node: str, group: GroupPath) -> List[str]:
             f"topic write {t.status(group, node)}",
             f"topic read {t.model()}",
             f"topic read {t.model_file('#').rsplit('/', 1)[0]}/#",
-            f"topic read {t.control(group)}"]
+            f"topic read {t.control(group)}",
+            f"topic write {t.secagg_in(group, node)}",
+            f"topic read {t.secagg_all(group)}",
+            f"topic read {t.secagg_to(group, node)}",
+            *(f"topic read {t.group_model(group[:depth])}" for depth in range(1, len(group) + 1))]
 
 
 def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = (), tokens: Iterable[str] = ()) -> str:
@@ -61,6 +65,7 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
              f"topic write {t.metrics()}", f"topic write {t.enrol_reply('+')}"]
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
+        lines += _aggregator_writes(t, path)
     lines.append("")
     for path, group in tm.groups().items():
         if not group.edge:
@@ -69,7 +74,8 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
         for p in _served(tm, path):
             g = t.group(p)
             lines += [f"topic read {g}/_update/+", f"topic readwrite {g}/_partial/+", f"topic read {g}/_status/+",
-                      f"topic readwrite {g}/_control"]
+                      f"topic readwrite {g}/_control", f"topic read {g}/_secagg/+", *_aggregator_writes(t, p)]
+            lines += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
         lines += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
                   f"topic read {t.model()}"]
         if group.workers > 1:  # its workers tell each other which nodes they have aggregated
@@ -85,6 +91,13 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
         lines += [f"user {ENROL_PREFIX}{token}", f"topic write {t.enrol_request(token)}",
                   f"topic read {t.enrol_reply(token)}", ""]
     return lines
+
+
+def _aggregator_writes(t: Topics, path: GroupPath) -> List[str]:
+    """What a group's aggregator publishes besides partials and control: its edge-round model (HierFAVG)
+    and its secure-aggregation messages to the group's nodes."""
+    return [f"topic write {t.group_model(path)}", f"topic write {t.secagg_all(path)}", f"topic write {t.secagg_to(path, '+')}"] \
+        if path else []
 
 
 def _with_chunks(lines: List[str]) -> List[str]:

@@ -168,7 +168,8 @@ class RoundDriver:
         # Under secure aggregation no aggregator sees an update, so nodes clip their own changes.
         clip = local.clip_norm if local else (s.clip if s.secure is not None else None)
         return TrainParams(p.local_epochs, p.batch_size, p.learning_rate, proximal_mu=s.proximal_mu,
-                           dp_clip_norm=clip, dp_noise_multiplier=local.noise_multiplier if local else 0.0)
+                           dp_clip_norm=clip, dp_noise_multiplier=local.noise_multiplier if local else 0.0,
+                           partial_work=s.partial_work)
 
     def _change(self, ctl: Control, result: GroupResult) -> Dict[str, np.ndarray]:
         """The round's aggregated change to the global model, by the strategy's rule."""

@@ -24,7 +24,7 @@ from fedmq.node.privacy import privatize
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
-from fedmq.shared.messages import Control, MessageError, Status
+from fedmq.shared.messages import Control, MessageError, Status, TrainParams
 from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
@@ -62,6 +62,7 @@ class NodeAgent:
         self.finished = threading.Event()
         self.stopping = threading.Event()
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode())])
+        self.straggler_rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode()), 1])
         self._bytes_in_reported = 0
         online = Status(cfg.node_id, "online", samples=len(x), trainer=cfg.trainer).encode()
         self.link = MqttLink(
@@ -237,8 +238,11 @@ class NodeAgent:
             self._warned_proximal = True
             self.log.warning("the %s trainer cannot add FedProx's proximal term: training plain local SGD "
                              "(use the numpy or tflite trainer for strategy.proximal_mu)", self.trainer.name)
+        params = self._straggle(ctl)
+        if params is None:
+            return
         before = self.trainer.evaluate(self.x, self.y)
-        train = self.trainer.fit(self.x, self.y, ctl.train, self.rng)
+        train = self.trainer.fit(self.x, self.y, params, self.rng)
         weights = self.trainer.get_weights()
         if not all(np.isfinite(w).all() for w in weights.values()):
             self.log.error("round %d: training diverged (NaN/Inf); not sending an update", ctl.round)
@@ -255,6 +259,21 @@ class NodeAgent:
         self._send_update(ctl, self.encoder.encode(weights, start), len(self.x), metrics)
         self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
                       metrics["train_seconds"], train.get("train_loss", float("nan")))
+
+    def _straggle(self, ctl: Control) -> Optional[TrainParams]:
+        """The training parameters for this round; under ``simulate_straggler`` (testing), sometimes fewer
+        epochs (uniform in 1 .. E-1, as in the FedProx paper) when partial work is allowed, else None: the
+        update would miss the deadline and is not sent."""
+        assert ctl.train is not None
+        if not self.cfg.simulate_straggler or self.straggler_rng.random() >= self.cfg.simulate_straggler:
+            return ctl.train
+        if not ctl.train.partial_work or ctl.train.local_epochs < 2:
+            self.log.info("round %d: simulated straggler, no update before the deadline", ctl.round)
+            self.answered.add((ctl.round, ctl.attempt, ctl.model_version))
+            return None
+        epochs = int(self.straggler_rng.integers(1, ctl.train.local_epochs))
+        self.log.info("round %d: simulated straggler, sending %d of %d epochs", ctl.round, epochs, ctl.train.local_epochs)
+        return replace(ctl.train, local_epochs=epochs)
 
     def _send_update(self, ctl: Control, tensors: Dict[str, np.ndarray], samples: int, metrics: Dict[str, float],
                      codec: Optional[codecs.Codec] = None) -> None:

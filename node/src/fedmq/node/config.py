@@ -13,7 +13,8 @@ from fedmq.shared.topics import level_problem
 
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
-             "cache_dir", "security", "simulate_delay_s")
+             "cache_dir", "security", "simulate_delay_s",
+             "simulate_straggler")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class NodeConfig:
     cache_dir: str = ".fedmq-cache"
     security: SecuritySettings = SecuritySettings()
     simulate_delay_s: float = 0.0  # testing and benchmarks only: sleep this long before every training
+    simulate_straggler: float = 0.0  # testing and benchmarks only: chance per round of having time for less work
 
 
 def _group_problem(v: object) -> Optional[str]:
@@ -67,8 +69,10 @@ def load_node_config(file: str) -> NodeConfig:
     security = read_security(r, m.get("security"), r.line_of(m, "security"), file, ("keys", "signing_key"))
     delay = r.value(m, "simulate_delay_s", "", float, 0.0, minimum=0.0, maximum=3600.0,
                     fix="seconds to sleep before each training, to emulate a slow device (testing only)")
+    straggler = r.value(m, "simulate_straggler", "", float, 0.0, minimum=0.0, maximum=1.0,
+                        fix="the chance per round that this node has time for only part of its epochs (testing only)")
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
                       trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security,
-                      simulate_delay_s=delay)
+                      simulate_delay_s=delay, simulate_straggler=straggler)

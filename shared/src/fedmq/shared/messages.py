@@ -71,6 +71,7 @@ class TrainParams:
     proximal_mu: float = 0.0  # FedProx: mu/2 |w - w_global|^2 added to the local loss
     dp_clip_norm: Optional[float] = None  # local DP: clip the change to this norm ...
     dp_noise_multiplier: float = 0.0  # ... and add N(0, (multiplier * clip)^2) to every entry
+    partial_work: bool = False  # a node short of time may send fewer epochs' work (FedProx)
 
 
 @dataclass
@@ -114,7 +115,8 @@ class Control:
                 d.pop(k)
         if d.get("train"):  # optional fields only when set: a 1.1 node reads the rest unchanged
             t = d["train"]
-            for k, default in (("proximal_mu", 0.0), ("dp_clip_norm", None), ("dp_noise_multiplier", 0.0)):
+            for k, default in (("proximal_mu", 0.0), ("dp_clip_norm", None), ("dp_noise_multiplier", 0.0),
+                               ("partial_work", False)):
                 if t[k] == default:
                     t.pop(k)
         return _dump(d)
@@ -159,6 +161,7 @@ class Control:
                 proximal_mu=optional("proximal_mu", 0.0) or 0.0,
                 dp_clip_norm=clip,
                 dp_noise_multiplier=optional("dp_noise_multiplier", 0.0) or 0.0,
+                partial_work=train.get("partial_work", False) is True,
             )
         elif kind == "close":
             outcome = obj.get("outcome")

@@ -37,6 +37,16 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--secure", action="store_true",
                    help="provision a CA and credentials, run Mosquitto with mutual TLS, a least-privilege ACL and no "
                         "anonymous access, and sign every update, partial and model (Ed25519)")
+    p.add_argument("--strategy", metavar="YAML",
+                   help="the topic map's strategy section as inline YAML, e.g. '{mode: async, async: {buffer_size: 5}}' "
+                        "or '{proximal_mu: 1, partial_work: true}' (docs/strategies.md)")
+    p.add_argument("--fraction", type=float, default=1.0, help="share of the online nodes selected per round (default 1)")
+    p.add_argument("--quorum", type=float, default=0.6, help="share of the selected nodes a round needs (default 0.6)")
+    p.add_argument("--stragglers", type=float, default=0.0, metavar="P",
+                   help="simulate stragglers: each node, each round, with probability P has time for only part of "
+                        "its local epochs (it sends that partial work if strategy.partial_work, else nothing)")
+    p.add_argument("--slow", metavar="N:SECONDS",
+                   help="simulate N slow nodes that each take SECONDS longer to train (e.g. 3:2.0)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--plot", help="write the PNG plot here (default: next to --report, or in the work directory)")
     p.add_argument("--workdir", help="keep configs, data and logs here (default: a temporary directory, removed)")

@@ -39,10 +39,11 @@ class DemoLayout:
 def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, groups: int, rounds: int, alpha: float,
                      seed: int, model: str, port: int, deadline_s: float, trainer: str = "auto",
                      parts: Optional[List[Split]] = None, training: Optional[dict] = None,
-                     extra: Optional[dict] = None) -> DemoLayout:
+                     extra: Optional[dict] = None, node_extras: Optional[List[dict]] = None) -> DemoLayout:
     """Write one NPZ and one node config per node, and the topic map. The nodes' data is ``parts`` when
     given (one per node), else ``train`` split non-IID; ``training`` overrides the local training settings
-    and ``extra`` adds top-level topic map sections (compression, transport)."""
+    ``extra`` adds top-level topic map sections (compression, transport, strategy) and ``node_extras``
+    keys to each node's config (simulated stragglers and slow nodes)."""
     x, y = train
     if parts is None:
         parts = [(x[idx], y[idx]) for idx in dirichlet_split(y, nodes, alpha, seed)]
@@ -58,7 +59,8 @@ def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, gro
         cfg = {"node_id": node, "federation": "demo", "group": home, "seed": seed, "trainer": trainer,
                "cache_dir": os.path.join(workdir, "cache", node),
                "broker": {"host": "127.0.0.1", "port": port},
-               "data": {"kind": "npz", "path": os.path.join(data_dir, f"{node}.npz")}}
+               "data": {"kind": "npz", "path": os.path.join(data_dir, f"{node}.npz")},
+               **(node_extras[i] if node_extras else {})}
         path = os.path.join(workdir, f"node-{node}.yaml")
         with open(path, "w", encoding="utf-8") as fh:
             yaml.safe_dump(cfg, fh, sort_keys=False)

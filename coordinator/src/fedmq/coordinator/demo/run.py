@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import yaml
 
 from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator.cli import format_round
@@ -102,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
             train, test = digits(args.seed)
         layout = write_federation(workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds,
                                   alpha=args.alpha, seed=args.seed, model=args.model, port=1,
-                                  deadline_s=args.deadline, trainer=args.trainer, parts=parts, training=training,
-                                  extra=_transport_sections(args))
+                                  deadline_s=args.deadline, trainer=args.trainer, parts=parts,
+                                  training={**(training or {}), **_round_overrides(args)},
+                                  extra=_transport_sections(args), node_extras=_node_extras(args))
         security_dir = None
         if args.secure:
             security_dir = os.path.join(workdir, "security")
@@ -175,19 +178,46 @@ def _transport_sections(args: argparse.Namespace) -> Dict[str, Any]:
             out["compression"]["topk_fraction"] = args.topk_fraction
     if args.max_payload:
         out["transport"] = {"max_payload_bytes": args.max_payload}
+    if args.strategy:
+        strategy = yaml.safe_load(args.strategy)
+        if not isinstance(strategy, dict):
+            raise SystemExit(f"fedmq demo: --strategy must be a YAML mapping, not {args.strategy!r}")
+        out["strategy"] = strategy
     return out
+
+
+def _round_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The rounds section's settings from the demo's options."""
+    out: Dict[str, Any] = {"fraction": args.fraction, "quorum": args.quorum,
+                           "min_nodes": max(1, min(args.nodes // 2, math.ceil(args.fraction * args.nodes)))}
+    if args.stragglers:  # a round where every selected node straggled is tried again, not fatal
+        out.update(on_quorum_failure="retry", max_retries=20)
+    return out
+
+
+def _node_extras(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Per-node config additions for the simulated stragglers and slow nodes."""
+    slow_count, slow_s = 0, 0.0
+    if args.slow:
+        try:
+            count, seconds = args.slow.split(":")
+            slow_count, slow_s = int(count), float(seconds)
+        except ValueError:
+            raise SystemExit(f"fedmq demo: --slow must be N:SECONDS, e.g. 3:2.0, not {args.slow!r}") from None
+    return [{**({"simulate_straggler": args.stragglers} if args.stragglers else {}),
+             **({"simulate_delay_s": slow_s} if i < slow_count else {})} for i in range(args.nodes)]
 
 
 def _report_row(r: Dict[str, Any]) -> Dict[str, Any]:
     keys = ("round", "accuracy", "loss", "updates", "bytes_up", "bytes_down", "bytes_per_update",
-            "tensor_bytes_per_update", "seconds")
-    return {k: r.get(k) for k in keys}
+            "tensor_bytes_per_update", "seconds", "elapsed", "staleness", "epsilon", "delta")
+    return {k: r[k] for k in keys if k in r}
 
 
 def _collect(watcher: MqttLink, coordinator: subprocess.Popen, rounds: int, deadline: float) -> List[Dict[str, Any]]:
     """Round summaries from the metrics topic, printed as they arrive, until the last round or a stall."""
     seen: Dict[int, Dict[str, Any]] = {}
-    last_progress = time.monotonic()
+    last_progress = started = time.monotonic()
     stall = 60.0 + 4 * deadline
     while len(seen) < rounds and time.monotonic() - last_progress < stall:
         msg = watcher.get(timeout=0.2)
@@ -202,5 +232,6 @@ def _collect(watcher: MqttLink, coordinator: subprocess.Popen, rounds: int, dead
         if summary["round"] not in seen and not msg.retain:
             seen[summary["round"]] = summary
             last_progress = time.monotonic()
+            summary["elapsed"] = round(last_progress - started, 3)  # since the coordinator started
             print(format_round(summary), flush=True)
     return [seen[k] for k in sorted(seen)]

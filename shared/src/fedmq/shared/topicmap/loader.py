@@ -217,7 +217,7 @@ def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Tr
 
 
 STRATEGY_KEYS = ("aggregator", "trim_fraction", "byzantine", "multi_krum_keep", "clip_norm", "proximal_mu",
-                 "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy", "mode",
+                 "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy", "mode", "partial_work",
                  "async", "edge_rounds", "secure")
 MAX_EDGE_ROUNDS = 100
 
@@ -243,6 +243,7 @@ def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strat
         multi_krum_keep=r.value(m, "multi_krum_keep", p, int, None, minimum=1),
         clip_norm=r.value(m, "clip_norm", p, float, None, minimum=1e-12),
         proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0),
+        partial_work=r.value(m, "partial_work", p, bool, d.partial_work),
         server_optimizer=r.value(m, "server_optimizer", p, str, d.server_optimizer, choices=SERVER_OPTIMIZERS),
         server_lr=r.value(m, "server_lr", p, float, d.server_lr, minimum=1e-12),
         server_momentum=r.value(m, "server_momentum", p, float, d.server_momentum, minimum=0.0, maximum=0.999),

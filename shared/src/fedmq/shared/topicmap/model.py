@@ -171,6 +171,7 @@ class Strategy:
     multi_krum_keep: Optional[int] = None
     clip_norm: Optional[float] = None
     proximal_mu: float = 0.0
+    partial_work: bool = False  # FedProx: nodes short of time send the epochs they managed
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
     server_momentum: float = 0.9
