@@ -89,8 +89,9 @@ def format_round(s: Dict[str, Any]) -> str:
     acc = s.get("accuracy")
     loss = s.get("loss")
     return (f"round {s['round']:>3}  accuracy {acc if acc is None else f'{acc:.4f}'}  loss "
-            f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}/{s['selected']:<3}  "
-            f"up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
+            f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
+            + (f"/{s['selected']:<3}" if "selected" in s else f" staleness {s.get('staleness', 0):.1f}")
+            + f"  up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
             + (f"  rejected {s['rejected']}" if s.get("rejected") else ""))
 
 

@@ -1,4 +1,4 @@
-"""The aggregator's side of secure aggregation for one group and one round (protocol section 7).
+"""The aggregator's side of secure aggregation for one group and one round (protocol section 9).
 
 Phases: collect the nodes' public keys (U1) and publish the roster; collect their sealed shares (U2)
 and deliver each node the shares addressed to it; sum the masked inputs as they arrive (U3) and publish

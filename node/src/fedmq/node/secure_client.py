@@ -1,4 +1,4 @@
-"""A node's side of secure aggregation for one round (protocol section 7): advertise two X25519 keys,
+"""A node's side of secure aggregation for one round (protocol section 9): advertise two X25519 keys,
 secret-share its mask key and self-mask seed with the roster (sealed to each peer), mask its weighted
 update once it is trained and the peers' shares have arrived, and help unmask the sum by sending the
 aggregator shares of the survivors' seeds and of the dropped nodes' keys, never both for one node."""

@@ -1,4 +1,4 @@
-"""The JSON messages of secure aggregation (protocol section 7). Every field is validated on decode;
+"""The JSON messages of secure aggregation (protocol section 9). Every field is validated on decode;
 anything else raises ``MessageError``.
 
 Node to aggregator (``<group>/_secagg/<node>``): ``keys`` (two X25519 public keys), ``shares`` (one sealed
