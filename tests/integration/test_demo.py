@@ -19,7 +19,7 @@ def test_demo_defaults_reach_90_percent_in_under_a_minute(tmp_path):
     data = json.loads(report.read_text())
     assert len(data["rounds"]) == 20
     assert set(data["rounds"][0]) == {"round", "accuracy", "loss", "updates", "bytes_up", "bytes_down",
-                                      "bytes_per_update", "tensor_bytes_per_update", "seconds"}
+                                      "bytes_per_update", "tensor_bytes_per_update", "seconds", "elapsed"}
     assert data["rounds"][0]["tensor_bytes_per_update"] == 4 * 650  # raw float32 softmax regression on digits
     assert all(row["updates"] == 10 for row in data["rounds"])
     assert data["final_accuracy"] >= 0.90
