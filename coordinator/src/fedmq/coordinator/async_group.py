@@ -10,7 +10,7 @@ weights, the ``max_staleness + 1`` newest models needed to turn them into change
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
@@ -19,7 +19,7 @@ from fedmq.coordinator.aggregate import MetricSums, WeightedSum
 from fedmq.coordinator.group import GroupAggregator, GroupResult
 from fedmq.coordinator.strategy.clipping import clip_update
 from fedmq.shared import codecs
-from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.envelope import Envelope, Kind
 from fedmq.shared.messages import Control
 
 
@@ -117,15 +117,12 @@ class AsyncGroup(GroupAggregator):
         if tensors is not None and base is None and not codec.delta:
             tensors, reason, detail = None, "unknown model version", \
                 f"no model {env.model_version} here (have {sorted(self.models)})"
-        norm = codecs.norm(tensors, base) if tensors is not None else 0.0
+        measured = tensors is not None and (limits.max_update_norm is not None or bound is not None)
+        norm = codecs.norm(tensors, base) if measured else 0.0  # only when something bounds it: per-message cost
         if self._refused(topic, [
             ((node, env.model_version) in self.seen, "duplicate",
              f"{node} already sent a change trained from model version {env.model_version}"),
-            (tensors is None, reason, detail),
-            (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
-             f"{env.samples} (limits.max_samples is {limits.max_samples})"),
-            (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",
-             f"{norm:.4g} > limits.max_update_norm {limits.max_update_norm}"),
+            *self._update_checks(env, tensors is None, reason, detail, norm),
         ]):
             return
         assert tensors is not None
@@ -185,12 +182,7 @@ class AsyncGroup(GroupAggregator):
             assert self.on_root_close is not None
             self.on_root_close(s, GroupResult(sums=b.sums, nodes=b.nodes, metrics=b.metrics, bytes_up=b.bytes_up))
             return
-        metrics = b.metrics.to_wire()
-        metrics["bytes_up"] = b.bytes_up
-        env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=max(0, self.model_version),
-                       attempt=s.attempt, sender=self.group.name, model_version=max(0, self.model_version),
-                       tensors=dict(b.sums.sums), samples=b.sums.weight, metrics=metrics, meta={"nodes": b.nodes},
-                       codec_params=self._partial_codec.params())
         self.log.debug("forwarding %d buffered changes", len(b.nodes))
-        parent = self.group.path[:-1]
-        self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)
+        version = max(0, self.model_version)  # the newest model this group knew: the parent checks staleness by it
+        self._send_partial(replace(s, round=version, model_version=version),
+                           GroupResult(sums=b.sums, nodes=b.nodes, metrics=b.metrics, bytes_up=b.bytes_up))

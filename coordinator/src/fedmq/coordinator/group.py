@@ -299,11 +299,7 @@ class GroupAggregator:
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
-            (tensors is None, reason, detail),
-            (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
-             f"{env.samples} (limits.max_samples is {limits.max_samples})"),
-            (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",
-             f"{norm:.4g} > limits.max_update_norm {limits.max_update_norm}"),
+            *self._update_checks(env, tensors is None, reason, detail, norm),
         ]):
             return
         r.answered.add(node)
@@ -326,6 +322,18 @@ class GroupAggregator:
                          "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values()))}, {})
         r.bytes_up += len(payload)
         self._maybe_close()
+
+    def _update_checks(self, env: Envelope, undecodable: bool, reason: str, detail: str,
+                       norm: float) -> List[Tuple[bool, str, str]]:
+        """The checks every update passes, sync or async: its tensors decoded, its sample count, its norm."""
+        limits = self.tm.limits
+        return [
+            (undecodable, reason, detail),
+            (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
+             f"{env.samples} (limits.max_samples is {limits.max_samples})"),
+            (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",
+             f"{norm:.4g} > limits.max_update_norm {limits.max_update_norm}"),
+        ]
 
     def on_progress(self, worker: str, payload: bytes, topic: str) -> None:
         """Another worker of this (split) group aggregated these nodes: count them as answered here, so that
