@@ -20,6 +20,7 @@ Prints every figure; with --plots writes PNGs (accuracy per round / over time) t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from typing import Dict, List, Optional, Tuple
 
@@ -48,7 +49,7 @@ def stragglers(rounds: int, seeds: List[int]) -> Dict[str, List[float]]:
                 if seed == seeds[0]:
                     curves[f"{name} {int(p * 100)}% stragglers"] = curve(rep)
         print(f"{int(p * 100):>9}% {statistics.mean(finals['fedavg']):>13.4f} {statistics.mean(finals['fedprox']):>14.4f}"
-              f"   per seed {finals['fedavg']} / {finals['fedprox']}", flush=True)
+              f"   per seed {_fmt(finals['fedavg'])} / {_fmt(finals['fedprox'])}", flush=True)
     return curves
 
 
@@ -141,16 +142,21 @@ def dp(rounds: int, seeds: List[int]) -> None:
               f"{statistics.mean(r['final_accuracy'] for r in reps):>9.4f}", flush=True)
 
 
-def plot(curves: Dict[str, List[float]], path: str, title: str) -> None:
+def _fmt(values: List[float]) -> str:
+    return " ".join(f"{v:.4f}" for v in values)
+
+
+def _save(series: Dict[str, Tuple[List[float], List[float]]], path: str, xlabel: str, title: str) -> None:
+    """One line per series (x values, held-out accuracy) in a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, label=name)
-    ax.set_xlabel("round")
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker=".", label=name)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (held out)")
     ax.set_title(title)
     ax.legend(fontsize=7)
@@ -159,22 +165,15 @@ def plot(curves: Dict[str, List[float]], path: str, title: str) -> None:
     print(f"plot written to {path}")
 
 
+def plot(curves: Dict[str, List[float]], path: str, title: str) -> None:
+    """Accuracy per round."""
+    _save({k: (list(range(1, len(v) + 1)), v) for k, v in curves.items()}, path, "round", title)
+
+
 def plot_time(series: Dict[str, List[Tuple[float, float]]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, points in series.items():
-        ax.plot([t for t, _ in points], [a for _, a in points], marker=".", label=name)
-    ax.set_xlabel("seconds since the coordinator started")
-    ax.set_ylabel("accuracy (held out)")
-    ax.set_title("digits, 3 of 10 nodes 2 s slower: sync rounds vs async FedBuff")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"plot written to {path}")
+    """Accuracy over wall-clock time."""
+    _save({k: ([t for t, _ in v], [a for _, a in v]) for k, v in series.items()}, path,
+          "seconds since the coordinator started", "digits, 3 of 10 nodes 2 s slower: sync rounds vs async FedBuff")
 
 
 def main() -> None:
@@ -185,6 +184,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds to average (default 0 1)")
     ap.add_argument("--plots", help="directory for PNG plots")
     args = ap.parse_args()
+    if args.plots:
+        os.makedirs(args.plots, exist_ok=True)
     if "stragglers" in args.only:
         curves = stragglers(args.rounds, args.seeds)
         if args.plots:
