@@ -10,7 +10,13 @@ from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 
 SHAPES = {"w": (64, 10), "b": (10,)}
 GAP8 = {"delta": True, "index": "gap8", "values": "int8"}
+EF4 = {"delta": True, "index": "ef", "values": "int4"}
 ONE = np.ones(1, np.float32)
+
+
+def ef4(hi=np.array([0b10100000], np.uint8), lo=np.zeros(2, np.uint8), val=np.array([0x17], np.uint8)):
+    """topk wire tensors with Elias-Fano indices and int4 values; valid as they stand (indices 0 and 256)."""
+    return {"@hi": hi, "@lo": lo, "@val": val, "@val@scale": ONE}
 
 
 def weights(seed=0, scale=1.0):
@@ -56,7 +62,8 @@ def test_sizes_shrink_as_promised():
     assert sizes["raw"] / sizes["topk"] > 150  # 2 bytes per kept entry (200x) plus the header
 
 
-@pytest.mark.parametrize("index,values", [("gap8", "int8"), ("int32", "float32"), ("gap8", "float32")])
+@pytest.mark.parametrize("index,values", [("gap8", "int8"), ("int32", "float32"), ("gap8", "float32"),
+                                          ("ef", "int4"), ("ef", "int8"), ("gap8", "int4")])
 def test_topk_keeps_the_largest_entries_and_error_feedback_keeps_the_rest(index, values):
     start = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
     codec = Codec("topk", delta=True, fraction=0.1, error_feedback=True, index=index, values=values)
@@ -119,6 +126,19 @@ def test_streaming_sum_of_sparse_and_dense_updates_is_exact():
     ("topk", GAP8, {"@gap": np.ones(2, np.uint8), "@val": np.ones(2, np.int8),
                     "@val@scale": np.array([np.nan], np.float32)}, "non-negative"),
     ("topk", GAP8, {"@gap": np.ones(2, np.uint8), "@val": np.ones(2, np.int8)}, "must be exactly"),
+    # Elias-Fano: two indices in 650 entries have 8 low bits each; @hi 101 puts them in buckets 0 and 1.
+    ("topk", EF4, ef4(lo=np.zeros(3, np.uint8)), "low stream must be 2 bytes"),
+    ("topk", EF4, ef4(hi=np.array([0b10100000, 0], np.uint8)), "end with a 1 bit"),
+    ("topk", EF4, ef4(hi=np.full(200, 255, np.uint8)), "at most 1300 bits"),
+    ("topk", EF4, ef4(hi=np.array([0b10101000], np.uint8), lo=np.array([0, 0, 1], np.uint8),
+                      val=np.array([0x17, 0x10], np.uint8)), "padding bits"),  # 3 indices of 7 low bits
+    ("topk", EF4, ef4(hi=np.array([0b11000000], np.uint8)), "strictly increasing"),
+    ("topk", EF4, ef4(val=np.array([0x18], np.uint8)), r"\[-7, 7\]"),
+    ("topk", EF4, ef4(val=np.array([0x17, 0], np.uint8)), "1 uint8 bytes for 2 values"),
+    ("topk", EF4, ef4(hi=np.array([0b10000000], np.uint8)), "zero padding nibble"),
+    ("topk", EF4, ef4(hi=np.array([0b10100000], np.uint16)), "flat uint8"),
+    ("topk", EF4, {"@gap": np.ones(2, np.uint8), "@val": np.array([0x17], np.uint8), "@val@scale": ONE},
+     "must be exactly"),
     ("float16", {}, {"w": np.zeros((64, 10), np.float32), "b": np.zeros(10, np.float16)}, "expected float16"),
     ("raw", {}, {"w": np.zeros((64, 9), np.float32), "b": np.zeros(10, np.float32)}, "expected float"),
 ])
@@ -150,7 +170,7 @@ def test_topk_gaps_over_255_are_bridged_by_zero_fillers():
     flat = np.zeros(2000)
     flat[[3, 600, 1999]] = [1.0, -2.0, 3.0]  # gaps of 597 and 1399: fillers needed
     shapes = {"w": (2000,)}
-    wire, seen = codecs.compress(Codec("topk", delta=True, fraction=3 / 2000), {"w": flat})
+    wire, seen = codecs.compress(Codec("topk", delta=True, fraction=3 / 2000, index="gap8", values="int8"), {"w": flat})
     assert wire["@gap"].dtype == np.uint8 and wire["@gap"].max() == 255
     got = codecs.to_dense(codecs.decode("topk", GAP8, wire, shapes), np.float64)["w"]
     np.testing.assert_allclose(got, seen["w"], atol=0)

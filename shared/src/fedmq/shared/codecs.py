@@ -7,10 +7,11 @@
 * ``topk``: the largest-magnitude ``fraction`` of all the model's entries. Indices count through the
   concatenation of every tensor flattened in C order, in the order of the model's tensors (as the global
   model envelope lists them); every other entry is zero. Indices go as ``@idx`` (int32, strictly
-  increasing; ``index: int32``) or as ``@gap`` (uint8 gaps, index = running sum - 1; a gap over 255 is
-  bridged by filler entries of value zero; ``index: gap8``, the default). Values go as ``@val``: float32
-  (``values: float32``) or int8 with one float32 ``@val@scale`` (``values: int8``, the default), so an
-  entry costs 2 bytes instead of 8.
+  increasing; ``index: int32``), as ``@gap`` (uint8 gaps, index = running sum - 1; a gap over 255 is
+  bridged by filler entries of value zero; ``index: gap8``) or Elias–Fano coded as ``@hi`` and ``@lo``
+  (uint8 bit streams, about 2 + log2(1 / fraction) bits an index; ``index: ef``, the default, see
+  ``bitpack``). Values go as ``@val``: float32 (``values: float32``), int8 (``values: int8``) or 4-bit
+  codes two to a byte (``values: int4``, the default), the last two with one float32 ``@val@scale``.
 
 With ``delta`` the tensors are the difference to the global model of the envelope's ``model_version``.
 Error feedback (``topk`` and ``int8``) keeps on the node what compression dropped and adds it to the
@@ -25,9 +26,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from fedmq.shared import bitpack
+
 CODECS = ("raw", "float16", "int8", "topk")
-TOPK_INDEX = ("gap8", "int32")
-TOPK_VALUES = ("int8", "float32")
+TOPK_INDEX = ("gap8", "int32", "ef")
+TOPK_VALUES = ("int8", "float32", "int4")
+LEVELS = {"int8": 127, "int4": bitpack.INT4_MAX}  # largest code of the scaled value encodings
 GAP_MAX = 255
 MAX_BLOCK = 1 << 20
 
@@ -45,8 +49,8 @@ class Codec:
     block: int = 0
     fraction: float = 0.01
     error_feedback: bool = False
-    index: str = "gap8"
-    values: str = "int8"
+    index: str = "ef"
+    values: str = "int4"
 
     def params(self) -> Dict[str, Any]:
         """The envelope header's ``codec_params`` for this codec."""
@@ -131,13 +135,13 @@ def _expand_scales(scale: np.ndarray, block: int, size: int) -> Union[float, np.
     return np.repeat(scale.astype(np.float64), block)[:size]
 
 
-def _quantise(flat: np.ndarray, full: Union[float, np.ndarray]) -> np.ndarray:
-    """int8 codes of ``flat`` (float64) for the scale(s) ``full``; 0 where a scale is 0."""
+def _quantise(flat: np.ndarray, full: Union[float, np.ndarray], levels: int = 127) -> np.ndarray:
+    """int8 codes in [-levels, levels] of ``flat`` (float64) for the scale(s) ``full``; 0 where a scale is 0."""
     if isinstance(full, float):
         q = flat * (1.0 / full) if full > 0 else np.zeros_like(flat)
     else:
         q = np.divide(flat, full, out=np.zeros_like(flat), where=full > 0)
-    return np.clip(np.rint(q, out=q), -127, 127, out=q).astype(np.int8)
+    return np.clip(np.rint(q, out=q), -levels, levels, out=q).astype(np.int8)
 
 
 def compress(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
@@ -170,13 +174,16 @@ def _topk(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np
     wire: Dict[str, np.ndarray] = {}
     if codec.index == "gap8":
         idx, wire["@gap"] = _with_fillers(idx)
+    elif codec.index == "ef":
+        wire["@hi"], wire["@lo"] = bitpack.ef_encode(idx, flat.size)
     else:
         wire["@idx"] = idx.astype(np.int32)
     val = flat[idx]
-    if codec.values == "int8":
-        scale = _block_scales(val, 0)
-        q = _quantise(val, float(scale[0]))
-        wire["@val"], wire["@val@scale"] = q, scale
+    if codec.values in LEVELS:
+        levels = LEVELS[codec.values]
+        scale = np.array([np.abs(val).max(initial=0.0) / levels], np.float32)
+        q = _quantise(val, float(scale[0]), levels)
+        wire["@val"], wire["@val@scale"] = (q if codec.values == "int8" else bitpack.int4_pack(q)), scale
         val = q * np.float64(scale[0])
     else:
         wire["@val"] = val.astype(np.float32)
@@ -240,24 +247,35 @@ def decode(name: str, params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
 
 def _decode_topk(params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
                  shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Decoded]:
-    gap8, int8 = params.get("index", "int32") == "gap8", params.get("values", "float32") == "int8"
-    names = {"@gap" if gap8 else "@idx", "@val"} | ({"@val@scale"} if int8 else set())
+    index, values = params.get("index", "int32"), params.get("values", "float32")
+    names = {"gap8": {"@gap"}, "int32": {"@idx"}, "ef": {"@hi", "@lo"}}[index] | {"@val"}
+    names |= {"@val@scale"} if values in LEVELS else set()
     if set(wire) != names:
         raise CodecError(f"codec topk: tensors {sorted(wire)} must be exactly {sorted(names)}")
     val = wire["@val"]
     total = sum(math.prod(s) for s in shapes.values())
-    if gap8:
+    if index == "gap8":
         gaps = wire["@gap"]
         if gaps.dtype != np.uint8 or gaps.ndim != 1 or gaps.size > total or (gaps.size and gaps.min() == 0):
             raise CodecError("codec topk: @gap must be flat uint8 gaps of at least 1, no more than the model's size")
         idx = np.cumsum(gaps, dtype=np.int64) - 1
+    elif index == "ef":
+        try:
+            idx = bitpack.ef_decode(wire["@hi"], wire["@lo"], total)
+        except bitpack.BitpackError as exc:
+            raise CodecError(f"codec topk: @hi/@lo: {exc}") from None
     else:
         idx = wire["@idx"]
         if idx.dtype != np.int32 or idx.ndim != 1 or idx.size > total:
             raise CodecError("codec topk: @idx must be flat int32, no longer than the model's size")
-    if val.ndim != 1 or val.shape != idx.shape or (val.dtype != np.int8 if int8 else val.dtype.kind != "f"):
-        raise CodecError(f"codec topk: @val must be flat {'int8' if int8 else 'float'}, one per index")
-    if int8:
+    if values == "int4":
+        try:
+            val = bitpack.int4_unpack(val, idx.size)
+        except bitpack.BitpackError as exc:
+            raise CodecError(f"codec topk: @val: {exc}") from None
+    elif val.ndim != 1 or val.shape != idx.shape or (val.dtype != np.int8 if values == "int8" else val.dtype.kind != "f"):
+        raise CodecError(f"codec topk: @val must be flat {'int8' if values == 'int8' else 'float'}, one per index")
+    if values in LEVELS:
         scale = wire["@val@scale"]
         if scale.dtype != np.float32 or scale.shape != (1,) or not scale[0] >= 0:  # "not >=" also catches NaN
             raise CodecError("codec topk: @val@scale must be one non-negative float32")

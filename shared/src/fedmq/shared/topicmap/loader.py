@@ -194,8 +194,8 @@ def _compression(r: Reader, value: Any, line: Optional[int]) -> Compression:
                   block=r.value(m, "int8_block", p, int, 0, minimum=0, maximum=1 << 20),
                   fraction=r.value(m, "topk_fraction", p, float, 0.01, minimum=1e-6, maximum=1.0),
                   error_feedback=r.value(m, "error_feedback", p, bool, lossy and delta),
-                  index=r.value(m, "topk_index", p, str, "gap8", choices=TOPK_INDEX),
-                  values=r.value(m, "topk_values", p, str, "int8", choices=TOPK_VALUES))
+                  index=r.value(m, "topk_index", p, str, Codec.index, choices=TOPK_INDEX),
+                  values=r.value(m, "topk_values", p, str, Codec.values, choices=TOPK_VALUES))
     problem = codec.problem()
     if problem:
         r.error(r.line_of(m, "delta") or r.line_of(m, "update") or line, "compression", problem,
