@@ -19,8 +19,10 @@ from typing import Dict, List
 from demo_runs import run_demo
 
 CODECS = [("raw", []), ("float16", ["--compression", "float16"]), ("int8", ["--compression", "int8"]),
-          ("topk 6%", ["--compression", "topk", "--topk-fraction", "0.06"]),
-          ("topk 3%", ["--compression", "topk", "--topk-fraction", "0.03"])]
+          ("topk 10%", ["--compression", "topk", "--topk-fraction", "0.1"]),
+          ("topk 5%", ["--compression", "topk", "--topk-fraction", "0.05"]),
+          ("topk 6% gap8/int8", ["--compression", "topk", "--topk-fraction", "0.06", "--topk-index", "gap8",
+                                 "--topk-values", "int8"])]
 NODES = {"digits": 10, "synthetic": 30}
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     for dataset in args.datasets:
         print(f"\n{dataset} ({NODES[dataset]} nodes, {args.rounds} rounds, seeds {args.seeds})", flush=True)
-        print(f"{'codec':>9} {'bytes/update':>13} {'x smaller':>9} {'tensor bytes':>13} {'x smaller':>9} "
+        print(f"{'codec':>17} {'bytes/update':>13} {'x smaller':>9} {'tensor bytes':>13} {'x smaller':>9} "
               f"{'accuracy per seed':>26} {'mean':>7} {'vs float32':>10}", flush=True)
         base: List[Dict[str, float]] = []
         for name, extra in CODECS:
@@ -51,7 +53,7 @@ def main() -> None:
             mean = {k: statistics.mean(r[k] for r in runs) for k in ("bytes", "tensor_bytes", "accuracy")}
             ref = {k: statistics.mean(r[k] for r in base) for k in ("bytes", "tensor_bytes", "accuracy")}
             per_seed = " ".join(f"{r['accuracy']:.4f}" for r in runs)
-            print(f"{name:>9} {mean['bytes']:>13,.0f} {ref['bytes'] / mean['bytes']:>9.2f} "
+            print(f"{name:>17} {mean['bytes']:>13,.0f} {ref['bytes'] / mean['bytes']:>9.2f} "
                   f"{mean['tensor_bytes']:>13,.0f} {ref['tensor_bytes'] / mean['tensor_bytes']:>9.2f} "
                   f"{per_seed:>26} {mean['accuracy']:>7.4f} {100 * (mean['accuracy'] - ref['accuracy']):>+9.2f}p",
                   flush=True)

@@ -30,6 +30,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="update codec (default raw float32; int8 and topk send deltas with error feedback)")
     p.add_argument("--topk-fraction", type=float, default=0.01,
                    help="share of the model's entries a topk update keeps (default 0.01)")
+    p.add_argument("--topk-index", metavar="ef|gap8|int32",
+                   help="how a topk update locates its entries (topic map topk_index; default ef, Elias-Fano)")
+    p.add_argument("--topk-values", metavar="int4|int8|float32",
+                   help="how a topk update carries its values (topic map topk_values; default int4)")
     p.add_argument("--max-payload", type=int,
                    help="largest MQTT payload in bytes; bigger messages travel in chunks (e.g. 131072, AWS IoT Core)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default 0)")

@@ -176,6 +176,9 @@ def _transport_sections(args: argparse.Namespace) -> Dict[str, Any]:
         out["compression"] = {"update": args.compression}
         if args.compression == "topk":
             out["compression"]["topk_fraction"] = args.topk_fraction
+            for key in ("topk_index", "topk_values"):
+                if getattr(args, key):
+                    out["compression"][key] = getattr(args, key)
     if args.max_payload:
         out["transport"] = {"max_payload_bytes": args.max_payload}
     if args.strategy:
