@@ -11,11 +11,12 @@ import pytest
 
 from fedhelp import FED, fedmq, stop, wait_for, write_federation
 from fedmq.coordinator.service import CoordinatorService
+from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.messages import Control, Status
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
-from fedmq.shared.topicmap import BrokerSettings, load_topic_map
+from fedmq.shared.topicmap import BrokerSettings, Privacy, load_topic_map
 from fedmq.shared.topics import Topics
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
@@ -192,8 +193,16 @@ def test_edge_process_aggregates_its_group(broker, tmp_path):
     assert "closing (all in) with 3 of 3 nodes" in (tmp_path / "edge.log").read_text()
 
 
-def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path):
-    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=6)
+ADAM_DP = {"server_optimizer": "fedadam", "server_lr": 0.1,
+           "privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1.0e-5}}
+
+
+@pytest.mark.parametrize("strategy", [None, ADAM_DP], ids=["fedavg", "fedadam-dp"])
+def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path, strategy):
+    """A restarted coordinator goes on from the last applied round: the model, and with FedAdam and DP
+    the optimizer's moments and the privacy budget already spent (epsilon never starts again from 0)."""
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=6,
+                             extra={"strategy": strategy} if strategy else None)
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
     state = tmp_path / "ckpt" / "state.json"
     try:
@@ -212,6 +221,15 @@ def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path):
     final = json.loads(state.read_text())
     assert final["rounds_done"] == 6 and [h["round"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]
     assert "resuming from checkpoint" in (tmp_path / "c2.log").read_text()
+    if strategy:
+        assert final["optimizer"] and (tmp_path / "ckpt" / "optimizer.fmq").exists()
+        assert final["dp_events"] == [[1.0, 1.0]] * 6  # every node in every round, noise multiplier 1
+        eps = [h["epsilon"] for h in final["history"]]
+        assert all(a < b for a, b in zip(eps, eps[1:])), eps  # the budget grows across the restart
+        whole = Accountant(Privacy(**ADAM_DP["privacy"]))
+        for _ in range(6):
+            spent = whole.compose([1.0, 1.0])
+        assert eps[-1] == pytest.approx(spent, abs=1e-4)  # as if the coordinator had never stopped
 
 
 @pytest.mark.parametrize("kind", ["sgd_classifier", "mlp_classifier", "mlp"])

@@ -71,12 +71,29 @@ def test_server_optimizers_follow_their_update_rules():
 
 def test_accountant_spends_more_with_more_rounds_and_less_with_sampling_and_noise():
     central = Accountant(Privacy(mode="central", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5))
-    eps = [central.round(100, 10) for _ in range(3)]
+    assert central.event(100, 10) == [0.1, 1.0]
+    eps = [central.compose(central.event(100, 10)) for _ in range(3)]
     assert 0 < eps[0] < eps[1] < eps[2]
     full = Accountant(Privacy(mode="central", noise_multiplier=1.0))
-    assert full.round(100, 100) > eps[0]  # no amplification by sampling
+    assert full.compose(full.event(100, 100)) > eps[0]  # no amplification by sampling
     noisy = Accountant(Privacy(mode="local", noise_multiplier=4.0))
-    assert noisy.round(100, 10) < full.epsilon()
+    assert noisy.event(100, 10) == [1.0, 4.0]  # local noise protects a node whoever else takes part
+    assert noisy.compose(noisy.event(100, 10)) < full.epsilon()
+    replayed = Accountant(Privacy(mode="central", noise_multiplier=1.0, clip_norm=1.0, delta=1e-5))
+    for _ in range(3):  # what a restarted coordinator does with its checkpoint's events
+        replayed.compose([0.1, 1.0])
+    assert replayed.epsilon() == pytest.approx(eps[2])
+
+
+def test_server_optimizer_moments_survive_a_restart():
+    s = Strategy(server_optimizer="fedadam", server_lr=0.1)
+    x, d = {"w": np.ones(3, np.float32)}, {"w": np.array([0.5, -1.0, 0.0])}
+    first = ServerOptimizer(s)
+    x1 = first.step(x, d)
+    again = ServerOptimizer(s)
+    again.restore(first.moments())
+    assert set(first.moments()) == {"m/w", "v/w"}
+    np.testing.assert_array_equal(again.step(x1, d)["w"], first.step(x1, d)["w"])
 
 
 def test_local_privacy_clips_then_adds_noise():

@@ -80,8 +80,11 @@ class RoundDriver:
                 self.log.warning("resuming from checkpoint %s: %d rounds done, model version %d",
                                  tm.checkpoint_dir, self.state.rounds_done, self.state.model_version)
         self.optimizer = ServerOptimizer(tm.strategy)
+        self.optimizer.restore(self.state.optimizer)
         privacy = tm.strategy.privacy
         self.accountant = Accountant(privacy) if privacy is not None and privacy.noise_multiplier > 0 else None
+        for event in self.state.dp_events if self.accountant is not None else ():  # spent before a restart
+            self.accountant.compose(event)
         self.population = 0
         self.attempt_count = 0
         self.waiting_since = time.monotonic()
@@ -206,7 +209,9 @@ class RoundDriver:
             summary = self._summary(result)
             summary["selected"] = len(ctl.selected)
             if self.accountant is not None:
-                summary["epsilon"] = round(self.accountant.round(self.population, len(ctl.selected)), 4)
+                event = self.accountant.event(self.population, len(ctl.selected))
+                self.state.dp_events.append(event)
+                summary["epsilon"] = round(self.accountant.compose(event), 4)
                 summary["delta"] = self.accountant.privacy.delta
             self._apply(change, summary)
         else:
@@ -226,6 +231,7 @@ class RoundDriver:
         """Step the global model by ``change`` (through the server optimizer); evaluate, checkpoint, publish
         the new model and the summary; finish after the last round."""
         self.weights = self.optimizer.step(self.weights, change)
+        self.state.optimizer = self.optimizer.moments()
         self.state.rounds_done += 1
         self.state.model_version += 1
         summary = self._evaluated(summary)

@@ -14,7 +14,7 @@ report is for a node that takes part in every round (the worst case).
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -30,14 +30,22 @@ class Accountant:
         self.privacy = privacy
         self.accountant = rdp.RdpAccountant()
 
-    def round(self, population: int, selected: int) -> float:
-        """Account one round (``selected`` of ``population`` online nodes); returns epsilon so far."""
+    def event(self, population: int, selected: int) -> List[float]:
+        """[sampling rate, noise multiplier] of a round that selected ``selected`` of ``population`` online
+        nodes. The rate is 1 when every node takes part, and with local DP, where each node's own noise
+        protects it whoever else is in."""
+        central = self.privacy.mode == "central" and 0 < selected < population
+        return [selected / population if central else 1.0, self.privacy.noise_multiplier]
+
+    def compose(self, event: Sequence[float]) -> float:
+        """Account one round given as ``event()`` made it (also a checkpoint's); returns epsilon so far."""
         import dp_accounting
 
-        event = dp_accounting.GaussianDpEvent(self.privacy.noise_multiplier)
-        if self.privacy.mode == "central" and selected < population:
-            event = dp_accounting.PoissonSampledDpEvent(selected / population, event)
-        self.accountant.compose(event)
+        rate, noise = event
+        dp_event = dp_accounting.GaussianDpEvent(noise)
+        if rate < 1.0:
+            dp_event = dp_accounting.PoissonSampledDpEvent(rate, dp_event)
+        self.accountant.compose(dp_event)
         return self.epsilon()
 
     def epsilon(self) -> float:

@@ -31,6 +31,16 @@ class ServerOptimizer:
         self.m: Weights = {}
         self.v: Weights = {}
 
+    def moments(self) -> Weights:
+        """The optimizer's state as named tensors ("m/<tensor>", "v/<tensor>"), for checkpoints."""
+        return {**{f"m/{k}": v for k, v in self.m.items()}, **{f"v/{k}": v for k, v in self.v.items()}}
+
+    def restore(self, moments: Mapping[str, np.ndarray]) -> None:
+        """Take back what ``moments`` returned (after a restart)."""
+        for name, t in moments.items():
+            moment, _, tensor = name.partition("/")
+            (self.m if moment == "m" else self.v)[tensor] = np.array(t, np.float64)
+
     def step(self, weights: Mapping[str, np.ndarray], change: Mapping[str, np.ndarray]) -> Weights:
         """The next model from the current one and the round's aggregated change (float32 out)."""
         s, out = self.s, {}
