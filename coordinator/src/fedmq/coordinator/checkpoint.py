@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.files import write_atomic
 from fedmq.shared.models import Weights, check_weights, expected_shapes
@@ -99,4 +100,3 @@ def _moments(path: str, federation: str, spec: ModelSpec, version: int) -> Weigh
         if moment not in MOMENTS or tensor not in shapes or tuple(t.shape) != tuple(shapes[tensor]):
             raise CheckpointError(f"{path}: tensor {name!r} is not a moment of this model")
     return {k: np.array(v, np.float64) for k, v in env.tensors.items()}
-
