@@ -42,7 +42,8 @@ def ef_encode(idx: np.ndarray, universe: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def ef_decode(high: np.ndarray, low: np.ndarray, universe: int) -> np.ndarray:
-    """Indices (int64, strictly increasing, in [0, universe)) from the streams ``ef_encode`` makes."""
+    """Indices (int64) from the streams ``ef_encode`` makes, checking the streams' lengths and padding. Their
+    order and range are the caller's to check, as for every index encoding (``codecs._decode_topk``)."""
     if high.dtype != np.uint8 or low.dtype != np.uint8 or high.ndim != 1 or low.ndim != 1:
         raise BitpackError("Elias–Fano streams must be flat uint8")
     if not high.size or high[-1] == 0 or high.size > (2 * universe + 7) // 8:
@@ -59,10 +60,7 @@ def ef_decode(high: np.ndarray, low: np.ndarray, universe: int) -> np.ndarray:
         raise BitpackError("the low stream's padding bits must be 0")
     weights = np.left_shift(1, np.arange(ell - 1, -1, -1, dtype=np.int64))
     lows = bits[:n * ell].reshape(n, ell).astype(np.int64) @ weights if ell else np.zeros(n, np.int64)
-    idx = ((positions - np.arange(n)) << ell) | lows
-    if (np.diff(idx) <= 0).any() or idx[-1] >= universe:
-        raise BitpackError(f"indices must be strictly increasing and within [0, {universe})")
-    return idx
+    return ((positions - np.arange(n)) << ell) | lows
 
 
 def int4_pack(q: np.ndarray) -> np.ndarray:

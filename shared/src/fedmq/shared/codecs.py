@@ -118,14 +118,15 @@ class Sparse:
 Decoded = Union[np.ndarray, Sparse]
 
 
-def _block_scales(flat: np.ndarray, block: int) -> np.ndarray:
+def _block_scales(flat: np.ndarray, block: int, levels: int = 127) -> np.ndarray:
+    """float32 scales (max abs / ``levels``) of every ``block`` values, or one for all when ``block`` is 0."""
     size = flat.size
     if not block or block >= size:  # one scale: no padding, no copies
-        return np.array([np.abs(flat).max(initial=0.0) / 127.0], np.float32)
+        return np.array([np.abs(flat).max(initial=0.0) / levels], np.float32)
     nblocks = math.ceil(size / block)
     padded = np.zeros(nblocks * block, np.float64)
     padded[:size] = np.abs(flat)
-    return (padded.reshape(nblocks, block).max(axis=1) / 127.0).astype(np.float32)
+    return (padded.reshape(nblocks, block).max(axis=1) / levels).astype(np.float32)
 
 
 def _expand_scales(scale: np.ndarray, block: int, size: int) -> Union[float, np.ndarray]:
@@ -181,7 +182,7 @@ def _topk(codec: Codec, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np
     val = flat[idx]
     if codec.values in LEVELS:
         levels = LEVELS[codec.values]
-        scale = np.array([np.abs(val).max(initial=0.0) / levels], np.float32)
+        scale = _block_scales(val, 0, levels)
         q = _quantise(val, float(scale[0]), levels)
         wire["@val"], wire["@val@scale"] = (q if codec.values == "int8" else bitpack.int4_pack(q)), scale
         val = q * np.float64(scale[0])
