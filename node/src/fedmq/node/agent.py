@@ -3,7 +3,9 @@
 Data path: model topic (retained envelope) -> ``_on_model`` -> trainer weights;
 control topic (round start) -> ``_on_control`` -> ``_train_if_ready`` -> update envelope -> update topic.
 In async mode (an ``async`` control) the node trains on the newest model it has, once per model version,
-whenever no message is waiting.
+whenever no message is waiting. A ``stats`` start asks for feature statistics instead (federated
+scaling). A live data source is read again before every round, and the data is checked against the
+model: a problem is published in the node's status, and the node takes no part until it is gone.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.node.privacy import privatize
 from fedmq.shared import codecs
+from fedmq.shared.data import DataError, DataSource
+from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
 from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
+from fedmq.shared.scaling import Scaling, local_stats
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
 from fedmq.shared.signing import Auth, split
 from fedmq.shared.topicmap import ModelSpec
@@ -35,13 +40,20 @@ from fedmq.shared.topics import Topics
 if TYPE_CHECKING:
     from fedmq.node.secure_client import SecureClient
 
+RECHECK_S = 10.0  # how often a live source, or data with a problem, is read and checked again
+
 
 class NodeAgent:
     """One federated node: holds its data, its trainer and its MQTT link."""
 
-    def __init__(self, cfg: NodeConfig, x: np.ndarray, y: np.ndarray, *, log: Optional[logging.Logger] = None) -> None:
+    def __init__(self, cfg: NodeConfig, x: np.ndarray, y: np.ndarray, *, source: Optional[DataSource] = None,
+                 log: Optional[logging.Logger] = None) -> None:
         self.cfg = cfg
         self.x, self.y = x, y
+        self.source = source
+        self.problem = ""  # why the data cannot take part now ('' when it can)
+        self.scaling: Optional[Scaling] = None
+        self._checked_at = 0.0
         self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
         self.topics = Topics(cfg.federation, cfg.broker.topic_prefix)
         self.status_topic = self.topics.status(cfg.group, cfg.node_id)
@@ -64,11 +76,10 @@ class NodeAgent:
         self.rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode())])
         self.straggler_rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode()), 1])
         self._bytes_in_reported = 0
-        online = Status(cfg.node_id, "online", samples=len(x), trainer=cfg.trainer).encode()
         self.link = MqttLink(
             f"fedmq-{cfg.federation}-{cfg.node_id}", cfg.broker,
             will=(self.status_topic, Status(cfg.node_id, "offline").encode()),
-            birth=(self.status_topic, online), max_packet_bytes=cfg.max_message_bytes,
+            birth=(self.status_topic, self._status()), max_packet_bytes=cfg.max_message_bytes,
             chunk_bytes=cfg.max_payload_bytes, log=self.log)
         self.link.subscribe(self.topics.model())
         self.link.subscribe(self.topics.control(cfg.group))
@@ -84,6 +95,9 @@ class NodeAgent:
         """Connect (retrying with backoff) and serve rounds until stopped or, optionally, the federation is done."""
         self.log.info("node %s in group %s: %d samples; connecting to %s:%d", self.cfg.node_id,
                       "/".join(self.cfg.group) or "(root)", len(self.x), self.cfg.broker.host, self.cfg.broker.port)
+        if self.source is not None and self.source.live:
+            self.source.start(self.log)
+        self.refresh_data()
         self.link.start(wait_s=None)
         try:
             while not self.stopping.is_set() and not (exit_when_done and self.finished.is_set()):
@@ -91,9 +105,48 @@ class NodeAgent:
                 while msg is not None:  # all that is waiting first: train on the newest model only
                     self.handle(msg)
                     msg = self.link.get(timeout=0)
+                if self.problem or (self.source is not None and self.source.live):
+                    if time.monotonic() - self._checked_at >= RECHECK_S:  # a problem may clear as data changes
+                        self.refresh_data()
                 self._train_async()
         finally:
             self.link.stop(final=(self.status_topic, Status(self.cfg.node_id, "offline").encode()))
+            if self.source is not None and self.source.live:
+                self.source.stop()
+
+    # --- data ----------------------------------------------------------------------------------------
+
+    def _status(self) -> bytes:
+        """The retained 'online' status: samples, trainer, data source and the current data problem."""
+        return Status(self.cfg.node_id, "online", samples=len(self.x), trainer=self.cfg.trainer,
+                      source=self.cfg.data.kind, live=bool(self.source is not None and self.source.live),
+                      problem=self.problem).encode()
+
+    def refresh_data(self) -> str:
+        """Read a live source again, check the data against the model (once it is known), and publish the
+        node's status when its problem changes; returns the problem ('' if none)."""
+        self._checked_at = time.monotonic()
+        problem = ""
+        if self.source is not None and self.source.live:
+            try:
+                self.x, self.y = self.source.load()
+            except DataError as exc:
+                problem = f"data source: {exc}"
+        if not problem and self.spec is not None:
+            self.x, self.y, found = checked_data(self.spec, self.x, self.y, self.cfg.min_samples)
+            problem = found or ""
+        elif not problem and len(self.x) < self.cfg.min_samples:
+            problem = f"too few samples: {len(self.x)}, at least {self.cfg.min_samples} needed"
+        if problem != self.problem:
+            if problem:
+                self.log.error("data problem: %s; this node takes no part until it is solved", problem)
+            else:
+                self.log.info("data: %d samples, no problem any more", len(self.x))
+            self.problem = problem
+            self.link.birth = (self.status_topic, self._status())
+            if self.link.connected.is_set():
+                self.link.publish(self.status_topic, self.link.birth[1], retain=True)
+        return problem
 
     def stop(self) -> None:
         """Ask ``run`` to return."""
@@ -129,10 +182,13 @@ class NodeAgent:
         spec = spec_from_meta(env.meta.get("model"))
         tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
         sha = check_announcement(env.meta.get("file"), self.cfg.max_message_bytes)
+        scaling = Scaling.from_meta(env.meta.get("scaling"), spec.features)
         self._apply_transport(env.meta)
         self.model = (env.model_version, codecs.to_dense(tensors))
+        self.scaling = scaling
         if (spec, sha) != (self.spec, self.file_sha):
             self.spec, self.file_sha, self.trainer = spec, sha, None
+            self.refresh_data()
             cached = self.files.get(sha) if sha else None
             if sha and cached is None:
                 self.log.info("fetching model file %s...", sha[:12])
@@ -204,6 +260,9 @@ class NodeAgent:
         if ctl.deadline_at < time.time():
             self.log.info("round %d: start arrived after its deadline; skipping", ctl.round)
             return
+        if self.refresh_data():
+            self.log.warning("round %d: selected, but not taking part: %s", ctl.round, self.problem)
+            return
         self.pending = ctl
         if ctl.secure is not None:
             self._secure_start(ctl)
@@ -217,6 +276,18 @@ class NodeAgent:
         self.pending = replace(s, round=self.model[0], model_version=self.model[0])
         self._train_if_ready()
 
+    def _send_stats(self, ctl: Control) -> None:
+        """A statistics round: the per-feature means of x and x squared, weighted by the sample count."""
+        stats = local_stats(self.x)
+        self.pending = None
+        if ctl.secure is not None:
+            assert self.secure is not None
+            self.secure.set_input(np.concatenate([stats["mean"], stats["meansq"]]), float(len(self.x)),
+                                  np.random.default_rng())
+        else:
+            self._send_update(ctl, stats, len(self.x), {"bytes_in": self._take_bytes_in()}, codecs.Codec())
+        self.log.info("round %d: feature statistics of %d samples sent", ctl.round, len(self.x))
+
     def _start_model(self, ctl: Control) -> Optional[Weights]:
         """The model a round trains from, once this node has the version it names (global or a group's)."""
         model = self.group_models.get(tuple(ctl.model_group)) if ctl.model_group else self.model
@@ -229,6 +300,9 @@ class NodeAgent:
             return  # wait for the model version the round names
         if ctl.secure is not None and (self.secure is None or not self.secure.shared):
             return  # first the key exchange's roster (our shares go out, then we train)
+        if ctl.task == "stats":
+            self._send_stats(ctl)
+            return
         self.pending = None
         if self.cfg.simulate_delay_s:
             time.sleep(self.cfg.simulate_delay_s)
@@ -241,8 +315,9 @@ class NodeAgent:
         params = self._straggle(ctl)
         if params is None:
             return
-        before = self.trainer.evaluate(self.x, self.y)
-        train = self.trainer.fit(self.x, self.y, params, self.rng)
+        x = self.scaling.apply(self.x) if self.scaling is not None else self.x
+        before = self.trainer.evaluate(x, self.y)
+        train = self.trainer.fit(x, self.y, params, self.rng)
         weights = self.trainer.get_weights()
         if not all(np.isfinite(w).all() for w in weights.values()):
             self.log.error("round %d: training diverged (NaN/Inf); not sending an update", ctl.round)

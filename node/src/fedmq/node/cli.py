@@ -8,9 +8,14 @@ import signal
 import sys
 import threading
 
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
 from fedmq.node.agent import NodeAgent
-from fedmq.node.config import load_node_config
-from fedmq.shared.data import DataError, open_source
+from fedmq.node.config import NodeConfig, load_node_config
+from fedmq.shared.data import DataError, DataSource, open_source
+from fedmq.shared.datacheck import checked_data
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -26,9 +31,16 @@ def register(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("config", nargs="+", help="node configuration (YAML); several for several nodes")
     run.add_argument("--exit-when-done", action="store_true", help="exit once the coordinator says the federation is done")
     run.set_defaults(func=_run, default_verbosity=1)
-    check = nsub.add_parser("check", help="validate the configuration and load the data",
-                            description="Validate a node configuration and load its data, without connecting.")
+    check = nsub.add_parser("check", help="validate the configuration, its files and its data",
+                            description="Validate a node configuration, check that every file it names can be "
+                                        "read, load its data (a stream source: the samples in its store now) and "
+                                        "print its features; with --topic-map, check the data against the "
+                                        "federation's model as the node does before every round (number of "
+                                        "features, labels within the classes, NaN/Inf, too few samples). "
+                                        "Exit 2 on any problem.")
     check.add_argument("config", help="node configuration (YAML)")
+    check.add_argument("--topic-map", metavar="FED.yaml", help="the federation's topic map, to check the data "
+                                                                "against its model and the node's group")
     check.set_defaults(func=_check)
     enrol = nsub.add_parser("enrol", help="trade a one-time token for credentials and a node config",
                             description="Log in with an enrolment token (from 'fedmq broker token'), ask the "
@@ -62,25 +74,79 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str) -> Tuple[NodeConfig, np.ndarray, np.ndarray, DataSource]:
     cfg = load_node_config(path)
     try:
-        x, y = open_source(cfg.data).load()
+        source = open_source(cfg.data)
+        x, y = source.load()
     except DataError as exc:
         print(f"fedmq node: {cfg.file}: data: {exc}", file=sys.stderr)
         sys.exit(2)
-    return cfg, x, y
+    return cfg, x, y, source
 
 
 def _check(args: argparse.Namespace) -> int:
-    cfg, x, y = _load(args.config)
-    print(f"{cfg.file}: OK: node {cfg.node_id} in {cfg.federation}/{'/'.join(cfg.group) or '(root)'}, "
-          f"{len(x)} samples x {x.shape[1]} features, trainer {cfg.trainer}, broker {cfg.broker.host}:{cfg.broker.port}")
+    cfg, x, y, source = _load(args.config)
+    problems = [f"{key}: {file}: {why}" for key, file, why in _file_problems(cfg, source)]
+    spec = None
+    if args.topic_map:
+        from fedmq.shared.topicmap import load_topic_map
+
+        tm = load_topic_map(args.topic_map)
+        spec = tm.model
+        if tm.federation != cfg.federation:
+            problems.append(f"federation: the node says {cfg.federation!r}, {args.topic_map} says {tm.federation!r}")
+        group = tm.group_of(cfg.node_id)
+        if group is None or group.path != cfg.group:
+            where = "no group" if group is None else f"group {'/'.join(group.path) or '(root)'}"
+            problems.append(f"group: the node says {'/'.join(cfg.group) or '(root)'}, the topic map admits "
+                            f"{cfg.node_id!r} to {where}")
+    if spec is not None:
+        x, y, problem = checked_data(spec, x, y, cfg.min_samples)
+    else:
+        problem = f"too few samples: {len(x)}, at least {cfg.min_samples} needed" if len(x) < cfg.min_samples else None
+    if problem:
+        problems.append(f"data: {problem}")
+    print(f"{cfg.file}: node {cfg.node_id} in {cfg.federation}/{'/'.join(cfg.group) or '(root)'}, trainer "
+          f"{cfg.trainer}, broker {cfg.broker.host}:{cfg.broker.port}")
+    print(f"  data ({cfg.data.kind}): {source.describe()}")
+    print(f"  {len(x)} samples x {x.shape[1] if x.ndim == 2 else '?'} features"
+          + (f"; model {spec.kind} with {spec.features} features" if spec is not None else
+             " (add --topic-map FED.yaml to check them against the federation's model)"))
+    for p in problems:
+        print(f"  problem: {p}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{cfg.file}: OK")
     return 0
 
 
+def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, str]]:
+    """(key, file, why) for every file the configuration names that cannot be read."""
+    files: Dict[str, Optional[str]] = {f"data.{k}": v for k, v in source.files().items()}
+    b = cfg.broker
+    files.update({"broker.password_file": b.password_file, "security.keys": cfg.security.keys,
+                  "security.signing_key": cfg.security.signing_key})
+    if b.tls is not None:
+        files.update({"broker.tls.ca_file": b.tls.ca_file, "broker.tls.cert_file": b.tls.cert_file,
+                      "broker.tls.key_file": b.tls.key_file})
+    out = []
+    for key, file in files.items():
+        if not file:
+            continue
+        try:
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            out.append((key, file, exc.strerror or str(exc)))
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
-    agents = [NodeAgent(*_load(path)) for path in args.config]
+    agents = []
+    for path in args.config:
+        cfg, x, y, source = _load(path)
+        agents.append(NodeAgent(cfg, x, y, source=source))
     stop_all = lambda *_: [a.stop() for a in agents]  # noqa: E731
     signal.signal(signal.SIGTERM, stop_all)
     threads = [threading.Thread(target=a.run, kwargs={"exit_when_done": args.exit_when_done}, name=a.cfg.node_id)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from fedmq.shared.data import source_class
 from fedmq.shared.topicmap import BrokerSettings, DataRef, Limits, SecuritySettings
 from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref, read_security
 from fedmq.shared.topicmap.reader import load_file
@@ -13,7 +14,7 @@ from fedmq.shared.topics import level_problem
 
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
-             "cache_dir", "security", "simulate_delay_s",
+             "cache_dir", "security", "min_samples", "simulate_delay_s",
              "simulate_straggler")
 
 
@@ -33,6 +34,7 @@ class NodeConfig:
     seed: int = 0
     cache_dir: str = ".fedmq-cache"
     security: SecuritySettings = SecuritySettings()
+    min_samples: int = 1  # fewer samples than this is a data problem (default: 10 for live sources, else 1)
     simulate_delay_s: float = 0.0  # testing and benchmarks only: sleep this long before every training
     simulate_straggler: float = 0.0  # testing and benchmarks only: chance per round of having time for less work
 
@@ -67,6 +69,9 @@ def load_node_config(file: str) -> NodeConfig:
     seed = r.value(m, "seed", "", int, 0, minimum=0)
     cache_dir = os.path.join(base, r.value(m, "cache_dir", "", str, ".fedmq-cache"))
     security = read_security(r, m.get("security"), r.line_of(m, "security"), file, ("keys", "signing_key"))
+    live = data_ref is not None and getattr(source_class(data_ref.kind), "live", False)
+    min_samples = r.value(m, "min_samples", "", int, 10 if live else 1, minimum=1,
+                          fix="the fewest samples this node trains on, e.g. min_samples: 50")
     delay = r.value(m, "simulate_delay_s", "", float, 0.0, minimum=0.0, maximum=3600.0,
                     fix="seconds to sleep before each training, to emulate a slow device (testing only)")
     straggler = r.value(m, "simulate_straggler", "", float, 0.0, minimum=0.0, maximum=1.0,
@@ -75,4 +80,5 @@ def load_node_config(file: str) -> NodeConfig:
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
                       trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security,
+                      min_samples=min_samples,
                       simulate_delay_s=delay, simulate_straggler=straggler)

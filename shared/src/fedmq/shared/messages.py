@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 MAX_JSON_BYTES = 1 << 20
+MAX_PROBLEM_CHARS = 300
 
 
 class MessageError(ValueError):
@@ -61,6 +62,9 @@ def _str(obj: Dict[str, Any], key: str) -> str:
     return v
 
 
+TASKS = ("train", "stats")
+
+
 @dataclass
 class TrainParams:
     """Local training hyperparameters sent with every round start."""
@@ -81,7 +85,8 @@ class Control:
     start: ``round``, ``attempt``, ``model_version``, ``deadline_at`` (Unix time, seconds),
     ``selected`` (node ids in this group's subtree) and ``train``; optionally ``model_group`` (the group
     whose model topic carries ``model_version``: HierFAVG edge rounds; absent means the global model) and
-    ``secure`` (secure aggregation parameters).
+    ``secure`` (secure aggregation parameters) and ``task``: ``stats`` asks for feature statistics
+    instead of training (federated scaling).
     async: ``round`` (model versions applied), ``attempt`` (the session), ``model_version`` and ``train``:
     every node trains on the newest model it has, once per model version (FedBuff).
     close: ``round``, ``attempt``, ``outcome`` (``applied``, ``retry`` or ``failed``).
@@ -98,6 +103,7 @@ class Control:
     outcome: str = ""
     model_group: Optional[List[str]] = None
     secure: Optional[Dict[str, Any]] = None
+    task: str = "train"  # start only: "train", or "stats" (send feature statistics, see fedmq.shared.scaling)
 
     def encode(self) -> bytes:
         """JSON bytes of this message."""
@@ -110,6 +116,8 @@ class Control:
                 d.pop(k)
         if self.type != "close":
             d.pop("outcome")
+        if self.task == "train":
+            d.pop("task")
         for k in ("model_group", "secure"):
             if d[k] is None:
                 d.pop(k)
@@ -143,6 +151,10 @@ class Control:
             if secure is not None and not isinstance(secure, dict):
                 raise MessageError("secure must be an object")
             msg.secure = secure
+            task = obj.get("task", "train")
+            if task not in TASKS:
+                raise MessageError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+            msg.task = task
         if kind in ("start", "async"):
             msg.model_version = _int(obj, "model_version")
             train = obj.get("train")
@@ -173,16 +185,21 @@ class Control:
 
 @dataclass
 class Status:
-    """A node's presence: ``state`` is ``online`` or ``offline`` (the last will)."""
+    """A node's presence: ``state`` is ``online`` or ``offline`` (the last will); ``source`` the kind of
+    its data source (``live`` if it streams); ``problem`` why its data cannot take part now ('' when it can)."""
 
     node: str
     state: str
     samples: int = 0
     trainer: str = ""
+    source: str = ""
+    live: bool = False  # the source is a live stream (federated scaling turns on for such fleets)
+    problem: str = ""
 
     def encode(self) -> bytes:
-        """JSON bytes of this message."""
-        return _dump(asdict(self))
+        """JSON bytes of this message (empty optional fields left out)."""
+        return _dump({k: v for k, v in asdict(self).items()
+                      if (v != "" and v is not False) or k in ("node", "state", "trainer")})
 
     @classmethod
     def decode(cls, payload: bytes) -> "Status":
@@ -191,10 +208,17 @@ class Status:
         state = obj.get("state")
         if state not in ("online", "offline"):
             raise MessageError("state must be online or offline")
-        trainer = obj.get("trainer", "")
-        if not isinstance(trainer, str):
-            raise MessageError("trainer must be a string")
-        return cls(node=_str(obj, "node"), state=state, samples=_int(obj, "samples") if "samples" in obj else 0, trainer=trainer)
+        text = {}
+        for key, limit in (("trainer", 64), ("source", 64), ("problem", MAX_PROBLEM_CHARS)):
+            v = obj.get(key, "")
+            if not isinstance(v, str) or len(v) > limit:
+                raise MessageError(f"{key} must be a string of at most {limit} characters")
+            text[key] = v
+        live = obj.get("live", False)
+        if not isinstance(live, bool):
+            raise MessageError("live must be true or false")
+        return cls(node=_str(obj, "node"), state=state, samples=_int(obj, "samples") if "samples" in obj else 0,
+                   live=live, **text)
 
 
 def encode_metrics(summary: Dict[str, Any]) -> bytes:

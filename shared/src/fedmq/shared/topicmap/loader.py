@@ -111,16 +111,20 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
 
 
 def read_data_ref(r: Reader, value: Any, path: str, line: Optional[int], base_dir: str) -> Optional[DataRef]:
-    """Read a data source reference: ``{kind: csv|npz, path: FILE, ...options}``."""
-    m = r.mapping(value, path, line, ("kind", "path", "label_column", "x_key", "y_key"), ("kind", "path"))
+    """Read a data source reference: ``{kind: KIND, ...}``; the kind's own class checks its options."""
+    kinds = data_sources.source_kinds()
+    if not isinstance(value, dict):
+        r.mapping(value, path, line, ())
+        return None
+    kind = r.value(value, "kind", path, str, "npz", choices=kinds)
+    cls = data_sources.source_class(kind) if kind in kinds else None
+    if cls is None:
+        return None
+    m = r.mapping(value, path, line, ("kind", *cls.keys), cls.required)
     if m is None:
         return None
-    kind = r.value(m, "kind", path, str, "npz", choices=data_sources.source_kinds())
-    p = r.value(m, "path", path, str, "")
-    options = {k: r.value(m, k, path, str) for k in ("label_column", "x_key", "y_key") if k in m}
-    if p and not os.path.isabs(p):
-        p = os.path.normpath(os.path.join(os.path.abspath(base_dir), p))
-    return DataRef(kind=kind, path=p, options=options)
+    options = cls.read_options(r, m, path, base_dir)
+    return DataRef(kind=kind, path=options.pop("path", ""), options=options)
 
 
 def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, Union
 
 from fedmq.shared.codecs import Codec
 
@@ -223,11 +223,12 @@ class SecuritySettings:
 
 @dataclass(frozen=True)
 class DataRef:
-    """A data source: ``kind`` (csv or npz), ``path`` and kind-specific options."""
+    """A data source: ``kind`` (csv, npz, mqtt or a plug-in's), ``path`` (file sources; '' for others) and
+    the options the kind's class validated."""
 
     kind: str
     path: str
-    options: Dict[str, str] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

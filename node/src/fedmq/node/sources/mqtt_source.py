@@ -1,0 +1,334 @@
+"""``data: kind: mqtt``: learn from the home's live sensor streams.
+
+The source connects to the home's broker (its own ``broker`` block: the federation's Mosquitto or
+another one), subscribes to the declared signals, samples them into one row per period
+(``fedmq.node.sources.sampler``) kept in a bounded SQLite store on the gateway
+(``fedmq.node.sources.store``), and builds the training set from the store when a round needs it
+(``fedmq.node.sources.features``). Readings that cannot be used are counted by reason and dropped.
+Nothing read here ever leaves the gateway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+import os
+import ssl
+import threading
+import time
+from collections import Counter
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from fedmq.node.sources.features import Feature, Label, assemble, read_features
+from fedmq.node.sources.sampler import Sampler
+from fedmq.node.sources.signals import BadValue, Signal, parse_json, payload_text, read_signal
+from fedmq.node.sources.store import SampleStore
+from fedmq.shared.data import DataError, DataSource
+from fedmq.shared.topicmap.loader import read_broker
+from fedmq.shared.topicmap.model import BrokerSettings
+from fedmq.shared.topicmap.reader import Reader, join_path
+
+DAY_S = 86400.0
+TICK_S = 0.5
+REPORT_S = 60.0
+
+
+def _timezone(name: str) -> Optional[dt.tzinfo]:
+    """None for the gateway's local time, else the named zone (raises ValueError if unknown)."""
+    if name == "local":
+        return None
+    if name.upper() == "UTC":
+        return dt.timezone.utc
+    from zoneinfo import ZoneInfo
+
+    try:
+        return ZoneInfo(name)
+    except Exception:  # ZoneInfoNotFoundError, or a malformed key
+        raise ValueError(name) from None
+
+
+class MqttSource(DataSource):
+    """Signals from MQTT topics, sampled every ``period_s`` into a store; features and label declared."""
+
+    kind = "mqtt"
+    live = True
+    keys = ("broker", "signals", "features", "label", "period_s", "max_age_s", "store", "clock_topic", "timezone",
+            "client_id")
+    required = ("broker", "signals", "features", "label")
+
+    @classmethod
+    def read_options(cls, r: Reader, m: Dict[str, Any], path: str, base_dir: str) -> Dict[str, Any]:
+        """Validate the mqtt source's keys (see docs/data.md)."""
+        broker = read_broker(r, m.get("broker"), join_path(path, "broker"), r.line_of(m, "broker"), base_dir)
+        seq = m.get("signals")
+        signals: List[Signal] = []
+        if not isinstance(seq, list) or not seq:
+            r.error(r.line_of(m, "signals"), join_path(path, "signals"), "must be a non-empty list of signals",
+                    "e.g. signals: [{name: temp, zigbee2mqtt: living_room, field: temperature}]")
+        else:
+            for i, item in enumerate(seq):
+                sig = read_signal(r, item, f"{join_path(path, 'signals')}[{i}]", r.item_line(seq, i))
+                if sig is not None:
+                    signals.append(sig)
+        names = [s.name for s in signals]
+        if len(set(names)) != len(names):
+            r.error(r.line_of(m, "signals"), join_path(path, "signals"), "signal names must be unique",
+                    "give each signal its own name")
+        features = read_features(r, m.get("features"), join_path(path, "features"), r.line_of(m, "features"), names)
+        label = _read_label(r, m.get("label"), join_path(path, "label"), r.line_of(m, "label"), names)
+        period = r.value(m, "period_s", path, float, 60.0, minimum=0.001, maximum=DAY_S,
+                         fix="seconds per sample, e.g. period_s: 60")
+        if label is not None and label.horizon_s and period and not float(label.horizon_s / period).is_integer():
+            r.error(r.line_of(m, "label"), join_path(path, "label.horizon_s"),
+                    f"must be a whole number of periods ({period:g} s)", f"e.g. horizon_s: {period * 60:g}")
+        store = _read_store(r, m.get("store"), join_path(path, "store"), r.line_of(m, "store"), base_dir)
+        tz = r.value(m, "timezone", path, str, "local")
+        try:
+            _timezone(tz)
+        except ValueError:
+            r.error(r.line_of(m, "timezone"), join_path(path, "timezone"), f"unknown time zone {tz!r}",
+                    "local (the gateway's), UTC, or an IANA name such as Europe/Berlin")
+        client_id = r.value(m, "client_id", path, str,
+                            "fedmq-data-" + hashlib.sha256(store["path"].encode()).hexdigest()[:12])
+        return {"broker": broker, "signals": signals, "features": features, "label": label, "period_s": period,
+                "max_age_s": r.value(m, "max_age_s", path, float, 5 * (period or 60.0), minimum=0.0,
+                                     fix="how long a reading may be repeated into later periods, e.g. 600"),
+                "store": store, "clock_topic": r.value(m, "clock_topic", path, str, ""), "timezone": tz,
+                "client_id": client_id}
+
+    def __init__(self, ref: Any) -> None:
+        super().__init__(ref)
+        o = self.options
+        self.broker: BrokerSettings = o["broker"]
+        self.signals: List[Signal] = o["signals"]
+        self.features: List[Feature] = o["features"]
+        self.label: Label = o["label"]
+        self.period_s: float = o["period_s"]
+        self.tz = _timezone(o["timezone"])
+        self.exact: Dict[str, List[Tuple[int, Signal]]] = {}
+        self.wild: List[Tuple[int, Signal]] = []
+        for i, s in enumerate(self.signals):
+            if "+" in s.topic or "#" in s.topic:
+                self.wild.append((i, s))
+            else:
+                self.exact.setdefault(s.topic, []).append((i, s))
+        self.store: Optional[SampleStore] = None
+        self.sampler: Optional[Sampler] = None
+        self.client: Optional[mqtt.Client] = None
+        self.clock: Optional[float] = None
+        self.messages = 0
+        self.bad: Counter = Counter()
+        self.log = logging.getLogger("fedmq.data")
+        self._stop = threading.Event()
+        self._ticker: Optional[threading.Thread] = None
+
+    # --- what the node sees ---------------------------------------------------------------------
+
+    @property
+    def width(self) -> int:
+        """Columns of x."""
+        return sum(f.width for f in self.features)
+
+    def feature_names(self) -> List[str]:
+        """Every column of x by name."""
+        return [n for f in self.features for n in f.names()]
+
+    def describe(self) -> str:
+        """Where the samples come from and what the store holds."""
+        store = self._open_store()
+        rows = store.count()
+        return (f"{len(self.signals)} signals from {self.broker.host}:{self.broker.port} every {self.period_s:g}s, "
+                f"{rows} rows in {store.path}; {self.width} features: {', '.join(self.feature_names())}; label "
+                f"{self.label.signal}" + (f" in {self.label.horizon_s:g}s" if self.label.horizon_s else ""))
+
+    def files(self) -> Dict[str, str]:
+        """TLS and password files of the home broker."""
+        b, out = self.broker, {}
+        if b.tls is not None:
+            out.update({"broker.tls.ca_file": b.tls.ca_file, "broker.tls.cert_file": b.tls.cert_file or "",
+                        "broker.tls.key_file": b.tls.key_file or ""})
+        if b.password_file:
+            out["broker.password_file"] = b.password_file
+        return {k: v for k, v in out.items() if v}
+
+    def counters(self) -> Dict[str, Any]:
+        """Messages seen, rows stored and dropped, readings dropped by reason."""
+        s = self.sampler
+        return {"messages": self.messages, "rows": s.rows if s else 0, "dropped_rows": s.dropped_rows if s else 0,
+                "dropped": dict(self.bad)}
+
+    def load(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The training set from the rows stored now."""
+        t, v = self._open_store().rows()
+        x, y, _ = assemble(self.features, self.label, [s.name for s in self.signals], t, v, self.period_s, self.tz)
+        return x, y
+
+    def _open_store(self) -> SampleStore:
+        if self.store is None:
+            st = self.options["store"]
+            self.store = SampleStore(st["path"], [s.name for s in self.signals], self.period_s,
+                                     max_age_s=st["max_age_days"] * DAY_S, max_rows=st["max_rows"])
+        return self.store
+
+    # --- collecting -----------------------------------------------------------------------------
+
+    def start(self, log: logging.Logger) -> None:
+        """Open the store, connect to the home broker and subscribe to every signal."""
+        self.log = log
+        store = self._open_store()
+        self.sampler = Sampler(self.signals, self.period_s, self.options["max_age_s"], store.append)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.options["client_id"], protocol=mqtt.MQTTv5)
+        b = self.broker
+        if b.tls is not None:
+            c.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if b.username:
+            password = None
+            if b.password_file:
+                try:
+                    with open(b.password_file, encoding="utf-8") as fh:
+                        password = fh.read().strip()
+                except OSError as exc:
+                    raise DataError(f"data.broker.password_file {b.password_file}: {exc.strerror}") from None
+            c.username_pw_set(b.username, password)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600  # readings published while we restart wait for us
+        c.connect_async(b.host, b.port, keepalive=b.keepalive_s, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+        self._ticker = threading.Thread(target=self._tick, name="fedmq-data-tick", daemon=True)
+        self._ticker.start()
+        log.info("data: %d signals from %s:%d, a row every %gs into %s", len(self.signals), b.host, b.port,
+                 self.period_s, store.path)
+
+    def stop(self) -> None:
+        """Disconnect and commit what is queued."""
+        self._stop.set()
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+        if self._ticker is not None:
+            self._ticker.join(2)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _tick(self) -> None:
+        last_report = time.monotonic()
+        while not self._stop.wait(TICK_S):
+            assert self.sampler is not None and self.store is not None
+            if not self.options["clock_topic"]:
+                self.sampler.advance(time.time())
+            try:
+                self.store.flush()
+            except Exception as exc:  # a full disk: say so, keep collecting, try again next tick
+                self.log.error("data: cannot write the store %s: %s", self.store.path, exc)
+            if time.monotonic() - last_report >= REPORT_S:
+                last_report = time.monotonic()
+                self.log.info("data: %s", self.counters())
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            self.log.error("data: the home broker %s:%d refused the connection: %s", self.broker.host,
+                           self.broker.port, reason)
+            return
+        topics = {s.topic for s in self.signals} | ({self.options["clock_topic"]} - {""})
+        for topic in sorted(topics):
+            client.subscribe(topic, qos=1)
+        self.log.info("data: connected to %s:%d, subscribed to %d topics", self.broker.host, self.broker.port,
+                      len(topics))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
+        if not self._stop.is_set():
+            self.log.warning("data: lost the home broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self.messages += 1
+        try:
+            self._ingest(msg.topic, msg.payload)
+        except Exception:  # never let one reading stop the stream
+            self.bad["internal error"] += 1
+            self.log.exception("data: error on a reading from %s", msg.topic)
+
+    def _ingest(self, topic: str, payload: bytes) -> None:
+        sampler = self.sampler
+        assert sampler is not None
+        if topic == self.options["clock_topic"]:
+            t = _clock_value(payload)
+            if t is None:
+                self.bad["bad clock"] += 1
+            else:
+                self.clock = t
+                sampler.advance(t)
+            return
+        targets = self.exact.get(topic, [])
+        if self.wild:
+            targets = targets + [(i, s) for i, s in self.wild if mqtt.topic_matches_sub(s.topic, topic)]
+        if not targets:
+            return
+        t = self.clock if self.options["clock_topic"] else time.time()
+        if t is None:
+            self.bad["before the clock"] += 1
+            return
+        try:
+            text = payload_text(payload)
+            obj = parse_json(text) if any(s.field for _, s in targets) else None
+        except BadValue as exc:
+            self.bad[exc.reason] += 1
+            return
+        for i, sig in targets:
+            try:
+                sampler.add(i, sig.pick(text, obj), t)
+            except BadValue as exc:
+                self.bad[exc.reason] += 1
+
+
+def _clock_value(payload: bytes) -> Optional[float]:
+    """A clock message's time: Unix seconds, or an ISO 8601 date-time (UTC unless it has an offset)."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        try:
+            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        v = (d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)).timestamp()
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _read_label(r: Reader, value: Any, path: str, line: Optional[int], signals: List[str]) -> Optional[Label]:
+    m = r.mapping(value, path, line, ("signal", "horizon_s"), ("signal",))
+    if m is None:
+        return None
+    signal = r.value(m, "signal", path, str, "")
+    if signal not in signals:
+        r.error(r.line_of(m, "signal"), join_path(path, "signal"), f"names no declared signal ({signal!r})",
+                f"one of: {', '.join(signals)}")
+    horizon = r.value(m, "horizon_s", path, float, 0.0, minimum=0.0, maximum=365 * DAY_S,
+                      fix="seconds ahead for a forecast, e.g. horizon_s: 3600 (0: the class now)")
+    return Label(signal, horizon)
+
+
+def _read_store(r: Reader, value: Any, path: str, line: Optional[int], base_dir: str) -> Dict[str, Any]:
+    m = r.mapping(value, path, line, ("path", "max_age_days", "max_rows")) if value is not None else {}
+    p = r.value(m, "path", path, str, "fedmq-store.sqlite")
+    return {"path": os.path.normpath(os.path.join(os.path.abspath(base_dir), p)),
+            "max_age_days": r.value(m, "max_age_days", path, float, 30.0, minimum=0.001, maximum=3650.0),
+            "max_rows": r.value(m, "max_rows", path, int, 100_000, minimum=10, maximum=100_000_000)}
