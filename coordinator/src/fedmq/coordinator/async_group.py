@@ -112,7 +112,7 @@ class AsyncGroup(GroupAggregator):
         if env is None:
             return
         codec, limits, bound = self.tm.compression.update, self.tm.limits, self.tm.strategy.clip
-        tensors, reason, detail = self._tensors(env, codec)
+        tensors, reason, detail = self._tensors(env, codec, self.shapes)
         base = None if codec.delta else self.models.get(env.model_version)
         if tensors is not None and base is None and not codec.delta:
             tensors, reason, detail = None, "unknown model version", \
@@ -149,7 +149,7 @@ class AsyncGroup(GroupAggregator):
             return
         nodes = env.meta.get("nodes", [])
         child_path = self.group.path + (child,)
-        tensors, reason, detail = self._tensors(env, self._partial_codec)
+        tensors, reason, detail = self._tensors(env, self._partial_codec, self.shapes)
         if self._refused(topic, [
             (child not in {c.name for c in self.group.children}, "unexpected partial", f"{child!r} is not a child group"),
             (not isinstance(nodes, list) or not nodes or not all(

@@ -26,7 +26,8 @@ class AsyncDriver(RoundDriver):
         if self.session is None:
             super().tick(now)
 
-    def _start(self, online: List[str]) -> None:
+    def _start(self, online: List[str], task: str = "train") -> None:
+        """Open the async session (statistics rounds are for sync federations: ``task`` is always train)."""
         self.session = Control(type="async", round=self.state.rounds_done, attempt=int(time.time() * 1000),
                                model_version=self.state.model_version, train=self._train_params())
         self.round_started = time.monotonic()

@@ -1,5 +1,6 @@
-"""Checkpoints: the global model and the server optimizer's moments (protocol v1 envelope files) and the
-round state (JSON: rounds, history, the privacy accountant's events), each written to a temporary file,
+"""Checkpoints: the global model (with its feature scaling) and the server optimizer's moments (protocol
+v1 envelope files) and the round state (JSON: rounds, history, the privacy accountant's events, the
+scaling), each written to a temporary file,
 fsynced and atomically renamed, after every applied round."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.files import write_atomic
 from fedmq.shared.models import Weights, check_weights, expected_shapes
+from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap import ModelSpec
 
 STATE = "state.json"
@@ -37,20 +39,24 @@ class RoundState:
     history: List[Dict[str, Any]] = field(default_factory=list)
     dp_events: List[List[float]] = field(default_factory=list)
     optimizer: Weights = field(default_factory=dict)
+    scaling: Optional[Dict[str, Any]] = None  # the federated feature scaling (Scaling.to_meta form)
+    scaling_round: int = 0  # rounds_done when it was gathered
 
 
 def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, state: RoundState) -> None:
     """Write the model, then the state that points at it."""
     os.makedirs(directory, exist_ok=True)
     env = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
-                   model_version=state.model_version, tensors=weights, meta={"model": spec.to_meta()})
+                   model_version=state.model_version, tensors=weights,
+                   meta={"model": spec.to_meta(), **({"scaling": state.scaling} if state.scaling else {})})
     write_atomic(os.path.join(directory, MODEL), encode(env), sync=True)
     if state.optimizer:
         opt = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
                        model_version=state.model_version, tensors=state.optimizer)
         write_atomic(os.path.join(directory, OPTIMIZER), encode(opt), sync=True)
     body = {"federation": federation, "rounds_done": state.rounds_done, "model_version": state.model_version,
-            "history": state.history, "dp_events": state.dp_events, "optimizer": bool(state.optimizer)}
+            "history": state.history, "dp_events": state.dp_events, "optimizer": bool(state.optimizer),
+            "scaling": state.scaling, "scaling_round": state.scaling_round}
     write_atomic(os.path.join(directory, STATE), json.dumps(body, indent=1, allow_nan=False).encode("utf-8"), sync=True)
 
 
@@ -72,6 +78,9 @@ def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[We
             raise CheckpointError(f"{model_path}: model version {env.model_version} does not match {state_path}")
         state = RoundState(int(body["rounds_done"]), int(body["model_version"]), list(body.get("history", [])),
                            _events(body.get("dp_events", []), state_path))
+        scaling = Scaling.from_meta(body.get("scaling"), spec.features)  # checked like any other input
+        state.scaling = scaling.to_meta() if scaling is not None else None
+        state.scaling_round = int(body.get("scaling_round", 0))
         if body.get("optimizer"):
             state.optimizer = _moments(os.path.join(directory, OPTIMIZER), federation, spec, state.model_version)
     except (OSError, ValueError, KeyError, TypeError, EnvelopeError) as exc:

@@ -92,7 +92,8 @@ def format_round(s: Dict[str, Any]) -> str:
             f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
             + (f"/{s['selected']:<3}" if "selected" in s else f" staleness {s.get('staleness', 0):.1f}")
             + f"  up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
-            + (f"  rejected {s['rejected']}" if s.get("rejected") else ""))
+            + (f"  rejected {s['rejected']}" if s.get("rejected") else "")
+            + (f"  data problems {s['problems']}" if s.get("problems") else ""))
 
 
 def _serve(service: "CoordinatorService") -> int:

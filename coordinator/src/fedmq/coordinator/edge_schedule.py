@@ -55,6 +55,10 @@ class ScheduledGroup(GroupAggregator):
         key = (parent.round, parent.attempt, parent.model_version, tuple(parent.model_group or ()))
         if parent.type != "start" or key == self.parent_key:
             return
+        if parent.task == "stats":  # statistics are gathered once, not per edge round
+            self.parent_key, self.parent = key, None
+            super().start(parent)
+            return
         self.parent_key, self.parent, self.step = key, parent, 0
         self.start_model = self.models.get((tuple(parent.model_group or ()), parent.model_version))
         self.model, self.contributors, self.bytes_up, self.weight = self.start_model, [], 0.0, 0.0
@@ -81,6 +85,9 @@ class ScheduledGroup(GroupAggregator):
     def _closed(self, ctl: Control, result: GroupResult) -> None:
         """An edge round closed: average it into this group's model, then start the next edge round, or
         report the group's model to the parent after the last."""
+        if ctl.task == "stats":
+            super()._closed(ctl, result)
+            return
         parent = self.parent
         if parent is None:
             return  # the parent gave up on the round meanwhile

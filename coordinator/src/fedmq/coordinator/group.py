@@ -26,6 +26,7 @@ from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control
 from fedmq.shared.models import expected_shapes
+from fedmq.shared.scaling import stats_shapes
 from fedmq.shared.signing import Auth, SignatureError, split
 from fedmq.shared.topicmap import Group, TopicMap
 
@@ -58,6 +59,12 @@ class _Round:
     bytes_up: float = 0.0
     stack: Optional[UpdateStack] = None
     secure: Optional[SecureSession] = None  # this group's secure aggregation of its direct nodes
+    shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # of the model, or of statistics
+
+    @property
+    def stats(self) -> bool:
+        """True in a statistics round (federated scaling): updates are feature means, summed plainly."""
+        return self.ctl.task == "stats"
 
 
 class GroupAggregator:
@@ -115,14 +122,17 @@ class GroupAggregator:
                     if any(self.membership.in_subtree(n, c.path) for n in mine) for w in range(c.workers)}
         ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
                       deadline_at=close_at, selected=mine, train=parent.train, model_group=parent.model_group,
-                      secure=parent.secure)
+                      secure=parent.secure, task=parent.task)
+        stats = ctl.task == "stats"
+        shapes = stats_shapes(self.tm.model.features) if stats else self.shapes
         secure = None
         if ctl.secure is not None and direct and self.tm.strategy.secure is not None:
             secure = SecureSession(self.tm.strategy.secure, self.topics, self.group.path,
-                                   (ctl.round, ctl.attempt, ctl.model_version), direct, size(self.shapes), close_at,
+                                   (ctl.round, ctl.attempt, ctl.model_version), direct, size(shapes), close_at,
                                    self.publish, self.rejections, self.log, self.tm.federation)
-        self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children,
-                              stack=UpdateStack(self.shapes) if self.tm.strategy.robust else None, secure=secure)
+        self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children, shapes=shapes,
+                              stack=UpdateStack(shapes) if self.tm.strategy.robust and not stats else None,
+                              secure=secure)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
         self._maybe_close()
@@ -219,13 +229,14 @@ class GroupAggregator:
                 return True
         return False
 
-    def _tensors(self, env: Envelope, codec: codecs.Codec) -> Tuple[Optional[Dict[str, codecs.Decoded]], str, str]:
-        """The model tensors an envelope carries, decoded; or None, the rejection reason and its detail."""
+    def _tensors(self, env: Envelope, codec: codecs.Codec,
+                 shapes: Dict[str, Tuple[int, ...]]) -> Tuple[Optional[Dict[str, codecs.Decoded]], str, str]:
+        """The tensors an envelope carries (of ``shapes``), decoded; or None, the rejection reason and its detail."""
         if (env.codec, env.codec_params.get("delta", False)) != (codec.name, codec.delta):
             return None, "wrong codec", (f"codec {env.codec} (delta {env.codec_params.get('delta', False)}); this "
                                          f"federation uses {codec.name} (delta {codec.delta})")
         try:
-            return codecs.decode(env.codec, env.codec_params, env.tensors, self.shapes), "", ""
+            return codecs.decode(env.codec, env.codec_params, env.tensors, shapes), "", ""
         except codecs.CodecError as exc:
             return None, "wrong shape or dtype", str(exc)
 
@@ -268,7 +279,7 @@ class GroupAggregator:
             return
         if r.secure.result is not None:
             vec, nodes = r.secure.result
-            r.sums.add_sums(unflatten(vec[:-1], self.shapes), float(vec[-1]))
+            r.sums.add_sums(unflatten(vec[:-1], r.shapes), float(vec[-1]))
             r.nodes.extend(nodes)
         r.answered = set(r.direct)  # nothing more will come from them this round
         self._maybe_close()
@@ -285,15 +296,15 @@ class GroupAggregator:
         if r.secure is not None:
             self._on_masked(r, node, env, payload, topic)
             return
-        codec = self.tm.compression.update
-        tensors, reason, detail = self._tensors(env, codec)
+        codec = codecs.Codec() if r.stats else self.tm.compression.update
+        tensors, reason, detail = self._tensors(env, codec, r.shapes)
         limits, strategy = self.tm.limits, self.tm.strategy
         norm = 0.0
         reference = None if codec.delta else self.reference
-        bound = strategy.clip
+        bound = None if r.stats else strategy.clip
         if tensors is not None and bound is not None and not codec.delta and reference is None:
             tensors, reason, detail = None, "no reference model", "clipping needs the global model, not received yet"
-        if tensors is not None and (limits.max_update_norm is not None or bound is not None) \
+        if tensors is not None and not r.stats and (limits.max_update_norm is not None or bound is not None) \
                 and (codec.delta or reference is not None):
             norm = codecs.norm(tensors, reference)
         if self._refused(topic, [
@@ -313,7 +324,8 @@ class GroupAggregator:
             tensors = clip_update(tensors, reference, bound, norm)
             if norm > bound:
                 r.metrics.merge({"clipped": 1.0}, {})
-        weight = 1.0 if strategy.privacy is not None else env.samples  # DP-FedAvg weighs every node equally
+        # DP-FedAvg weighs every node equally; statistics are always weighted by the sample count
+        weight = 1.0 if strategy.privacy is not None and not r.stats else env.samples
         if r.stack is not None:
             r.stack.add(tensors, weight)
         r.sums.add(tensors, weight)
@@ -369,7 +381,8 @@ class GroupAggregator:
                      or not all(isinstance(n, str) and n in selected and n not in taken
                                 and self.membership.in_subtree(n, child_path) for n in nodes))
         rows, row_problem = self._forwarded_rows(env, nodes)
-        tensors, reason, detail = self._tensors(env, self._partial_codec) if nodes and not bad_nodes else ({}, "", "")
+        codec = codecs.Codec() if r.stats else self._partial_codec
+        tensors, reason, detail = self._tensors(env, codec, r.shapes) if nodes and not bad_nodes else ({}, "", "")
         if self._refused(topic, [
             (key not in r.children, "unexpected partial",
              f"child {child!r} (worker {worker!r}) has no selected nodes this round, or no such worker"),
@@ -437,6 +450,6 @@ class GroupAggregator:
                        sender=self.group.name, model_version=ctl.model_version,
                        tensors=tensors, samples=result.sums.weight, metrics=metrics,
                        meta={"nodes": result.nodes, **({"worker": self.worker} if self.group.workers > 1 else {})},
-                       codec_params=self._partial_codec.params())
+                       codec_params=(codecs.Codec() if ctl.task == "stats" else self._partial_codec).params())
         parent = self.group.path[:-1]
         self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)

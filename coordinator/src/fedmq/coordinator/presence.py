@@ -1,8 +1,10 @@
-"""Which nodes are online, from their retained status messages and last wills."""
+"""Which nodes are online, from their retained status messages and last wills, and which of them have a
+data problem (their status names it; each is logged once, when it appears and when it is solved)."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+import logging
+from typing import Dict, List, Optional
 
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
@@ -13,11 +15,15 @@ from fedmq.shared.topicmap.model import GroupPath
 class Presence:
     """Online / offline state of every admitted node."""
 
-    def __init__(self, membership: Membership, rejections: Rejections, max_nodes: int = 100_000) -> None:
+    def __init__(self, membership: Membership, rejections: Rejections, max_nodes: int = 100_000,
+                 log: Optional[logging.Logger] = None) -> None:
         self.membership = membership
         self.rejections = rejections
         self.max_nodes = max_nodes
+        self.log = log or logging.getLogger("fedmq.presence")
         self.state: Dict[str, str] = {}
+        self.problem: Dict[str, str] = {}  # node -> its data problem, while it has one
+        self.live: Dict[str, bool] = {}  # node -> learns from a live stream
 
     def on_status(self, path: GroupPath, node: str, payload: bytes, topic: str) -> "str | None":
         """Record a status message; returns the new state, or None if the message was rejected."""
@@ -36,8 +42,34 @@ class Presence:
             self.rejections.reject("too many nodes", topic, f"limits.max_tracked_nodes is {self.max_nodes}")
             return None
         self.state[node] = status.state
+        if status.state == "online":
+            self.live[node] = status.live
+            self._set_problem(node, status.problem)
         return status.state
+
+    def _set_problem(self, node: str, problem: str) -> None:
+        before = self.problem.get(node, "")
+        if problem == before:
+            return
+        if problem:
+            self.problem[node] = problem
+            self.log.warning("node %s has a data problem and takes no part until it is solved: %s", node, problem)
+        else:
+            del self.problem[node]
+            self.log.info("node %s: data problem solved (was: %s)", node, before)
 
     def online(self) -> List[str]:
         """Ids of the nodes currently online."""
         return sorted(n for n, s in self.state.items() if s == "online")
+
+    def ready(self) -> List[str]:
+        """Online nodes without a data problem: the ones a round may select."""
+        return [n for n in self.online() if n not in self.problem]
+
+    def problems(self) -> Dict[str, str]:
+        """The data problems of the nodes online now, by node."""
+        return {n: self.problem[n] for n in self.online() if n in self.problem}
+
+    def any_live(self) -> bool:
+        """True if a node online now learns from a live stream."""
+        return any(self.live.get(n, False) for n in self.online())

@@ -1,6 +1,7 @@
 """The root's round driver: pick online nodes, start the round, apply the root's sums when it closes
 (if the quorum is met), evaluate, checkpoint, publish the new model and the metrics; retry or stop
-when the quorum is missed, as the topic map says.
+when the quorum is missed, as the topic map says. Before round 1 (and on the topic map's schedule) a
+statistics round gathers the features' mean and scale (federated scaling), published with the model.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from fedmq.coordinator import checkpoint
 from fedmq.coordinator.group import GroupAggregator, GroupResult
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
-from fedmq.shared.data import open_source
+from fedmq.shared.data import DataError, open_source
+from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.messages import Control, TrainParams, encode_metrics
 from fedmq.coordinator.strategy import robust
 from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
 from fedmq.coordinator.strategy.server_opt import ServerOptimizer
 from fedmq.coordinator.strategy.vectors import unflatten
-from fedmq.shared.models import Weights, evaluate, expected_shapes, initial_weights
+from fedmq.shared.models import Weights, evaluate, expected_shapes, from_layers, initial_weights, to_layers
+from fedmq.shared.scaling import Scaling, rescale_first_layer
 from fedmq.shared.signing import Auth
 from fedmq.shared.topicmap import TopicMap
 
@@ -33,6 +36,21 @@ Publish = Callable[[str, bytes, bool], None]
 
 class FederationFailed(RuntimeError):
     """The federation cannot go on (no quorum after the allowed retries, too few nodes online)."""
+
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+def load_evaluation(tm: TopicMap) -> "Optional[tuple[np.ndarray, np.ndarray]]":
+    """The topic map's held-out set, checked against the model; DataError naming the file and the fix."""
+    if tm.evaluation is None:
+        return None
+    x, y = open_source(tm.evaluation).load()
+    x, y, problem = checked_data(tm.model, x, y)
+    if problem:
+        raise DataError(f"{tm.file}: evaluation ({tm.evaluation.path or tm.evaluation.kind}): {problem}; fix the "
+                        "data or the topic map's model section")
+    return x, y
 
 
 def select_nodes(online: List[str], tm: TopicMap, rng: np.random.Generator) -> List[str]:
@@ -72,13 +90,14 @@ class RoundDriver:
         self.topics = tm.topics()
         self.weights: Weights = initial_weights(tm.model)
         self.state = checkpoint.RoundState()
-        self.eval_data = open_source(tm.evaluation).load() if tm.evaluation else None
+        self.eval_data = load_evaluation(tm)
         if tm.checkpoint_dir and not fresh:
             loaded = checkpoint.load(tm.checkpoint_dir, tm.federation, tm.model)
             if loaded:
                 self.weights, self.state = loaded
                 self.log.warning("resuming from checkpoint %s: %d rounds done, model version %d",
                                  tm.checkpoint_dir, self.state.rounds_done, self.state.model_version)
+        self.scaling = Scaling.from_meta(self.state.scaling, tm.model.features)
         self.optimizer = ServerOptimizer(tm.strategy)
         self.optimizer.restore(self.state.optimizer)
         privacy = tm.strategy.privacy
@@ -114,6 +133,8 @@ class RoundDriver:
 
     def _publish_model(self) -> None:
         meta: Dict[str, Any] = {"model": self.tm.model.to_meta(), "update_codec": self.tm.compression.update.to_meta()}
+        if self.scaling is not None:
+            meta["scaling"] = self.scaling.to_meta()
         if self.model_file is not None:
             meta["file"] = {"sha256": self.model_file[0], "bytes": len(self.model_file[1]), "format": "tflite"}
         if self.tm.transport.max_payload_bytes:
@@ -132,22 +153,43 @@ class RoundDriver:
         if self.finished or self.root.current is not None:
             return
         online = self.presence.online()
+        able = self.presence.ready()
         p = self.tm.policy
         waited = time.monotonic() - self.waiting_since
         everyone = not self.tm.root.has_patterns and len(online) >= len(self.tm.root.named_nodes())
         first = self.state.rounds_done == 0 and self.attempt_count == 0
-        ready = len(online) >= p.min_nodes and (everyone or not first or waited >= min(p.wait_for_nodes_s, 10.0))
+        ready = len(able) >= p.min_nodes and (everyone or not first or waited >= min(p.wait_for_nodes_s, 10.0))
         if ready:
-            self._start(online)
-        elif waited >= p.wait_for_nodes_s and len(online) < p.min_nodes:
-            raise FederationFailed(f"only {len(online)} of the {p.min_nodes} nodes needed (rounds.min_nodes) came online "
-                                   f"within {p.wait_for_nodes_s:.0f}s (rounds.wait_for_nodes_s); check that the nodes run "
+            self._start(able, "stats" if self._stats_due() else "train")
+        elif waited >= p.wait_for_nodes_s and len(able) < p.min_nodes:
+            raise FederationFailed(f"only {len(able)} of the {p.min_nodes} nodes needed (rounds.min_nodes) came online "
+                                   f"within {p.wait_for_nodes_s:.0f}s (rounds.wait_for_nodes_s)"
+                                   + self._problem_note(online) + "; check that the nodes run "
                                    f"and reach {self.tm.broker.host}:{self.tm.broker.port}")
         elif time.monotonic() - self.last_wait_log > 5:
             self.last_wait_log = time.monotonic()
-            self.log.warning("waiting for nodes: %d online, %d needed", len(online), p.min_nodes)
+            self.log.warning("waiting for nodes: %d online, %d needed%s", len(able), p.min_nodes,
+                             self._problem_note(online))
 
-    def _start(self, online: List[str]) -> None:
+    def _problem_note(self, online: List[str]) -> str:
+        """', N more online with data problems: node (reason), ...' or ''."""
+        problems = self.presence.problems()
+        if not problems:
+            return ""
+        shown = "; ".join(f"{n}: {why}" for n, why in list(problems.items())[:3])
+        return f"; {len(problems)} of {len(online)} online held back by data problems ({shown}" \
+               + (" ..." if len(problems) > 3 else "") + ")"
+
+    def _stats_due(self) -> bool:
+        """True when the next start should gather feature statistics (federated scaling)."""
+        policy = self.tm.scaling
+        if policy.mode == "none" or self.tm.strategy.mode == "async":
+            return False
+        if self.scaling is None:
+            return policy.mode == "federated" or self.presence.any_live()
+        return policy.every_rounds > 0 and self.state.rounds_done - self.state.scaling_round >= policy.every_rounds
+
+    def _start(self, online: List[str], task: str = "train") -> None:
         p = self.tm.policy
         self.attempt_count += 1
         rng = np.random.default_rng([p.seed, self.next_round, self.attempt_count])
@@ -159,10 +201,14 @@ class RoundDriver:
                       deadline_at=time.time() + p.deadline_s, selected=self.selected,
                       train=self._train_params(),
                       secure=None if secure is None else {"frac_bits": secure.frac_bits,
-                                                          "equal_weights": self.tm.strategy.privacy is not None})
+                                                          "equal_weights": self.tm.strategy.privacy is not None
+                                                          and task == "train"},
+                      task=task)
         self.round_started = time.monotonic()
         self.rejections.take_round()
-        self.log.info("round %d: started with %d of %d online nodes", ctl.round, len(self.selected), len(online))
+        self.log.info("round %d: %s with %d of %d nodes%s", ctl.round,
+                      "started" if task == "train" else "gathering feature statistics (federated scaling)",
+                      len(self.selected), len(self.presence.online()), self._problem_note(self.presence.online()))
         self.root.start(ctl)
 
     def _train_params(self) -> TrainParams:
@@ -197,7 +243,10 @@ class RoundDriver:
     def _on_root_close(self, ctl: Control, result: GroupResult) -> None:
         p = self.tm.policy
         needed = p.quorum_count(len(ctl.selected))
-        if len(result.nodes) >= needed and result.sums.weight > 0:
+        if len(result.nodes) >= needed and result.sums.weight > 0 and ctl.task == "stats":
+            self.attempt_count = 0
+            self._apply_scaling(ctl, result)
+        elif len(result.nodes) >= needed and result.sums.weight > 0:
             try:
                 change = self._change(ctl, result)
             except robust.RobustError as exc:
@@ -227,14 +276,33 @@ class RoundDriver:
                     "rounds.on_quorum_failure: retry")
         self.waiting_since = time.monotonic()
 
+    def _apply_scaling(self, ctl: Control, result: GroupResult) -> None:
+        """A statistics round closed: make the federation's scaling, fold it into the model if rounds were
+        already trained under another one, checkpoint, and publish the model with it."""
+        new = Scaling.from_means({k: v / result.sums.weight for k, v in result.sums.sums.items()}, result.sums.weight)
+        self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
+                                                      outcome="applied").encode(), True)
+        if self.state.rounds_done > 0:  # the same function of the raw features under the new scaling
+            layers = rescale_first_layer(self.tm.model, to_layers(self.tm.model, self.weights), self.scaling, new)
+            self.weights = from_layers(self.tm.model, layers)
+            self.state.model_version += 1
+        self.scaling = new
+        self.state.scaling, self.state.scaling_round = new.to_meta(), self.state.rounds_done
+        self.log.info("round %d: feature scaling from %d nodes, %d samples", ctl.round, len(result.nodes),
+                      int(result.sums.weight))
+        if self.tm.checkpoint_dir:
+            checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
+        self._publish_model()
+
     def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any]) -> None:
-        """Step the global model by ``change`` (through the server optimizer); evaluate, checkpoint, publish
-        the new model and the summary; finish after the last round."""
-        self.weights = self.optimizer.step(self.weights, change)
+        """Step the global model by ``change`` (through the server optimizer) and evaluate it; only then
+        count the round, checkpoint, publish the new model and the summary; finish after the last round."""
+        weights = self.optimizer.step(self.weights, change)
+        summary = self._evaluated(summary, weights, self.state.model_version + 1)
+        self.weights = weights
         self.state.optimizer = self.optimizer.moments()
         self.state.rounds_done += 1
         self.state.model_version += 1
-        summary = self._evaluated(summary)
         self.state.history.append(summary)
         if self.tm.checkpoint_dir:
             checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
@@ -259,14 +327,22 @@ class RoundDriver:
             "seconds": round(time.monotonic() - self.round_started, 4),
             "rejected": self.rejections.take_round(),
             "clipped": int(sums.get("clipped", 0.0)),
+            "problems": dict(list(self.presence.problems().items())[:MAX_PROBLEMS_SHOWN]) or None,
         }
 
-    def _evaluated(self, summary: Dict[str, Any]) -> Dict[str, Any]:
+    def _evaluated(self, summary: Dict[str, Any], weights: Weights, version: int) -> Dict[str, Any]:
         """``summary`` with the new model version and its loss and accuracy (held-out data at the root if
-        the topic map names some, else the nodes' own evaluation before training); unset figures dropped."""
-        summary["model_version"] = self.state.model_version
+        the topic map names some, else the nodes' own evaluation before training); unset figures dropped.
+        A failure here stops the federation before the round counts (FederationFailed)."""
+        summary["model_version"] = version
         if self.eval_data is not None:
-            server = evaluate(self.tm.model, self.weights, *self.eval_data)
+            x, y = self.eval_data
+            try:
+                server = evaluate(self.tm.model, weights, self.scaling.apply(x) if self.scaling else x, y)
+            except (ValueError, FloatingPointError) as exc:
+                raise FederationFailed(f"round {summary['round']}: evaluating the new model on "
+                                       f"{self.tm.evaluation.path if self.tm.evaluation else 'the evaluation set'} "
+                                       f"failed ({exc}); nothing was applied") from None
             summary["loss"] = server["loss"]
             summary["accuracy"] = server.get("accuracy", server.get("r2"))
         else:

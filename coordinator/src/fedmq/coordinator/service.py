@@ -50,7 +50,7 @@ class CoordinatorService:
         self.topics = tm.topics()
         self.rejections = Rejections(log)
         self.membership = Membership(tm)
-        self.presence = Presence(self.membership, self.rejections, tm.limits.max_tracked_nodes)
+        self.presence = Presence(self.membership, self.rejections, tm.limits.max_tracked_nodes, log)
         self.limiter = RateLimiter(tm.limits.max_messages_per_node_s, tm.limits.message_burst,
                                    tm.limits.max_tracked_nodes)
         self.retained: Dict[str, bytes] = {}  # last payload of every retained topic we own, for republishing

@@ -9,7 +9,7 @@ from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
     BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
-    TopicMap, Transport, AGGREGATORS, SERVER_OPTIMIZERS, AsyncSettings, Privacy, SecureAggregation, Strategy,
+    TopicMap, Transport, AGGREGATORS, SCALING_MODES, ScalingPolicy, SERVER_OPTIMIZERS, AsyncSettings, Privacy, SecureAggregation, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
@@ -17,7 +17,7 @@ from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
-            "transport", "strategy", "tree")
+            "transport", "strategy", "scaling", "tree")
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
 
@@ -54,10 +54,28 @@ def _build(data: Any, r: Reader) -> TopicMap:
     compression = _compression(r, top.get("compression"), r.line_of(top, "compression"))
     transport = _transport(r, top.get("transport"), r.line_of(top, "transport"), limits)
     strategy = _strategy(r, top.get("strategy"), r.line_of(top, "strategy"), compression.update)
+    scaling = _scaling(r, top.get("scaling"), r.line_of(top, "scaling"), strategy)
     r.raise_if_any()
     return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
                     limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
-                    security=security, compression=compression, transport=transport, strategy=strategy)
+                    security=security, compression=compression, transport=transport, strategy=strategy,
+                    scaling=scaling)
+
+
+def _scaling(r: Reader, value: Any, line: Optional[int], strategy: Strategy) -> ScalingPolicy:
+    """``scaling: auto | federated | none`` or ``{mode: ..., every_rounds: N}``."""
+    if value is None:
+        return ScalingPolicy()
+    if isinstance(value, str):
+        value = {"mode": value}
+    m = r.mapping(value, "scaling", line, ("mode", "every_rounds"))
+    mode = r.value(m, "mode", "scaling", str, "auto", choices=SCALING_MODES)
+    every = r.value(m, "every_rounds", "scaling", int, 0, minimum=0,
+                    fix="rounds between two gatherings of the statistics (0: once, before round 1)")
+    if mode == "federated" and strategy.mode == "async":
+        r.error(line, "scaling", "federated scaling runs before the rounds of a sync federation, not in async mode",
+                "set scaling: none, or strategy.mode: sync")
+    return ScalingPolicy(mode=mode, every_rounds=every)
 
 
 def _relative_to(file: str, path: str) -> str:

@@ -221,6 +221,19 @@ class SecuritySettings:
     broker_pid_file: Optional[str] = None  # Mosquitto's pid file, to make it reload after an enrolment
 
 
+SCALING_MODES = ("auto", "federated", "none")
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """Federated feature scaling (``fedmq.shared.scaling``): ``federated`` gathers the features' mean and
+    scale from the nodes before round 1 and again every ``every_rounds`` rounds (0: once); ``auto`` does so
+    when a node learns from a live stream; ``none`` never."""
+
+    mode: str = "auto"
+    every_rounds: int = 0
+
+
 @dataclass(frozen=True)
 class DataRef:
     """A data source: ``kind`` (csv, npz, mqtt or a plug-in's), ``path`` (file sources; '' for others) and
@@ -282,6 +295,7 @@ class TopicMap:
     compression: Compression = field(default_factory=Compression)
     transport: Transport = field(default_factory=Transport)
     strategy: Strategy = field(default_factory=Strategy)
+    scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
 
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""
