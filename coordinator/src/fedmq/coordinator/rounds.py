@@ -156,7 +156,7 @@ class RoundDriver:
         able = self.presence.ready()
         p = self.tm.policy
         waited = time.monotonic() - self.waiting_since
-        everyone = not self.tm.root.has_patterns and len(online) >= len(self.tm.root.named_nodes())
+        everyone = not self.tm.root.has_patterns and len(able) >= len(self.tm.root.named_nodes())
         first = self.state.rounds_done == 0 and self.attempt_count == 0
         ready = len(able) >= p.min_nodes and (everyone or not first or waited >= min(p.wait_for_nodes_s, 10.0))
         if ready:

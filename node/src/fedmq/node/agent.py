@@ -51,7 +51,8 @@ class NodeAgent:
         self.cfg = cfg
         self.x, self.y = x, y
         self.source = source
-        self.problem = ""  # why the data cannot take part now ('' when it can)
+        self.problem = ""  # why the node cannot take part now ('' when it can)
+        self.trainer_problem = ""  # no trainer here for the federation's model
         self.scaling: Optional[Scaling] = None
         self._checked_at = 0.0
         self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
@@ -126,8 +127,8 @@ class NodeAgent:
         """Read a live source again, check the data against the model (once it is known), and publish the
         node's status when its problem changes; returns the problem ('' if none)."""
         self._checked_at = time.monotonic()
-        problem = ""
-        if self.source is not None and self.source.live:
+        problem = self.trainer_problem
+        if not problem and self.source is not None and self.source.live:
             try:
                 self.x, self.y = self.source.load()
             except DataError as exc:
@@ -143,9 +144,11 @@ class NodeAgent:
             else:
                 self.log.info("data: %d samples, no problem any more", len(self.x))
             self.problem = problem
-            self.link.birth = (self.status_topic, self._status())
+        status = self._status()
+        if self.link.birth is None or status != self.link.birth[1]:  # problem or sample count changed
+            self.link.birth = (self.status_topic, status)
             if self.link.connected.is_set():
-                self.link.publish(self.status_topic, self.link.birth[1], retain=True)
+                self.link.publish(self.status_topic, status, retain=True)
         return problem
 
     def stop(self) -> None:
@@ -169,6 +172,8 @@ class NodeAgent:
             self.log.warning("rejected message on %s: %s", msg.topic, exc)
         except TrainerUnavailable as exc:
             self.log.error("cannot train this model here: %s", exc)
+            self.trainer_problem = f"cannot train this model here: {exc}"
+            self.refresh_data()
 
     def _on_model(self, payload: bytes) -> None:
         raw = split(payload)[0] if self.auth else payload
@@ -187,7 +192,7 @@ class NodeAgent:
         self.model = (env.model_version, codecs.to_dense(tensors))
         self.scaling = scaling
         if (spec, sha) != (self.spec, self.file_sha):
-            self.spec, self.file_sha, self.trainer = spec, sha, None
+            self.spec, self.file_sha, self.trainer, self.trainer_problem = spec, sha, None, ""
             self.refresh_data()
             cached = self.files.get(sha) if sha else None
             if sha and cached is None:

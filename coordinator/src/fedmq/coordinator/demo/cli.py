@@ -13,7 +13,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
     """Add ``fedmq demo``."""
     p = sub.add_parser("demo", help="run a whole federation on this machine",
                        description="Start a private Mosquitto, a coordinator and N nodes (homes of nodes, digits data "
-                                   "split non-IID), run R rounds of hierarchical FedAvg, and report.")
+                                   "split non-IID), run R rounds of hierarchical FedAvg, and report. With --scenario "
+                                   "smart-home, simulated homes stream sensor data and gateways learn from it.")
+    p.add_argument("--scenario", default="digits", choices=("digits", "smart-home"),
+                   help="digits (default: handwritten digits split over nodes in homes) or smart-home: simulated homes "
+                        "publish sensor streams (zigbee2mqtt, Tasmota, statestream), a gateway per home learns "
+                        "occupancy and the temperature an hour ahead from its own home's topics, and the report "
+                        "compares, per home, the federated model with a central and a local-only one")
+    p.add_argument("--homes", type=int, default=6, help="smart-home: number of simulated homes (default 6)")
+    p.add_argument("--days", type=float, default=7.0, help="smart-home: days of sensor history (default 7)")
     p.add_argument("--nodes", type=int, default=10, help="number of node processes (default 10)")
     p.add_argument("--groups", type=int, default=2, help="number of homes the nodes are spread over (default 2)")
     p.add_argument("--rounds", type=int, default=20, help="number of rounds (default 20)")

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,43 +21,14 @@ import numpy as np
 import yaml
 
 from fedmq.broker.process import MosquittoProcess
-from fedmq.coordinator.cli import format_round
 from fedmq.coordinator.demo.dataset import digits, synthetic
 from fedmq.broker.provision import provision
 from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
 from fedmq.coordinator.demo.plot import plot_rounds
-from fedmq.shared.messages import MessageError, decode_metrics
+from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import load_topic_map
 from fedmq.shared.topics import Topics
-
-
-class Processes:
-    """Child processes that are always stopped: SIGTERM, then SIGKILL."""
-
-    def __init__(self) -> None:
-        self.procs: List[subprocess.Popen] = []
-
-    def spawn(self, args: List[str], log_path: str) -> subprocess.Popen:
-        """Start ``python -m fedmq.shared.cli ARGS`` with its output in ``log_path``."""
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", *args], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self, grace: float = 5.0) -> None:
-        """Terminate every child, kill the stragglers."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        end = time.monotonic() + grace
-        for p in self.procs:
-            try:
-                p.wait(max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def centralised_accuracy(model: str, train: Any, test: Any, seed: int) -> float:
@@ -83,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.groups < 1 or args.groups > args.nodes or args.rounds < 1:
         print("fedmq demo: need --nodes >= --groups >= 1 and --rounds >= 1", file=sys.stderr)
         return 2
+    if args.homes < 1 or args.days <= 0:
+        print("fedmq demo: need --homes >= 1 and --days > 0", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = None
     workdir = args.workdir
@@ -95,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     watcher: Optional[MqttLink] = None
     t0 = time.monotonic()
     try:
+        if args.scenario == "smart-home":
+            from fedmq.coordinator.demo.smart_home import run_smart_home
+
+            return run_smart_home(args, workdir, procs)
         parts, training = None, None
         if args.dataset == "synthetic":
             parts, test = synthetic(1.0, 1.0, args.nodes, args.seed)
@@ -132,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         for node, cfg in zip(layout.node_ids, layout.node_configs):
             procs.spawn(["node", "run", cfg, "--exit-when-done"], os.path.join(workdir, "logs", f"{node}.log"))
         print(f"fedmq demo: started the coordinator and {args.nodes} nodes (logs in {os.path.join(workdir, 'logs')})", flush=True)
-        rounds = _collect(watcher, coordinator, args.rounds, args.deadline)
+        rounds = collect_rounds(watcher, {topics.metrics(): "demo"}, {"demo": coordinator}, args.rounds,
+                                args.deadline)["demo"]
         procs.stop_all()
         if len(rounds) < args.rounds:
             print(f"fedmq demo: only {len(rounds)} of {args.rounds} rounds completed; see "
@@ -142,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - t0
         print(f"fedmq demo: final federated accuracy {final if final is None else f'{final:.4f}'}; "
               f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
-        report = {"rounds": [_report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
+        report = {"rounds": [report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
                   "nodes": args.nodes, "groups": args.groups, "model": args.model, "alpha": args.alpha,
                   "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2), "dataset": args.dataset,
                   "compression": args.compression}
@@ -211,30 +189,3 @@ def _node_extras(args: argparse.Namespace) -> List[Dict[str, Any]]:
              **({"simulate_delay_s": slow_s} if i < slow_count else {})} for i in range(args.nodes)]
 
 
-def _report_row(r: Dict[str, Any]) -> Dict[str, Any]:
-    keys = ("round", "accuracy", "loss", "updates", "bytes_up", "bytes_down", "bytes_per_update",
-            "tensor_bytes_per_update", "seconds", "elapsed", "staleness", "epsilon", "delta")
-    return {k: r[k] for k in keys if k in r}
-
-
-def _collect(watcher: MqttLink, coordinator: subprocess.Popen, rounds: int, deadline: float) -> List[Dict[str, Any]]:
-    """Round summaries from the metrics topic, printed as they arrive, until the last round or a stall."""
-    seen: Dict[int, Dict[str, Any]] = {}
-    last_progress = started = time.monotonic()
-    stall = 60.0 + 4 * deadline
-    while len(seen) < rounds and time.monotonic() - last_progress < stall:
-        msg = watcher.get(timeout=0.2)
-        if msg is None:
-            if coordinator.poll() is not None and watcher.inbox.empty():
-                break
-            continue
-        try:
-            summary = decode_metrics(msg.payload)
-        except MessageError:
-            continue
-        if summary["round"] not in seen and not msg.retain:
-            seen[summary["round"]] = summary
-            last_progress = time.monotonic()
-            summary["elapsed"] = round(last_progress - started, 3)  # since the coordinator started
-            print(format_round(summary), flush=True)
-    return [seen[k] for k in sorted(seen)]

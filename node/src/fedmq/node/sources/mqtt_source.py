@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -36,6 +36,7 @@ from fedmq.shared.topicmap.reader import Reader, join_path
 DAY_S = 86400.0
 TICK_S = 0.5
 REPORT_S = 60.0
+SUBSCRIBE_WAIT_S = 10.0
 
 
 def _timezone(name: str) -> Optional[dt.tzinfo]:
@@ -110,21 +111,12 @@ class MqttSource(DataSource):
         self.label: Label = o["label"]
         self.period_s: float = o["period_s"]
         self.tz = _timezone(o["timezone"])
-        self.exact: Dict[str, List[Tuple[int, Signal]]] = {}
-        self.wild: List[Tuple[int, Signal]] = []
-        for i, s in enumerate(self.signals):
-            if "+" in s.topic or "#" in s.topic:
-                self.wild.append((i, s))
-            else:
-                self.exact.setdefault(s.topic, []).append((i, s))
         self.store: Optional[SampleStore] = None
-        self.sampler: Optional[Sampler] = None
+        self.ingest: Optional[Ingest] = None
         self.client: Optional[mqtt.Client] = None
-        self.clock: Optional[float] = None
-        self.messages = 0
-        self.bad: Counter = Counter()
         self.log = logging.getLogger("fedmq.data")
         self._stop = threading.Event()
+        self.subscribed = threading.Event()  # the home broker acknowledged our subscriptions
         self._ticker: Optional[threading.Thread] = None
 
     # --- what the node sees ---------------------------------------------------------------------
@@ -158,15 +150,29 @@ class MqttSource(DataSource):
 
     def counters(self) -> Dict[str, Any]:
         """Messages seen, rows stored and dropped, readings dropped by reason."""
-        s = self.sampler
-        return {"messages": self.messages, "rows": s.rows if s else 0, "dropped_rows": s.dropped_rows if s else 0,
-                "dropped": dict(self.bad)}
+        return self.ingest.counters() if self.ingest else {"messages": 0}
 
     def load(self) -> Tuple[np.ndarray, np.ndarray]:
         """The training set from the rows stored now."""
-        t, v = self._open_store().rows()
+        return self.samples(*self._open_store().rows())
+
+    def samples(self, t: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The samples (x, y) that rows ``(t, v)`` hold."""
         x, y, _ = assemble(self.features, self.label, [s.name for s in self.signals], t, v, self.period_s, self.tz)
         return x, y
+
+    def replay(self, messages: Iterable[Tuple[str, bytes]]) -> Tuple[np.ndarray, np.ndarray]:
+        """The samples that recorded ``(topic, payload)`` messages give, sampled exactly as the live stream
+        is (in memory, no broker and no store): for baselines and tests."""
+        times: List[int] = []
+        rows: List[np.ndarray] = []
+        ingest = Ingest(self.signals, Sampler(self.signals, self.period_s, self.options["max_age_s"],
+                                              lambda t, v: (times.append(t), rows.append(v))),
+                        self.options["clock_topic"])
+        for topic, payload in messages:
+            ingest.feed(topic, payload)
+        v = np.stack(rows) if rows else np.zeros((0, len(self.signals)))
+        return self.samples(np.asarray(times, np.int64), v)
 
     def _open_store(self) -> SampleStore:
         if self.store is None:
@@ -181,7 +187,8 @@ class MqttSource(DataSource):
         """Open the store, connect to the home broker and subscribe to every signal."""
         self.log = log
         store = self._open_store()
-        self.sampler = Sampler(self.signals, self.period_s, self.options["max_age_s"], store.append)
+        self.ingest = Ingest(self.signals, Sampler(self.signals, self.period_s, self.options["max_age_s"],
+                                                   store.append), self.options["clock_topic"])
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.options["client_id"], protocol=mqtt.MQTTv5)
         b = self.broker
         if b.tls is not None:
@@ -200,6 +207,7 @@ class MqttSource(DataSource):
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = lambda *_: self.subscribed.set()
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
@@ -212,6 +220,9 @@ class MqttSource(DataSource):
         self._ticker.start()
         log.info("data: %d signals from %s:%d, a row every %gs into %s", len(self.signals), b.host, b.port,
                  self.period_s, store.path)
+        if not self.subscribed.wait(SUBSCRIBE_WAIT_S):
+            log.warning("data: the home broker %s:%d has not answered within %gs; collecting once it does",
+                        b.host, b.port, SUBSCRIBE_WAIT_S)
 
     def stop(self) -> None:
         """Disconnect and commit what is queued."""
@@ -229,9 +240,9 @@ class MqttSource(DataSource):
     def _tick(self) -> None:
         last_report = time.monotonic()
         while not self._stop.wait(TICK_S):
-            assert self.sampler is not None and self.store is not None
+            assert self.ingest is not None and self.store is not None
             if not self.options["clock_topic"]:
-                self.sampler.advance(time.time())
+                self.ingest.sampler.advance(time.time())
             try:
                 self.store.flush()
             except Exception as exc:  # a full disk: say so, keep collecting, try again next tick
@@ -246,8 +257,7 @@ class MqttSource(DataSource):
                            self.broker.port, reason)
             return
         topics = {s.topic for s in self.signals} | ({self.options["clock_topic"]} - {""})
-        for topic in sorted(topics):
-            client.subscribe(topic, qos=1)
+        client.subscribe([(topic, 1) for topic in sorted(topics)])
         self.log.info("data: connected to %s:%d, subscribed to %d topics", self.broker.host, self.broker.port,
                       len(topics))
 
@@ -256,30 +266,53 @@ class MqttSource(DataSource):
             self.log.warning("data: lost the home broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.messages += 1
+        assert self.ingest is not None
         try:
-            self._ingest(msg.topic, msg.payload)
+            self.ingest.feed(msg.topic, msg.payload)
         except Exception:  # never let one reading stop the stream
-            self.bad["internal error"] += 1
+            self.ingest.bad["internal error"] += 1
             self.log.exception("data: error on a reading from %s", msg.topic)
 
-    def _ingest(self, topic: str, payload: bytes) -> None:
-        sampler = self.sampler
-        assert sampler is not None
-        if topic == self.options["clock_topic"]:
+
+class Ingest:
+    """Routes messages to signals, turns payloads into readings at the clock's time, counts what it drops."""
+
+    def __init__(self, signals: List[Signal], sampler: Sampler, clock_topic: str) -> None:
+        self.sampler = sampler
+        self.clock_topic = clock_topic
+        self.clock: Optional[float] = None
+        self.exact: Dict[str, List[Tuple[int, Signal]]] = {}
+        self.wild: List[Tuple[int, Signal]] = []
+        for i, s in enumerate(signals):
+            if "+" in s.topic or "#" in s.topic:
+                self.wild.append((i, s))
+            else:
+                self.exact.setdefault(s.topic, []).append((i, s))
+        self.messages = 0
+        self.bad: Counter = Counter()
+
+    def counters(self) -> Dict[str, Any]:
+        """Messages seen, rows stored and dropped, readings dropped by reason."""
+        return {"messages": self.messages, "rows": self.sampler.rows, "dropped_rows": self.sampler.dropped_rows,
+                "dropped": dict(self.bad)}
+
+    def feed(self, topic: str, payload: bytes) -> None:
+        """One message from the home's broker."""
+        self.messages += 1
+        if topic == self.clock_topic:
             t = _clock_value(payload)
             if t is None:
                 self.bad["bad clock"] += 1
             else:
                 self.clock = t
-                sampler.advance(t)
+                self.sampler.advance(t)
             return
         targets = self.exact.get(topic, [])
         if self.wild:
             targets = targets + [(i, s) for i, s in self.wild if mqtt.topic_matches_sub(s.topic, topic)]
         if not targets:
             return
-        t = self.clock if self.options["clock_topic"] else time.time()
+        t = self.clock if self.clock_topic else time.time()
         if t is None:
             self.bad["before the clock"] += 1
             return
@@ -291,7 +324,7 @@ class MqttSource(DataSource):
             return
         for i, sig in targets:
             try:
-                sampler.add(i, sig.pick(text, obj), t)
+                self.sampler.add(i, sig.pick(text, obj), t)
             except BadValue as exc:
                 self.bad[exc.reason] += 1
 

@@ -1,4 +1,4 @@
-"""Numpy-only trainer for ``softmax_regression``, ``mlp`` and ``tflite`` models: mini-batch SGD with
+"""Numpy-only trainer for ``softmax_regression``, ``mlp``, ``sgd_regressor`` (linear regression) and ``tflite`` models: mini-batch SGD with
 optional momentum and L2, on softmax cross-entropy, binary cross-entropy or MSE.
 
 Needs nothing but numpy, for gateways where scikit-learn is too heavy. For ``tflite`` models it runs
@@ -17,7 +17,7 @@ from fedmq.shared.messages import TrainParams
 from fedmq.shared.models import Layer, Weights, forward, from_layers, head, initial_weights, targets, to_layers
 from fedmq.shared.topicmap import ModelSpec
 
-SUPPORTED = ("softmax_regression", "mlp", "tflite")
+SUPPORTED = ("softmax_regression", "mlp", "sgd_regressor", "tflite")
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Simulators that stand in for real homes in tests, the demo and benchmarks."""
