@@ -80,7 +80,7 @@ def read_features(r: Reader, seq: Any, path: str, line: Optional[int], signals: 
             out.append(Feature(kind))
             continue
         if signal not in signals:
-            r.error(r.line_of(m, "signal") if "signal" in m else m.line, join_path(p, "signal"),
+            r.error(r.line_of(m, "signal") if "signal" in m else r.line_of(m, ""), join_path(p, "signal"),
                     f"names no declared signal ({signal!r})", f"one of: {', '.join(signals)}")
         steps = r.value(m, "steps", p, (int, list), [1] if kind == "lag" else [])
         steps = [steps] if isinstance(steps, int) else steps

@@ -135,7 +135,7 @@ def read_signal(r: Reader, item: Any, path: str, line: Optional[int]) -> Optiona
     base = r.value(m, "base", path, str, None)
     field_path = r.value(m, "field", path, str, "")
     if len(presets) + ("topic" in m) != 1:
-        r.error(m.line, path, "needs exactly one of topic, zigbee2mqtt, tasmota, statestream",
+        r.error(r.line_of(m, ""), path, "needs exactly one of topic, zigbee2mqtt, tasmota, statestream",
                 "e.g. {name: temp, zigbee2mqtt: living_room_sensor, field: temperature}")
         return None
     if presets:
@@ -144,7 +144,7 @@ def read_signal(r: Reader, item: Any, path: str, line: Optional[int]) -> Optiona
         if problem:
             r.error(r.line_of(m, presets[0]), join_path(path, presets[0]), problem, "")
         if presets[0] != "statestream" and not field_path:
-            r.error(m.line, join_path(path, "field"), f"a {presets[0]} device publishes JSON: name the field",
+            r.error(r.line_of(m, ""), join_path(path, "field"), f"a {presets[0]} device publishes JSON: name the field",
                     "e.g. field: temperature (zigbee2mqtt) or field: ENERGY.Power (tasmota)")
     else:
         topic = r.value(m, "topic", path, str, "", check=_topic_problem,
