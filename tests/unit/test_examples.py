@@ -18,11 +18,24 @@ def test_example_topic_maps_validate(path):
     assert tm.root.children
 
 
-def test_example_node_config_loads_its_csv():
-    cfg = load_node_config(os.path.join(EXAMPLES, "smart-home", "kitchen-hub.yaml"))
-    x, y = open_source(cfg.data).load()
-    assert x.shape == (60, 64) and len(y) == 60 and cfg.group == ("kitchen",)
-    assert load_topic_map(os.path.join(EXAMPLES, "smart-home.yaml")).group_of(cfg.node_id).path == cfg.group
+@pytest.mark.parametrize("home", ["home1", "home2", "home3"])
+def test_smart_home_gateways_learn_from_their_streams(home, tmp_path):
+    """Each example gateway (zigbee2mqtt, Tasmota, statestream) is admitted by the example topic map, and the
+    simulator's streams in its home's format give exactly the features the model takes."""
+    from dataclasses import replace
+
+    from fedmq.coordinator.sim.homes import CLOCK_TOPIC, Simulation
+    from fedmq.shared.datacheck import checked_data
+
+    cfg = load_node_config(os.path.join(EXAMPLES, "smart-home", f"{home}-gw.yaml"))
+    tm = load_topic_map(os.path.join(EXAMPLES, "smart-home.yaml"))
+    assert tm.group_of(cfg.node_id).path == cfg.group and cfg.data.kind == "mqtt"
+    source = open_source(replace(cfg.data, options={**cfg.data.options, "clock_topic": CLOCK_TOPIC,
+                                                    "store": {**cfg.data.options["store"], "path": str(tmp_path / "s")}}))
+    assert source.load()[0].shape == (0, tm.model.features)  # no store yet, and checking made none
+    assert not os.path.exists(cfg.data.options["store"]["path"])
+    x, y = source.replay((t, p) for _, t, p in Simulation(3).run(86400))
+    assert len(x) > 200 and checked_data(tm.model, x, y, cfg.min_samples)[2] is None
 
 
 def test_demo_model_names_all_have_settings():

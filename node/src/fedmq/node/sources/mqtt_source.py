@@ -132,10 +132,10 @@ class MqttSource(DataSource):
 
     def describe(self) -> str:
         """Where the samples come from and what the store holds."""
-        store = self._open_store()
-        rows = store.count()
+        path = self.options["store"]["path"]
+        rows = self._open_store().count() if self.store is not None or os.path.exists(path) else 0
         return (f"{len(self.signals)} signals from {self.broker.host}:{self.broker.port} every {self.period_s:g}s, "
-                f"{rows} rows in {store.path}; {self.width} features: {', '.join(self.feature_names())}; label "
+                f"{rows} rows in {path}; {self.width} features: {', '.join(self.feature_names())}; label "
                 f"{self.label.signal}" + (f" in {self.label.horizon_s:g}s" if self.label.horizon_s else ""))
 
     def files(self) -> Dict[str, str]:
@@ -153,7 +153,9 @@ class MqttSource(DataSource):
         return self.ingest.counters() if self.ingest else {"messages": 0}
 
     def load(self) -> Tuple[np.ndarray, np.ndarray]:
-        """The training set from the rows stored now."""
+        """The training set from the rows stored now (none while no store exists: checking creates none)."""
+        if self.store is None and not os.path.exists(self.options["store"]["path"]):
+            return self.samples(np.zeros(0, np.int64), np.zeros((0, len(self.signals))))
         return self.samples(*self._open_store().rows())
 
     def samples(self, t: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
