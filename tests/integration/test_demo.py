@@ -57,3 +57,27 @@ def test_demo_secure_runs_over_mutual_tls_with_signatures(tmp_path):
     assert len(data["rounds"]) == 5 and all(row["updates"] == 10 for row in data["rounds"])
     log = (work / "logs" / "coordinator.log").read_text()
     assert "signature" not in log  # nothing was rejected
+
+
+@pytest.mark.slow
+def test_demo_smart_home_scenario_compares_each_home(tmp_path):
+    work = tmp_path / "w"
+    report = tmp_path / "sh.json"
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--scenario", "smart-home", "--homes", "4",
+                        "--days", "4", "--rounds", "8", "--workdir", str(work), "--report", str(report)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(report.read_text())
+    assert set(data["comparison"]) == {"occupancy", "forecast"}
+    occupancy = data["comparison"]["occupancy"]
+    assert set(occupancy["homes"]) == {"home1", "home2", "home3", "home4"}
+    assert {data["homes"][h]["format"] for h in occupancy["homes"]} == {"zigbee2mqtt", "tasmota", "statestream"}
+    for row in occupancy["homes"].values():
+        assert {"federated", "central", "local", "train_samples", "test_samples"} <= set(row)
+    assert occupancy["overall"]["federated"] > 0.8
+    assert data["comparison"]["forecast"]["metric"] == "rmse_celsius"
+    assert all(len(rows) == 8 for rows in data["rounds"].values())
+    assert "per home" not in r.stderr and "home4" in r.stdout
+    assert (tmp_path / "sh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
+    assert not left, f"demo left processes behind: {left}"

@@ -40,7 +40,8 @@ from fedmq.shared.topics import Topics
 if TYPE_CHECKING:
     from fedmq.node.secure_client import SecureClient
 
-RECHECK_S = 10.0  # how often a live source, or data with a problem, is read and checked again
+RECHECK_S = 10.0  # how often data with a problem is read and checked again
+RELOAD_S = 60.0  # how often a live source is read again between rounds (always at a round's start)
 
 
 class NodeAgent:
@@ -107,7 +108,8 @@ class NodeAgent:
                     self.handle(msg)
                     msg = self.link.get(timeout=0)
                 if self.problem or (self.source is not None and self.source.live):
-                    if time.monotonic() - self._checked_at >= RECHECK_S:  # a problem may clear as data changes
+                    # a problem may clear as data changes; a live source's sample count goes into the status
+                    if time.monotonic() - self._checked_at >= (RECHECK_S if self.problem else RELOAD_S):
                         self.refresh_data()
                 self._train_async()
         finally:
@@ -130,6 +132,7 @@ class NodeAgent:
         problem = self.trainer_problem
         if not problem and self.source is not None and self.source.live:
             try:
+                self.x = self.y = np.zeros((0, 0))  # let the old samples go before the new ones are read
                 self.x, self.y = self.source.load()
             except DataError as exc:
                 problem = f"data source: {exc}"

@@ -142,11 +142,14 @@ def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, 
     return out
 
 
+def _agent(path: str) -> NodeAgent:
+    """The node of one configuration (its samples referenced by the agent alone: a live source replaces them)."""
+    cfg, x, y, source = _load(path)
+    return NodeAgent(cfg, x, y, source=source)
+
+
 def _run(args: argparse.Namespace) -> int:
-    agents = []
-    for path in args.config:
-        cfg, x, y, source = _load(path)
-        agents.append(NodeAgent(cfg, x, y, source=source))
+    agents = [_agent(path) for path in args.config]
     stop_all = lambda *_: [a.stop() for a in agents]  # noqa: E731
     signal.signal(signal.SIGTERM, stop_all)
     threads = [threading.Thread(target=a.run, kwargs={"exit_when_done": args.exit_when_done}, name=a.cfg.node_id)

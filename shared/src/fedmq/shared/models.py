@@ -22,6 +22,7 @@ from fedmq.shared.topicmap.model import ModelSpec
 
 
 Weights = Dict[str, np.ndarray]
+EVAL_CHUNK = 4096  # samples evaluated at once
 Layer = Tuple[np.ndarray, np.ndarray]
 
 
@@ -129,7 +130,9 @@ def targets(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
 
 def evaluate(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
     """Loss and accuracy (classifiers: cross-entropy) or loss and r2 (regressors: MSE) on (x, y)."""
-    scores = forward(to_layers(spec, weights), np.asarray(x, np.float64))[-1]
+    layers = to_layers(spec, weights)
+    scores = np.concatenate([forward(layers, np.asarray(x[i:i + EVAL_CHUNK], np.float64))[-1]  # bounded memory
+                             for i in range(0, len(x), EVAL_CHUNK)]) if len(x) else np.zeros((0, layers[-1][1].size))
     if not spec.is_classifier:
         pred = scores[:, 0]
         yt = np.asarray(y, np.float64)

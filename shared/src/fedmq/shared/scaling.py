@@ -19,6 +19,7 @@ import numpy as np
 from fedmq.shared.topicmap.model import ModelSpec
 
 STATS_TENSORS = ("mean", "meansq")
+CHUNK = 4096  # rows summed at once
 MIN_SCALE = 1e-9  # a constant feature keeps scale 1: it is centred, not blown up
 
 
@@ -28,9 +29,16 @@ def stats_shapes(features: int) -> Dict[str, Tuple[int, ...]]:
 
 
 def local_stats(x: np.ndarray) -> Dict[str, np.ndarray]:
-    """A node's statistics update: per-feature means of x and of x squared (float64)."""
-    x64 = np.asarray(x, np.float64)
-    return {"mean": x64.mean(axis=0), "meansq": (x64 * x64).mean(axis=0)}
+    """A node's statistics update: per-feature means of x and of x squared (float64, summed a chunk of rows
+    at a time: no float64 copy of the whole set)."""
+    total = np.zeros(x.shape[1])
+    squares = np.zeros(x.shape[1])
+    for i in range(0, len(x), CHUNK):
+        part = np.asarray(x[i:i + CHUNK], np.float64)
+        total += part.sum(axis=0)
+        squares += np.einsum("ij,ij->j", part, part)
+    n = max(len(x), 1)
+    return {"mean": total / n, "meansq": squares / n}
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,10 @@ class Scaling:
         return cls(tuple(mean.tolist()), tuple(np.where(std > MIN_SCALE, std, 1.0).tolist()), float(samples))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Scaled features (float32)."""
-        return ((np.asarray(x, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)).astype(np.float32)
+        """Scaled features (float32, computed in one float32 copy of x)."""
+        out = np.subtract(np.asarray(x, np.float32), np.asarray(self.mean, np.float32), dtype=np.float32)
+        out /= np.asarray(self.scale, np.float32)
+        return out
 
     def to_meta(self) -> Dict[str, Any]:
         """JSON form (model envelope ``meta.scaling``, checkpoint state)."""

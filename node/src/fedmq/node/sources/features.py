@@ -118,11 +118,13 @@ def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], 
         y = np.where(found, lab[np.minimum(j, n - 1)], np.nan)
     else:
         y = lab
-    cols: List[np.ndarray] = []
+    x = np.empty((int(ok.sum()), width), np.float32)  # filled a column at a time: one copy of x in memory
+    j = 0
     for f in features:
-        cols.extend(_columns(f, col.get(f.signal), t, tz))
-    x = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
-    return x[ok].astype(np.float32), y[ok], t[ok]
+        for column in _columns(f, col.get(f.signal), t, tz):
+            x[:, j] = column[ok]
+            j += 1
+    return x, y[ok], t[ok]
 
 
 def _columns(f: Feature, s: Optional[np.ndarray], t: np.ndarray, tz: Optional[dt.tzinfo]) -> List[np.ndarray]:
@@ -134,16 +136,36 @@ def _columns(f: Feature, s: Optional[np.ndarray], t: np.ndarray, tz: Optional[dt
         return [s]
     if f.kind == "lag":
         return [_shifted(s, k) for k in f.steps]
-    w = f.window
+    return [_window(f.kind, np.asarray(s, np.float64), f.window)]
+
+
+def _window(kind: str, s: np.ndarray, w: int) -> np.ndarray:
+    """A rolling statistic over the last ``w`` values (NaN before there are ``w``), in O(n) memory:
+    mean, std and slope from running sums, min and max over a strided view (no n x w copy)."""
+    out = np.full(len(s), np.nan)
     if len(s) < w:
-        return [np.full(len(s), np.nan)]
-    win = sliding_window_view(s, w)
-    if f.kind == "slope":
+        return out
+    if kind in ("min", "max"):
+        out[w - 1:] = getattr(np, kind)(sliding_window_view(s, w), axis=1)
+        return out
+    shift = float(s.mean())  # running sums of values near 0 keep their precision
+    s = s - shift
+    c1 = np.concatenate([[0.0], np.cumsum(s)])
+    total = c1[w:] - c1[:-w]
+    mean = total / w
+    if kind == "mean":
+        out[w - 1:] = mean + shift
+    elif kind == "std":
+        c2 = np.concatenate([[0.0], np.cumsum(s * s)])
+        out[w - 1:] = np.sqrt(np.maximum((c2[w:] - c2[:-w]) / w - mean * mean, 0.0))
+    else:  # slope: least squares against 0..w-1, per period
+        k = np.arange(len(s), dtype=np.float64)
+        ck = np.concatenate([[0.0], np.cumsum(k * s)])
+        start = np.arange(len(s) - w + 1, dtype=np.float64)
+        weighted = (ck[w:] - ck[:-w]) - start * total  # sum of j * s over the window, j = 0..w-1
         xc = np.arange(w) - (w - 1) / 2.0
-        stat = win @ xc / float(xc @ xc)
-    else:
-        stat = getattr(np, f.kind)(win, axis=1)
-    return [np.concatenate([np.full(w - 1, np.nan), stat])]
+        out[w - 1:] = (weighted - (w - 1) / 2.0 * total) / float(xc @ xc)
+    return out
 
 
 def _shifted(s: np.ndarray, k: int) -> np.ndarray:
@@ -151,10 +173,20 @@ def _shifted(s: np.ndarray, k: int) -> np.ndarray:
 
 
 def _time_fraction(t: np.ndarray, tz: Optional[dt.tzinfo], *, week: bool) -> np.ndarray:
-    """Where each time falls in its local day (or week, Monday 00:00 = 0), as a fraction."""
-    out = np.empty(len(t))
-    for i, ts in enumerate(t.tolist()):
-        d = dt.datetime.fromtimestamp(ts, tz)  # tz None: the gateway's local time
-        day = (d.hour * 3600 + d.minute * 60 + d.second) / 86400.0
-        out[i] = (d.weekday() + day) / 7.0 if week else day
-    return out
+    """Where each time falls in its local day (or week, Monday 00:00 = 0), as a fraction. The zone's UTC
+    offset is looked up once per hour of the data (offsets change on the hour), not once per sample."""
+    hours, inverse = np.unique(t // 3600, return_inverse=True)
+    offsets = np.array([_offset(int(h) * 3600, tz) for h in hours.tolist()], np.int64)
+    local = t + offsets[inverse]
+    day = (local % 86400) / 86400.0
+    if not week:
+        return day
+    weekday = (local // 86400 + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    return (weekday + day) / 7.0
+
+
+def _offset(ts: int, tz: Optional[dt.tzinfo]) -> int:
+    """Seconds east of UTC at ``ts`` (the gateway's local zone when ``tz`` is None)."""
+    d = dt.datetime.fromtimestamp(ts, tz) if tz is not None else dt.datetime.fromtimestamp(ts).astimezone()
+    off = d.utcoffset()
+    return int(off.total_seconds()) if off is not None else 0

@@ -41,6 +41,7 @@ class SampleStore:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA cache_size=-256")  # 256 KiB: rows are read once per round, in order
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.db.execute("CREATE TABLE IF NOT EXISTS rows (t INTEGER PRIMARY KEY, v BLOB NOT NULL)")
             self._check_layout()
@@ -85,14 +86,19 @@ class SampleStore:
                 raise
 
     def rows(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Every stored row, oldest first: times (n,) int64 and values (n, signals) float64."""
+        """Every stored row, oldest first: times (n,) int64 and values (n, signals) float32."""
         self.flush()
-        with self._lock:
-            got = self.db.execute("SELECT t, v FROM rows ORDER BY t").fetchall()
         width = len(self.signals)
-        t = np.fromiter((r[0] for r in got), np.int64, len(got))
-        v = np.frombuffer(b"".join(r[1] for r in got), np.float64).reshape(len(got), width) if got \
-            else np.zeros((0, width))
+        with self._lock:  # row by row into arrays: no list of every row in memory on the way
+            n = int(self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+            t = np.empty(n, np.int64)
+            v = np.empty((n, width), np.float32)  # sensor values; features are computed in float64
+            i = 0
+            for i, (ti, blob) in enumerate(self.db.execute("SELECT t, v FROM rows ORDER BY t")):
+                if i >= n or len(blob) != 8 * width:
+                    raise DataError(f"store {self.path}: row {ti} is not {width} values; remove the store")
+                t[i] = ti
+                v[i] = np.frombuffer(blob, np.float64)
         return t, v
 
     def count(self) -> int:

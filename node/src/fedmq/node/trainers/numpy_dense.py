@@ -95,8 +95,8 @@ class NumpyDenseTrainer(Trainer):
 
     def fit(self, x: np.ndarray, y: np.ndarray, params: TrainParams, rng: np.random.Generator) -> Dict[str, float]:
         """Shuffled mini-batch SGD for ``local_epochs`` epochs."""
-        xs = np.asarray(x, np.float64)
-        t = targets(self.spec, y).astype(np.float64)
+        xs = np.asarray(x)  # batches become float64 one at a time (step): no float64 copy of the whole set
+        t = targets(self.spec, y)
         mu, lr = params.proximal_mu, params.learning_rate
         anchor = [(w.copy(), b.copy()) for w, b in self.layers] if mu else []
         losses = []
