@@ -1,7 +1,7 @@
 """Stream data source: sensor messages per second into a gateway's store, the node's peak RSS with 30 days
 of history kept, the store's size on disk, and the time to build a round's training set from it.
 
-Usage: .venv/bin/python bench/streams.py [--signals 20] [--days 30] [--messages 200000]
+Usage: .venv/bin/python bench/streams.py [--signals 20] [--days 30] [--messages 200000] [--node-python PY]
 
 A private Mosquitto starts; a real ``fedmq node run`` process (numpy trainer, no coordinator) runs a
 ``kind: mqtt`` source with SIGNALS signals at a 1-minute period whose store already holds DAYS days of
@@ -138,6 +138,9 @@ def main() -> int:
     ap.add_argument("--signals", type=int, default=20)
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--node-python", default=sys.executable,
+                    help="interpreter of the node process, e.g. a virtual environment with only fedmq-shared and "
+                         "fedmq-node installed, as on a gateway (default: this one)")
     args = ap.parse_args()
     from fedmq.broker.process import MosquittoProcess
     from fedmq.node.config import load_node_config
@@ -150,7 +153,7 @@ def main() -> int:
         prefilled = prefill(cfg, args.signals, args.days, t0)
         store = load_node_config(cfg).data.options["store"]["path"]
         log = open(os.path.join(tmp, "node.log"), "wb")
-        node = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "node", "run", cfg], stdout=log,
+        node = subprocess.Popen([args.node_python, "-m", "fedmq.shared.cli", "node", "run", cfg], stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30

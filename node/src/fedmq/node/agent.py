@@ -56,6 +56,7 @@ class NodeAgent:
         self.trainer_problem = ""  # no trainer here for the federation's model
         self.scaling: Optional[Scaling] = None
         self._checked_at = 0.0
+        self._scaled_in_place: Optional[Scaling] = None  # a live source's x, standardised where it lies
         self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
         self.topics = Topics(cfg.federation, cfg.broker.topic_prefix)
         self.status_topic = self.topics.status(cfg.group, cfg.node_id)
@@ -134,6 +135,7 @@ class NodeAgent:
             try:
                 self.x = self.y = np.zeros((0, 0))  # let the old samples go before the new ones are read
                 self.x, self.y = self.source.load()
+                self._scaled_in_place = None
             except DataError as exc:
                 problem = f"data source: {exc}"
         if not problem and self.spec is not None:
@@ -284,8 +286,27 @@ class NodeAgent:
         self.pending = replace(s, round=self.model[0], model_version=self.model[0])
         self._train_if_ready()
 
+    def _scaled(self) -> np.ndarray:
+        """The samples standardised with the federation's scaling. A live source's samples are read again
+        before every round, so they are scaled where they lie (no second copy of a large training set)."""
+        if self.scaling is None:
+            if self._scaled_in_place is not None:
+                self.refresh_data()
+            return self.x
+        if self._scaled_in_place == self.scaling:
+            return self.x
+        if self.source is None or not self.source.live:
+            return self.scaling.apply(self.x)
+        if self._scaled_in_place is not None:
+            self.refresh_data()
+        self.scaling.apply(self.x, out=self.x)
+        self._scaled_in_place = self.scaling
+        return self.x
+
     def _send_stats(self, ctl: Control) -> None:
         """A statistics round: the per-feature means of x and x squared, weighted by the sample count."""
+        if self._scaled_in_place is not None:
+            self.refresh_data()  # statistics are of the raw features
         stats = local_stats(self.x)
         self.pending = None
         if ctl.secure is not None:
@@ -323,7 +344,7 @@ class NodeAgent:
         params = self._straggle(ctl)
         if params is None:
             return
-        x = self.scaling.apply(self.x) if self.scaling is not None else self.x
+        x = self._scaled()
         before = self.trainer.evaluate(x, self.y)
         train = self.trainer.fit(x, self.y, params, self.rng)
         weights = self.trainer.get_weights()

@@ -57,9 +57,9 @@ class Scaling:
         std = np.sqrt(var)
         return cls(tuple(mean.tolist()), tuple(np.where(std > MIN_SCALE, std, 1.0).tolist()), float(samples))
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Scaled features (float32, computed in one float32 copy of x)."""
-        out = np.subtract(np.asarray(x, np.float32), np.asarray(self.mean, np.float32), dtype=np.float32)
+    def apply(self, x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Scaled features as float32: a new array, or ``out`` (which may be ``x`` itself, float32)."""
+        out = np.subtract(np.asarray(x, np.float32), np.asarray(self.mean, np.float32), out=out, dtype=np.float32)
         out /= np.asarray(self.scale, np.float32)
         return out
 
