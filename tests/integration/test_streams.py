@@ -212,3 +212,55 @@ def test_an_unusable_evaluation_set_stops_the_coordinator_before_any_round(tmp_p
                           paths["topic_map"]], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "evaluation" in out.stderr and "labels outside the model's classes: 7" in out.stderr, out.stderr
+
+
+def _central_scaling(paths, nodes):
+    x = np.concatenate([open_source(load_node_config(paths[n]).data).load()[0] for n in nodes]).astype(np.float64)
+    return x.mean(0), x.std(0), len(x)
+
+
+def _check_scaling(scaling, central) -> None:
+    mean, std, n = central
+    assert scaling is not None and scaling.samples == n
+    assert np.allclose(scaling.mean, mean, rtol=1e-4, atol=1e-4) and np.allclose(scaling.scale, std, rtol=1e-4)
+
+
+def test_federated_scaling_under_secure_aggregation_and_through_an_edge_process(broker, tmp_path):
+    """Statistics rounds go through secure aggregation (only masked sums leave the nodes) and through an edge
+    aggregator's partial; the scaling equals the centralised statistics, and rounds train on it."""
+    groups = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
+    paths = write_federation(str(tmp_path), broker.port, groups, rounds=2, checkpoint=True, edge=["home2"],
+                             extra={"scaling": "federated", "strategy": {"secure": {"phase_s": 3}}})
+    nodes = [n for ns in groups.values() for n in ns]
+    procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2"], str(tmp_path / "edge.log"))]
+    procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in nodes]
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 2 or c.error is not None, 120, "2 rounds")
+            assert c.error is None, c.error
+            scaling = c.service.driver.scaling
+    finally:
+        stop(procs)
+    _check_scaling(scaling, _central_scaling(paths, nodes))  # masked, fixed-point: equal to 1e-4
+    assert all(r["updates"] == 6 for r in c.rounds) and c.rounds[-1]["accuracy"] > 0.8
+    state = (tmp_path / "ckpt" / "state.json").read_text()
+    assert '"scaling"' in state and '"scaling_round": 0' in state
+    assert "feature statistics" in (tmp_path / "a1.log").read_text()
+
+
+def test_scaling_refreshed_on_schedule_keeps_what_the_model_learned(broker, tmp_path):
+    groups = {"g": ["a", "b", "c"]}
+    paths = write_federation(str(tmp_path), broker.port, groups, rounds=4, checkpoint=False,
+                             extra={"scaling": {"mode": "federated", "every_rounds": 2}})
+    procs = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in groups["g"]]
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 4 or c.error is not None, 120, "4 rounds")
+            assert c.error is None, c.error
+            state = c.service.driver.state
+    finally:
+        stop(procs)
+    assert state.scaling_round == 2  # gathered before round 1 and again after round 2
+    # the refold after round 2 keeps the function: accuracy does not fall back to a fresh model's
+    assert c.rounds[2]["accuracy"] >= c.rounds[1]["accuracy"] - 0.05
+    assert state.model_version == 5  # 4 rounds plus the refolded model

@@ -105,7 +105,10 @@ def _check(args: argparse.Namespace) -> int:
         x, y, problem = checked_data(spec, x, y, cfg.min_samples)
     else:
         problem = f"too few samples: {len(x)}, at least {cfg.min_samples} needed" if len(x) < cfg.min_samples else None
-    if problem:
+    notes = []
+    if problem and source.live and problem.startswith("too few samples"):
+        notes.append(f"{problem}: the store fills as readings arrive; the node takes part once it holds enough")
+    elif problem:
         problems.append(f"data: {problem}")
     print(f"{cfg.file}: node {cfg.node_id} in {cfg.federation}/{'/'.join(cfg.group) or '(root)'}, trainer "
           f"{cfg.trainer}, broker {cfg.broker.host}:{cfg.broker.port}")
@@ -113,6 +116,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  {len(x)} samples x {x.shape[1] if x.ndim == 2 else '?'} features"
           + (f"; model {spec.kind} with {spec.features} features" if spec is not None else
              " (add --topic-map FED.yaml to check them against the federation's model)"))
+    for note in notes:
+        print(f"  note: {note}")
     for p in problems:
         print(f"  problem: {p}", file=sys.stderr)
     if problems:

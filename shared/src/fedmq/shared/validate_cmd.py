@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List
 
-from fedmq.shared.topicmap import Group, TopicMap, load_topic_map
+from fedmq.shared.topicmap import Group, TopicMap, TopicMapError, load_topic_map
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add the ``validate`` subcommand."""
     p = sub.add_parser("validate", help="check a topic map and print its tree",
                        description="Validate a federation's YAML topic map. Errors name the file, line, "
-                                   "key path and a fix, and exit with code 2.")
-    p.add_argument("file", help="topic map (YAML)")
+                                   "key path and a fix, and exit with code 2. Given a node configuration, "
+                                   "it checks it as 'fedmq node check' does (features, data, files).")
+    p.add_argument("file", help="topic map (YAML), or a node configuration")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate and print."""
+    """Validate and print; a node configuration is handed to ``fedmq node check`` (features, data, files)."""
+    if _is_node_config(args.file):
+        from fedmq.shared.cli import build_parser
+
+        try:
+            node_args = build_parser().parse_args(["node", "check", args.file])
+        except SystemExit:
+            print(f"{args.file}: a node configuration; 'fedmq node check' needs fedmq-node installed", file=sys.stderr)
+            return 2
+        print(f"{args.file}: a node configuration: checking it as 'fedmq node check {args.file}' does")
+        return int(node_args.func(node_args) or 0)
     tm = load_topic_map(args.file)
     print("\n".join(render_tree(tm)))
     return 0
+
+
+def _is_node_config(file: str) -> bool:
+    """True for a YAML mapping with ``node_id`` and no ``tree``: a node's configuration, not a topic map."""
+    from fedmq.shared.topicmap.reader import load_file
+
+    try:
+        data, _ = load_file(file)
+    except TopicMapError:
+        return False
+    return isinstance(data, dict) and "node_id" in data and "tree" not in data
 
 
 def render_tree(tm: TopicMap) -> List[str]:
@@ -39,6 +62,7 @@ def render_tree(tm: TopicMap) -> List[str]:
         f"deadline {p.deadline_s}s, quorum {quorum}, on failure {p.on_quorum_failure})",
         f"training   {p.local_epochs} epoch(s), batch {p.batch_size}, learning rate {p.learning_rate}",
         f"updates    {_codec_line(tm)}; model down as {tm.compression.model}",
+        f"scaling    {_scaling_line(tm)}",
         f"strategy   {_strategy_line(tm)}",
         "transport  " + (f"chunks over {tm.transport.max_payload_bytes} bytes (timeout {tm.transport.chunk_timeout_s:g}s)"
                          if tm.transport.max_payload_bytes else "no payload cap (no chunking)"),
@@ -46,6 +70,14 @@ def render_tree(tm: TopicMap) -> List[str]:
     ]
     lines.extend(_group_lines(tm.root, ""))
     return lines
+
+
+def _scaling_line(tm: TopicMap) -> str:
+    mode, every = tm.scaling.mode, tm.scaling.every_rounds
+    if mode == "none":
+        return "none: nodes train on their features as they are"
+    when = f"before round 1 and every {every} rounds" if every else "before round 1"
+    return ("federated" if mode == "federated" else "auto: federated when a node streams") + f" ({when})"
 
 
 def _strategy_line(tm: TopicMap) -> str:
