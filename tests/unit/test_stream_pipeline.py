@@ -216,3 +216,18 @@ def test_refolding_keeps_the_models_function(kind, hidden):
     moved = from_layers(spec, rescale_first_layer(spec, to_layers(spec, w), old, new), np.float64)
     assert evaluate(spec, w, old.apply(x), y)["loss"] == pytest.approx(evaluate(spec, moved, new.apply(x), y)["loss"],
                                                                        rel=1e-5)
+
+
+def test_features_computed_in_blocks_equal_one_pass(monkeypatch):
+    from fedmq.node.sources import features as fm
+
+    rng = np.random.default_rng(4)
+    t = np.cumsum(np.where(rng.random(500) < 0.03, 180, 60)).astype(np.int64)  # a few gaps
+    v = rng.normal(20, 3, (500, 2))
+    feats = [Feature("value", "a"), Feature("lag", "a", (1, 4)), Feature("std", "b", window=5),
+             Feature("slope", "a", window=6), Feature("max", "b", window=3), Feature("day_of_week")]
+    whole = assemble(feats, Label("b", 120.0), ["a", "b"], t, v, 60.0, None)
+    monkeypatch.setattr(fm, "BLOCK", 7)
+    blocks = assemble(feats, Label("b", 120.0), ["a", "b"], t, v, 60.0, None)
+    for a, b in zip(whole, blocks):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -22,6 +22,7 @@ SIGNAL_KINDS = ("value", "lag", *WINDOW_KINDS)
 TIME_KINDS = ("time_of_day", "day_of_week")
 FEATURE_KEYS = ("signal", "kind", "steps", "window")
 MAX_WINDOW = 10_000
+BLOCK = 8192  # rows whose features are computed together (bounds the temporaries, not the result)
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,22 @@ def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], 
         y = np.where(found, lab[np.minimum(j, n - 1)], np.nan)
     else:
         y = lab
-    x = np.empty((int(ok.sum()), width), np.float32)  # filled a column at a time: one copy of x in memory
-    j = 0
-    for f in features:
-        for column in _columns(f, col.get(f.signal), t, tz):
-            x[:, j] = column[ok]
-            j += 1
+    x = np.empty((int(ok.sum()), width), np.float32)  # one copy of x in memory, filled a block of rows at a time
+    done = 0
+    for start in range(0, n, BLOCK):  # each block with the history its windows and lags need before it
+        end = min(n, start + BLOCK)
+        lo = max(0, start - need)
+        keep = ok[start:end]
+        rows = int(keep.sum())
+        if not rows:
+            continue
+        j = 0
+        for f in features:
+            signal = col.get(f.signal)
+            for column in _columns(f, None if signal is None else signal[lo:end], t[lo:end], tz):
+                x[done:done + rows, j] = column[start - lo:][keep]
+                j += 1
+        done += rows
     return x, y[ok], t[ok]
 
 
