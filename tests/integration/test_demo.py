@@ -81,3 +81,26 @@ def test_demo_smart_home_scenario_compares_each_home(tmp_path):
     assert (tmp_path / "sh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
     assert not left, f"demo left processes behind: {left}"
+
+
+@pytest.mark.slow
+def test_demo_takes_the_users_own_csv(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal([100, 5, -20], [30, 2, 10], (400, 3))
+    y = ((x[:, 0] - 100) / 30 + (x[:, 1] - 5) / 2 > 0).astype(float)  # labels written as 0.0 / 1.0, as pandas does
+    data = tmp_path / "mine.csv"
+    data.write_text("power,temp,delta,label\n" + "".join(f"{a},{b},{c},{d}\n" for (a, b, c), d in zip(x, y)))
+    report = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--data", str(data), "--nodes", "4",
+                        "--rounds", "5", "--workdir", str(tmp_path / "w"), "--report", str(report)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(report.read_text())
+    assert out["dataset"] == str(data) and len(out["rounds"]) == 5 and out["final_accuracy"] > 0.85
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,label\n1,0\nx,1\n")
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--data", str(bad)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "bad.csv:3: a feature is not a number" in r.stderr

@@ -34,6 +34,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--dataset", default="digits", choices=("digits", "synthetic"),
                    help="digits (scikit-learn's, split non-IID over the nodes) or synthetic: the FedProx paper's "
                         "Synthetic(1,1), one device per node, trained as in the paper (lr 0.01, 20 epochs, batch 10)")
+    p.add_argument("--data", metavar="FILE",
+                   help="your own data instead of digits: a CSV file with a header row (the label column named by "
+                        "--label-column, every other column a numeric feature) or an NPZ file (arrays x and y); "
+                        "split 80/20 into training and held-out sets, the training part non-IID over the nodes, "
+                        "with federated feature scaling")
+    p.add_argument("--label-column", default="label", help="the label column of a --data CSV (default label)")
     p.add_argument("--compression", default="raw", choices=("raw", "float16", "int8", "topk"),
                    help="update codec (default raw float32; int8 and topk send deltas with error feedback)")
     p.add_argument("--topk-fraction", type=float, default=0.01,

@@ -19,6 +19,29 @@ def digits(seed: int, test_size: float = 0.2) -> Tuple[Split, Split]:
     return (xtr, ytr), (xte, yte)
 
 
+def own_data(path: str, label_column: str, seed: int, test_size: float = 0.2) -> Tuple[Split, Split]:
+    """A user's CSV (header row, ``label_column``) or NPZ (arrays x, y) split into train and held-out test
+    sets (stratified when every class has two samples or more); numeric labels as integers, others as text."""
+    from fedmq.shared.data import CsvSource, NpzSource
+    from fedmq.shared.topicmap.model import DataRef
+
+    if path.endswith(".npz"):
+        x, y = NpzSource(DataRef("npz", path)).load()
+    else:
+        x, y = CsvSource(DataRef("csv", path, {"label_column": label_column})).load()
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: NaN or Inf among the features")
+    values = [v.item() if hasattr(v, "item") else v for v in y.tolist()]
+    if all(isinstance(v, (int, float)) and float(v).is_integer() for v in values):
+        y = np.asarray([int(v) for v in values], np.int64)
+    else:
+        y = np.asarray([str(v) for v in values])
+    _, counts = np.unique(y, return_counts=True)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed,
+                                          stratify=y if counts.min() >= 2 else None)
+    return (xtr, ytr), (xte, yte)
+
+
 def dirichlet_split(y: np.ndarray, n_nodes: int, alpha: float, seed: int, min_size: int = 20) -> List[np.ndarray]:
     """Indices per node: for every class, shares drawn from Dirichlet(alpha); redrawn until each node has ``min_size``."""
     rng = np.random.default_rng(seed)

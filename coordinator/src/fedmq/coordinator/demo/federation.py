@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 import yaml
@@ -16,7 +16,7 @@ LEARNING_RATE = {"softmax_regression": 0.5, "mlp": 0.2, "sgd_classifier": 0.01, 
                  "tflite-logreg": 0.5, "tflite-mlp": 0.2}
 
 
-def model_spec(model: str, features: int, classes: List[int], seed: int) -> dict:
+def model_spec(model: str, features: int, classes: List[Union[int, str]], seed: int) -> dict:
     """The topic map's ``model`` section for a demo model name (tflite-* are the ``tflite`` kind)."""
     spec: dict = {"kind": "tflite" if model.startswith("tflite-") else model, "features": features,
                   "classes": classes, "seed": seed}
@@ -67,7 +67,7 @@ def write_federation(workdir: str, train: Split, test: Split, *, nodes: int, gro
         ids.append(node)
         configs.append(path)
     np.savez(os.path.join(data_dir, "test.npz"), x=test[0], y=test[1])
-    spec = model_spec(model, int(x.shape[1]), [int(c) for c in np.unique(y)], seed)
+    spec = model_spec(model, int(x.shape[1]), [c.item() for c in np.unique(y)], seed)
     fed = {
         "federation": "demo",
         "broker": {"host": "127.0.0.1", "port": port},
