@@ -95,3 +95,25 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def checkpoint_file(directory, name: str) -> "str | None":
+    """Path of ``name`` (state.json, model.fmq, optimizer.fmq) in the current checkpoint snapshot, or None."""
+    from fedmq.coordinator.checkpoint import CheckpointError, current_dir
+
+    try:
+        snapshot = current_dir(str(directory))
+    except CheckpointError:
+        return None
+    return os.path.join(snapshot, name) if snapshot else None
+
+
+def checkpoint_state(directory) -> "dict | None":
+    """The current checkpoint's state.json, or None before the first one."""
+    import json
+
+    path = checkpoint_file(directory, "state.json")
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)

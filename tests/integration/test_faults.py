@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fedhelp import fedmq, stop, wait_for, write_federation
+from fedhelp import checkpoint_state, fedmq, stop, wait_for, write_federation
 from faultproxy import FaultProxy
 from fedhelp import FED
 from fedmq.shared.envelope import Envelope, Kind, encode
@@ -52,10 +52,9 @@ def test_coordinator_sigkill_mid_round_resumes_without_gap_or_repeat(broker, tmp
     paths = write_federation(str(tmp_path), broker.port, SIX, rounds=4, deadline_s=3, quorum=0.6)
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
     freeze_when_connected(nodes, ["b3"], tmp_path)
-    state = tmp_path / "ckpt" / "state.json"
     try:
         first = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "c1.log"))
-        wait_for(lambda: state.exists() and json.loads(state.read_text())["rounds_done"] >= 1, 30, "round 1")
+        wait_for(lambda: (checkpoint_state(tmp_path / "ckpt") or {}).get("rounds_done", 0) >= 1, 30, "round 1")
         time.sleep(1.0)  # round 2 is open, waiting for b3
         first.kill()
         first.wait()
@@ -64,7 +63,7 @@ def test_coordinator_sigkill_mid_round_resumes_without_gap_or_repeat(broker, tmp
     finally:
         nodes["b3"].send_signal(signal.SIGCONT)
         stop(list(nodes.values()))
-    history = json.loads(state.read_text())["history"]
+    history = checkpoint_state(tmp_path / "ckpt")["history"]
     assert [h["round"] for h in history] == [1, 2, 3, 4]
     assert [h["model_version"] for h in history] == [1, 2, 3, 4]
     assert "resuming from checkpoint" in (tmp_path / "c2.log").read_text()

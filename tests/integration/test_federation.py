@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, checkpoint_file, checkpoint_state, fedmq, stop, wait_for, write_federation
 from fedmq.coordinator.service import CoordinatorService
 from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.shared.envelope import Envelope, Kind, encode
@@ -64,7 +64,7 @@ def test_three_rounds_six_nodes_two_groups(broker, tmp_path):
     assert all(r["updates"] == 6 and r["selected"] == 6 for r in rounds)
     assert rounds[-1]["accuracy"] > 0.9
     assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in rounds)
-    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    state = checkpoint_state(tmp_path / "ckpt")
     assert state["rounds_done"] == 3 and state["model_version"] == 3
 
 
@@ -204,13 +204,13 @@ def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path, strat
     paths = write_federation(str(tmp_path), broker.port, SIX, rounds=6,
                              extra={"strategy": strategy} if strategy else None)
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
-    state = tmp_path / "ckpt" / "state.json"
+    ckpt = tmp_path / "ckpt"
     try:
         first = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "c1.log"))
-        wait_for(lambda: state.exists() and json.loads(state.read_text())["rounds_done"] >= 2, 30, "two rounds")
+        wait_for(lambda: (checkpoint_state(ckpt) or {}).get("rounds_done", 0) >= 2, 30, "two rounds")
         first.kill()
         first.wait()
-        done = json.loads(state.read_text())["rounds_done"]
+        done = checkpoint_state(ckpt)["rounds_done"]
         report = tmp_path / "r2.json"
         second = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "c2.log"))
         assert second.wait(60) == 0, (tmp_path / "c2.log").read_text()
@@ -218,11 +218,11 @@ def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path, strat
         stop(list(nodes.values()))
     resumed = [r["round"] for r in json.loads(report.read_text())["rounds"]]
     assert resumed == list(range(done + 1, 7))
-    final = json.loads(state.read_text())
+    final = checkpoint_state(ckpt)
     assert final["rounds_done"] == 6 and [h["round"] for h in final["history"]] == [1, 2, 3, 4, 5, 6]
     assert "resuming from checkpoint" in (tmp_path / "c2.log").read_text()
     if strategy:
-        assert final["optimizer"] and (tmp_path / "ckpt" / "optimizer.fmq").exists()
+        assert final["optimizer"] and os.path.exists(checkpoint_file(ckpt, "optimizer.fmq"))
         assert final["dp_events"] == [[1.0, 1.0]] * 6  # every node in every round, noise multiplier 1
         eps = [h["epsilon"] for h in final["history"]]
         assert all(a < b for a, b in zip(eps, eps[1:])), eps  # the budget grows across the restart

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from fedhelp import FED, blobs, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, blobs, checkpoint_state, fedmq, stop, wait_for, write_federation
 from fedmq.coordinator.sim.homes import CLOCK_TOPIC, Simulation
 from fedmq.coordinator.sim.publish import Publisher
 from fedmq.coordinator.sim.scenario import node_config, write_yaml
@@ -243,8 +243,8 @@ def test_federated_scaling_under_secure_aggregation_and_through_an_edge_process(
         stop(procs)
     _check_scaling(scaling, _central_scaling(paths, nodes))  # masked, fixed-point: equal to 1e-4
     assert all(r["updates"] == 6 for r in c.rounds) and c.rounds[-1]["accuracy"] > 0.8
-    state = (tmp_path / "ckpt" / "state.json").read_text()
-    assert '"scaling"' in state and '"scaling_round": 0' in state
+    state = checkpoint_state(tmp_path / "ckpt")
+    assert state["scaling"]["samples"] == _central_scaling(paths, nodes)[2] and state["scaling_round"] == 0
     assert "feature statistics" in (tmp_path / "a1.log").read_text()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, checkpoint_file, fedmq, stop, wait_for, write_federation
 from fedmq.shared.envelope import Envelope, Kind, decode, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
@@ -40,7 +40,8 @@ def run_federation(tmp_path, port, trainer):
         assert coord.wait(90) == 0, (tmp_path / "coord.log").read_text()
     finally:
         stop([coord, *nodes])
-    return decode((tmp_path / "ckpt" / "model.fmq").read_bytes()).tensors
+    with open(checkpoint_file(tmp_path / "ckpt", "model.fmq"), "rb") as fh:
+        return decode(fh.read()).tensors
 
 
 def test_fedavg_over_tflite_nodes_equals_fedavg_over_numpy_nodes(broker, tmp_path):

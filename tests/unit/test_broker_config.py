@@ -33,3 +33,14 @@ def test_render_cli(tmp_path):
                         "--port", "1999"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "listener 1999 127.0.0.1" in out.read_text()
+
+
+def test_render_keeps_sessions_across_broker_restarts_by_default(tmp_path):
+    p = tmp_path / "fed.yaml"
+    p.write_text(MAP)
+    out = tmp_path / "m.conf"
+    cmd = [sys.executable, "-m", "fedmq.shared.cli", "broker", "render", str(p), "--out", str(out)]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert "persistence true" in out.read_text() and "persistence_location /var/lib/mosquitto/" in out.read_text()
+    assert subprocess.run(cmd + ["--persistence-dir", "none"], capture_output=True).returncode == 0
+    assert "persistence false" in out.read_text()

@@ -25,7 +25,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                      "./mosquitto-<federation>.conf for run)")
         r.add_argument("--port", type=int, help="listener port (default: the topic map's broker.port)")
         r.add_argument("--bind", default=None, help="listener address (default: the topic map's broker.host)")
-        r.add_argument("--persistence-dir", help="directory for Mosquitto's persistence file (default: none)")
+        r.add_argument("--persistence-dir",
+                       help="directory for Mosquitto's persistence file, so that sessions, queued updates and retained "
+                            "models survive a broker restart (default: " + ("/var/lib/mosquitto, Debian's" if name ==
+                            "render" else "mosquitto-<federation>-data beside the config") + "; 'none' turns it off)")
         r.add_argument("--log-file", help="Mosquitto log file (default: stderr)")
         r.add_argument("--security", metavar="DIR", help="directory made by 'fedmq broker provision': TLS listener, "
                                                          "no anonymous clients, password and ACL files")
@@ -82,11 +85,22 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
                                              "no such group with its own broker",
                                              "give the group a 'broker: {host: ..., port: ...}' section and edge: true")])
         listen, bridge = group.broker, bridge_for(tm, site, args.security, args.auth)
+    persistence = args.persistence_dir
+    if persistence is None:
+        persistence = DEFAULT_PERSISTENCE if args.func is _render else os.path.abspath(
+            os.path.join(os.path.dirname(os.path.abspath(args.out or ".")) if args.out else ".",
+                         f"mosquitto-{tm.federation}-data"))
+        if args.func is _run:
+            os.makedirs(persistence, exist_ok=True)
     cfg = BrokerConfig.for_topic_map(tm, port=args.port or listen.port, bind=args.bind or listen.host,
-                                     persistence_dir=args.persistence_dir, log_file=args.log_file,
+                                     persistence_dir=None if persistence == "none" else persistence,
+                                     log_file=args.log_file,
                                      security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,
                                      pid_file=args.pid_file, bridge=bridge)
     return tm.federation, render_config(cfg)
+
+
+DEFAULT_PERSISTENCE = "/var/lib/mosquitto"  # Debian's Mosquitto package owns it
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -122,7 +122,7 @@ class AsyncGroup(GroupAggregator):
         if self._refused(topic, [
             ((node, env.model_version) in self.seen, "duplicate",
              f"{node} already sent a change trained from model version {env.model_version}"),
-            *self._update_checks(env, tensors is None, reason, detail, norm),
+            *self._update_checks(env, tensors, reason, detail, norm),
         ]):
             return
         assert tensors is not None

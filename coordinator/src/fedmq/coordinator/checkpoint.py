@@ -1,19 +1,23 @@
 """Checkpoints: the global model (with its feature scaling) and the server optimizer's moments (protocol
 v1 envelope files) and the round state (JSON: rounds, history, the privacy accountant's events, the
-scaling), each written to a temporary file,
-fsynced and atomically renamed, after every applied round."""
+scaling), written after every applied round as one unit: a snapshot directory, filled and fsynced under
+a temporary name, renamed into place, and then named in ``CURRENT`` (written and renamed atomically).
+Whatever moment the process dies, ``CURRENT`` names a complete snapshot: the last one, or the one before.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
-from fedmq.shared.files import write_atomic
+from fedmq.shared.files import fsync_dir, write_atomic
 from fedmq.shared.models import Weights, check_weights, expected_shapes
 from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap import ModelSpec
@@ -21,11 +25,13 @@ from fedmq.shared.topicmap import ModelSpec
 STATE = "state.json"
 MODEL = "model.fmq"
 OPTIMIZER = "optimizer.fmq"
+CURRENT = "CURRENT"
 MOMENTS = ("m", "v")  # the server optimizer's tensors are named "<moment>/<model tensor>"
+KEEP = 2  # snapshots kept: the current one and the one before
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says which file and why."""
+    """A checkpoint that cannot be used or written; the message names the file and the fix."""
 
 
 @dataclass
@@ -43,48 +49,132 @@ class RoundState:
     scaling_round: int = 0  # rounds_done when it was gathered
 
 
-def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, state: RoundState) -> None:
-    """Write the model, then the state that points at it."""
-    os.makedirs(directory, exist_ok=True)
-    env = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
-                   model_version=state.model_version, tensors=weights,
-                   meta={"model": spec.to_meta(), **({"scaling": state.scaling} if state.scaling else {})})
-    write_atomic(os.path.join(directory, MODEL), encode(env), sync=True)
-    if state.optimizer:
-        opt = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
-                       model_version=state.model_version, tensors=state.optimizer)
-        write_atomic(os.path.join(directory, OPTIMIZER), encode(opt), sync=True)
-    body = {"federation": federation, "rounds_done": state.rounds_done, "model_version": state.model_version,
-            "history": state.history, "dp_events": state.dp_events, "optimizer": bool(state.optimizer),
-            "scaling": state.scaling, "scaling_round": state.scaling_round}
-    write_atomic(os.path.join(directory, STATE), json.dumps(body, indent=1, allow_nan=False).encode("utf-8"), sync=True)
+def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, state: RoundState) -> str:
+    """Write a new snapshot and make it current; returns its path. CheckpointError (naming the file) if
+    anything cannot be written: nothing current is touched until the new snapshot is complete."""
+    for name, t in weights.items():
+        if not np.isfinite(t).all():
+            raise CheckpointError(f"{directory}: tensor {name!r} of model version {state.model_version} is not "
+                                  "finite; not saved")
+    name = f"s{state.rounds_done:06d}-v{state.model_version:06d}-{time.time_ns()}"
+    tmp = os.path.join(directory, f".new-{os.getpid()}")
+    where = tmp
+    try:
+        os.makedirs(directory, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp)
+        env = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
+                       model_version=state.model_version, tensors=weights,
+                       meta={"model": spec.to_meta(), **({"scaling": state.scaling} if state.scaling else {})})
+        where = os.path.join(tmp, MODEL)
+        write_atomic(where, encode(env), sync=True)
+        if state.optimizer:
+            opt = Envelope(kind=Kind.MODEL, federation=federation, round=state.rounds_done, sender="checkpoint",
+                           model_version=state.model_version, tensors=state.optimizer)
+            where = os.path.join(tmp, OPTIMIZER)
+            write_atomic(where, encode(opt), sync=True)
+        body = {"federation": federation, "rounds_done": state.rounds_done, "model_version": state.model_version,
+                "history": state.history, "dp_events": state.dp_events, "optimizer": bool(state.optimizer),
+                "scaling": state.scaling, "scaling_round": state.scaling_round}
+        where = os.path.join(tmp, STATE)
+        write_atomic(where, json.dumps(body, indent=1, allow_nan=False).encode("utf-8"), sync=True)
+        fsync_dir(tmp)
+        where = os.path.join(directory, name)
+        os.rename(tmp, where)
+        fsync_dir(directory)
+        where = os.path.join(directory, CURRENT)
+        write_atomic(where, name + "\n", sync=True)
+        fsync_dir(directory)
+    except (OSError, ValueError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointError(f"{where}: cannot write the checkpoint ({reason}); check that {directory} is a "
+                              "writable directory with free space") from None
+    _prune(directory, name)
+    return os.path.join(directory, name)
+
+
+def _prune(directory: str, current: str) -> None:
+    """Remove snapshots older than the last ``KEEP`` and leftovers of interrupted saves."""
+    snapshots = sorted(d for d in os.listdir(directory) if d.startswith("s") and d.count("-") == 2)
+    for d in snapshots[:-KEEP]:
+        if d != current:
+            shutil.rmtree(os.path.join(directory, d), ignore_errors=True)
+    for d in os.listdir(directory):
+        if d.startswith(".new-") and d != f".new-{os.getpid()}":
+            shutil.rmtree(os.path.join(directory, d), ignore_errors=True)
+
+
+def current_dir(directory: str) -> Optional[str]:
+    """The directory holding the current snapshot: named by CURRENT, or ``directory`` itself for a
+    checkpoint written before snapshots (files directly inside it); None when there is none."""
+    pointer = os.path.join(directory, CURRENT)
+    if os.path.exists(pointer):
+        try:
+            with open(pointer, encoding="utf-8") as fh:
+                name = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{pointer}: cannot read ({exc}); move the checkpoint directory away or run with "
+                                  "--fresh") from None
+        if not name or "/" in name or name.startswith(".") or not os.path.isdir(os.path.join(directory, name)):
+            raise CheckpointError(f"{pointer}: names no snapshot in {directory} ({name!r}); move the directory away "
+                                  "or run with --fresh")
+        return os.path.join(directory, name)
+    if os.path.exists(os.path.join(directory, STATE)):
+        return directory
+    return None
 
 
 def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[Weights, RoundState]"]:
-    """The last checkpoint, or None when there is none; CheckpointError when it does not fit this federation."""
-    state_path = os.path.join(directory, STATE)
-    model_path = os.path.join(directory, MODEL)
-    if not os.path.exists(state_path):
+    """The current checkpoint, or None when there is none; CheckpointError (naming the file and the fix)
+    when it does not fit this federation or is damaged."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: checkpoint.dir is a file, not a directory; point checkpoint.dir at a "
+                              "directory")
+    snapshot = current_dir(directory) if os.path.isdir(directory) else None
+    if snapshot is None:
         return None
+    state_path = os.path.join(snapshot, STATE)
+    model_path = os.path.join(snapshot, MODEL)
+    where = state_path
     try:
         with open(state_path, encoding="utf-8") as fh:
             body = json.load(fh)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        for key in ("rounds_done", "model_version"):
+            v = body.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{key} must be a whole number >= 0, not {v!r}")
+        if not isinstance(body.get("history", []), list):
+            raise ValueError("history must be a list")
+        where = model_path
         with open(model_path, "rb") as fh:
             env = decode(fh.read())
+        where = state_path
         if body.get("federation") != federation or env.federation != federation:
-            raise CheckpointError(f"{directory}: checkpoint belongs to federation {body.get('federation')!r}")
+            raise CheckpointError(f"{snapshot}: checkpoint belongs to federation {body.get('federation')!r}, not "
+                                  f"{federation!r}; point checkpoint.dir elsewhere or run with --fresh")
+        where = model_path
         check_weights(spec, env.tensors)
+        if not all(np.isfinite(t).all() for t in env.tensors.values()):
+            raise ValueError("the model is not finite")
         if env.model_version != body["model_version"]:
-            raise CheckpointError(f"{model_path}: model version {env.model_version} does not match {state_path}")
-        state = RoundState(int(body["rounds_done"]), int(body["model_version"]), list(body.get("history", [])),
+            raise ValueError(f"model version {env.model_version} does not match {state_path}")
+        where = state_path
+        state = RoundState(body["rounds_done"], body["model_version"], list(body.get("history", [])),
                            _events(body.get("dp_events", []), state_path))
         scaling = Scaling.from_meta(body.get("scaling"), spec.features)  # checked like any other input
         state.scaling = scaling.to_meta() if scaling is not None else None
         state.scaling_round = int(body.get("scaling_round", 0))
         if body.get("optimizer"):
-            state.optimizer = _moments(os.path.join(directory, OPTIMIZER), federation, spec, state.model_version)
+            where = os.path.join(snapshot, OPTIMIZER)
+            state.optimizer = _moments(where, federation, spec, state.model_version)
+    except CheckpointError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, EnvelopeError) as exc:
-        raise CheckpointError(f"{directory}: unusable checkpoint ({exc}); move it away or run with --fresh") from None
+        raise CheckpointError(f"{where}: unusable checkpoint ({exc}); move {directory} away or run with "
+                              "--fresh") from None
     return {k: v.copy() for k, v in env.tensors.items()}, state
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict
 from typing import TYPE_CHECKING
 
 from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
+from fedmq.shared.topicmap.loader import file_issues
 
 if TYPE_CHECKING:  # the coordinator's modules load only when a coordinator command runs
     from fedmq.coordinator.service import CoordinatorService
@@ -104,7 +105,7 @@ def _serve(service: "CoordinatorService") -> int:
         service.run()
     except FederationFailed as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         service.stop()
     return 0
@@ -116,6 +117,9 @@ def _run(args: argparse.Namespace) -> int:
     from fedmq.shared.data import DataError
 
     tm = load_topic_map(args.topic_map)
+    issues = file_issues(tm)
+    if issues:
+        raise TopicMapError(issues)
     rounds = []
 
     def on_round(summary: Dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ from fedmq.shared.topicmap import Group, TopicMap
 
 Publish = Callable[[str, bytes, bool], None]
 MAX_PROGRESS_BYTES = 1 << 16
+# No finite update may make a sum (of up to millions of updates) or a squared norm overflow float64.
+MAX_WEIGHTED_VALUE = 1e100
 
 
 @dataclass
@@ -138,7 +140,11 @@ class GroupAggregator:
         self._maybe_close()
 
     def relay_close(self, parent: Control) -> None:
-        """The parent closed a round: tell our nodes, and drop it if it is still open here."""
+        """The parent closed a round: tell our nodes, and drop it if it is still open here. A close of any
+        other round than the one we started last is an old echo (a copy through the broker arriving after
+        the next start): relaying it would overwrite the retained start that reconnecting nodes need."""
+        if parent.type == "close" and self.last_key is not None and (parent.round, parent.attempt) != self.last_key[:2]:
+            return
         if self.current is not None and (self.current.ctl.round, self.current.ctl.attempt) == (parent.round, parent.attempt):
             self.log.warning("round %d closed by the parent before this group closed", parent.round)
             self.current = None
@@ -310,7 +316,7 @@ class GroupAggregator:
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
-            *self._update_checks(env, tensors is None, reason, detail, norm),
+            *self._update_checks(env, tensors, reason, detail, norm),
         ]):
             return
         r.answered.add(node)
@@ -335,12 +341,15 @@ class GroupAggregator:
         r.bytes_up += len(payload)
         self._maybe_close()
 
-    def _update_checks(self, env: Envelope, undecodable: bool, reason: str, detail: str,
+    def _update_checks(self, env: Envelope, tensors: Optional[Dict[str, codecs.Decoded]], reason: str, detail: str,
                        norm: float) -> List[Tuple[bool, str, str]]:
-        """The checks every update passes, sync or async: its tensors decoded, its sample count, its norm."""
+        """The checks every update passes, sync or async: its tensors decoded and of sane magnitude (no sum of
+        them can overflow), its sample count, its norm."""
         limits = self.tm.limits
         return [
-            (undecodable, reason, detail),
+            (tensors is None, reason, detail),
+            (tensors is not None and codecs.max_abs(tensors) * max(env.samples, 1.0) > MAX_WEIGHTED_VALUE,
+             "values too large", f"an entry times its weight exceeds {MAX_WEIGHTED_VALUE:g}: sums would overflow"),
             (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
              f"{env.samples} (limits.max_samples is {limits.max_samples})"),
             (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",

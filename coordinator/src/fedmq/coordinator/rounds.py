@@ -37,6 +37,14 @@ Publish = Callable[[str, bytes, bool], None]
 class FederationFailed(RuntimeError):
     """The federation cannot go on (no quorum after the allowed retries, too few nodes online)."""
 
+    exit_code = 1
+
+
+class CheckpointFailed(FederationFailed):
+    """A checkpoint could not be written: the coordinator stops before announcing the round."""
+
+    exit_code = 2
+
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -106,6 +114,8 @@ class RoundDriver:
             self.accountant.compose(event)
         self.population = 0
         self.attempt_count = 0
+        self.starts = 0  # round starts by this process
+        self.last_attempt = 0
         self.waiting_since = time.monotonic()
         self.last_wait_log = 0.0
         self.round_started = 0.0
@@ -157,7 +167,7 @@ class RoundDriver:
         p = self.tm.policy
         waited = time.monotonic() - self.waiting_since
         everyone = not self.tm.root.has_patterns and len(able) >= len(self.tm.root.named_nodes())
-        first = self.state.rounds_done == 0 and self.attempt_count == 0
+        first = self.starts == 0  # also after a restart: wait for the named nodes, not the first status heard
         ready = len(able) >= p.min_nodes and (everyone or not first or waited >= min(p.wait_for_nodes_s, 10.0))
         if ready:
             self._start(able, "stats" if self._stats_due() else "train")
@@ -191,11 +201,13 @@ class RoundDriver:
 
     def _start(self, online: List[str], task: str = "train") -> None:
         p = self.tm.policy
+        self.starts += 1
         self.attempt_count += 1
         rng = np.random.default_rng([p.seed, self.next_round, self.attempt_count])
         self.selected = select_nodes(online, self.tm, rng)
         self.population = len(online)
-        attempt = int(time.time() * 1000)  # unique per start, also across coordinator restarts
+        # unique per start, also across coordinator restarts, and increasing within this process
+        attempt = self.last_attempt = max(int(time.time() * 1000), self.last_attempt + 1)
         secure = self.tm.strategy.secure
         ctl = Control(type="start", round=self.next_round, attempt=attempt, model_version=self.state.model_version,
                       deadline_at=time.time() + p.deadline_s, selected=self.selected,
@@ -252,36 +264,45 @@ class RoundDriver:
             except robust.RobustError as exc:
                 raise FederationFailed(f"round {ctl.round}: {exc}; lower strategy.byzantine or trim_fraction, "
                                        "or raise rounds.quorum") from None
-            self.attempt_count = 0
-            self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
-                                                          outcome="applied").encode(), True)
             summary = self._summary(result)
             summary["selected"] = len(ctl.selected)
-            if self.accountant is not None:
-                event = self.accountant.event(self.population, len(ctl.selected))
-                self.state.dp_events.append(event)
-                summary["epsilon"] = round(self.accountant.compose(event), 4)
-                summary["delta"] = self.accountant.privacy.delta
-            self._apply(change, summary)
+            self._apply(change, summary, ctl)
         else:
-            retry = p.on_quorum_failure == "retry" and self.attempt_count <= p.max_retries
-            self.log.warning("round %d: %d of %d selected nodes answered, quorum is %d: %s", ctl.round, len(result.nodes),
-                             len(ctl.selected), needed, "retrying" if retry else "giving up")
-            self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
-                                                          outcome="retry" if retry else "failed").encode(), True)
-            if not retry:
-                raise FederationFailed(
-                    f"round {ctl.round}: quorum not met ({len(result.nodes)} of {needed} needed) after "
-                    f"{self.attempt_count} attempt(s); raise rounds.deadline_s or lower rounds.quorum, or set "
-                    "rounds.on_quorum_failure: retry")
+            self._not_applied(ctl, f"{len(result.nodes)} of {len(ctl.selected)} selected nodes answered, quorum is "
+                                   f"{needed}", f"quorum not met ({len(result.nodes)} of {needed} needed)")
         self.waiting_since = time.monotonic()
+
+    def _not_applied(self, ctl: Control, why: str, failure: str) -> None:
+        """Close an attempt without applying it: retry as the policy allows, else stop the federation."""
+        p = self.tm.policy
+        retry = p.on_quorum_failure == "retry" and self.attempt_count <= p.max_retries
+        self.log.warning("round %d: %s: %s", ctl.round, why, "retrying" if retry else "giving up")
+        self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
+                                                      outcome="retry" if retry else "failed").encode(), True)
+        if not retry:
+            raise FederationFailed(
+                f"round {ctl.round}: {failure} after {self.attempt_count} attempt(s); raise rounds.deadline_s or "
+                "lower rounds.quorum, or set rounds.on_quorum_failure: retry")
+
+    def _save(self) -> None:
+        """Checkpoint the state as it is now; CheckpointFailed (exit 2) if it cannot be written."""
+        if self.tm.checkpoint_dir:
+            try:
+                checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
+            except checkpoint.CheckpointError as exc:
+                raise CheckpointFailed(f"{exc}; stopped before announcing round {self.state.rounds_done} (it runs "
+                                       "again after a restart)") from None
 
     def _apply_scaling(self, ctl: Control, result: GroupResult) -> None:
         """A statistics round closed: make the federation's scaling, fold it into the model if rounds were
         already trained under another one, checkpoint, and publish the model with it."""
-        new = Scaling.from_means({k: v / result.sums.weight for k, v in result.sums.sums.items()}, result.sums.weight)
-        self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
-                                                      outcome="applied").encode(), True)
+        try:
+            new = Scaling.from_means({k: v / result.sums.weight for k, v in result.sums.sums.items()},
+                                     result.sums.weight)
+            Scaling.from_meta(new.to_meta(), self.tm.model.features)  # finite, positive: checked as nodes check it
+        except ValueError as exc:
+            self._not_applied(ctl, f"the feature statistics are unusable ({exc})", "no usable feature statistics")
+            return
         if self.state.rounds_done > 0:  # the same function of the raw features under the new scaling
             layers = rescale_first_layer(self.tm.model, to_layers(self.tm.model, self.weights), self.scaling, new)
             self.weights = from_layers(self.tm.model, layers)
@@ -290,22 +311,41 @@ class RoundDriver:
         self.state.scaling, self.state.scaling_round = new.to_meta(), self.state.rounds_done
         self.log.info("round %d: feature scaling from %d nodes, %d samples", ctl.round, len(result.nodes),
                       int(result.sums.weight))
-        if self.tm.checkpoint_dir:
-            checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
+        self._save()
+        self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
+                                                      outcome="applied").encode(), True)
         self._publish_model()
 
-    def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any]) -> None:
+    def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any], ctl: Optional[Control] = None) -> None:
         """Step the global model by ``change`` (through the server optimizer) and evaluate it; only then
-        count the round, checkpoint, publish the new model and the summary; finish after the last round."""
+        count the round, checkpoint (stopping if that fails), announce it, publish the new model and the
+        summary; finish after the last round. A model that is not finite is never applied."""
+        before = {k: v.copy() for k, v in self.optimizer.moments().items()}
         weights = self.optimizer.step(self.weights, change)
+        if not all(np.isfinite(w).all() for w in weights.values()):
+            self.optimizer.restore(before)
+            if ctl is None:  # async: drop this buffer, keep the model
+                self.log.error("round %d: the aggregate is not finite; dropped", summary["round"])
+                return
+            self._not_applied(ctl, "the aggregate is not finite (updates of huge values); nothing applied",
+                              "no finite aggregate")
+            return
         summary = self._evaluated(summary, weights, self.state.model_version + 1)
+        if self.accountant is not None and ctl is not None:
+            event = self.accountant.event(self.population, len(ctl.selected))
+            self.state.dp_events.append(event)
+            summary["epsilon"] = round(self.accountant.compose(event), 4)
+            summary["delta"] = self.accountant.privacy.delta
         self.weights = weights
         self.state.optimizer = self.optimizer.moments()
         self.state.rounds_done += 1
         self.state.model_version += 1
         self.state.history.append(summary)
-        if self.tm.checkpoint_dir:
-            checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
+        self._save()
+        self.attempt_count = 0
+        if ctl is not None:
+            self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
+                                                          outcome="applied").encode(), True)
         self._publish_model()
         self.publish(self.topics.metrics(), encode_metrics(summary), True)
         if self.on_round:

@@ -73,6 +73,9 @@ class NodeAgent:
         self.pending: Optional[Control] = None
         self.session: Optional[Control] = None  # async mode
         self.answered: Set[Tuple[int, int, int]] = set()  # (round, attempt, model version)
+        # the last update sent, to send again if the broker lost it with our session: (key, topic, payload)
+        self.last_update: Optional[Tuple[Tuple[int, int, int], str, bytes]] = None
+        self._sessions_lost_seen = 0
         self.rounds_done = 0
         self.finished = threading.Event()
         self.stopping = threading.Event()
@@ -265,7 +268,11 @@ class NodeAgent:
                 self.pending = None
             return
         self.finished.clear()
-        if self.cfg.node_id not in ctl.selected or (ctl.round, ctl.attempt, ctl.model_version) in self.answered:
+        key = (ctl.round, ctl.attempt, ctl.model_version)
+        if self.cfg.node_id in ctl.selected and key in self.answered:
+            self._resend_if_lost(key)
+            return
+        if self.cfg.node_id not in ctl.selected:
             return
         if ctl.deadline_at < time.time():
             self.log.info("round %d: start arrived after its deadline; skipping", ctl.round)
@@ -277,6 +284,17 @@ class NodeAgent:
         if ctl.secure is not None:
             self._secure_start(ctl)
         self._train_if_ready()
+
+    def _resend_if_lost(self, key: Tuple[int, int, int]) -> None:
+        """The round we answered is still open (its start came again, as the retained control does after a
+        reconnect): if the broker lost our session since, it may have lost our update too: send it again
+        (a duplicate is refused by the aggregator, a lost one now counts)."""
+        if self.link.sessions_lost == self._sessions_lost_seen:
+            return
+        self._sessions_lost_seen = self.link.sessions_lost
+        if self.last_update is not None and self.last_update[0] == key:
+            self.log.warning("round %d: the broker lost our session; sending our update again", key[0])
+            self.link.publish(self.last_update[1], self.last_update[2])
 
     def _train_async(self) -> None:
         """Async mode: train once on the newest model version, unless done already."""
@@ -387,7 +405,9 @@ class NodeAgent:
                        metrics=metrics, codec=codec.name, codec_params=codec.params())
         try:
             payload = self.auth.seal(env) if self.auth else encode(env)
-            self.link.publish(self.topics.update(self.cfg.group, self.cfg.node_id), payload)
+            topic = self.topics.update(self.cfg.group, self.cfg.node_id)
+            self.link.publish(topic, payload)
+            self.last_update = ((ctl.round, ctl.attempt, ctl.model_version), topic, payload)
         except PayloadTooLarge as exc:
             self.log.error("round %d: %s", ctl.round, exc)
             return

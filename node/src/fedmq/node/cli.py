@@ -148,8 +148,14 @@ def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, 
 
 
 def _agent(path: str) -> NodeAgent:
-    """The node of one configuration (its samples referenced by the agent alone: a live source replaces them)."""
+    """The node of one configuration (its samples referenced by the agent alone: a live source replaces them);
+    exit 2 naming every file it needs that cannot be read."""
     cfg, x, y, source = _load(path)
+    missing = _file_problems(cfg, source)
+    if missing:
+        for key, file, why in missing:
+            print(f"fedmq node: {cfg.file}: {key}: {file}: {why}", file=sys.stderr)
+        sys.exit(2)
     return NodeAgent(cfg, x, y, source=source)
 
 

@@ -328,6 +328,16 @@ def norm(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str, np.nda
     return math.sqrt(total)
 
 
+def max_abs(tensors: Mapping[str, Decoded]) -> float:
+    """The largest magnitude among the decoded values (0 for no values)."""
+    out = 0.0
+    for v in tensors.values():
+        values = v.val if isinstance(v, Sparse) else np.asarray(v)
+        if values.size:
+            out = max(out, float(np.max(np.abs(values))))
+    return out
+
+
 class UpdateEncoder:
     """A node's side of a codec: turns trained weights into wire tensors, keeping the error-feedback residual."""
 

@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from fedmq.shared import chunks
+from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
 from fedmq.shared.topicmap.model import BrokerSettings
 
 SESSION_EXPIRY_S = 3600
@@ -65,6 +66,7 @@ class MqttLink:
         self.bytes_in = 0
         self.bytes_out = 0
         self.connects = 0
+        self.sessions_lost = 0  # reconnections on which the broker had no session for us any more
         self.last_refusal: Optional[str] = None  # the reason of the last refused CONNECT, until one succeeds
         self.refusals = 0  # CONNECTs the broker refused
         self._subs: List[Tuple[str, int]] = []
@@ -77,15 +79,22 @@ class MqttLink:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(min_delay=1, max_delay=16)
         c.max_queued_messages_set(0)
-        if broker.tls is not None:
-            c.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        if broker.username:
-            password = None
-            if broker.password_file:
-                with open(broker.password_file, encoding="utf-8") as fh:
-                    password = fh.read().strip()
-            c.username_pw_set(broker.username, password)
+        where = "broker.tls"
+        try:
+            if broker.tls is not None:
+                c.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file,
+                          tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            if broker.username:
+                password = None
+                if broker.password_file:
+                    where = "broker.password_file"
+                    with open(broker.password_file, encoding="utf-8") as fh:
+                        password = fh.read().strip()
+                c.username_pw_set(broker.username, password)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            named = broker.password_file if where == "broker.password_file" else (broker.tls.ca_file if broker.tls else "")
+            raise TopicMapError([ConfigIssue(named or "broker", None, where, f"cannot be used: {exc}",
+                                             "check the files the broker section names and their permissions")]) from None
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_connect = self._on_connect
@@ -200,6 +209,8 @@ class MqttLink:
             self.refusals += 1
             return
         self.connects += 1
+        if self.connects > 1 and self.persistent and not getattr(flags, "session_present", True):
+            self.sessions_lost += 1  # the broker forgot us: what it had not delivered for us is gone
         self.last_refusal = None
         self.log.info("connected to %s:%s (session present: %s)", self.broker.host, self.broker.port,
                       getattr(flags, "session_present", "?"))

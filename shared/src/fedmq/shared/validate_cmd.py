@@ -7,6 +7,7 @@ import sys
 from typing import List
 
 from fedmq.shared.topicmap import Group, TopicMap, TopicMapError, load_topic_map
+from fedmq.shared.topicmap.loader import file_issues
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: a node configuration: checking it as 'fedmq node check {args.file}' does")
         return int(node_args.func(node_args) or 0)
     tm = load_topic_map(args.file)
+    issues = file_issues(tm)
+    if issues:
+        raise TopicMapError(issues)
     print("\n".join(render_tree(tm)))
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from fedmq.broker.process import MosquittoProcess
-from fedmq.coordinator.checkpoint import MODEL
+from fedmq.coordinator.checkpoint import MODEL, current_dir
 from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
 from fedmq.coordinator.sim.homes import Simulation
 from fedmq.coordinator.sim.publish import Publisher
@@ -83,7 +83,9 @@ def _sources(configs: Dict[str, str]) -> Dict[str, Any]:
 
 
 def _final_model(checkpoints: str, spec: ModelSpec) -> Tuple[Dict[str, np.ndarray], Optional[Scaling]]:
-    with open(os.path.join(checkpoints, MODEL), "rb") as fh:
+    snapshot = current_dir(checkpoints)
+    assert snapshot is not None, f"no checkpoint in {checkpoints}"
+    with open(os.path.join(snapshot, MODEL), "rb") as fh:
         env = decode(fh.read())
     return dict(env.tensors), Scaling.from_meta(env.meta.get("scaling"), spec.features)
 

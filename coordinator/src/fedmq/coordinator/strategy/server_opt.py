@@ -36,7 +36,8 @@ class ServerOptimizer:
         return {**{f"m/{k}": v for k, v in self.m.items()}, **{f"v/{k}": v for k, v in self.v.items()}}
 
     def restore(self, moments: Mapping[str, np.ndarray]) -> None:
-        """Take back what ``moments`` returned (after a restart)."""
+        """Take back what ``moments`` returned (after a restart, or to undo a step that was not applied)."""
+        self.m, self.v = {}, {}
         for name, t in moments.items():
             moment, _, tensor = name.partition("/")
             (self.m if moment == "m" else self.v)[tensor] = np.array(t, np.float64)

@@ -12,12 +12,14 @@ from fedmq.shared.topicmap.model import (
     TopicMap, Transport, AGGREGATORS, SCALING_MODES, ScalingPolicy, SERVER_OPTIMIZERS, AsyncSettings, Privacy, SecureAggregation, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
+from fedmq.shared.topicmap.errors import ConfigIssue
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
             "transport", "strategy", "scaling", "tree")
+MAX_DEPTH = 32  # levels of groups below the root
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
 
@@ -76,6 +78,40 @@ def _scaling(r: Reader, value: Any, line: Optional[int], strategy: Strategy) -> 
         r.error(line, "scaling", "federated scaling runs before the rounds of a sync federation, not in async mode",
                 "set scaling: none, or strategy.mode: sync")
     return ScalingPolicy(mode=mode, every_rounds=every)
+
+
+def file_issues(tm: TopicMap) -> List[ConfigIssue]:
+    """What ``fedmq coordinator run`` will need from the file system, checked now: every file the topic map
+    names can be read, and the checkpoint directory is (or can be made) a writable directory."""
+    issues: List[ConfigIssue] = []
+    b, sec = tm.broker, tm.security
+    named = {"broker.password_file": b.password_file, "security.keys": sec.keys,
+             "security.signing_key": sec.signing_key,
+             "evaluation.path": tm.evaluation.path if tm.evaluation is not None else None}
+    if b.tls is not None:
+        named.update({"broker.tls.ca_file": b.tls.ca_file, "broker.tls.cert_file": b.tls.cert_file,
+                      "broker.tls.key_file": b.tls.key_file})
+    for key, path in named.items():
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            issues.append(ConfigIssue(tm.file, None, key, f"{path}: {exc.strerror or exc}",
+                                      "check the path (relative to the topic map) and its permissions"))
+    d = tm.checkpoint_dir
+    if d:
+        existing = d
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if os.path.exists(d) and not os.path.isdir(d):
+            issues.append(ConfigIssue(tm.file, None, "checkpoint.dir", f"{d} is a file, not a directory",
+                                      "point checkpoint.dir at a directory"))
+        elif not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            issues.append(ConfigIssue(tm.file, None, "checkpoint.dir", f"{existing} is not a writable directory",
+                                      "make it writable for the coordinator's user, or choose another directory"))
+    return issues
 
 
 def _relative_to(file: str, path: str) -> str:
@@ -459,6 +495,10 @@ def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: st
         problem = level_problem(child_name)
         if problem:
             r.error(cline, cpath, f"group name {child_name!r} {problem}", LEVEL_FIX)
+            continue
+        if len(path) + 1 > MAX_DEPTH:
+            r.error(cline, cpath, f"the tree is more than {MAX_DEPTH} groups deep",
+                    "flatten the tree: homes, buildings and regions need a handful of levels")
             continue
         children.append(_group(r, child_value, child_name, path + (child_name,), cpath, cline, seen_nodes))
     workers = r.value(m, "workers", key_path, int, 1, minimum=1, maximum=64)

@@ -79,3 +79,7 @@ def load_yaml(raw: bytes, file: str) -> Any:
         raise TopicMapError([ConfigIssue(file, line, "", f"YAML: {exc.problem or exc}", fix)]) from None
     except yaml.YAMLError as exc:
         raise TopicMapError([ConfigIssue(file, None, "", f"YAML: {exc}", "fix the YAML syntax")]) from None
+    except RecursionError:
+        raise TopicMapError([ConfigIssue(file, None, "", "YAML: nested too deeply",
+                                         "flatten the file: no fedmq configuration needs more than a few dozen "
+                                         "levels")]) from None

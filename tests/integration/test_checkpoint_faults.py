@@ -1,0 +1,138 @@
+"""A checkpoint that cannot be written stops the coordinator before anything is announced; configuration and
+checkpoint files that cannot be used end in exit 2 with the file named, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+
+from fedhelp import FED, checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedmq.shared.messages import decode_metrics
+from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.topicmap import BrokerSettings
+from fedmq.shared.topics import Topics
+from test_federation import start_nodes
+
+FEDMQ = [sys.executable, "-m", "fedmq.shared.cli"]
+SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_before_the_round_is_announced(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=4, deadline_s=4, quorum=0.6)
+    nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
+    ckpt = tmp_path / "ckpt"
+    watcher = MqttLink("watch-metrics", BrokerSettings(port=broker.port), persistent=False)
+    watcher.subscribe(Topics(FED).metrics())
+    watcher.start()
+    try:
+        wait_for(lambda: "connected" in (tmp_path / "a1.log").read_text(), 20, "a1 to connect")
+        nodes["a1"].send_signal(signal.SIGSTOP)  # every round now closes at its deadline
+        coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))
+        wait_for(lambda: (checkpoint_state(ckpt) or {}).get("rounds_done", 0) >= 1, 40, "round 1's checkpoint")
+        shutil.rmtree(ckpt)
+        ckpt.write_text("a file where the checkpoint directory was")  # round 2 closes at its deadline, then saves
+        assert coord.wait(60) == 2
+    finally:
+        nodes["a1"].send_signal(signal.SIGCONT)
+        stop(list(nodes.values()))
+    log = (tmp_path / "coord.log").read_text()
+    assert "cannot write the checkpoint" in log and str(ckpt) in log and "Traceback" not in log
+    rounds = []
+    while (msg := watcher.get(timeout=0.5)) is not None:
+        rounds.append(decode_metrics(msg.payload)["round"])
+    watcher.stop()
+    assert rounds and max(rounds) == 1, rounds  # round 2 was never announced
+
+
+def test_configuration_files_that_cannot_be_used_exit_2_with_the_file_named(tmp_path):
+    paths = write_federation(str(tmp_path), 1883, {"g": ["a"]}, rounds=1)
+    with open(paths["topic_map"]) as fh:
+        import yaml
+
+        fed = yaml.safe_load(fh)
+    cases = {
+        "evaluation.path": lambda f: f["evaluation"].update(path=str(tmp_path / "missing.npz")),
+        "broker.password_file": lambda f: f["broker"].update(username="u", password_file=str(tmp_path / "nopass")),
+        "broker.tls.ca_file": lambda f: f["broker"].update(tls={"ca_file": str(tmp_path / "noca.crt")}),
+        "checkpoint.dir": lambda f: f.update(checkpoint={"dir": str(tmp_path / "afile")}),
+    }
+    (tmp_path / "afile").write_text("x")
+    for key, change in cases.items():
+        bad = json.loads(json.dumps(fed))
+        change(bad)
+        path = tmp_path / f"bad-{key}.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        for cmd in (["validate", str(path)], ["coordinator", "run", str(path)]):
+            r = subprocess.run(FEDMQ + cmd, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr, (key, cmd, r.stderr)
+    node = yaml.safe_load(open(paths["a"]))
+    node["broker"].update(username="a", password_file=str(tmp_path / "nopass"))
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(node))
+    for cmd in (["node", "check"], ["node", "run"]):
+        r = subprocess.run(FEDMQ + cmd + [str(tmp_path / "node.yaml")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "broker.password_file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_tree_hundreds_of_groups_deep_is_refused_not_a_recursion_error(tmp_path):
+    tree: dict = {"nodes": ["n0"]}
+    inner = tree
+    for i in range(400):
+        inner["groups"] = {f"g{i}": {}}
+        inner = inner["groups"][f"g{i}"]
+    import yaml
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(yaml.safe_dump({"federation": "f", "model": {"kind": "softmax_regression", "features": 2,
+                                                                 "classes": [0, 1]}, "tree": tree}))
+    r = subprocess.run(FEDMQ + ["validate", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and ("deep" in r.stderr), r.stderr
+
+
+def test_a_corrupted_state_file_stops_the_coordinator_with_exit_2(tmp_path):
+    paths = write_federation(str(tmp_path), 1, {"g": ["a"]}, rounds=1)
+    from fedmq.coordinator import checkpoint
+    from fedmq.coordinator.checkpoint import RoundState
+    from fedmq.shared.models import initial_weights
+    from fedmq.shared.topicmap import ModelSpec
+
+    spec = ModelSpec("softmax_regression", 8, (0, 1, 2))
+    snapshot = checkpoint.save(str(tmp_path / "ckpt"), FED, spec, initial_weights(spec), RoundState(1, 1))
+    for body in ("null", "[]", '{"federation": "testfed", "rounds_done": -1, "model_version": 1}'):
+        with open(os.path.join(snapshot, "state.json"), "w") as fh:
+            fh.write(body)
+        r = subprocess.run(FEDMQ + ["coordinator", "run", paths["topic_map"]], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "state.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_updates_of_huge_values_are_refused_and_the_model_stays_finite():
+    import logging
+    import time
+
+    from fedmq.coordinator.group import GroupAggregator
+    from fedmq.coordinator.rejections import Rejections
+    from fedmq.coordinator.tree import Membership
+    from fedmq.shared.envelope import Envelope, Kind, encode
+    from fedmq.shared.messages import Control, TrainParams
+    from fedmq.shared.models import initial_weights
+    from fedmq.shared.topicmap import parse_topic_map
+
+    tm = parse_topic_map("federation: f\nmodel: {kind: softmax_regression, features: 3, classes: [0, 1]}\n"
+                         "tree: {nodes: [a, b]}\n")
+    rej = Rejections(logging.getLogger("test"))
+    out = {}
+    root = GroupAggregator(tm, tm.root, Membership(tm), lambda *a: None, rej, on_root_close=lambda c, r: out.update(r=r))
+    root.start(Control("start", 1, attempt=1, model_version=0, deadline_at=time.time() + 30, selected=["a", "b"],
+                       train=TrainParams(1, 8, 0.1)))
+    huge = {k: np.full(v.shape, 1e300, np.float64) for k, v in initial_weights(tm.model).items()}
+    root.on_update("a", encode(Envelope(Kind.UPDATE, "f", 1, "a", 0, huge, samples=10, attempt=1)), "t/a")
+    assert rej.total["values too large"] == 1
+    fine = {k: np.ones(v.shape, np.float32) for k, v in initial_weights(tm.model).items()}
+    root.on_update("b", encode(Envelope(Kind.UPDATE, "f", 1, "b", 0, fine, samples=10, attempt=1)), "t/b")
+    root.tick(time.time() + 60)
+    assert all(np.isfinite(v).all() for v in out["r"].sums.mean().values())
