@@ -80,18 +80,15 @@ def test_configuration_files_that_cannot_be_used_exit_2_with_the_file_named(tmp_
 
 
 def test_a_tree_hundreds_of_groups_deep_is_refused_not_a_recursion_error(tmp_path):
-    tree: dict = {"nodes": ["n0"]}
-    inner = tree
-    for i in range(400):
-        inner["groups"] = {f"g{i}": {}}
-        inner = inner["groups"][f"g{i}"]
-    import yaml
-
+    lines = ["federation: f", "model: {kind: softmax_regression, features: 2, classes: [0, 1]}", "tree:",
+             "  nodes: [n0]"]
+    for i in range(400):  # tree: groups: g0: groups: g1: ...
+        lines.append(" " * (2 + 4 * i) + "groups:")
+        lines.append(" " * (4 + 4 * i) + f"g{i}:")
     path = tmp_path / "deep.yaml"
-    path.write_text(yaml.safe_dump({"federation": "f", "model": {"kind": "softmax_regression", "features": 2,
-                                                                 "classes": [0, 1]}, "tree": tree}))
+    path.write_text("\n".join(lines) + "\n")
     r = subprocess.run(FEDMQ + ["validate", str(path)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and ("deep" in r.stderr), r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "deep" in r.stderr, r.stderr
 
 
 def test_a_corrupted_state_file_stops_the_coordinator_with_exit_2(tmp_path):

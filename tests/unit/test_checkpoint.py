@@ -55,8 +55,12 @@ def test_optimizer_state_of_another_model_or_version_is_refused(tmp_path):
     checkpoint.save(str(tmp_path), "f", SPEC, weights, st)
     with pytest.raises(CheckpointError, match="optimizer.fmq: tensor 'm/other' is not a moment"):
         checkpoint.load(str(tmp_path), "f", SPEC)
-    st.optimizer, st.model_version = {}, 3  # a newer model, but the optimizer file is still version 2's
+    st.optimizer = {f"{m}/{k}": np.full(v.shape, 0.5) for m in ("m", "v") for k, v in weights.items()}
     checkpoint.save(str(tmp_path), "f", SPEC, weights, st)
+    old_optimizer = (state_file(tmp_path).parent / checkpoint.OPTIMIZER).read_bytes()
+    st.optimizer, st.model_version = {}, 3  # a newer model, with version 2's optimizer file put beside it
+    checkpoint.save(str(tmp_path), "f", SPEC, weights, st)
+    (state_file(tmp_path).parent / checkpoint.OPTIMIZER).write_bytes(old_optimizer)
     body = json.loads(state_file(tmp_path).read_text())
     body["optimizer"] = True
     state_file(tmp_path).write_text(json.dumps(body))
