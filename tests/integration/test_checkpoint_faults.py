@@ -133,3 +133,38 @@ def test_updates_of_huge_values_are_refused_and_the_model_stays_finite():
     root.on_update("b", encode(Envelope(Kind.UPDATE, "f", 1, "b", 0, fine, samples=10, attempt=1)), "t/b")
     root.tick(time.time() + 60)
     assert all(np.isfinite(v).all() for v in out["r"].sums.mean().values())
+
+
+def test_an_edge_aggregator_killed_mid_round_counts_the_updates_its_session_kept(broker, tmp_path):
+    """SIGKILL (not SIGSTOP: the process loses its memory) of an edge aggregator after it relayed a start;
+    its nodes answer while it is dead, the broker keeps their updates in its session; restarted, it gets
+    them before the retained start and must count them, not refuse them as stale."""
+    import yaml
+
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=2, deadline_s=20, edge=["home2"])
+    for n in SIX["home2"]:  # the edge's nodes take 3 s to train: time to kill the edge after its start
+        cfg = yaml.safe_load(open(paths[n]))
+        cfg["simulate_delay_s"] = 3.0
+        with open(paths[n], "w") as fh:
+            yaml.safe_dump(cfg, fh)
+    procs = list(start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path).values())
+    edge_cmd = ["coordinator", "edge", paths["topic_map"], "--group", "home2"]
+    edge = fedmq(edge_cmd, str(tmp_path / "edge.log"))
+    from test_federation import InThreadCoordinator
+
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: c.service.driver.root.current is not None, 30, "round 1")
+            import time as _t
+
+            _t.sleep(1.0)  # the edge has relayed the start; its nodes are training
+            edge.kill()
+            edge.wait()
+            _t.sleep(4.0)  # they answer while it is dead: the broker keeps their updates in its session
+            edge = fedmq(edge_cmd, str(tmp_path / "edge2.log"))
+            wait_for(lambda: len(c.rounds) >= 2 or c.error is not None, 60, "two rounds")
+            assert c.error is None, c.error
+            assert c.rounds[0]["updates"] == 6, c.rounds[0]
+    finally:
+        stop(procs + [edge])
+    assert "stale round" not in (tmp_path / "edge2.log").read_text()

@@ -16,15 +16,18 @@ from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, load_topic_map
 from fedmq.shared.topics import Topics
-from test_federation import InThreadCoordinator, start_nodes
+from test_federation import InThreadCoordinator, start_nodes, wait_online
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 TEN = {"home1": ["a1", "a2", "a3", "a4", "a5"], "home2": ["b1", "b2", "b3", "b4", "b5"]}
 
 
-def freeze_when_connected(nodes, names, tmp_path):
+def freeze_when_connected(nodes, names, port):
+    """SIGSTOP nodes once the broker holds their 'online' status (not at their 'connected' log line, which
+    comes before the status: a node frozen in between is never selected)."""
+    groups = {n: (g,) for g, ns in {**SIX, **TEN}.items() for n in ns}
+    wait_online(port, {n: groups[n] for n in names})
     for n in names:
-        wait_for(lambda: "connected" in (tmp_path / f"{n}.log").read_text(), 20, f"{n} to connect")
         nodes[n].send_signal(signal.SIGSTOP)
 
 
@@ -33,7 +36,7 @@ def test_broker_restart_mid_round(local_broker, tmp_path, hard):
     paths = write_federation(str(tmp_path), local_broker.port, SIX, rounds=3, deadline_s=5, quorum=0.6,
                              extra_rounds={"max_retries": 5})
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
-    freeze_when_connected(nodes, ["a1"], tmp_path)  # every round now waits for its deadline
+    freeze_when_connected(nodes, ["a1"], local_broker.port)  # every round now waits for its deadline
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: c.service.driver.root.current is not None, 20, "round 1 to start")
@@ -51,7 +54,7 @@ def test_broker_restart_mid_round(local_broker, tmp_path, hard):
 def test_coordinator_sigkill_mid_round_resumes_without_gap_or_repeat(broker, tmp_path):
     paths = write_federation(str(tmp_path), broker.port, SIX, rounds=4, deadline_s=3, quorum=0.6)
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
-    freeze_when_connected(nodes, ["b3"], tmp_path)
+    freeze_when_connected(nodes, ["b3"], broker.port)
     try:
         first = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "c1.log"))
         wait_for(lambda: (checkpoint_state(tmp_path / "ckpt") or {}).get("rounds_done", 0) >= 1, 30, "round 1")
@@ -73,7 +76,7 @@ def test_thirty_percent_of_nodes_killed_mid_round(broker, tmp_path):
     paths = write_federation(str(tmp_path), broker.port, TEN, rounds=40, deadline_s=4, quorum=0.6)
     victims = ["a1", "a2", "b1"]
     nodes = start_nodes(paths, [n for ns in TEN.values() for n in ns], tmp_path)
-    freeze_when_connected(nodes, victims, tmp_path)
+    freeze_when_connected(nodes, victims, broker.port)
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: c.service.driver.root.current is not None, 20, "round 1 to start")
@@ -100,7 +103,7 @@ def test_thirty_percent_of_nodes_killed_mid_round(broker, tmp_path):
 def test_stragglers_skip_or_are_rejected(broker, tmp_path):
     paths = write_federation(str(tmp_path), broker.port, SIX, rounds=3, deadline_s=3, quorum=0.6)
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
-    freeze_when_connected(nodes, ["a3"], tmp_path)
+    freeze_when_connected(nodes, ["a3"], broker.port)
     tm = load_topic_map(paths["topic_map"])
     late = MqttLink("late-sender", BrokerSettings(port=broker.port))
     late.start()

@@ -270,7 +270,7 @@ def test_quorum_failure_stops_with_a_clear_message(broker, tmp_path):
     paths = write_federation(str(tmp_path), broker.port, {"g": ["n1", "n2"]}, rounds=2, deadline_s=2, quorum=2,
                              extra_rounds={"on_quorum_failure": "stop"})
     nodes = start_nodes(paths, ["n1", "n2"], tmp_path)
-    wait_for(lambda: "connected" in (tmp_path / "n2.log").read_text(), 20, "n2 to connect")
+    wait_online(broker.port, {"n1": ("g",), "n2": ("g",)})  # selected, then frozen: the round misses its quorum
     nodes["n2"].send_signal(signal.SIGSTOP)
     try:
         coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))

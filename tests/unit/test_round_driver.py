@@ -77,3 +77,64 @@ def test_a_statistics_round_comes_first_and_sets_the_scaling(tmp_path):
     assert driver.state.rounds_done == 0 and driver.state.model_version == 0  # nothing trained yet: no refold
     driver.tick(0)
     assert root.current.ctl.task == "train" and root.current.ctl.round == 1
+
+
+def test_a_restarted_coordinator_waits_for_its_named_nodes(tmp_path):
+    tm, driver, root, published = _driver(tmp_path)
+    driver.presence.on_status((), "b", Status("b", "offline").encode(), "fedmq/v1/f/_status/b")
+    driver.state.rounds_done = driver.state.model_version = 3  # as loaded from a checkpoint
+    driver.tm.policy = type(tm.policy)(**{**tm.policy.__dict__, "min_nodes": 1})
+    driver.tick(0)
+    assert root.current is None  # one of two named nodes online: wait, as on a first start
+    driver.presence.on_status((), "b", Status("b", "online").encode(), "fedmq/v1/f/_status/b")
+    driver.tick(0)
+    assert root.current is not None and root.current.ctl.round == 4 and root.current.ctl.selected == ["a", "b"]
+
+
+MAP_GROUPS = """
+federation: f
+model: {kind: softmax_regression, features: 3, classes: [0, 1]}
+rounds: {deadline_s: 30}
+tree:
+  groups:
+    g1: {nodes: [a]}
+    g2: {nodes: [b]}
+"""
+
+
+def test_an_old_close_echo_does_not_overwrite_a_groups_retained_start():
+    import time
+
+    from fedmq.shared.messages import Control, TrainParams
+
+    tm = parse_topic_map(MAP_GROUPS)
+    retained = {}
+    rejections = Rejections(logging.getLogger("test"))
+    group = GroupAggregator(tm, tm.groups()[("g1",)], Membership(tm), lambda t, p, r: retained.__setitem__(t, p),
+                            rejections)
+
+    def start(n):
+        return Control("start", n, attempt=100 + n, model_version=n - 1, deadline_at=time.time() + 30,
+                       selected=["a", "b"], train=TrainParams(1, 8, 0.1))
+
+    group.start(start(1))
+    group.relay_close(Control("close", 1, attempt=101, outcome="applied"))
+    group.start(start(2))
+    group.relay_close(Control("close", 1, attempt=101, outcome="applied"))  # the broker's copy, late
+    assert Control.decode(retained["fedmq/v1/f/g1/_control"]).type == "start"
+    group.relay_close(Control("done", 2))
+    assert Control.decode(retained["fedmq/v1/f/g1/_control"]).type == "done"
+
+
+def test_a_group_with_no_selected_node_sends_no_partial():
+    import time
+
+    from fedmq.shared.messages import Control, TrainParams
+
+    tm = parse_topic_map(MAP_GROUPS)
+    sent = []
+    group = GroupAggregator(tm, tm.groups()[("g2",)], Membership(tm), lambda t, p, r: sent.append(t),
+                            Rejections(logging.getLogger("test")))
+    group.start(Control("start", 1, attempt=5, model_version=0, deadline_at=time.time() + 30, selected=["a"],
+                        train=TrainParams(1, 8, 0.1)))
+    assert not [t for t in sent if "_partial" in t]  # it closed at once, and owes the root nothing

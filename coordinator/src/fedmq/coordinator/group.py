@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -91,6 +92,8 @@ class GroupAggregator:
         self.is_root = not group.path
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
         self.model_version = -1
+        # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
+        self.early: Deque[Tuple[Kind, str, bytes, str]] = deque(maxlen=max(64, 4 * len(group.nodes) + 16))
         # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
         self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
@@ -137,6 +140,9 @@ class GroupAggregator:
                               secure=secure)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
+        early, self.early = list(self.early), deque(maxlen=self.early.maxlen)
+        for kind, sender, payload, topic in early:  # what arrived before this start, now that it is known
+            (self.on_update if kind == Kind.UPDATE else self.on_partial)(sender, payload, topic)
         self._maybe_close()
 
     def relay_close(self, parent: Control) -> None:
@@ -190,6 +196,12 @@ class GroupAggregator:
         if env is None:
             return None
         r = self.current
+        ahead = r is None or (env.round, env.attempt) > (r.ctl.round, r.ctl.attempt)
+        if ahead and (self.last_key is None or (env.round, env.attempt) > self.last_key[:2]):
+            # for a round we have not heard of yet: a restarted aggregator's persistent session hands it the
+            # updates it kept before the retained start; they are checked in full once that start arrives
+            self.early.append((kind, sender, payload, topic))
+            return None
         if r is None or (env.round, env.attempt) != (r.ctl.round, r.ctl.attempt):
             self.rejections.reject("stale round", topic, f"round {env.round} attempt {env.attempt}; "
                                    + (f"open is {r.ctl.round} attempt {r.ctl.attempt}" if r else "no round is open"))
@@ -445,7 +457,7 @@ class GroupAggregator:
         if self.is_root:
             assert self.on_root_close is not None
             self.on_root_close(ctl, result)
-        else:
+        elif ctl.selected:  # a group with no selected node this round owes its parent nothing
             self._send_partial(ctl, result)
 
     def _send_partial(self, ctl: Control, result: GroupResult) -> None:

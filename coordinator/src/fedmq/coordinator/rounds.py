@@ -216,8 +216,7 @@ class RoundDriver:
                                                           "equal_weights": self.tm.strategy.privacy is not None
                                                           and task == "train"},
                       task=task)
-        self.round_started = time.monotonic()
-        self.rejections.take_round()
+        self.round_started = time.monotonic()  # rejections since the last summary go into the next one
         self.log.info("round %d: %s with %d of %d nodes%s", ctl.round,
                       "started" if task == "train" else "gathering feature statistics (federated scaling)",
                       len(self.selected), len(self.presence.online()), self._problem_note(self.presence.online()))

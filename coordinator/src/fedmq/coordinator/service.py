@@ -180,8 +180,10 @@ class CoordinatorService:
             self._on_group_model(tuple(msg.topic[len(t.base) + 1 : -len("/_model")].split("/")), msg.payload, msg.topic)
             return
         parts = msg.topic.rsplit("/", 2)
+        # rate limits per sender: the group's topic and the node id (a flood on one node's topic in another
+        # group, or on another node's, never spends this node's budget)
         if (len(parts) == 3 and parts[1] in ("_update", "_status", "_partial", "_secagg") and not msg.retain
-                and not self.limiter.allow(parts[2])):
+                and not self.limiter.allow(f"{parts[0]}/{parts[2]}")):
             self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
                                    f"{self.tm.limits.max_messages_per_node_s}")
             return

@@ -21,7 +21,8 @@ from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
 from fedmq.shared.topicmap.model import BrokerSettings
 
 SESSION_EXPIRY_S = 3600
-PACKET_OVERHEAD = 512  # fixed header, topic and properties of one PUBLISH, generously
+PACKET_OVERHEAD = 512
+SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason: another connection with the same client id  # fixed header, topic and properties of one PUBLISH, generously
 
 
 class PayloadTooLarge(ValueError):
@@ -222,7 +223,11 @@ class MqttLink:
             self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
-        if self.connected.is_set() and not self._closing:
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER and not self._closing:
+            self.log.error("another client connected with our client id %s, so the broker dropped us (session "
+                           "taken over); if two processes run with the same id, stop one of them",
+                           self.client._client_id.decode(errors="replace"))
+        elif self.connected.is_set() and not self._closing:
             self.log.warning("lost the broker (%s); reconnecting with backoff", reason)
         self.connected.clear()
 
