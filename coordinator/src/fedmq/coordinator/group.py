@@ -197,7 +197,8 @@ class GroupAggregator:
             return None
         r = self.current
         ahead = r is None or (env.round, env.attempt) > (r.ctl.round, r.ctl.attempt)
-        if ahead and (self.last_key is None or (env.round, env.attempt) > self.last_key[:2]):
+        known = self.last_key[:2] if self.last_key is not None else None
+        if ahead and (known is None or known < (env.round, env.attempt) and env.round <= known[0] + 1):
             # for a round we have not heard of yet: a restarted aggregator's persistent session hands it the
             # updates it kept before the retained start; they are checked in full once that start arrives
             self.early.append((kind, sender, payload, topic))
