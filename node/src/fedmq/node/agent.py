@@ -67,7 +67,7 @@ class NodeAgent:
         self.auth: Optional[Auth] = None
         if cfg.security.signing_key and cfg.security.keys:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
-        self.files = ModelFileCache(cfg.cache_dir)
+        self.files = ModelFileCache(cfg.cache_dir, self.log)
         self.encoder = codecs.UpdateEncoder(codecs.Codec())
         self._warned_proximal = False
         self.pending: Optional[Control] = None
@@ -79,7 +79,6 @@ class NodeAgent:
         self.rounds_done = 0
         self.finished = threading.Event()
         self.stopping = threading.Event()
-        self.rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode())])
         self.straggler_rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode()), 1])
         self._bytes_in_reported = 0
         self.link = MqttLink(
@@ -364,7 +363,11 @@ class NodeAgent:
             return
         x = self._scaled()
         before = self.trainer.evaluate(x, self.y)
-        train = self.trainer.fit(x, self.y, params, self.rng)
+        # the shuffling of a round depends on the node, the round and the model only: a round trained again
+        # (after a coordinator restart, a retry, or this node's restart) gives the same update
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(self.cfg.node_id.encode()), ctl.round,
+                                     ctl.model_version])
+        train = self.trainer.fit(x, self.y, params, rng)
         weights = self.trainer.get_weights()
         if not all(np.isfinite(w).all() for w in weights.values()):
             self.log.error("round %d: training diverged (NaN/Inf); not sending an update", ctl.round)

@@ -4,6 +4,7 @@ only when the hash changes, and refused when the bytes do not match the announce
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from typing import Optional
@@ -33,8 +34,9 @@ def check_announcement(meta: object, max_bytes: int) -> Optional[str]:
 class ModelFileCache:
     """Files by hash in one directory, written atomically."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, log: Optional[logging.Logger] = None) -> None:
         self.directory = directory
+        self.log = log or logging.getLogger("fedmq.node.cache")
 
     def path(self, sha256: str) -> str:
         """Where a file with this hash lives."""
@@ -55,6 +57,10 @@ class ModelFileCache:
         if actual != sha256:
             raise ModelFileError(f"model file refused: announced sha256 {sha256[:16]}..., received bytes hash to "
                                  f"{actual[:16]}... (corrupted or forged); waiting for the right file")
-        os.makedirs(self.directory, exist_ok=True)
-        write_atomic(self.path(sha256), data)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            write_atomic(self.path(sha256), data)
+        except OSError as exc:  # a full disk costs the cache, never the round: the file is in memory
+            self.log.warning("cannot cache the model file in %s (%s); using it from memory, it is fetched again "
+                             "after a restart", self.directory, exc.strerror or exc)
         return data
