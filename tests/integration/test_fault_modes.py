@@ -1,0 +1,74 @@
+"""The faults of the fault table under the transport and strategy modes: chunked messages, async mode,
+secure aggregation, HierFAVG edge rounds and a group split over two edge workers, each with the broker
+killed and restarted (SIGKILL) and with the coordinator SIGKILLed and restarted, mid-federation. Every
+federation must finish all its rounds, without a traceback anywhere."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from fedhelp import checkpoint_state, fedmq, stop, wait_for, write_federation
+
+GROUPS = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
+ROUNDS = 5
+MODES = {
+    "chunked": {"model": {"kind": "mlp", "features": 8, "classes": [0, 1, 2], "hidden": [64]},
+                "transport": {"max_payload_bytes": 1024}},
+    "async": {"strategy": {"mode": "async", "async": {"buffer_size": 3, "max_staleness": 20}}},
+    "secure": {"strategy": {"secure": {"phase_s": 3}}},
+    "hierfavg": {"strategy": {"edge_rounds": [2]}},
+    "workers": {},
+}
+
+
+def _federation(tmp_path, port, mode, fault, broker):
+    edge = ["home1"] if mode == "workers" else ["home2"] if mode in ("hierfavg", "chunked") else None
+    paths = write_federation(str(tmp_path), port, GROUPS, rounds=ROUNDS, deadline_s=15, quorum=0.6, edge=edge,
+                             extra={k: v for k, v in MODES[mode].items() if k != "model"},
+                             extra_rounds={"on_quorum_failure": "retry", "max_retries": 20},
+                             node_extra={"simulate_delay_s": 0.4})
+    with open(paths["topic_map"]) as fh:
+        fed = yaml.safe_load(fh)
+    if "model" in MODES[mode]:
+        fed["model"] = MODES[mode]["model"]
+    if mode == "workers":
+        fed["tree"]["groups"]["home1"]["workers"] = 2
+    with open(paths["topic_map"], "w") as fh:
+        yaml.safe_dump(fed, fh)
+    procs = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
+    workers = 2 if mode == "workers" else 1
+    for w in range(workers if edge else 0):
+        args = ["coordinator", "edge", paths["topic_map"], "--group", edge[0]]
+        procs.append(fedmq(args + (["--worker", str(w)] if workers > 1 else []), str(tmp_path / f"edge{w}.log")))
+    coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))
+    ckpt = tmp_path / "ckpt"
+    try:
+        wait_for(lambda: (checkpoint_state(ckpt) or {}).get("rounds_done", 0) >= 2, 90, "two rounds")
+        if fault == "broker":
+            broker.process.restart(hard=True)
+        else:
+            coord.kill()
+            coord.wait()
+            time.sleep(0.3)
+            coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord2.log"))
+        assert (checkpoint_state(ckpt) or {}).get("rounds_done", 0) < ROUNDS, "the fault came too late"
+        assert coord.wait(150) == 0, [p.read_text()[-2000:] for p in tmp_path.glob("coord*.log")]
+    finally:
+        stop([coord, *procs])
+    state = checkpoint_state(ckpt)
+    assert state["rounds_done"] == ROUNDS and [h["round"] for h in state["history"]] == list(range(1, ROUNDS + 1))
+    for log in tmp_path.glob("*.log"):
+        assert "Traceback" not in log.read_text(), log
+    return state
+
+
+@pytest.mark.parametrize("fault", ["broker", "coordinator"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_survives_a_broker_kill_and_a_coordinator_kill(local_broker, tmp_path, mode, fault):
+    state = _federation(tmp_path, local_broker.port, mode, fault, local_broker)
+    if mode != "async":
+        assert all(h["updates"] >= 4 for h in state["history"]), json.dumps(state["history"])[:2000]
