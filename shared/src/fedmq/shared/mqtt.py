@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -99,6 +100,8 @@ class MqttLink:
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        self._fails = 0
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
@@ -221,6 +224,30 @@ class MqttLink:
             if self.birth is not None:  # announce again after every (re)connect: the will may have fired
                 client.publish(self.birth[0], self.birth[1], qos=1, retain=True)
             self.connected.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        """A connection attempt that failed before any CONNACK (refused, timed out, TLS verification):
+        logged with its reason, the first few times and then every 10th, while paho backs off."""
+        self._fails += 1
+        if self._fails <= 3 or self._fails % 10 == 0:
+            reason = self._diagnose()
+            self.log.warning("cannot reach the broker at %s:%s (attempt %d: %s); retrying with backoff",
+                             self.broker.host, self.broker.port, self._fails, reason)
+
+    def _diagnose(self) -> str:
+        """Why the broker cannot be reached, found by a plain TCP connection to it."""
+        try:
+            with socket.create_connection((self.broker.host, self.broker.port), timeout=3):
+                pass
+        except socket.timeout:
+            return "timed out"
+        except ConnectionRefusedError:
+            return "connection refused: is Mosquitto running on that port?"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        if self.broker.tls is not None:
+            return "TCP works, the TLS handshake failed: check the CA file and the broker's certificate"
+        return "TCP works, the MQTT connection failed: is it a TLS port?"
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "value", None) == SESSION_TAKEN_OVER and not self._closing:
