@@ -168,3 +168,19 @@ def test_an_edge_aggregator_killed_mid_round_counts_the_updates_its_session_kept
     finally:
         stop(procs + [edge])
     assert "stale round" not in (tmp_path / "edge2.log").read_text()
+
+
+def test_two_processes_with_one_node_id_are_named_on_both_sides_and_at_the_coordinator(broker, tmp_path):
+    from test_federation import InThreadCoordinator
+
+    paths = write_federation(str(tmp_path), broker.port, {"g": ["a", "b"]}, rounds=100_000, deadline_s=5, quorum=1)
+    procs = [fedmq(["node", "run", paths["b"]], str(tmp_path / "b.log")),
+             fedmq(["node", "run", paths["a"]], str(tmp_path / "a-first.log")),
+             fedmq(["node", "run", paths["a"]], str(tmp_path / "a-second.log"))]  # the same id, twice
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: all("two processes running with the same id" in (tmp_path / f).read_text()
+                                 for f in ("a-first.log", "a-second.log")), 60, "both copies to say it")
+            wait_for(lambda: "a" in c.service.presence.flap_logged, 60, "the coordinator to say it")
+    finally:
+        stop(procs)

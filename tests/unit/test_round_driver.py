@@ -138,3 +138,12 @@ def test_a_group_with_no_selected_node_sends_no_partial():
     group.start(Control("start", 1, attempt=5, model_version=0, deadline_at=time.time() + 30, selected=["a"],
                         train=TrainParams(1, 8, 0.1)))
     assert not [t for t in sent if "_partial" in t]  # it closed at once, and owes the root nothing
+
+
+def test_rejections_before_a_round_starts_appear_in_its_summary(tmp_path):
+    tm, driver, root, published = _driver(tmp_path)
+    driver.rejections.reject("malformed", "fedmq/v1/f/_update/a", "between rounds")
+    driver.tick(0)
+    ctl = root.current.ctl
+    _answer(tm, root, ctl, {k: v + 0.1 for k, v in initial_weights(tm.model).items()})
+    assert driver.state.history[-1]["rejected"] == {"malformed": 1}

@@ -14,7 +14,7 @@ from fedmq.shared.topicmap.model import GroupPath
 
 
 FLAP_WINDOW_S = 60
-FLAP_CHANGES = 8  # state changes within the window that make a node "flapping"
+FLAP_CHANGES = 8  # statuses within the window that make a node "flapping" (a healthy one sends a few an hour)
 
 
 class Presence:
@@ -29,7 +29,7 @@ class Presence:
         self.state: Dict[str, str] = {}
         self.problem: Dict[str, str] = {}  # node -> its data problem, while it has one
         self.live: Dict[str, bool] = {}  # node -> learns from a live stream
-        self.changes: Dict[str, List[float]] = {}  # node -> when its state changed lately (bounded)
+        self.changes: Dict[str, List[float]] = {}  # node -> when it sent its latest statuses (bounded)
         self.flap_logged: Dict[str, float] = {}
 
     def on_status(self, path: GroupPath, node: str, payload: bytes, topic: str) -> "str | None":
@@ -48,25 +48,25 @@ class Presence:
         if node not in self.state and len(self.state) >= self.max_nodes:
             self.rejections.reject("too many nodes", topic, f"limits.max_tracked_nodes is {self.max_nodes}")
             return None
-        if self.state.get(node) != status.state:
-            self._flap(node, status.state)
+        self._flap(node)
         self.state[node] = status.state
         if status.state == "online":
             self.live[node] = status.live
             self._set_problem(node, status.problem)
         return status.state
 
-    def _flap(self, node: str, state: str) -> None:
-        """Say once a minute per node when it keeps going offline and online: two processes with the same
-        id take each other's connection over (each one's will fires), or its link is unstable."""
+    def _flap(self, node: str) -> None:
+        """Say once a minute per node when it keeps announcing itself (a status on every reconnection, a will
+        on every lost connection): two processes with the same id take each other's connection over, or
+        its link is unstable."""
         now = time.monotonic()
         times = [t for t in self.changes.get(node, []) if now - t < FLAP_WINDOW_S] + [now]
         self.changes[node] = times[-FLAP_CHANGES:]
         if len(times) >= FLAP_CHANGES and now - self.flap_logged.get(node, -FLAP_WINDOW_S) >= FLAP_WINDOW_S:
             self.flap_logged[node] = now
-            self.log.warning("node %s went offline and online %d times within %ds: two processes running with "
-                             "the same node id take each other's connection over, or its link is unstable",
-                             node, len(times) // 2, FLAP_WINDOW_S)
+            self.log.warning("node %s announced itself %d times within %ds: two processes running with the same "
+                             "node id take each other's connection over, or its link is unstable",
+                             node, len(times), FLAP_WINDOW_S)
 
     def _set_problem(self, node: str, problem: str) -> None:
         before = self.problem.get(node, "")

@@ -23,6 +23,7 @@ from fedmq.shared.topicmap.model import BrokerSettings
 
 SESSION_EXPIRY_S = 3600
 PACKET_OVERHEAD = 512
+QUICK_DROP_S = 3.0
 SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason: another connection with the same client id  # fixed header, topic and properties of one PUBLISH, generously
 
 
@@ -102,6 +103,8 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         self._fails = 0
+        self._connected_at = 0.0
+        self._quick_drops = 0  # connections lost within QUICK_DROP_S of being made, in a row
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
@@ -213,6 +216,7 @@ class MqttLink:
             self.refusals += 1
             return
         self.connects += 1
+        self._connected_at = time.monotonic()
         if self.connects > 1 and self.persistent and not getattr(flags, "session_present", True):
             self.sessions_lost += 1  # the broker forgot us: what it had not delivered for us is gone
         self.last_refusal = None
@@ -250,11 +254,17 @@ class MqttLink:
         return "TCP works, the MQTT connection failed: is it a TLS port?"
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
-        if getattr(reason, "value", None) == SESSION_TAKEN_OVER and not self._closing:
-            self.log.error("another client connected with our client id %s, so the broker dropped us (session "
-                           "taken over); if two processes run with the same id, stop one of them",
+        quick = time.monotonic() - self._connected_at < QUICK_DROP_S
+        self._quick_drops = self._quick_drops + 1 if quick else 0
+        if self._closing:
+            pass
+        elif getattr(reason, "value", None) == SESSION_TAKEN_OVER or self._quick_drops >= 3:
+            self.log.error("the broker dropped us %s: most likely another client is using our client id %s (two "
+                           "processes running with the same id take each other's connection over: stop one of them)",
+                           "(session taken over)" if getattr(reason, "value", None) == SESSION_TAKEN_OVER else
+                           f"right after connecting, {self._quick_drops} times in a row",
                            self.client._client_id.decode(errors="replace"))
-        elif self.connected.is_set() and not self._closing:
+        elif self.connected.is_set():
             self.log.warning("lost the broker (%s); reconnecting with backoff", reason)
         self.connected.clear()
 
