@@ -117,3 +117,12 @@ def checkpoint_state(directory) -> "dict | None":
         return None
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def rewrite_yaml(path, change) -> None:
+    """Load a YAML file, let ``change`` edit it in place, write it back."""
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh)
+    change(cfg)
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg, fh)

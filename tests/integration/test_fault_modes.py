@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from fedhelp import checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedhelp import checkpoint_state, fedmq, rewrite_yaml, stop, wait_for, write_federation
 
 GROUPS = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 ROUNDS = 5
@@ -74,14 +74,6 @@ def test_every_mode_survives_a_broker_kill_and_a_coordinator_kill(local_broker, 
         assert all(h["updates"] >= 4 for h in state["history"]), json.dumps(state["history"])[:2000]
 
 
-def _rewrite(path, change):
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh)
-    change(cfg)
-    with open(path, "w") as fh:
-        yaml.safe_dump(cfg, fh)
-
-
 @pytest.mark.parametrize("fault", ["site-broker", "cloud-broker", "coordinator"])
 def test_bridged_site_brokers_survive_broker_and_coordinator_kills(tmp_path, fault):
     """A cloud broker and two site brokers bridged to it (each site's nodes and edge aggregator on its own
@@ -94,11 +86,11 @@ def test_bridged_site_brokers_survive_broker_and_coordinator_kills(tmp_path, fau
     paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=ROUNDS, deadline_s=20, edge=list(GROUPS),
                              extra_rounds={"on_quorum_failure": "retry", "max_retries": 20},
                              node_extra={"simulate_delay_s": 0.4})
-    _rewrite(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
+    rewrite_yaml(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
                                               for g, p in site_ports.items()])
     for g, nodes in GROUPS.items():
         for n in nodes:
-            _rewrite(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
+            rewrite_yaml(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
     tm = load_topic_map(paths["topic_map"])
     cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port).start()
     sites = {}

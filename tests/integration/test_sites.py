@@ -7,9 +7,8 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 
-from fedhelp import FED, fedmq, stop, write_federation
+from fedhelp import FED, fedmq, rewrite_yaml, stop, write_federation
 from fedmq.broker.bridge import bridge_for
 from fedmq.broker.process import MosquittoProcess, free_port
 from fedmq.broker.provision import client_config, provision
@@ -20,14 +19,6 @@ from fedmq.shared.topics import Topics
 GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
 
 
-def _rewrite(path, change):
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh)
-    change(cfg)
-    with open(path, "w") as fh:
-        yaml.safe_dump(cfg, fh)
-
-
 @pytest.mark.parametrize("secure,prefix", [(None, ""), (None, "cloud/tenant-7/"), ("mtls", "cloud/"), ("password", "")],
                          ids=["plain", "remapped", "mutual-tls-remapped", "passwords-over-tls"])
 def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path, secure, prefix):
@@ -35,11 +26,11 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     plain topics onto it."""
     cloud_port, site_ports = free_port(), {"home1": free_port(), "home2": free_port()}
     paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=3, deadline_s=20, edge=list(GROUPS))
-    _rewrite(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
+    rewrite_yaml(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
                                               for g, p in site_ports.items()] + [fed["broker"].update(topic_prefix=prefix)])
     for g, nodes in GROUPS.items():  # nodes talk to their site's broker
         for n in nodes:
-            _rewrite(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
+            rewrite_yaml(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
     security, edge_args = None, {g: [] for g in GROUPS}
     if secure:  # every broker with the federation's CA, mutual TLS and the ACL; bridges log in as the edges
         security = str(tmp_path / "pki")
@@ -50,10 +41,10 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
             fed["broker"].update(client_config(security, "coordinator", auth=secure)["broker"])
             for g in GROUPS:
                 fed["tree"]["groups"][g]["broker"]["tls"] = dict(ca)
-        _rewrite(paths["topic_map"], secure_map)
+        rewrite_yaml(paths["topic_map"], secure_map)
         for g, nodes in GROUPS.items():
             for n in nodes:
-                _rewrite(paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"]))
+                rewrite_yaml(paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"]))
             edge = client_config(security, edge_id((g,)), auth=secure)["broker"]
             edge_args[g] = (["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]] if secure == "mtls"
                             else ["--username", edge["username"], "--password-file", edge["password_file"]])

@@ -16,6 +16,7 @@ from fedmq.node.agent import NodeAgent
 from fedmq.node.config import NodeConfig, load_node_config
 from fedmq.shared.data import DataError, DataSource, open_source
 from fedmq.shared.datacheck import checked_data
+from fedmq.shared.files import unreadable
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -135,16 +136,7 @@ def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, 
     if b.tls is not None:
         files.update({"broker.tls.ca_file": b.tls.ca_file, "broker.tls.cert_file": b.tls.cert_file,
                       "broker.tls.key_file": b.tls.key_file})
-    out = []
-    for key, file in files.items():
-        if not file:
-            continue
-        try:
-            with open(file, "rb"):
-                pass
-        except OSError as exc:
-            out.append((key, file, exc.strerror or str(exc)))
-    return out
+    return unreadable(files)
 
 
 def _agent(path: str) -> NodeAgent:

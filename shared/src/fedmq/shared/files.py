@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Dict, List, Optional, Tuple, Union
 
 
 def write_atomic(path: str, data: Union[bytes, str], mode: int = 0o644, sync: bool = False) -> None:
@@ -33,3 +33,17 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def unreadable(named: Dict[str, Optional[str]]) -> List[Tuple[str, str, str]]:
+    """``(key, path, why)`` for every file named by a configuration key (None: not set) that cannot be read."""
+    out = []
+    for key, path in named.items():
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            out.append((key, path, exc.strerror or str(exc)))
+    return out

@@ -27,6 +27,26 @@ QUICK_DROP_S = 3.0
 SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason: another connection with the same client id  # fixed header, topic and properties of one PUBLISH, generously
 
 
+def authenticate(client: mqtt.Client, broker: BrokerSettings, key: str = "broker") -> None:
+    """Set up TLS and the user name and password a ``broker`` section names on a paho client; a file that
+    cannot be used raises TopicMapError naming the key (``key`` is the section's path) and the file."""
+    where, named = f"{key}.tls", broker.tls.ca_file if broker.tls else ""
+    try:
+        if broker.tls is not None:
+            client.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if broker.username:
+            password = None
+            if broker.password_file:
+                where, named = f"{key}.password_file", broker.password_file
+                with open(broker.password_file, encoding="utf-8") as fh:
+                    password = fh.read().strip()
+            client.username_pw_set(broker.username, password)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise TopicMapError([ConfigIssue(named or key, None, where, f"cannot be used: {exc}",
+                                         "check the files the broker section names and their permissions")]) from None
+
+
 class PayloadTooLarge(ValueError):
     """Raised instead of sending a message the broker would refuse (and disconnect us for)."""
 
@@ -82,22 +102,7 @@ class MqttLink:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(min_delay=1, max_delay=16)
         c.max_queued_messages_set(0)
-        where = "broker.tls"
-        try:
-            if broker.tls is not None:
-                c.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file,
-                          tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            if broker.username:
-                password = None
-                if broker.password_file:
-                    where = "broker.password_file"
-                    with open(broker.password_file, encoding="utf-8") as fh:
-                        password = fh.read().strip()
-                c.username_pw_set(broker.username, password)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            named = broker.password_file if where == "broker.password_file" else (broker.tls.ca_file if broker.tls else "")
-            raise TopicMapError([ConfigIssue(named or "broker", None, where, f"cannot be used: {exc}",
-                                             "check the files the broker section names and their permissions")]) from None
+        authenticate(c, broker)
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_connect = self._on_connect

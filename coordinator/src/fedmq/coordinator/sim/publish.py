@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from typing import Callable, Iterable, Optional, Tuple
 
 import paho.mqtt.client as mqtt
 
+from fedmq.shared.mqtt import authenticate
 from fedmq.shared.topicmap.model import BrokerSettings
 
 
@@ -17,15 +17,7 @@ class Publisher:
 
     def __init__(self, broker: BrokerSettings, client_id: str = "fedmq-sim-homes") -> None:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        if broker.tls is not None:
-            c.tls_set(ca_certs=broker.tls.ca_file, certfile=broker.tls.cert_file, keyfile=broker.tls.key_file,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        if broker.username:
-            password = None
-            if broker.password_file:
-                with open(broker.password_file, encoding="utf-8") as fh:
-                    password = fh.read().strip()
-            c.username_pw_set(broker.username, password)
+        authenticate(c, broker)
         c.max_queued_messages_set(0)
         self.client = c
         self.broker = broker

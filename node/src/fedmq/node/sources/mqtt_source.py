@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import os
-import ssl
 import threading
 import time
 from collections import Counter
@@ -28,7 +27,8 @@ from fedmq.node.sources.features import Feature, Label, assemble, read_features
 from fedmq.node.sources.sampler import Sampler
 from fedmq.node.sources.signals import BadValue, Signal, parse_json, payload_text, read_signal
 from fedmq.node.sources.store import SampleStore
-from fedmq.shared.data import DataError, DataSource
+from fedmq.shared.data import DataSource
+from fedmq.shared.mqtt import authenticate
 from fedmq.shared.topicmap.loader import read_broker
 from fedmq.shared.topicmap.model import BrokerSettings
 from fedmq.shared.topicmap.reader import Reader, join_path
@@ -193,18 +193,7 @@ class MqttSource(DataSource):
                                                    store.append), self.options["clock_topic"])
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.options["client_id"], protocol=mqtt.MQTTv5)
         b = self.broker
-        if b.tls is not None:
-            c.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file, keyfile=b.tls.key_file,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        if b.username:
-            password = None
-            if b.password_file:
-                try:
-                    with open(b.password_file, encoding="utf-8") as fh:
-                        password = fh.read().strip()
-                except OSError as exc:
-                    raise DataError(f"data.broker.password_file {b.password_file}: {exc.strerror}") from None
-            c.username_pw_set(b.username, password)
+        authenticate(c, b, "data.broker")
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

@@ -12,6 +12,7 @@ from fedmq.shared.topicmap.model import (
     TopicMap, Transport, AGGREGATORS, SCALING_MODES, ScalingPolicy, SERVER_OPTIMIZERS, AsyncSettings, Privacy, SecureAggregation, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
+from fedmq.shared.files import unreadable
 from fedmq.shared.topicmap.errors import ConfigIssue
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
@@ -91,15 +92,9 @@ def file_issues(tm: TopicMap) -> List[ConfigIssue]:
     if b.tls is not None:
         named.update({"broker.tls.ca_file": b.tls.ca_file, "broker.tls.cert_file": b.tls.cert_file,
                       "broker.tls.key_file": b.tls.key_file})
-    for key, path in named.items():
-        if not path:
-            continue
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            issues.append(ConfigIssue(tm.file, None, key, f"{path}: {exc.strerror or exc}",
-                                      "check the path (relative to the topic map) and its permissions"))
+    for key, path, why in unreadable(named):
+        issues.append(ConfigIssue(tm.file, None, key, f"{path}: {why}",
+                                  "check the path (relative to the topic map) and its permissions"))
     d = tm.checkpoint_dir
     if d:
         existing = d
