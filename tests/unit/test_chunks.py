@@ -73,3 +73,43 @@ def test_pending_memory_is_bounded():
         for t, f in frames(os.urandom(9000))[:-1]:
             r.add(t, f)
     assert r.pending_bytes <= 20_000 + 1024
+
+
+def test_header_only_chunks_cannot_grow_memory_without_bound():
+    """150,000 chunk headers with no data, each announcing another message (a memory attack): the pending
+    sets stay bounded per topic and in all, and memory stays small."""
+    import hashlib
+    import tracemalloc
+
+    from fedmq.shared.chunks import HEADER, MAGIC, VERSION, Reassembler
+
+    r = Reassembler(1 << 20)
+    tracemalloc.start()
+    for i in range(150_000):
+        digest = hashlib.sha256(str(i).encode()).digest()
+        topic = f"fedmq/v1/f/g/_update/n{i % 50}/_chunk/0"
+        r.add(topic, HEADER.pack(MAGIC, VERSION, b"\0\0\0", digest, 0, 2, 100))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(r.pending) <= 50 * 4 and peak < 5_000_000, (len(r.pending), peak)
+    assert all(len(keys) <= 4 for keys in r.sets_of.values())
+
+
+def test_a_chunked_message_counts_once_against_the_senders_rate():
+    from fedmq.coordinator.service import CoordinatorService
+    from fedmq.shared.chunks import split
+    from fedmq.shared.mqtt import Message
+    from fedmq.shared.topicmap import parse_topic_map
+
+    tm = parse_topic_map("federation: f\nmodel: {kind: softmax_regression, features: 3, classes: [0, 1]}\n"
+                         "limits: {max_messages_per_node_s: 0.01, message_burst: 3}\ntree: {nodes: [a]}\n")
+    service = CoordinatorService(tm)
+    topic = "fedmq/v1/f/_update/a"
+    for m in range(5):  # five chunked messages: the first three are taken whole, then the burst is spent
+        frames = split(bytes([m]) * 4000, 512)
+        for i, frame in enumerate(frames):
+            service.link.inbox.put(Message(f"{topic}/_chunk/{i}", frame, False))
+    taken = []
+    while (msg := service.link.get(timeout=0)) is not None:
+        taken.append(msg)
+    assert len(frames) > 1 and len(taken) == 3 and service.rejections.total["rate limit"] == 2 * len(frames)

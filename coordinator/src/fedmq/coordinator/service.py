@@ -59,7 +59,7 @@ class CoordinatorService:
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
                              max_packet_bytes=tm.limits.max_message_bytes + 1024,
                              chunk_bytes=tm.transport.max_payload_bytes, chunk_timeout_s=tm.transport.chunk_timeout_s,
-                             on_reject=self.rejections.reject, log=log)
+                             on_reject=self.rejections.reject, admit_chunk=self._admit, log=log)
         asynchronous = tm.strategy.mode == "async"
         self.groups: Dict[GroupPath, GroupAggregator] = {}
         for g in served_groups(tm, edge):
@@ -179,11 +179,7 @@ class CoordinatorService:
         if msg.topic.endswith("/_model"):
             self._on_group_model(tuple(msg.topic[len(t.base) + 1 : -len("/_model")].split("/")), msg.payload, msg.topic)
             return
-        parts = msg.topic.rsplit("/", 2)
-        # rate limits per sender: the group's topic and the node id (a flood on one node's topic in another
-        # group, or on another node's, never spends this node's budget)
-        if (len(parts) == 3 and parts[1] in ("_update", "_status", "_partial", "_secagg") and not msg.retain
-                and not self.limiter.allow(f"{parts[0]}/{parts[2]}")):
+        if not msg.retain and not self._admit(msg.topic):
             self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
                                    f"{self.tm.limits.max_messages_per_node_s}")
             return
@@ -215,6 +211,15 @@ class CoordinatorService:
             return
         if msg.topic.endswith("/_control"):
             self._on_parent_control(msg)
+
+    def _admit(self, topic: str) -> bool:
+        """Rate limits per sender, keyed by the group's topic and the node id (a flood on one node's topic in
+        another group, or on another node's, never spends this node's budget); every chunk of a chunked
+        message counts, before it is reassembled."""
+        parts = topic.rsplit("/", 2)
+        if len(parts) == 3 and parts[1] in ("_update", "_status", "_partial", "_secagg"):
+            return self.limiter.allow(f"{parts[0]}/{parts[2]}")
+        return True
 
     def _model_tensors(self, payload: bytes, topic: str, signers: Tuple[str, ...]) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
         """(version, float64 tensors) of a model envelope signed by one of ``signers``; None if rejected."""

@@ -67,6 +67,10 @@ def split(payload: bytes, max_payload: int) -> List[bytes]:
             for i in range(count)]
 
 
+MAX_PENDING_SETS = 4096
+MAX_SETS_PER_TOPIC = 4
+
+
 @dataclass
 class _Pending:
     count: int
@@ -79,12 +83,16 @@ class _Pending:
 class Reassembler:
     """Collects chunks into whole messages, with bounded memory and a timeout for missing chunks."""
 
-    def __init__(self, max_message_bytes: int, timeout_s: float = 60.0, max_pending_bytes: Optional[int] = None) -> None:
+    def __init__(self, max_message_bytes: int, timeout_s: float = 60.0, max_pending_bytes: Optional[int] = None,
+                 max_pending_sets: int = MAX_PENDING_SETS, max_sets_per_topic: int = MAX_SETS_PER_TOPIC) -> None:
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
         self.max_pending_bytes = max_pending_bytes or 4 * max_message_bytes
+        self.max_pending_sets = max_pending_sets  # sets open at once, in all (headers without data cost too)
+        self.max_sets_per_topic = max_sets_per_topic  # ... and per message topic (one sender's)
         self.pending: "OrderedDict[Tuple[str, bytes], _Pending]" = OrderedDict()
         self.pending_bytes = 0
+        self.sets_of: Dict[str, List[Tuple[str, bytes]]] = {}  # message topic -> its open sets, oldest first
         self.completed: "OrderedDict[Tuple[str, bytes], None]" = OrderedDict()  # recent, to ignore late duplicates
 
     def add(self, topic: str, chunk: bytes, now: Optional[float] = None) -> Optional[Tuple[str, bytes]]:
@@ -107,15 +115,16 @@ class Reassembler:
             return None  # a QoS 1 redelivery of a message already delivered
         p = self.pending.get(key)
         if p is None:
-            p = self.pending[key] = _Pending(count=count, total=total, started=now)
+            self._make_room(base)
+            p = _Pending(count=count, total=total, started=now)
+            self._open(key, p)
         elif (p.count, p.total) != (count, total):
             raise ChunkError(f"chunk {index} says {count} chunks / {total} bytes, earlier ones said {p.count} / {p.total}")
         data = chunk[HEADER_LEN:]
         if index in p.parts:
             return None  # a QoS 1 redelivery
         if p.size + len(data) > p.total:
-            del self.pending[key]
-            self.pending_bytes -= p.size
+            self._drop(key)
             raise ChunkError(f"chunks for {base} add up to more than the announced {p.total} bytes")
         p.parts[index] = data
         p.size += len(data)
@@ -123,8 +132,7 @@ class Reassembler:
         self._evict_over_budget(key)
         if len(p.parts) < p.count:
             return None
-        del self.pending[key]
-        self.pending_bytes -= p.size
+        self._drop(key)
         whole = b"".join(p.parts[i] for i in range(p.count))
         if len(whole) != p.total or hashlib.sha256(whole).digest() != digest:
             raise ChunkError(f"reassembled message for {base} fails its SHA-256 check")
@@ -133,14 +141,45 @@ class Reassembler:
             self.completed.popitem(last=False)
         return base, whole
 
+    def opens_set(self, topic: str, chunk: bytes) -> bool:
+        """True if this chunk would open a new set (the first chunk seen of a message): what a rate limit
+        counts, one per message however many chunks it has."""
+        base = base_topic(topic)
+        if base is None or len(chunk) < HEADER_LEN:
+            return False
+        key = (base, HEADER.unpack_from(chunk, 0)[3])
+        return key not in self.pending and key not in self.completed
+
+    def _make_room(self, base: str) -> None:
+        """Before a new set opens: drop the oldest set of the same topic beyond its share, and the oldest set
+        of all beyond the total, so that neither one sender nor all of them can grow memory without bound."""
+        mine = self.sets_of.get(base, [])
+        while len(mine) >= self.max_sets_per_topic:
+            self._drop(mine[0])
+        while len(self.pending) >= self.max_pending_sets:
+            self._drop(next(iter(self.pending)))
+
+    def _open(self, key: Tuple[str, bytes], p: _Pending) -> None:
+        self.pending[key] = p
+        self.sets_of.setdefault(key[0], []).append(key)
+
+    def _drop(self, key: Tuple[str, bytes]) -> _Pending:
+        """Forget a pending set (completed, expired or evicted)."""
+        p = self.pending.pop(key)
+        self.pending_bytes -= p.size
+        mine = self.sets_of[key[0]]
+        mine.remove(key)
+        if not mine:
+            del self.sets_of[key[0]]
+        return p
+
     def _evict_over_budget(self, keep: Tuple[str, bytes]) -> None:
         while self.pending_bytes > self.max_pending_bytes and len(self.pending) > 1:
             key, p = next(iter(self.pending.items()))
             if key == keep:
                 self.pending.move_to_end(key)
                 continue
-            del self.pending[key]
-            self.pending_bytes -= p.size
+            self._drop(key)
 
     def expire(self, now: Optional[float] = None) -> List[Tuple[str, int, int]]:
         """Drop sets older than the timeout; returns (topic, chunks received, chunks expected) of each."""
@@ -148,7 +187,6 @@ class Reassembler:
         dropped = []
         for key, p in list(self.pending.items()):
             if now - p.started > self.timeout_s:
-                del self.pending[key]
-                self.pending_bytes -= p.size
+                self._drop(key)
                 dropped.append((key[0], len(p.parts), p.count))
         return dropped

@@ -73,7 +73,7 @@ class MqttLink:
                  birth: Optional[Tuple[str, bytes]] = None, persistent: bool = True, inbox_size: int = 10_000,
                  max_packet_bytes: Optional[int] = None, chunk_bytes: Optional[int] = None,
                  chunk_timeout_s: float = 60.0, on_reject: Optional[Callable[[str, str, str], None]] = None,
-                 log: Optional[logging.Logger] = None) -> None:
+                 admit_chunk: Optional[Callable[[str], bool]] = None, log: Optional[logging.Logger] = None) -> None:
         self.log = log or logging.getLogger("fedmq.mqtt")
         self.broker = broker
         self.persistent = persistent
@@ -82,6 +82,7 @@ class MqttLink:
         self.reassembler = chunks.Reassembler(max_packet_bytes or (256 << 20), chunk_timeout_s)
         self.on_reject = on_reject or (lambda reason, topic, detail: self.log.warning("dropped %s on %s: %s",
                                                                                      reason, topic, detail))
+        self.admit_chunk = admit_chunk  # may a new chunked message on this topic be taken (rate limits)
         self._retained_chunks: Dict[str, int] = {}  # retained topic -> chunks last published under it
         self._last_expiry = time.monotonic()
         self.inbox: "queue.Queue[Message]" = queue.Queue(maxsize=inbox_size)
@@ -175,8 +176,13 @@ class MqttLink:
                 return None
             if not msg.payload:
                 continue  # a retained message being cleared; fedmq never sends empty messages otherwise
-            if chunks.base_topic(msg.topic) is None:
+            base = chunks.base_topic(msg.topic)
+            if base is None:
                 return msg
+            if (self.admit_chunk is not None and not msg.retain and self.reassembler.opens_set(msg.topic, msg.payload)
+                    and not self.admit_chunk(base)):  # each chunked message counts once, at its first chunk
+                self.on_reject("rate limit", msg.topic, "a new chunked message over the sender's message rate")
+                continue
             try:
                 whole = self.reassembler.add(msg.topic, msg.payload)
             except chunks.ChunkError as exc:
