@@ -73,3 +73,42 @@ def test_tokens_are_stored_hashed(tmp_path):
     token = new_tokens(tm, d, 1)[0]
     stored = json.dumps(Registry.load(d).tokens)
     assert token.split(".")[1] not in stored and token.split(".")[1] not in open(os.path.join(d, "passwords")).read()
+
+
+def _enrolment(tmp_path):
+    tm = parse_topic_map(MAP.replace("home: {nodes: [n1, n2]}", 'home: {nodes: [n1, n2], admit: ["*"]}'))
+    d = str(tmp_path / "pki")
+    provision(tm, d)
+    return tm, d
+
+
+def test_enrolment_refuses_ids_that_collide_on_disk_or_take_a_brokers_user(tmp_path):
+    import pytest
+
+    from fedmq.broker.provision import EnrolmentRefused, enrol
+
+    tm, d = _enrolment(tmp_path)
+    tokens = [t.split(".") for t in new_tokens(tm, d, 6)]
+    other_token = tokens[5][0]
+    for (tid, secret), bad in zip(tokens, ["n1:x", "edge__site", f"enrol-{other_token}", "coordinator", "../evil"]):
+        with pytest.raises(EnrolmentRefused, match="id not available"):
+            enrol(tm, d, tid, secret, bad)
+    assert enrol(tm, d, tokens[0][0], tokens[0][1], "dev-7")["group"]  # the token was not spent by the refusals
+
+
+def test_tokens_expire(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    from fedmq.broker import provision as prov
+
+    tm, d = _enrolment(tmp_path)
+    tid, secret = new_tokens(tm, d, 1, ttl_s=60)[0].split(".")
+    assert f"user enrol-{tid}" in open(os.path.join(d, "acl")).read()
+    later = time.time() + 61
+    monkeypatch.setattr(prov.time, "time", lambda: later)
+    with pytest.raises(prov.EnrolmentRefused, match="expired token"):
+        prov.enrol(tm, d, tid, secret, "dev-1")
+    prov.refresh(tm, d)  # an expired token loses its broker user
+    assert f"user enrol-{tid}" not in open(os.path.join(d, "acl")).read()

@@ -29,3 +29,18 @@ def test_a_flood_under_a_nodes_id_elsewhere_does_not_silence_it():
     service.dispatch(Message("fedmq/v1/f/g1/_update/a", update, False))
     assert service.rejections.total["rate limit"] == 45  # a's own topic still has its budget
     assert len(service.groups[("g1",)].early) == 1  # taken as an update (kept until a round starts)
+
+
+def test_retained_updates_and_chunks_are_refused_and_cleared():
+    from fedmq.shared.chunks import split
+
+    service = CoordinatorService(parse_topic_map(MAP))
+    cleared = []
+    service.link._send = lambda topic, payload, qos, retain: cleared.append((topic, payload, retain))
+    update = encode(Envelope(Kind.UPDATE, "f", 1, "a", 0, initial_weights(service.tm.model), samples=5))
+    service.link.inbox.put(Message("fedmq/v1/f/g1/_update/a", update, True))
+    for i, frame in enumerate(split(update, 400)):
+        service.link.inbox.put(Message(f"fedmq/v1/f/g1/_update/a/_chunk/{i}", frame, True))
+    assert service.link.get(timeout=0) is None
+    assert service.rejections.total["retained message"] == 1 + len(split(update, 400))
+    assert all(payload == b"" and retain for _, payload, retain in cleared) and len(cleared) == 1 + len(split(update, 400))

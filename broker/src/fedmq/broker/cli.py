@@ -64,6 +64,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     tok.add_argument("topic_map", help="federation topic map (YAML)")
     tok.add_argument("--dir", required=True, help="security directory")
     tok.add_argument("--count", type=int, default=1, help="how many tokens (default 1)")
+    tok.add_argument("--ttl", type=float, default=7 * 24, metavar="HOURS",
+                     help="hours a token can be used before it expires (default 168, a week)")
     tok.set_defaults(func=_tokens)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -152,7 +154,10 @@ def _revoke(args: argparse.Namespace) -> int:
 def _tokens(args: argparse.Namespace) -> int:
     from fedmq.broker.provision import new_tokens
 
-    for token in new_tokens(load_topic_map(args.topic_map), args.dir, args.count):
+    if args.ttl <= 0:
+        print("fedmq broker token: --ttl must be a positive number of hours", file=sys.stderr)
+        return 2
+    for token in new_tokens(load_topic_map(args.topic_map), args.dir, args.count, ttl_s=args.ttl * 3600):
         print(token)
     print("reload Mosquitto (SIGHUP) so the tokens can log in", file=sys.stderr)
     return 0

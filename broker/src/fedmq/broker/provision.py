@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
+import time
 import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -115,13 +117,23 @@ def add_party(ca: tuple, directory: str, registry: Registry, hashes: Dict[str, s
     registry.parties[pid] = {**info, "serial": cert.serial_number, "public_key": public}
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name and a topic level, everywhere
+RESERVED_PREFIXES = (acl.ENROL_PREFIX,)  # an enrolment token's broker user ("enrol-<token id>")
+DEFAULT_TOKEN_TTL_S = 7 * 86400
+
+
+def _expired(token: dict) -> bool:
+    """True once a token's lifetime is over (tokens made before lifetimes existed never expire)."""
+    return time.time() > float(token.get("expires", float("inf")))
+
+
 def client_file(pid: str) -> str:
     """File name stem for a party's credentials (edge ids contain ':' and '/')."""
     return pid.replace(":", "_").replace("/", "__")
 
 
 def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, hashes: Dict[str, str]) -> None:
-    open_tokens = {t for t, info in registry.tokens.items() if not info.get("used_by")}
+    open_tokens = {t for t, info in registry.tokens.items() if not info.get("used_by") and not _expired(info)}
     live = {p: h for p, h in hashes.items() if p not in registry.revoked
             and (not p.startswith(acl.ENROL_PREFIX) or p[len(acl.ENROL_PREFIX):] in open_tokens)}
     passwords.write_file(os.path.join(directory, "passwords"), live)
@@ -164,14 +176,16 @@ def client_config(directory: str, pid: str, *, auth: str = "mtls") -> Dict[str, 
     return {"broker": broker, "security": security}
 
 
-def new_tokens(tm: TopicMap, directory: str, count: int) -> List[str]:
-    """Create ``count`` one-time enrolment tokens ("<id>.<secret>"); only their hashes are stored."""
+def new_tokens(tm: TopicMap, directory: str, count: int, ttl_s: float = DEFAULT_TOKEN_TTL_S) -> List[str]:
+    """Create ``count`` one-time enrolment tokens ("<id>.<secret>") valid for ``ttl_s`` seconds; only their
+    hashes are stored."""
     registry = Registry.load(directory)
     hashes = passwords.read_file(os.path.join(directory, "passwords"))
     out = []
     for _ in range(count):
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(18)
-        registry.tokens[token_id] = {"hash": hashlib.sha256(secret.encode()).hexdigest(), "used_by": None}
+        registry.tokens[token_id] = {"hash": hashlib.sha256(secret.encode()).hexdigest(), "used_by": None,
+                                     "expires": time.time() + ttl_s}
         hashes[acl.ENROL_PREFIX + token_id] = passwords.hash_password(secret)
         out.append(f"{token_id}.{secret}")
     ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
@@ -186,9 +200,14 @@ def enrol(tm: TopicMap, directory: str, token_id: str, secret: str, node_id: str
     token = registry.tokens.get(token_id)
     if token is None or token.get("used_by") or hashlib.sha256(secret.encode()).hexdigest() != token["hash"]:
         raise EnrolmentRefused("unknown or used token")
+    if _expired(token):
+        raise EnrolmentRefused("expired token")
     if node_id in registry.revoked:
         raise EnrolmentRefused("revoked id")
-    if node_id in registry.parties or node_id == COORDINATOR or level_problem(node_id):
+    taken = {client_file(p) for p in registry.parties}
+    if (node_id in registry.parties or node_id == COORDINATOR or level_problem(node_id)
+            or not SAFE_ID.fullmatch(node_id) or node_id.startswith(RESERVED_PREFIXES)
+            or client_file(node_id) in taken):
         raise EnrolmentRefused("id not available")
     group = tm.group_of(node_id)
     if group is None:

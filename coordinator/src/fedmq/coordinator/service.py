@@ -59,7 +59,8 @@ class CoordinatorService:
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
                              max_packet_bytes=tm.limits.max_message_bytes + 1024,
                              chunk_bytes=tm.transport.max_payload_bytes, chunk_timeout_s=tm.transport.chunk_timeout_s,
-                             on_reject=self.rejections.reject, admit_chunk=self._admit, log=log)
+                             on_reject=self.rejections.reject, admit_chunk=self._admit,
+                             no_retain=self._sent_not_kept, log=log)
         asynchronous = tm.strategy.mode == "async"
         self.groups: Dict[GroupPath, GroupAggregator] = {}
         for g in served_groups(tm, edge):
@@ -211,6 +212,13 @@ class CoordinatorService:
             return
         if msg.topic.endswith("/_control"):
             self._on_parent_control(msg)
+
+    @staticmethod
+    def _sent_not_kept(topic: str) -> bool:
+        """Updates, partials and secure-aggregation messages are never retained: a node that publishes them
+        retained would have the broker store them (without bound) and replay them on every subscription."""
+        parts = topic.rsplit("/", 2)
+        return len(parts) == 3 and parts[1] in ("_update", "_partial", "_secagg")
 
     def _admit(self, topic: str) -> bool:
         """Rate limits per sender, keyed by the group's topic and the node id (a flood on one node's topic in

@@ -73,7 +73,8 @@ class MqttLink:
                  birth: Optional[Tuple[str, bytes]] = None, persistent: bool = True, inbox_size: int = 10_000,
                  max_packet_bytes: Optional[int] = None, chunk_bytes: Optional[int] = None,
                  chunk_timeout_s: float = 60.0, on_reject: Optional[Callable[[str, str, str], None]] = None,
-                 admit_chunk: Optional[Callable[[str], bool]] = None, log: Optional[logging.Logger] = None) -> None:
+                 admit_chunk: Optional[Callable[[str], bool]] = None,
+                 no_retain: Optional[Callable[[str], bool]] = None, log: Optional[logging.Logger] = None) -> None:
         self.log = log or logging.getLogger("fedmq.mqtt")
         self.broker = broker
         self.persistent = persistent
@@ -83,6 +84,7 @@ class MqttLink:
         self.on_reject = on_reject or (lambda reason, topic, detail: self.log.warning("dropped %s on %s: %s",
                                                                                      reason, topic, detail))
         self.admit_chunk = admit_chunk  # may a new chunked message on this topic be taken (rate limits)
+        self.no_retain = no_retain  # topics where nothing may stay retained: such messages are refused and cleared
         self._retained_chunks: Dict[str, int] = {}  # retained topic -> chunks last published under it
         self._last_expiry = time.monotonic()
         self.inbox: "queue.Queue[Message]" = queue.Queue(maxsize=inbox_size)
@@ -177,6 +179,10 @@ class MqttLink:
             if not msg.payload:
                 continue  # a retained message being cleared; fedmq never sends empty messages otherwise
             base = chunks.base_topic(msg.topic)
+            if msg.retain and self.no_retain is not None and self.no_retain(base or msg.topic):
+                self.on_reject("retained message", msg.topic, "nothing may stay retained here: cleared")
+                self._send(msg.topic, b"", 1, True)  # the broker forgets it: no replay to the next subscriber
+                continue
             if base is None:
                 return msg
             if (self.admit_chunk is not None and not msg.retain and self.reassembler.opens_set(msg.topic, msg.payload)
