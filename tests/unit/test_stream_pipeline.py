@@ -231,3 +231,20 @@ def test_features_computed_in_blocks_equal_one_pass(monkeypatch):
     blocks = assemble(feats, Label("b", 120.0), ["a", "b"], t, v, 60.0, None)
     for a, b in zip(whole, blocks):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_wildcard_signal_combines_every_matching_topic_and_junk_is_counted():
+    from fedmq.node.sources.mqtt_source import Ingest
+
+    rows = []
+    signals = [Signal("motion", "zigbee2mqtt/+/motion", "occupancy", aggregate="mean"), Signal("t", "home/t")]
+    ingest = Ingest(signals, Sampler(signals, 60.0, 120.0, lambda t, v: rows.append(v.tolist())), "clock")
+    ingest.feed("clock", b"1767600000")
+    ingest.feed("zigbee2mqtt/hall/motion", b'{"occupancy": true}')
+    ingest.feed("zigbee2mqtt/kitchen/motion", b'{"occupancy": false}')
+    ingest.feed("zigbee2mqtt/kitchen/other", b'{"occupancy": true}')  # no signal listens there
+    ingest.feed("home/t", b"21.5")
+    ingest.feed("home/t", b"warm")
+    ingest.feed("clock", b"2026-01-05T08:01:00Z")  # ISO 8601 works too; closes the period
+    assert rows == [[0.5, 21.5]]
+    assert ingest.counters()["dropped"] == {"not a number or known state": 1}
