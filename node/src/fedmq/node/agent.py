@@ -56,6 +56,8 @@ class NodeAgent:
         self.trainer_problem = ""  # no trainer here for the federation's model
         self.scaling: Optional[Scaling] = None
         self._checked_at = 0.0
+        self._checked_for: Optional[ModelSpec] = None  # the spec the samples were last checked against
+        self._data_problem = ""
         self._scaled_in_place: Optional[Scaling] = None  # a live source's x, standardised where it lies
         self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
         self.topics = Topics(cfg.federation, cfg.broker.topic_prefix)
@@ -141,8 +143,11 @@ class NodeAgent:
             except DataError as exc:
                 problem = f"data source: {exc}"
         if not problem and self.spec is not None:
-            self.x, self.y, found = checked_data(self.spec, self.x, self.y, self.cfg.min_samples)
-            problem = found or ""
+            if self._checked_for != self.spec or (self.source is not None and self.source.live):
+                # file data is read once: checked (and its labels normalised) once per model spec
+                self.x, self.y, found = checked_data(self.spec, self.x, self.y, self.cfg.min_samples)
+                self._data_problem, self._checked_for = found or "", self.spec
+            problem = self._data_problem
         elif not problem and len(self.x) < self.cfg.min_samples:
             problem = f"too few samples: {len(self.x)}, at least {self.cfg.min_samples} needed"
         if problem != self.problem:

@@ -27,7 +27,6 @@ HOUSEHOLDS = ("family", "shift", "empty_weekdays", "at_home", "night_owl")
 HISTORY_SHARE = (1.0, 0.12, 0.6, 0.25, 0.9, 0.18)
 CLOCK_TOPIC = "fedmq-sim/clock"
 START = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)  # a Monday in winter: heating matters
-SIGNALS = ("temperature", "co2", "illuminance", "power", "occupancy", "motion")
 
 
 @dataclass(frozen=True)

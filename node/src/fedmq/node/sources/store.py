@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -105,12 +105,6 @@ class SampleStore:
         """Rows stored (committed and queued)."""
         with self._lock:
             return int(self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]) + len(self._pending)
-
-    def newest(self) -> Optional[int]:
-        """The newest row's time, if any."""
-        with self._lock:
-            got = self.db.execute("SELECT MAX(t) FROM rows").fetchone()[0]
-        return None if got is None else int(got)
 
     def close(self) -> None:
         """Commit what is queued and close the file."""
