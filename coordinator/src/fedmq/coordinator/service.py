@@ -180,7 +180,7 @@ class CoordinatorService:
         if msg.topic.endswith("/_model"):
             self._on_group_model(tuple(msg.topic[len(t.base) + 1 : -len("/_model")].split("/")), msg.payload, msg.topic)
             return
-        if not msg.retain and not self._admit(msg.topic):
+        if not msg.retain and not msg.chunked and not self._admit(msg.topic):
             self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
                                    f"{self.tm.limits.max_messages_per_node_s}")
             return
@@ -222,8 +222,8 @@ class CoordinatorService:
 
     def _admit(self, topic: str) -> bool:
         """Rate limits per sender, keyed by the group's topic and the node id (a flood on one node's topic in
-        another group, or on another node's, never spends this node's budget); every chunk of a chunked
-        message counts, before it is reassembled."""
+        another group, or on another node's, never spends this node's budget); a chunked message counts once,
+        at its first chunk, before anything is reassembled."""
         parts = topic.rsplit("/", 2)
         if len(parts) == 3 and parts[1] in ("_update", "_status", "_partial", "_secagg"):
             return self.limiter.allow(f"{parts[0]}/{parts[2]}")

@@ -22,9 +22,9 @@ from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
 from fedmq.shared.topicmap.model import BrokerSettings
 
 SESSION_EXPIRY_S = 3600
-PACKET_OVERHEAD = 512
-QUICK_DROP_S = 3.0
-SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason: another connection with the same client id  # fixed header, topic and properties of one PUBLISH, generously
+PACKET_OVERHEAD = 512  # fixed header, topic and properties of one PUBLISH, generously
+QUICK_DROP_S = 3.0  # a connection lost this soon after it was made counts as a quick drop
+SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason: another connection with the same client id
 
 
 def authenticate(client: mqtt.Client, broker: BrokerSettings, key: str = "broker") -> None:
@@ -58,6 +58,7 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    chunked: bool = False  # reassembled from chunks (its first chunk already passed the rate limit)
 
 
 class MqttLink:
@@ -180,7 +181,7 @@ class MqttLink:
                 continue  # a retained message being cleared; fedmq never sends empty messages otherwise
             base = chunks.base_topic(msg.topic)
             if msg.retain and self.no_retain is not None and self.no_retain(base or msg.topic):
-                self.on_reject("retained message", msg.topic, "nothing may stay retained here: cleared")
+                self.on_reject("retained message", msg.topic, "nothing may stay retained here; clearing it")
                 self._send(msg.topic, b"", 1, True)  # the broker forgets it: no replay to the next subscriber
                 continue
             if base is None:
@@ -195,7 +196,7 @@ class MqttLink:
                 self.on_reject("bad chunk", msg.topic, str(exc))
                 continue
             if whole is not None:
-                return Message(whole[0], whole[1], msg.retain)
+                return Message(whole[0], whole[1], msg.retain, chunked=True)
 
     def _expire_chunks(self) -> None:
         now = time.monotonic()
