@@ -256,7 +256,7 @@ def test_enrolment_with_one_time_tokens(tmp_path):
     np.savez(tmp_path / "garage.npz", x=x, y=y)
     nodes = start_nodes(paths, ["a1", "a2", "b1", "b2"], tmp_path)
     common = dict(federation=FED, host="127.0.0.1", port=broker.config.enrol_port, ca_file=os.path.join(sec, "ca.crt"),
-                  main_port=broker.port, timeout=15)
+                  main_port=broker.port, timeout=45)  # a TLS handshake cut during a reload costs paho a backoff
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
