@@ -19,6 +19,7 @@ MAP = """
 federation: f
 model: {kind: softmax_regression, features: 5, classes: [0, 1, 2]}
 rounds: {deadline_s: 30, hop_margin_s: 1}
+strategy: {clip_norm: none, weight_cap: none}  # exact sample-weighted FedAvg, unbounded
 tree:
   nodes: [r1]
   groups:
@@ -152,6 +153,7 @@ SPLIT = """
 federation: f
 model: {kind: softmax_regression, features: 5, classes: [0, 1, 2]}
 rounds: {deadline_s: 30, hop_margin_s: 1}
+strategy: {clip_norm: none, weight_cap: none}
 tree:
   groups:
     big: {edge: true, workers: 2, nodes: [n1, n2, n3]}

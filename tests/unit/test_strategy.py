@@ -27,9 +27,22 @@ def honest_and_attackers(n_honest=8, n_bad=2, p=5, seed=0):
                                       Strategy(aggregator="multi_krum", byzantine=2)])
 def test_robust_rules_ignore_a_minority_of_outliers(strategy):
     rows, w = honest_and_attackers()
-    agg = robust.aggregate(strategy, rows, w)
+    agg = robust.aggregate(strategy, rows, w, np.random.default_rng(0))
     np.testing.assert_allclose(agg, 1.0, atol=0.05)
     assert abs(rows.mean(axis=0) - 1.0).max() > 10  # what the mean would have been
+
+
+def test_buckets_average_shuffled_groups_and_divide_the_tolerated_attackers():
+    rows, w = honest_and_attackers(n_honest=9, n_bad=1)
+    means, totals = robust.buckets(rows, w, 2, np.random.default_rng(0))
+    assert means.shape == (5, 5) and totals.tolist() == [2.0] * 5  # 10 rows in 5 buckets of 2
+    np.testing.assert_allclose((means * totals[:, None]).sum(axis=0), (rows * w[:, None]).sum(axis=0))
+    strategy = Strategy(aggregator="median", bucket_size=2)
+    np.testing.assert_allclose(robust.aggregate(strategy, rows, w, np.random.default_rng(0)), 1.0, atol=0.05)
+    # 2 attackers in 10 may spoil 2 of 5 buckets: a trimmed mean cutting 1 at each end no longer holds
+    rows, w = honest_and_attackers()
+    spoilt = robust.aggregate(Strategy(aggregator="trimmed_mean", bucket_size=2), rows, w, np.random.default_rng(0))
+    assert abs(spoilt - 1.0).max() > 1
 
 
 def test_trimmed_mean_and_krum_refuse_too_few_updates():
@@ -124,13 +137,13 @@ def test_strategy_section_is_read_and_checked():
 
 
 def test_topic_map_reads_async_edge_rounds_and_secure_aggregation():
-    tm = parse_topic_map(GOOD + "strategy: {mode: async, async: {buffer_size: 5, max_staleness: 3}}\n")
+    tm = parse_topic_map(GOOD + "strategy: {mode: async, clip_norm: 2.0, async: {buffer_size: 5, max_staleness: 3}}\n")
     assert tm.strategy.mode == "async" and tm.strategy.asynchronous.buffer_size == 5
     assert tm.strategy.asynchronous.max_staleness == 3 and tm.strategy.asynchronous.staleness_exponent == 0.5
-    tm = parse_topic_map(GOOD + "strategy: {edge_rounds: [3, 2], secure: {threshold: 0.7}}\n")
+    tm = parse_topic_map(GOOD + "strategy: {edge_rounds: [3, 2], clip_norm: 2.0, secure: {threshold: 0.7}}\n")
     assert [tm.strategy.edge_rounds_at(d) for d in (1, 2, 3)] == [3, 2, 1]
     assert tm.strategy.secure.threshold == 0.7 and tm.strategy.secure.frac_bits == 20
-    assert parse_topic_map(GOOD + "strategy: {secure: true}\n").strategy.secure is not None
+    assert parse_topic_map(GOOD + "strategy: {secure: true, clip_norm: none}\n").strategy.secure is not None
 
 
 @pytest.mark.parametrize("strategy, key", [
@@ -142,6 +155,12 @@ def test_topic_map_reads_async_edge_rounds_and_secure_aggregation():
     ("{secure: true, aggregator: median}", "strategy.secure"),
     ("{secure: {threshold: 0.4}}", "strategy.secure.threshold"),
     ("{mode: sometimes}", "strategy.mode"),
+    ("{mode: async}", "strategy.clip_norm"),  # the adaptive bound needs rounds
+    ("{edge_rounds: [2]}", "strategy.clip_norm"),  # ... and the nodes' own updates
+    ("{secure: true}", "strategy.clip_norm"),  # ... and their norms
+    ("{clip_norm: often}", "strategy.clip_norm"),
+    ("{weight_cap: -3}", "strategy.weight_cap"),
+    ("{privacy: {clip_norm: 1.0}, weight_cap: 100}", "strategy.weight_cap"),
 ])
 def test_topic_map_refuses_strategies_that_do_not_compose(strategy, key):
     with pytest.raises(TopicMapError) as err:
@@ -151,7 +170,7 @@ def test_topic_map_refuses_strategies_that_do_not_compose(strategy, key):
 
 def test_secure_aggregation_needs_raw_updates():
     with pytest.raises(TopicMapError, match="cannot be masked"):
-        parse_topic_map(GOOD + "compression: {update: int8}\nstrategy: {secure: true}\n")
+        parse_topic_map(GOOD + "compression: {update: int8}\nstrategy: {secure: true, clip_norm: 1.0}\n")
 
 
 def test_staleness_discount_is_fedbuffs_polynomial():

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
 from fedmq.coordinator.group import GroupAggregator, GroupResult
+from fedmq.coordinator.strategy.bounds import Bounds
 from fedmq.coordinator.strategy.clipping import clip_update
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, Kind
@@ -133,7 +134,9 @@ class AsyncGroup(GroupAggregator):
             tensors = {k: v - base[k] for k, v in codecs.to_dense(tensors, np.float64).items()}
         staleness = max(0, self.model_version - env.model_version)
         b = self._buffer()
-        b.sums.add(tensors, env.samples * staleness_weight(staleness, self.settings.staleness_exponent))
+        cap = Bounds.from_wire(self.session.bounds if self.session else None).weight
+        samples = env.samples if cap is None else min(env.samples, cap)
+        b.sums.add(tensors, samples * staleness_weight(staleness, self.settings.staleness_exponent))
         b.nodes.append(node)
         b.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
         b.metrics.merge({"staleness": float(staleness), "clipped": float(bound is not None and norm > bound),

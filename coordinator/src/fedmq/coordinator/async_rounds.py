@@ -29,7 +29,8 @@ class AsyncDriver(RoundDriver):
     def _start(self, online: List[str], task: str = "train") -> None:
         """Open the async session (statistics rounds are for sync federations: ``task`` is always train)."""
         self.session = Control(type="async", round=self.state.rounds_done, attempt=int(time.time() * 1000),
-                               model_version=self.state.model_version, train=self._train_params())
+                               model_version=self.state.model_version, train=self._train_params(),
+                               bounds=self._bounds(online, task).to_wire())
         self.round_started = time.monotonic()
         self.rejections.take_round()
         a = self.tm.strategy.asynchronous

@@ -8,6 +8,7 @@ Whatever moment the process dies, ``CURRENT`` names a complete snapshot: the las
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -47,6 +48,7 @@ class RoundState:
     optimizer: Weights = field(default_factory=dict)
     scaling: Optional[Dict[str, Any]] = None  # the federated feature scaling (Scaling.to_meta form)
     scaling_round: int = 0  # rounds_done when it was gathered
+    norm_bound: Optional[float] = None  # the adaptive bound on change norms for the next round
 
 
 def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, state: RoundState) -> str:
@@ -75,7 +77,7 @@ def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, sta
             write_atomic(where, encode(opt), sync=True)
         body = {"federation": federation, "rounds_done": state.rounds_done, "model_version": state.model_version,
                 "history": state.history, "dp_events": state.dp_events, "optimizer": bool(state.optimizer),
-                "scaling": state.scaling, "scaling_round": state.scaling_round}
+                "scaling": state.scaling, "scaling_round": state.scaling_round, "norm_bound": state.norm_bound}
         where = os.path.join(tmp, STATE)
         write_atomic(where, json.dumps(body, indent=1, allow_nan=False).encode("utf-8"), sync=True)
         fsync_dir(tmp)
@@ -167,6 +169,7 @@ def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[We
         scaling = Scaling.from_meta(body.get("scaling"), spec.features)  # checked like any other input
         state.scaling = scaling.to_meta() if scaling is not None else None
         state.scaling_round = int(body.get("scaling_round", 0))
+        state.norm_bound = _positive(body.get("norm_bound"))
         if body.get("optimizer"):
             where = os.path.join(snapshot, OPTIMIZER)
             state.optimizer = _moments(where, federation, spec, state.model_version)
@@ -176,6 +179,15 @@ def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[We
         raise CheckpointError(f"{where}: unusable checkpoint ({exc}); move {directory} away or run with "
                               "--fresh") from None
     return {k: v.copy() for k, v in env.tensors.items()}, state
+
+
+def _positive(value: Any) -> Optional[float]:
+    """The checkpointed adaptive norm bound: None (not calibrated yet) or a finite number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"norm_bound must be a finite number > 0, not {value!r}")
+    return float(value)
 
 
 def _events(events: Any, path: str) -> List[List[float]]:

@@ -74,7 +74,7 @@ class ScheduledGroup(GroupAggregator):
             self.reference = self.model  # norm bounds and clipping measure from what the nodes train from
         super().start(Control(type="start", round=parent.round, attempt=parent.attempt, model_version=version,
                               deadline_at=close_at + margin, selected=parent.selected, train=parent.train,
-                              model_group=model_group, secure=parent.secure))
+                              model_group=model_group, secure=parent.secure, bounds=parent.bounds))
 
     def relay_close(self, parent: Control) -> None:
         """The parent closed its round: stop the edge rounds too."""

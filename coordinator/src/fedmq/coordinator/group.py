@@ -17,10 +17,12 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, UpdateStack, WeightedSum
+from fedmq.coordinator.strategy import bounds as update_bounds
+from fedmq.coordinator.strategy.bounds import Bounds
 from fedmq.coordinator.strategy.clipping import clip_update
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.secure_session import SecureSession
-from fedmq.coordinator.strategy.vectors import size, unflatten
+from fedmq.coordinator.strategy.vectors import flatten, size, unflatten
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
@@ -45,7 +47,8 @@ class GroupResult:
     nodes: List[str]
     metrics: MetricSums
     bytes_up: float
-    stack: Optional[UpdateStack] = None  # every update, when the strategy's rule is robust
+    stack: Optional[UpdateStack] = None  # every update, when the strategy's rule is robust or in calibration
+    norms: List[float] = field(default_factory=list)  # the nodes' change norms as sent (adaptive bound), in order
 
 
 @dataclass
@@ -63,6 +66,9 @@ class _Round:
     stack: Optional[UpdateStack] = None
     secure: Optional[SecureSession] = None  # this group's secure aggregation of its direct nodes
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # of the model, or of statistics
+    bounds: Bounds = field(default_factory=Bounds)  # the round's weight cap and norm bound (from the root)
+    calibrating: bool = False  # adaptive norm bound not known yet: updates go to the root as they are
+    norms: List[float] = field(default_factory=list)  # change norms of the updates counted, parallel to nodes
 
     @property
     def stats(self) -> bool:
@@ -91,6 +97,7 @@ class GroupAggregator:
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
+        self.centre: Optional[Dict[str, np.ndarray]] = None  # the model's last step (adaptive bound's centre)
         self.model_version = -1
         # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
         self.early: Deque[Tuple[Kind, str, bytes, str]] = deque(maxlen=max(64, 4 * len(group.nodes) + 16))
@@ -103,9 +110,23 @@ class GroupAggregator:
         return "/".join(self.group.path) or "(root)"
 
     def set_model(self, version: int, tensors: Dict[str, np.ndarray]) -> None:
-        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds."""
+        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds;
+        with the one before it, the last step (the centre of the adaptive bound)."""
+        consecutive = self.reference is not None and version == self.model_version + 1
+        self.centre = {k: tensors[k] - self.reference[k] for k in tensors} if consecutive and self.reference else None
         self.reference = tensors
         self.model_version = version
+
+    def clip_origin(self, codec: codecs.Codec) -> Optional[Dict[str, np.ndarray]]:
+        """Where an update's change is measured from to bound it (None: from zero, the update being a change).
+        Under the adaptive bound it is the global model plus its last step: centred clipping (Karimireddy et
+        al. 2021), so that an update pointing away from where the federation is heading is cut short rather
+        than counted at full length. Sparse (top-k) updates are measured from the model alone."""
+        base = None if codec.delta else self.reference
+        centre = self.centre if self.tm.strategy.clip_auto and codec.name != "topk" else None
+        if centre is None or base is None:
+            return centre if base is None else base
+        return {k: base[k] + centre[k] for k in base}
 
     # --- round lifecycle -------------------------------------------------------------------------
 
@@ -127,8 +148,10 @@ class GroupAggregator:
                     if any(self.membership.in_subtree(n, c.path) for n in mine) for w in range(c.workers)}
         ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
                       deadline_at=close_at, selected=mine, train=parent.train, model_group=parent.model_group,
-                      secure=parent.secure, task=parent.task)
+                      secure=parent.secure, task=parent.task, bounds=parent.bounds)
         stats = ctl.task == "stats"
+        bounds = Bounds.from_wire(ctl.bounds)
+        calibrating = update_bounds.calibrating(self.tm.strategy, bounds, stats)
         shapes = stats_shapes(self.tm.model.features) if stats else self.shapes
         secure = None
         if ctl.secure is not None and direct and self.tm.strategy.secure is not None:
@@ -136,8 +159,8 @@ class GroupAggregator:
                                    (ctl.round, ctl.attempt, ctl.model_version), direct, size(shapes), close_at,
                                    self.publish, self.rejections, self.log, self.tm.federation)
         self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children, shapes=shapes,
-                              stack=UpdateStack(shapes) if self.tm.strategy.robust and not stats else None,
-                              secure=secure)
+                              stack=UpdateStack(shapes) if (self.tm.strategy.robust or calibrating) and not stats
+                              else None, secure=secure, bounds=bounds, calibrating=calibrating)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
         early, self.early = list(self.early), deque(maxlen=self.early.maxlen)
@@ -298,10 +321,37 @@ class GroupAggregator:
             return
         if r.secure.result is not None:
             vec, nodes = r.secure.result
-            r.sums.add_sums(unflatten(vec[:-1], r.shapes), float(vec[-1]))
-            r.nodes.extend(nodes)
+            problem = self._secure_sum_problem(r, vec, len(nodes))
+            if problem:
+                self.rejections.reject("secure sum out of bounds", self.topics.update(self.group.path, "+"), problem)
+            else:
+                r.sums.add_sums(unflatten(vec[:-1], r.shapes), float(vec[-1]))
+                r.nodes.extend(nodes)
         r.answered = set(r.direct)  # nothing more will come from them this round
         self._maybe_close()
+
+    def _secure_sum_problem(self, r: _Round, vec: np.ndarray, count: int) -> str:
+        """Why an unmasked secure sum of ``count`` nodes cannot come from nodes that kept to the round's
+        bounds ('' if it can): a total weight over ``count x`` the cap (1 each under DP), or a summed change
+        longer than the total weight times the clip norm (plus the field's rounding). One node that breaks
+        them costs its group the round's sum; what one can do within them is in docs/security.md."""
+        assert r.ctl.secure is not None
+        weight = float(vec[-1])
+        cap = 1.0 if r.ctl.secure.get("equal_weights") else r.bounds.weight
+        slack = 1e-6 + count * 2.0 ** -int(r.ctl.secure.get("frac_bits", 20))
+        if cap is not None and weight > count * cap * (1 + 1e-9) + slack:
+            return f"total weight {weight:.6g} of {count} nodes exceeds {count} x the weight cap {cap:.6g}"
+        clip = self.tm.strategy.clip
+        if clip is None or r.stats:
+            return ""
+        delta = self.tm.compression.update.delta
+        if not delta and self.reference is None:
+            return "no global model here to check the summed change against"
+        change = vec[:-1] if delta else vec[:-1] - weight * flatten(self.reference or {}, r.shapes)
+        length = float(np.linalg.norm(change))
+        if length > weight * clip * (1 + 1e-9) + slack * np.sqrt(len(change)) * max(1.0, weight):
+            return f"summed change of norm {length:.6g} exceeds total weight {weight:.6g} x clip_norm {clip:.6g}"
+        return ""
 
     def on_update(self, node: str, payload: bytes, topic: str) -> None:
         """A node's update: check everything, then fold it into the sums."""
@@ -318,14 +368,18 @@ class GroupAggregator:
         codec = codecs.Codec() if r.stats else self.tm.compression.update
         tensors, reason, detail = self._tensors(env, codec, r.shapes)
         limits, strategy = self.tm.limits, self.tm.strategy
-        norm = 0.0
+        norm = distance = 0.0
         reference = None if codec.delta else self.reference
-        bound = None if r.stats else strategy.clip
-        if tensors is not None and bound is not None and not codec.delta and reference is None:
-            tensors, reason, detail = None, "no reference model", "clipping needs the global model, not received yet"
-        if tensors is not None and not r.stats and (limits.max_update_norm is not None or bound is not None) \
-                and (codec.delta or reference is not None):
+        bounded = not r.stats and (strategy.clip is not None or strategy.clip_auto)
+        bound = (strategy.clip or r.bounds.norm) if bounded else None
+        if tensors is not None and not codec.delta and reference is None and (bounded or (
+                limits.max_update_norm is not None and not r.stats)):
+            tensors, reason, detail = None, "no reference model", "bounding needs the global model, not received yet"
+        origin = self.clip_origin(codec) if bounded else None
+        if tensors is not None and not r.stats and limits.max_update_norm is not None:
             norm = codecs.norm(tensors, reference)
+        if tensors is not None and bounded:
+            distance = codecs.norm(tensors, origin)
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
@@ -334,17 +388,17 @@ class GroupAggregator:
             return
         r.answered.add(node)
         r.nodes.append(node)
+        r.norms.append(distance)
         if self.group.workers > 1:  # the other workers of this group learn that this node is in
             self.publish(self.topics.progress(self.group.path, self.worker),
                          json.dumps({"v": 1, "round": r.ctl.round, "attempt": r.ctl.attempt, "nodes": [node]}).encode(),
                          False)
         assert tensors is not None
         if bound is not None:
-            tensors = clip_update(tensors, reference, bound, norm)
-            if norm > bound:
+            tensors = clip_update(tensors, origin, bound, distance)
+            if distance > bound:
                 r.metrics.merge({"clipped": 1.0}, {})
-        # DP-FedAvg weighs every node equally; statistics are always weighted by the sample count
-        weight = 1.0 if strategy.privacy is not None and not r.stats else env.samples
+        weight = self._weight(r, env.samples)
         if r.stack is not None:
             r.stack.add(tensors, weight)
         r.sums.add(tensors, weight)
@@ -353,6 +407,16 @@ class GroupAggregator:
                          "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values()))}, {})
         r.bytes_up += len(payload)
         self._maybe_close()
+
+    def _weight(self, r: _Round, samples: float) -> float:
+        """What an update counts with: 1 under DP-FedAvg (every node equally), else its sample count, capped
+        at the round's weight cap (statistics too: a claimed count must not set the federation's scaling)."""
+        if self.tm.strategy.privacy is not None and not r.stats:
+            return 1.0
+        if r.bounds.weight is not None and samples > r.bounds.weight:
+            r.metrics.merge({"capped": 1.0}, {})
+            return r.bounds.weight
+        return samples
 
     def _update_checks(self, env: Envelope, tensors: Optional[Dict[str, codecs.Decoded]], reason: str, detail: str,
                        norm: float) -> List[Tuple[bool, str, str]]:
@@ -403,6 +467,8 @@ class GroupAggregator:
                      or not all(isinstance(n, str) and n in selected and n not in taken
                                 and self.membership.in_subtree(n, child_path) for n in nodes))
         rows, row_problem = self._forwarded_rows(env, nodes)
+        tracked = self.tm.strategy.clip_auto and not r.stats
+        norms = update_bounds.check_norms(env.meta.get("norms"), len(nodes)) if tracked and not bad_nodes else []
         codec = codecs.Codec() if r.stats else self._partial_codec
         tensors, reason, detail = self._tensors(env, codec, r.shapes) if nodes and not bad_nodes else ({}, "", "")
         if self._refused(topic, [
@@ -413,12 +479,15 @@ class GroupAggregator:
             (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
             (tensors is None, reason, detail),
             (bool(row_problem), "bad update rows", row_problem),
+            (norms is None, "bad update norms", "meta.norms must list one finite norm >= 0 per node"),
         ]):
             return
         if r.stack is not None and rows is not None:
             r.stack.add_rows(*rows)
+        assert norms is not None
         r.reported.add(key)
         r.nodes.extend(nodes)
+        r.norms.extend(norms)
         r.sums.add_sums(env.tensors, env.samples)
         r.metrics.merge_wire({k: v for k, v in env.metrics.items() if k != "bytes_up"})
         r.bytes_up += len(payload) + env.metrics.get("bytes_up", 0.0)
@@ -451,7 +520,8 @@ class GroupAggregator:
         assert r is not None
         self.current = None
         self.log.info("round %d: closing (%s) with %d of %d nodes", r.ctl.round, why, len(r.nodes), len(r.ctl.selected))
-        self._closed(r.ctl, GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack))
+        self._closed(r.ctl, GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack,
+                                        norms=r.norms))
 
     def _closed(self, ctl: Control, result: GroupResult) -> None:
         """Hand a closed round's result upwards: to the round driver at the root, else as a partial."""
@@ -471,7 +541,8 @@ class GroupAggregator:
         env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=ctl.round, attempt=ctl.attempt,
                        sender=self.group.name, model_version=ctl.model_version,
                        tensors=tensors, samples=result.sums.weight, metrics=metrics,
-                       meta={"nodes": result.nodes, **({"worker": self.worker} if self.group.workers > 1 else {})},
+                       meta={"nodes": result.nodes, **({"worker": self.worker} if self.group.workers > 1 else {}),
+                             **({"norms": result.norms} if self.tm.strategy.clip_auto and ctl.task != "stats" else {})},
                        codec_params=(codecs.Codec() if ctl.task == "stats" else self._partial_codec).params())
         parent = self.group.path[:-1]
         self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)

@@ -29,6 +29,7 @@ class Presence:
         self.state: Dict[str, str] = {}
         self.problem: Dict[str, str] = {}  # node -> its data problem, while it has one
         self.live: Dict[str, bool] = {}  # node -> learns from a live stream
+        self.samples: Dict[str, int] = {}  # node -> the sample count its latest status reports
         self.changes: Dict[str, List[float]] = {}  # node -> when it sent its latest statuses (bounded)
         self.flap_logged: Dict[str, float] = {}
 
@@ -52,6 +53,7 @@ class Presence:
         self.state[node] = status.state
         if status.state == "online":
             self.live[node] = status.live
+            self.samples[node] = status.samples
             self._set_problem(node, status.problem)
         return status.state
 
@@ -86,6 +88,10 @@ class Presence:
     def ready(self) -> List[str]:
         """Online nodes without a data problem: the ones a round may select."""
         return [n for n in self.online() if n not in self.problem]
+
+    def reported_samples(self, nodes: List[str]) -> List[int]:
+        """The sample counts these nodes report in their statuses (what the default weight cap is made of)."""
+        return [self.samples.get(n, 0) for n in nodes]
 
     def problems(self) -> Dict[str, str]:
         """The data problems of the nodes online now, by node."""

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -22,7 +22,9 @@ from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.messages import Control, TrainParams, encode_metrics
+from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy import robust
+from fedmq.coordinator.strategy.vectors import flatten
 from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
 from fedmq.coordinator.strategy.server_opt import ServerOptimizer
 from fedmq.coordinator.strategy.vectors import unflatten
@@ -209,18 +211,30 @@ class RoundDriver:
         # unique per start, also across coordinator restarts, and increasing within this process
         attempt = self.last_attempt = max(int(time.time() * 1000), self.last_attempt + 1)
         secure = self.tm.strategy.secure
+        bounds = self._bounds(online, task)
         ctl = Control(type="start", round=self.next_round, attempt=attempt, model_version=self.state.model_version,
                       deadline_at=time.time() + p.deadline_s, selected=self.selected,
                       train=self._train_params(),
                       secure=None if secure is None else {"frac_bits": secure.frac_bits,
                                                           "equal_weights": self.tm.strategy.privacy is not None
-                                                          and task == "train"},
-                      task=task)
+                                                          and task == "train",
+                                                          **({"max_weight": bounds.weight} if bounds.weight else {})},
+                      task=task, bounds=bounds.to_wire())
         self.round_started = time.monotonic()  # rejections since the last summary go into the next one
         self.log.info("round %d: %s with %d of %d nodes%s", ctl.round,
                       "started" if task == "train" else "gathering feature statistics (federated scaling)",
                       len(self.selected), len(self.presence.online()), self._problem_note(self.presence.online()))
         self.root.start(ctl)
+
+    def _bounds(self, online: List[str], task: str) -> update_bounds.Bounds:
+        """The weight cap and norm bound of a round starting with these candidates (logged when they change)."""
+        b = update_bounds.round_bounds(self.tm.strategy, self.presence.reported_samples(online), self.state.norm_bound)
+        if task == "stats":
+            b = update_bounds.Bounds(weight=b.weight)
+        if update_bounds.calibrating(self.tm.strategy, b, task == "stats"):
+            self.log.info("round %d: calibration round: every update goes to the root, which clips them at this "
+                          "round's median change norm (strategy.clip_norm: auto)", self.next_round)
+        return b
 
     def _train_params(self) -> TrainParams:
         p, s = self.tm.policy, self.tm.strategy
@@ -236,10 +250,17 @@ class RoundDriver:
         s = self.tm.strategy
         delta = self.tm.compression.update.delta  # then updates (and sums) are changes, else weights
         shapes = expected_shapes(self.tm.model)
-        if s.robust:
-            assert result.stack is not None
+        if result.stack is not None:  # a robust rule, or a calibration round of the adaptive norm bound
             rows, weights = result.stack.arrays()
-            agg = unflatten(robust.aggregate(s, rows.astype(np.float64), weights), shapes)
+            rows = rows.astype(np.float64)
+            if update_bounds.calibrating(s, update_bounds.Bounds.from_wire(ctl.bounds), False):
+                origin = self.root.clip_origin(self.tm.compression.update)
+                rows = update_bounds.clip_rows(rows, None if origin is None else flatten(origin, shapes), result.norms)
+            if s.robust:
+                flat = robust.aggregate(s, rows, weights, np.random.default_rng([self.tm.policy.seed, ctl.round, 7]))
+            else:
+                flat = (rows * weights[:, None]).sum(axis=0) / weights.sum()
+            agg = unflatten(flat, shapes)
             return agg if delta else {k: agg[k] - self.weights[k] for k in agg}
         sums, weight = result.sums.sums, result.sums.weight
         if not delta:  # sums of changes: DP's sensitivity is bounded for changes, not weights
@@ -265,7 +286,9 @@ class RoundDriver:
                                        "or raise rounds.quorum") from None
             summary = self._summary(result)
             summary["selected"] = len(ctl.selected)
-            self._apply(change, summary, ctl)
+            if ctl.bounds:
+                summary["bounds"] = ctl.bounds
+            self._apply(change, summary, ctl, result.norms)
         else:
             self._not_applied(ctl, f"{len(result.nodes)} of {len(ctl.selected)} selected nodes answered, quorum is "
                                    f"{needed}", f"quorum not met ({len(result.nodes)} of {needed} needed)")
@@ -315,10 +338,11 @@ class RoundDriver:
                                                       outcome="applied").encode(), True)
         self._publish_model()
 
-    def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any], ctl: Optional[Control] = None) -> None:
+    def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any], ctl: Optional[Control] = None,
+               norms: Sequence[float] = ()) -> None:
         """Step the global model by ``change`` (through the server optimizer) and evaluate it; only then
         count the round, checkpoint (stopping if that fails), announce it, publish the new model and the
-        summary; finish after the last round. A model that is not finite is never applied."""
+        summary; finish after the last round. ``norms`` (the updates' change norms) set the next adaptive bound. A model that is not finite is never applied."""
         before = {k: v.copy() for k, v in self.optimizer.moments().items()}
         weights = self.optimizer.step(self.weights, change)
         if not all(np.isfinite(w).all() for w in weights.values()):
@@ -337,6 +361,8 @@ class RoundDriver:
             summary["delta"] = self.accountant.privacy.delta
         self.weights = weights
         self.state.optimizer = self.optimizer.moments()
+        if self.tm.strategy.clip_auto and norms:
+            self.state.norm_bound = update_bounds.next_norm_bound(norms)
         self.state.rounds_done += 1
         self.state.model_version += 1
         self.state.history.append(summary)

@@ -333,7 +333,7 @@ class NodeAgent:
         self.pending = None
         if ctl.secure is not None:
             assert self.secure is not None
-            self.secure.set_input(np.concatenate([stats["mean"], stats["meansq"]]), float(len(self.x)),
+            self.secure.set_input(np.concatenate([stats["mean"], stats["meansq"]]), self._secure_weight(ctl),
                                   np.random.default_rng())
         else:
             self._send_update(ctl, stats, len(self.x), {"bytes_in": self._take_bytes_in()}, codecs.Codec())
@@ -386,7 +386,12 @@ class NodeAgent:
         if ctl.secure is not None:
             self._secure_input(ctl, weights, start, metrics)
             return
-        self._send_update(ctl, self.encoder.encode(weights, start), len(self.x), metrics)
+        samples = len(self.x)
+        if self.cfg.simulate_attack is not None:  # testing and benchmarks only
+            scale, claimed = self.cfg.simulate_attack
+            weights = {k: (start[k] + scale * (w - start[k])).astype(np.float32) for k, w in weights.items()}
+            samples = claimed or samples
+        self._send_update(ctl, self.encoder.encode(weights, start), samples, metrics)
         self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
                       metrics["train_seconds"], train.get("train_loss", float("nan")))
 
@@ -453,10 +458,17 @@ class NodeAgent:
         delta = self.encoder.codec.delta
         vector = np.concatenate([(np.asarray(weights[k], np.float64) - (start[k] if delta else 0.0)).reshape(-1)
                                  for k in shapes])
-        weight = 1.0 if ctl.secure.get("equal_weights") else float(len(self.x))
+        weight = 1.0 if ctl.secure.get("equal_weights") else self._secure_weight(ctl)
         self.secure.set_input(vector, weight, np.random.default_rng())  # rounding noise: not from the seed
         self.log.info("round %d: trained in %.3fs; masked update %s", ctl.round, metrics["train_seconds"],
                       "sent" if self.secure.masked_sent else "waits for the peers' shares")
+
+    def _secure_weight(self, ctl: Control) -> float:
+        """This node's weight in a secure sum: its sample count, capped at the round's ``max_weight`` (the
+        group checks the unmasked total against the cap)."""
+        cap = ctl.secure.get("max_weight") if ctl.secure else None
+        n = float(len(self.x))
+        return min(n, float(cap)) if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 else n
 
     def _take_bytes_in(self) -> float:
         """Bytes received (model and control) since the last update."""

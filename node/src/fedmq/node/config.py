@@ -15,7 +15,7 @@ from fedmq.shared.topics import level_problem
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
              "cache_dir", "security", "min_samples", "simulate_delay_s",
-             "simulate_straggler")
+             "simulate_straggler", "simulate_attack")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class NodeConfig:
     min_samples: int = 1  # fewer samples than this is a data problem (default: 10 for live sources, else 1)
     simulate_delay_s: float = 0.0  # testing and benchmarks only: sleep this long before every training
     simulate_straggler: float = 0.0  # testing and benchmarks only: chance per round of having time for less work
+    # testing and benchmarks only: send start + scale x (the honest change), claiming `samples` samples
+    simulate_attack: Optional[Tuple[float, Optional[int]]] = None
 
 
 def _group_problem(v: object) -> Optional[str]:
@@ -76,9 +78,14 @@ def load_node_config(file: str) -> NodeConfig:
                     fix="seconds to sleep before each training, to emulate a slow device (testing only)")
     straggler = r.value(m, "simulate_straggler", "", float, 0.0, minimum=0.0, maximum=1.0,
                         fix="the chance per round that this node has time for only part of its epochs (testing only)")
+    attack = r.mapping(m.get("simulate_attack"), "simulate_attack", r.line_of(m, "simulate_attack"),
+                       ("scale", "samples")) if m.get("simulate_attack") is not None else None
+    simulate_attack = None if attack is None else (
+        r.value(attack, "scale", "simulate_attack", float, 1.0),
+        r.value(attack, "samples", "simulate_attack", int, None, minimum=1))
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
                       trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security,
                       min_samples=min_samples,
-                      simulate_delay_s=delay, simulate_straggler=straggler)
+                      simulate_delay_s=delay, simulate_straggler=straggler, simulate_attack=simulate_attack)

@@ -85,8 +85,9 @@ class Control:
     start: ``round``, ``attempt``, ``model_version``, ``deadline_at`` (Unix time, seconds),
     ``selected`` (node ids in this group's subtree) and ``train``; optionally ``model_group`` (the group
     whose model topic carries ``model_version``: HierFAVG edge rounds; absent means the global model) and
-    ``secure`` (secure aggregation parameters) and ``task``: ``stats`` asks for feature statistics
-    instead of training (federated scaling).
+    ``secure`` (secure aggregation parameters), ``task``: ``stats`` asks for feature statistics
+    instead of training (federated scaling), and ``bounds``: ``weight`` (the largest weight an update counts
+    with) and ``norm`` (the L2 norm its change is clipped to), each present only when set.
     async: ``round`` (model versions applied), ``attempt`` (the session), ``model_version`` and ``train``:
     every node trains on the newest model it has, once per model version (FedBuff).
     close: ``round``, ``attempt``, ``outcome`` (``applied``, ``retry`` or ``failed``).
@@ -104,6 +105,7 @@ class Control:
     model_group: Optional[List[str]] = None
     secure: Optional[Dict[str, Any]] = None
     task: str = "train"  # start only: "train", or "stats" (send feature statistics, see fedmq.shared.scaling)
+    bounds: Optional[Dict[str, float]] = None  # start and async: {"weight": cap, "norm": clip}, either may be absent
 
     def encode(self) -> bytes:
         """JSON bytes of this message."""
@@ -118,7 +120,7 @@ class Control:
             d.pop("outcome")
         if self.task == "train":
             d.pop("task")
-        for k in ("model_group", "secure"):
+        for k in ("model_group", "secure", "bounds"):
             if d[k] is None:
                 d.pop(k)
         if d.get("train"):  # optional fields only when set: a 1.1 node reads the rest unchanged
@@ -156,6 +158,7 @@ class Control:
                 raise MessageError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
             msg.task = task
         if kind in ("start", "async"):
+            msg.bounds = _bounds(obj.get("bounds"))
             msg.model_version = _int(obj, "model_version")
             train = obj.get("train")
             if not isinstance(train, dict):
@@ -181,6 +184,18 @@ class Control:
                 raise MessageError("outcome must be applied, retry or failed")
             msg.outcome = outcome
         return msg
+
+
+def _bounds(value: Any) -> Optional[Dict[str, float]]:
+    """A start's ``bounds``: absent, or an object of ``weight`` and/or ``norm``, each a finite number > 0."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= {"weight", "norm"}:
+        raise MessageError("bounds must be an object with weight and/or norm")
+    out = {k: _num(value, k) for k in value}
+    if any(v <= 0 for v in out.values()):
+        raise MessageError("bounds must be > 0")
+    return out
 
 
 @dataclass

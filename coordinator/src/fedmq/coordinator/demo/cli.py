@@ -65,6 +65,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                         "its local epochs (it sends that partial work if strategy.partial_work, else nothing)")
     p.add_argument("--slow", metavar="N:SECONDS",
                    help="simulate N slow nodes that each take SECONDS longer to train (e.g. 3:2.0)")
+    p.add_argument("--attack", metavar="N:SCALE[:SAMPLES]",
+                   help="simulate N attacking nodes (the last ones) that send the start model plus SCALE x their honest "
+                        "change and claim SAMPLES samples, e.g. 2:-10:10000 (sign flip x10, inflated counts)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--plot", help="write the PNG plot here (default: next to --report, or in the work directory)")
     p.add_argument("--workdir", help="keep configs, data and logs here (default: a temporary directory, removed)")

@@ -200,7 +200,25 @@ def _node_extras(args: argparse.Namespace) -> List[Dict[str, Any]]:
             slow_count, slow_s = int(count), float(seconds)
         except ValueError:
             raise SystemExit(f"fedmq demo: --slow must be N:SECONDS, e.g. 3:2.0, not {args.slow!r}") from None
+    attackers, attack = _attack(args)
     return [{**({"simulate_straggler": args.stragglers} if args.stragglers else {}),
-             **({"simulate_delay_s": slow_s} if i < slow_count else {})} for i in range(args.nodes)]
+             **({"simulate_delay_s": slow_s} if i < slow_count else {}),
+             **({"simulate_attack": attack} if i >= args.nodes - attackers else {})} for i in range(args.nodes)]
+
+
+def _attack(args: argparse.Namespace) -> "tuple[int, Dict[str, Any]]":
+    """``--attack N:SCALE[:SAMPLES]``: how many nodes attack (the last ones) and their simulate_attack."""
+    if not args.attack:
+        return 0, {}
+    try:
+        parts = args.attack.split(":")
+        count, scale = int(parts[0]), float(parts[1])
+        samples = int(parts[2]) if len(parts) == 3 else None
+        if len(parts) > 3 or not 0 < count <= args.nodes or (samples is not None and samples < 1):
+            raise ValueError
+    except (ValueError, IndexError):
+        raise SystemExit(f"fedmq demo: --attack must be N:SCALE or N:SCALE:SAMPLES with 1 <= N <= --nodes, e.g. "
+                         f"2:-10:10000, not {args.attack!r}") from None
+    return count, {"scale": scale, **({"samples": samples} if samples else {})}
 
 

@@ -8,6 +8,7 @@ All rules are translation-invariant, so they work the same on weights and on cha
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import numpy as np
 
@@ -47,8 +48,25 @@ def krum_scores(stack: np.ndarray, byzantine: int) -> np.ndarray:
     return np.sort(dist, axis=1)[:, :closest].sum(axis=1)
 
 
-def aggregate(strategy: Strategy, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The strategy's robust aggregate of the rows of ``stack`` (``weights``: their sample counts)."""
+def buckets(stack: np.ndarray, weights: np.ndarray, size: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """The rows shuffled into buckets of ``size`` and averaged within each (weighted): a robust rule applied to
+    the bucket means copes with heterogeneous (non-IID) honest updates (Karimireddy et al. 2022)."""
+    if size <= 1 or len(stack) <= size:
+        return stack, weights
+    order = rng.permutation(len(stack))
+    means, totals = [], []
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        w = weights[idx]
+        means.append((stack[idx] * w[:, None]).sum(axis=0) / w.sum())
+        totals.append(w.sum())
+    return np.stack(means), np.asarray(totals)
+
+
+def aggregate(strategy: Strategy, stack: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The strategy's robust aggregate of the rows of ``stack`` (``weights``: their capped sample counts),
+    applied to bucket means when ``bucket_size`` > 1 (``rng`` shuffles the buckets)."""
+    stack, weights = buckets(stack, weights, strategy.bucket_size, rng)
     rule = strategy.aggregator
     if rule == "median":
         return median(stack)

@@ -269,7 +269,7 @@ def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Tr
         chunk_timeout_s=r.value(m, "chunk_timeout_s", "transport", float, 60.0, minimum=1.0))
 
 
-STRATEGY_KEYS = ("aggregator", "trim_fraction", "byzantine", "multi_krum_keep", "clip_norm", "proximal_mu",
+STRATEGY_KEYS = ("aggregator", "trim_fraction", "byzantine", "multi_krum_keep", "bucket_size", "clip_norm", "weight_cap", "proximal_mu",
                  "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy", "mode", "partial_work",
                  "async", "edge_rounds", "secure")
 MAX_EDGE_ROUNDS = 100
@@ -294,7 +294,9 @@ def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strat
         trim_fraction=r.value(m, "trim_fraction", p, float, d.trim_fraction, minimum=0.0, maximum=0.49),
         byzantine=r.value(m, "byzantine", p, int, d.byzantine, minimum=0),
         multi_krum_keep=r.value(m, "multi_krum_keep", p, int, None, minimum=1),
-        clip_norm=r.value(m, "clip_norm", p, float, None, minimum=1e-12),
+        bucket_size=r.value(m, "bucket_size", p, int, d.bucket_size, minimum=1, maximum=1000),
+        **_bound(r, m, "clip_norm", privacy is not None, "a positive number (the L2 norm every change is clipped to)"),
+        **_bound(r, m, "weight_cap", privacy is not None, "a positive number of samples"),
         proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0),
         partial_work=r.value(m, "partial_work", p, bool, d.partial_work),
         server_optimizer=r.value(m, "server_optimizer", p, str, d.server_optimizer, choices=SERVER_OPTIMIZERS),
@@ -310,6 +312,20 @@ def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strat
         secure=_secure(r, m))
     _check_combinations(r, m, s, codec)
     return s
+
+
+def _bound(r: Reader, m: Optional[dict], key: str, privacy: bool, number: str) -> Dict[str, Any]:
+    """``clip_norm`` or ``weight_cap``: ``auto`` (the default, adaptive), ``none`` (off) or a fixed number; as
+    the Strategy fields ``<key>`` (the number) and ``<clip|weight>_auto``. Privacy fixes both itself."""
+    auto_field = "clip_auto" if key == "clip_norm" else "weight_auto"
+    value = r.value(m, key, "strategy", (float, str), "auto",
+                    check=lambda v: None if not isinstance(v, str) or v in ("auto", "none")
+                    else f"must be auto, none or {number}, not {v!r}",
+                    fix=f"write strategy.{key}: auto (the default), none, or {number}")
+    if isinstance(value, float) and value <= 0:
+        r.error(r.line_of(m, key), f"strategy.{key}", f"must be positive, not {value}", f"use auto, none or {number}")
+    fixed = value if isinstance(value, float) and value > 0 else None
+    return {key: fixed, auto_field: value == "auto" and not privacy}
 
 
 def _async(r: Reader, m: Optional[dict]) -> AsyncSettings:
@@ -365,6 +381,16 @@ def _check_combinations(r: Reader, m: Optional[dict], s: Strategy, codec: Codec)
          "clipped changes, not for a robust rule", "use aggregator: fedavg with privacy"),
         (s.privacy is not None and s.clip_norm is not None, "clip_norm", "privacy.clip_norm already bounds every "
          "change", "drop strategy.clip_norm"),
+        (s.privacy is not None and s.weight_cap is not None, "weight_cap", "with privacy every update weighs 1",
+         "drop strategy.weight_cap"),
+        (s.clip_auto and s.mode == "async", "clip_norm", "the adaptive bound tracks the change norms of whole "
+         "rounds, which async mode does not have", "set strategy.clip_norm to a number (or none, unbounded)"),
+        (s.clip_auto and any(n > 1 for n in s.edge_rounds), "clip_norm", "the adaptive bound is calibrated on the "
+         "nodes' own updates in the first round, and edge rounds send edge models instead",
+         "set strategy.clip_norm to a number (or none, unbounded)"),
+        (s.clip_auto and s.secure is not None, "clip_norm", "secure aggregation hides every update's norm, so an "
+         "adaptive bound has nothing to track", "set strategy.clip_norm to a number: nodes clip to it and every "
+         "group checks its unmasked sum against it"),
         (s.secure is not None and codec.name != "raw", "secure", "secure aggregation encodes updates in its own "
          f"finite field; the update codec {codec.name!r} cannot be masked", "use compression.update: raw with secure"),
         (s.secure is not None and s.robust, "secure", "a robust rule needs every update in the clear; secure "

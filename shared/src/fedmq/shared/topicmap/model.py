@@ -158,7 +158,9 @@ class Strategy:
     ``aggregator``: ``fedavg`` (sample-weighted mean, streamed as sums up the tree) or a Byzantine-robust
     rule computed at the root over every update (``median``, ``trimmed_mean`` cutting ``trim_fraction``
     at each end, ``krum`` / ``multi_krum`` tolerating ``byzantine`` attackers and averaging the
-    ``multi_krum_keep`` best). ``clip_norm`` bounds every update's change. ``proximal_mu`` is FedProx's
+    ``multi_krum_keep`` best), over the means of shuffled buckets of ``bucket_size`` updates. Every update's change is clipped to ``clip_norm`` (``clip_auto``: to the
+    previous round's median change norm) and its weight capped at ``weight_cap`` (``weight_auto``: twice the
+    median sample count the nodes report); see fedmq.coordinator.strategy.bounds. ``proximal_mu`` is FedProx's
     mu, sent to nodes with each round. The server optimizer treats the aggregated change as a
     pseudo-gradient (Reddi et al. 2021): ``fedavg`` applies it, ``fedavgm`` with momentum, ``fedadam``,
     ``fedyogi`` and ``fedadagrad`` adaptively. ``mode`` is ``sync`` (rounds) or ``async`` (FedBuff,
@@ -169,7 +171,11 @@ class Strategy:
     trim_fraction: float = 0.2
     byzantine: int = 0
     multi_krum_keep: Optional[int] = None
+    bucket_size: int = 1  # robust rules: applied to means of shuffled buckets of this many updates (1: off)
     clip_norm: Optional[float] = None
+    clip_auto: bool = True
+    weight_cap: Optional[float] = None
+    weight_auto: bool = True
     proximal_mu: float = 0.0
     partial_work: bool = False  # FedProx: nodes short of time send the epochs they managed
     server_optimizer: str = "fedavg"
