@@ -1,7 +1,7 @@
 """Learning quality of the aggregation strategies, each run as whole federations (``fedmq demo``: Mosquitto,
 a coordinator and one process per node) on this machine.
 
-Usage: .venv/bin/python bench/strategies.py [--only stragglers noniid async secure dp] [--rounds 20]
+Usage: .venv/bin/python bench/strategies.py [--only stragglers noniid attacks async secure dp] [--rounds 20]
        [--seeds 0 1] [--plots docs]
 
 * stragglers: the FedProx paper's Synthetic(1,1), 30 devices, 10 per round, 20 epochs at lr 0.01; each
@@ -9,6 +9,9 @@ Usage: .venv/bin/python bench/strategies.py [--only stragglers noniid async secu
   deadline); FedProx (mu = 1) takes their partial work (1 to 19 epochs, uniform), as in the paper.
 * noniid: digits over 10 nodes, Dirichlet alpha 0.1, 0.5 and 10: accuracy per round for FedAvg, FedProx
   (mu = 0.1) and FedAdam (server lr 0.03).
+* attacks: digits over 10 nodes, Dirichlet alpha 0.1, 2 nodes sending start - 10 x their change (with and
+  without claiming 10,000 samples) or no change: final accuracy of unbounded FedAvg, the default bounds and
+  the robust rules.
 * async: digits, 10 nodes of which 3 take 2 s longer to train; sync rounds against FedBuff (a version per
   5 changes, server lr 0.5) by wall-clock time: time to reach 0.9 accuracy and accuracy after the same time.
 * secure: digits with and without secure aggregation, same seed: accuracy, bytes per update, round time.
@@ -84,7 +87,8 @@ def async_vs_sync(rounds: int, seed: int) -> Dict[str, List[Tuple[float, float]]
     runs = {
         "sync": run_demo([*DIGITS, "--rounds", str(rounds), "--seed", str(seed), "--slow", "3:2.0"]),
         "async": run_demo([*DIGITS, "--rounds", str(2 * rounds), "--seed", str(seed), "--slow", "3:2.0", "--strategy",
-                           "{mode: async, server_lr: 0.5, async: {buffer_size: 5, max_staleness: 10, flush_s: 0.2}}"]),
+                           "{mode: async, server_lr: 0.5, clip_norm: none, "
+                           "async: {buffer_size: 5, max_staleness: 10, flush_s: 0.2}}"]),
     }
     print(f"{'mode':>6} {'versions':>9} {'wall s':>7} {'s to 0.90':>10} {'final acc':>10} {'mean staleness':>15}")
     for name, rep in runs.items():
@@ -103,12 +107,32 @@ def async_vs_sync(rounds: int, seed: int) -> Dict[str, List[Tuple[float, float]]
 def secure(rounds: int, seeds: List[int]) -> None:
     print("\n== digits, 10 nodes in 2 homes: secure aggregation against plain FedAvg (same seeds)")
     print(f"{'':>7} {'accuracy':>9} {'bytes/update':>13} {'median round s':>15}")
-    for name, extra in (("plain", []), ("secure", ["--strategy", "{secure: {phase_s: 5}}"])):
+    for name, extra in (("plain", ["--strategy", "{clip_norm: none}"]),
+                        ("secure", ["--strategy", "{secure: {phase_s: 5}, clip_norm: none}"])):
         reps = [run_demo([*DIGITS, "--rounds", str(rounds), "--seed", str(s), *extra]) for s in seeds]
         rows = [r for rep in reps for r in rep["rounds"]]
         print(f"{name:>7} {statistics.mean(rep['final_accuracy'] for rep in reps):>9.4f} "
               f"{statistics.mean(r['bytes_per_update'] for r in rows):>13,.0f} "
               f"{statistics.median(r['seconds'] for r in rows):>15.3f}", flush=True)
+
+
+ATTACKS = {"clean": [], "sign flip x10, 10,000 samples claimed": ["--attack", "2:-10:10000"],
+           "sign flip x10": ["--attack", "2:-10"], "no change sent (their data lost)": ["--attack", "2:0"]}
+DEFENCES = {"unbounded FedAvg": "{clip_norm: none, weight_cap: none}", "default (bounded FedAvg)": "{}",
+            "trimmed mean": "{aggregator: trimmed_mean}", "trimmed mean, buckets of 3": "{aggregator: trimmed_mean, bucket_size: 3}",
+            "median": "{aggregator: median}", "multi-Krum f=2": "{aggregator: multi_krum, byzantine: 2}"}
+
+
+def attacks(rounds: int, seeds: List[int]) -> None:
+    print("\n== digits, 10 nodes split non-IID (Dirichlet alpha 0.1), 2 of them attacking: final accuracy")
+    print(f"{'':>28} " + " ".join(f"{a[:18]:>18}" for a in ATTACKS), flush=True)
+    for name, strategy in DEFENCES.items():
+        row = []
+        for extra in ATTACKS.values():
+            reps = [run_demo([*DIGITS, "--alpha", "0.1", "--rounds", str(rounds), "--seed", str(s), "--strategy",
+                              strategy, *extra]) for s in seeds]
+            row.append(statistics.mean(r["final_accuracy"] or 0.0 for r in reps))
+        print(f"{name:>28} " + " ".join(f"{a:>18.4f}" for a in row), flush=True)
 
 
 def noise_for(epsilon: float, rounds: int, delta: float = 1e-5) -> float:
@@ -178,8 +202,8 @@ def plot_time(series: Dict[str, List[Tuple[float, float]]], path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", nargs="+", default=["stragglers", "noniid", "async", "secure", "dp"],
-                    choices=["stragglers", "noniid", "async", "secure", "dp"])
+    ap.add_argument("--only", nargs="+", default=["stragglers", "noniid", "attacks", "async", "secure", "dp"],
+                    choices=["stragglers", "noniid", "attacks", "async", "secure", "dp"])
     ap.add_argument("--rounds", type=int, default=20, help="rounds per run (default 20)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds to average (default 0 1)")
     ap.add_argument("--plots", help="directory for PNG plots")
@@ -194,6 +218,8 @@ def main() -> None:
         curves = noniid(args.rounds, args.seeds)
         if args.plots:
             plot(curves, f"{args.plots}/strategies-noniid.png", "digits, Dirichlet non-IID: FedAvg, FedProx, FedAdam")
+    if "attacks" in args.only:
+        attacks(args.rounds, args.seeds)
     if "async" in args.only:
         series = async_vs_sync(args.rounds, args.seeds[0])
         if args.plots:

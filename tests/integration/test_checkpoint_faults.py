@@ -124,6 +124,7 @@ def test_updates_of_huge_values_are_refused_and_the_model_stays_finite():
     rej = Rejections(logging.getLogger("test"))
     out = {}
     root = GroupAggregator(tm, tm.root, Membership(tm), lambda *a: None, rej, on_root_close=lambda c, r: out.update(r=r))
+    root.set_model(0, {k: v.astype(np.float64) for k, v in initial_weights(tm.model).items()})
     root.start(Control("start", 1, attempt=1, model_version=0, deadline_at=time.time() + 30, selected=["a", "b"],
                        train=TrainParams(1, 8, 0.1)))
     huge = {k: np.full(v.shape, 1e300, np.float64) for k, v in initial_weights(tm.model).items()}

@@ -46,15 +46,17 @@ def settings(broker, sec, pid=None, **kw):
                           TlsSettings(ca_file=os.path.join(sec, "ca.crt")), **kw)
 
 
-def raw_client(broker, sec, pid):
+def raw_client(broker, sec, pid, client_id=None):
     """A paho client with one party's certificate, reporting PUBACK reason codes."""
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{pid}", protocol=mqtt.MQTTv5)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"raw-{pid}", protocol=mqtt.MQTTv5)
     t = tls_for(sec, pid)
     c.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     c.acks, c.got, ready = {}, [], threading.Event()
     c.on_publish = lambda cl, u, mid, rc, props: c.acks.__setitem__(mid, rc)
     c.on_message = lambda cl, u, msg: c.got.append(msg.topic)
     c.on_connect = lambda *a: ready.set()
+    c.drops = []
+    c.on_disconnect = lambda *a: c.drops.append(a[3])
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     assert ready.wait(10)
@@ -288,10 +290,31 @@ def fedmq_node(cfg, log):
     return fedmq(["node", "run", cfg], str(log))
 
 
-def test_signed_mtls_federation_with_an_edge_process(tmp_path):
-    from fedhelp import fedmq
+def test_a_party_cannot_take_another_partys_connection_over(secured):
+    """Client ids are bound to identities: a node (or anyone) connecting with the coordinator's client id
+    gets its own id instead, and the coordinator stays connected (no last will, no stalled rounds)."""
+    paths, tm, sec, broker = secured
+    coord = raw_client(broker, sec, "coordinator", client_id="fedmq-fed-root")
+    thief = raw_client(broker, sec, "a1", client_id="fedmq-fed-root")
+    time.sleep(1.0)
+    assert coord.is_connected() and thief.is_connected() and coord.drops == []
+    t = Topics(FED)
+    coord.subscribe(t.update(("home1",), "a1"), qos=1)
+    time.sleep(0.3)
+    sent = thief.publish(t.update(("home1",), "a1"), b"a1's own update", qos=1)
+    wait_for(lambda: t.update(("home1",), "a1") in coord.got, 10, "a1's update at the coordinator")
+    assert thief.acks[sent.mid].value == 0
+    for c in (coord, thief):
+        c.loop_stop()
 
-    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=3, deadline_s=8, edge=["home2"])
+
+def edge_federation(tmp_path, workers=1, rounds=3, quorum=1.0):
+    """A signed mutual-TLS federation whose group home2 is served by edge processes (``workers`` of them),
+    running: its nodes and edges started, the broker returned (the caller stops both)."""
+    from fedhelp import fedmq, rewrite_yaml
+
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=rounds, deadline_s=8, edge=["home2"], quorum=quorum)
+    rewrite_yaml(paths["topic_map"], lambda fed: fed["tree"]["groups"]["home2"].update(workers=workers))
     tm = load_topic_map(paths["topic_map"])
     sec = str(tmp_path / "sec")
     provision(tm, sec)
@@ -302,10 +325,20 @@ def test_signed_mtls_federation_with_an_edge_process(tmp_path):
         cfg["broker"].update(port=broker.port, **sections["broker"])
         cfg["security"] = {**sections["security"], **({"signatures": True} if pid == "coordinator" else {})}
         yaml.safe_dump(cfg, open(path, "w"))
-    edge = os.path.join(sec, "clients", client_file(edge_id(("home2",))))
     procs = list(start_nodes(paths, [n for ns in GROUPS.values() for n in ns], tmp_path).values())
-    procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--signing-key", edge + ".sign",
-                        "--cert", edge + ".crt", "--key", edge + ".key"], str(tmp_path / "edge.log")))
+    for w in range(workers):
+        edge = os.path.join(sec, "clients", client_file(edge_id(("home2",), w)))
+        procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--worker", str(w),
+                            "--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key"],
+                           str(tmp_path / f"edge{w}.log")))
+    return paths, tm, sec, broker, procs
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_signed_mtls_federation_with_an_edge_process(tmp_path, workers):
+    """An edge group (split over two worker processes: each with its own certificate, client id and signing
+    key) in a federation with mutual TLS, signatures and the least-privilege ACL."""
+    paths, tm, sec, broker, procs = edge_federation(tmp_path, workers)
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= 3, 40, "three signed rounds through the edge")
@@ -313,4 +346,50 @@ def test_signed_mtls_federation_with_an_edge_process(tmp_path):
             assert not any("signature" in k for k in c.service.rejections.total)
     finally:
         stop(procs)
+        broker.stop()
+
+
+def test_a_revoked_edge_that_stays_connected_cannot_inject_partials(tmp_path):
+    """Revoking an edge aggregator removes its broker user from the ACL, and the running coordinator reloads
+    keys.json: the edge, still connected (Mosquitto not told yet), has its partials refused at once."""
+    paths, tm, sec, broker, procs = edge_federation(tmp_path, rounds=200, quorum=0.5)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: any(r["updates"] == 4 for r in c.rounds), 40, "a round through the edge")
+            revoke(tm, sec, edge_id(("home2",)))
+            assert "user edge/home2" not in open(os.path.join(sec, "acl")).read()
+            wait_for(lambda: c.service.rejections.total["unknown signer"] >= 1, 40, "the edge's partial refused")
+            done = len(c.rounds)
+            wait_for(lambda: len(c.rounds) >= done + 2, 40, "two rounds without the revoked edge")
+            assert all(r["updates"] == 2 for r in c.rounds[done:])
+    finally:
+        stop(procs)
+        broker.stop()
+
+
+def test_only_open_tokens_log_in_on_the_enrolment_listener(tmp_path):
+    """Every party also has a password; on the certificate-free enrolment listener none of them may log in
+    (an attacker holding the coordinator's password would publish models there), only open tokens."""
+    from fedmq.broker.provision import new_tokens
+
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=2, deadline_s=8)
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    token_id, secret = new_tokens(tm, sec, 1)[0].split(".", 1)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="mtls", enrol=True).start()
+    try:
+        def login(user, password_file):
+            cfg = BrokerSettings(host="127.0.0.1", port=broker.config.enrol_port, username=user,
+                                 password_file=password_file, tls=TlsSettings(ca_file=os.path.join(sec, "ca.crt")))
+            return connects(MqttLink(f"probe-{user}".replace("/", "-"), cfg))
+
+        for pid in ("coordinator", "a1"):
+            assert not login(pid, os.path.join(sec, "clients", client_file(pid) + ".password")), \
+                f"{pid} logged in without a certificate"
+        (tmp_path / "token").write_text(secret)
+        assert login(f"enrol-{token_id}", str(tmp_path / "token"))
+        assert "coordinator" not in open(os.path.join(sec, "enrol-passwords")).read()
+        assert "enrol-" not in open(os.path.join(sec, "passwords")).read()
+    finally:
         broker.stop()

@@ -70,20 +70,22 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
     for path, group in tm.groups().items():
         if not group.edge:
             continue
-        lines.append(f"user {edge_id(path)}")
+        rules: List[str] = []
         for p in _served(tm, path):
             g = t.group(p)
-            lines += [f"topic read {g}/_update/+", f"topic readwrite {g}/_partial/+", f"topic read {g}/_status/+",
+            rules += [f"topic read {g}/_update/+", f"topic readwrite {g}/_partial/+", f"topic read {g}/_status/+",
                       f"topic readwrite {g}/_control", f"topic read {g}/_secagg/+", *_aggregator_writes(t, p)]
-            lines += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
-        lines += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
+            rules += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
+        rules += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
                   f"topic read {t.model()}"]
         if group.workers > 1:  # its workers tell each other which nodes they have aggregated
-            lines += [f"topic readwrite {t.group(path)}/_progress/+"]
+            rules += [f"topic readwrite {t.group(path)}/_progress/+"]
         if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
-            lines += [f"topic write {t.group(p)}/_status/+" for p in site_groups(tm, path)]
-            lines += [f"topic read {t.base}/_file/#"]
-        lines.append("")
+            rules += [f"topic write {t.group(p)}/_status/+" for p in site_groups(tm, path)]
+            rules += [f"topic read {t.base}/_file/#"]
+        for worker in range(group.workers):  # each worker process is a user of its own, with the same rights
+            if edge_id(path, worker) not in revoked:  # a revoked edge keeps no user (and so no right)
+                lines += [f"user {edge_id(path, worker)}", *rules, ""]
     for node in sorted(nodes):
         if node not in revoked:
             lines += node_rules(t, node, nodes[node]) + [""]

@@ -8,7 +8,8 @@ Layout of DIR::
     clients/<id>.password     its MQTT password (the password file holds only the hash)
     clients/<id>.sign         its Ed25519 signing key (end-to-end signatures)
     keys.json                 every party's Ed25519 public key (give it to the coordinator and the nodes)
-    passwords                 mosquitto_passwd format
+    passwords                 mosquitto_passwd format: every party (the main listener)
+    enrol-passwords           mosquitto_passwd format: the open enrolment tokens (the enrolment listener)
     acl                       least-privilege ACL (acl.py)
     crl.pem                   revoked certificates
     registry.json             parties, their groups, certificate serials, revocations
@@ -66,7 +67,8 @@ def _parties(tm: TopicMap) -> Dict[str, dict]:
     out: Dict[str, dict] = {COORDINATOR: {"role": "coordinator", "group": []}}
     for path, group in tm.groups().items():
         if group.edge:
-            out[edge_id(path)] = {"role": "edge", "group": list(path)}
+            for worker in range(group.workers):
+                out[edge_id(path, worker)] = {"role": "edge", "group": list(path), "worker": worker}
         for node in group.nodes:
             if node == COORDINATOR:
                 raise ValueError(f"node id {node!r} is reserved for the coordinator; rename the node")
@@ -92,7 +94,7 @@ def provision(tm: TopicMap, directory: str, *, ca_cert: Optional[str] = None, ca
         pki.issue(ca, tm.broker.host, os.path.join(directory, "server.crt"), os.path.join(directory, "server.key"),
                   server_names=names)
     registry = Registry.load(directory)
-    hashes = passwords.read_file(os.path.join(directory, "passwords"))
+    hashes = _hashes(directory)
     added = []
     for pid, info in _parties(tm).items():
         if pid in registry.parties or pid in registry.revoked:
@@ -120,6 +122,7 @@ def add_party(ca: tuple, directory: str, registry: Registry, hashes: Dict[str, s
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name and a topic level, everywhere
 RESERVED_PREFIXES = (acl.ENROL_PREFIX,)  # an enrolment token's broker user ("enrol-<token id>")
 DEFAULT_TOKEN_TTL_S = 7 * 86400
+ENROL_PASSWORDS = "enrol-passwords"  # the enrolment listener's password file: open tokens only
 
 
 def _expired(token: dict) -> bool:
@@ -136,7 +139,12 @@ def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, ha
     open_tokens = {t for t, info in registry.tokens.items() if not info.get("used_by") and not _expired(info)}
     live = {p: h for p, h in hashes.items() if p not in registry.revoked
             and (not p.startswith(acl.ENROL_PREFIX) or p[len(acl.ENROL_PREFIX):] in open_tokens)}
-    passwords.write_file(os.path.join(directory, "passwords"), live)
+    # Parties log in on the main listener, tokens only on the enrolment listener: two files, so that a
+    # party's password is no use without its certificate, and a token is no use anywhere else.
+    passwords.write_file(os.path.join(directory, "passwords"),
+                         {p: h for p, h in live.items() if not p.startswith(acl.ENROL_PREFIX)})
+    passwords.write_file(os.path.join(directory, ENROL_PASSWORDS),
+                         {p: h for p, h in live.items() if p.startswith(acl.ENROL_PREFIX)})
     nodes = {p: tuple(i["group"]) for p, i in registry.parties.items() if i["role"] == "node"}
     write_atomic(os.path.join(directory, "acl"), acl.render_acl(tm, nodes, registry.revoked, sorted(open_tokens)))
     serials = [registry.parties[p]["serial"] for p in registry.revoked if p in registry.parties]
@@ -146,11 +154,17 @@ def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, ha
     registry.save(directory)
 
 
+def _hashes(directory: str) -> Dict[str, str]:
+    """Every stored password hash: the parties' and the open tokens'."""
+    return {**passwords.read_file(os.path.join(directory, "passwords")),
+            **passwords.read_file(os.path.join(directory, ENROL_PASSWORDS))}
+
+
 def refresh(tm: TopicMap, directory: str) -> None:
     """Rewrite the password file, ACL, CRL and keys.json from the registry and the current topic map
     (no new credentials)."""
     ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
-    _write_state(tm, directory, ca, Registry.load(directory), passwords.read_file(os.path.join(directory, "passwords")))
+    _write_state(tm, directory, ca, Registry.load(directory), _hashes(directory))
 
 
 def revoke(tm: TopicMap, directory: str, pid: str) -> None:
@@ -161,7 +175,7 @@ def revoke(tm: TopicMap, directory: str, pid: str) -> None:
     if pid not in registry.revoked:
         registry.revoked.append(pid)
     ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
-    _write_state(tm, directory, ca, registry, passwords.read_file(os.path.join(directory, "passwords")))
+    _write_state(tm, directory, ca, registry, _hashes(directory))
 
 
 def client_config(directory: str, pid: str, *, auth: str = "mtls") -> Dict[str, dict]:
@@ -180,7 +194,7 @@ def new_tokens(tm: TopicMap, directory: str, count: int, ttl_s: float = DEFAULT_
     """Create ``count`` one-time enrolment tokens ("<id>.<secret>") valid for ``ttl_s`` seconds; only their
     hashes are stored."""
     registry = Registry.load(directory)
-    hashes = passwords.read_file(os.path.join(directory, "passwords"))
+    hashes = _hashes(directory)
     out = []
     for _ in range(count):
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(18)
@@ -213,7 +227,7 @@ def enrol(tm: TopicMap, directory: str, token_id: str, secret: str, node_id: str
     if group is None:
         raise EnrolmentRefused("not admitted by the topic map")
     ca = pki.load_pair(os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key"))
-    hashes = passwords.read_file(os.path.join(directory, "passwords"))
+    hashes = _hashes(directory)
     add_party(ca, directory, registry, hashes, node_id, {"role": "node", "group": list(group.path)})
     token["used_by"] = node_id
     _write_state(tm, directory, ca, registry, hashes)

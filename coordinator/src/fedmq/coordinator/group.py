@@ -205,13 +205,18 @@ class GroupAggregator:
 
     # --- incoming ----------------------------------------------------------------------------------
 
-    def _signer(self, kind: Kind, sender: str) -> str:
-        """Who must have signed: the node for an update; for a partial, the child's edge aggregator, or
-        the coordinator when the child group runs inside the coordinator."""
+    def _signer(self, kind: Kind, sender: str, env: Envelope) -> str:
+        """Who must have signed: the node for an update; for a partial, the child's edge aggregator (the
+        worker the partial names, when the child is split over several), or the coordinator when the child
+        group runs inside the coordinator."""
         if kind == Kind.UPDATE:
             return sender
         child = next((c for c in self.group.children if c.name == sender), None)
-        return edge_id(child.path) if child is not None and child.edge else COORDINATOR
+        if child is None or not child.edge:
+            return COORDINATOR
+        worker = env.meta.get("worker", 0)
+        valid = isinstance(worker, int) and not isinstance(worker, bool) and 0 <= worker < child.workers
+        return edge_id(child.path, worker if valid else 0)
 
     def _decode(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
         """The envelope if it is well-formed, from ``sender``, and for the open round; else None (rejected)."""
@@ -257,7 +262,7 @@ class GroupAggregator:
             return None
         if self.auth is not None:
             try:
-                self.auth.check(payload, raw, env, self._signer(kind, sender))
+                self.auth.check(payload, raw, env, self._signer(kind, sender, env))
             except SignatureError as exc:
                 self.rejections.reject(exc.reason, topic, str(exc))
                 return None

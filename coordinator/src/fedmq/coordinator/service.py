@@ -27,7 +27,7 @@ from fedmq.shared.messages import Control, MessageError
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared import codecs
 from fedmq.shared.models import expected_shapes
-from fedmq.shared.signing import Auth, KeyRing, split
+from fedmq.shared.signing import Auth, reload_keys, split
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -45,7 +45,7 @@ class CoordinatorService:
         self.auth: Optional[Auth] = None
         if tm.security.signatures:  # the root signs as the coordinator, an edge as edge/<path> with its own key
             assert tm.security.keys and tm.security.signing_key
-            self.auth = Auth(COORDINATOR if edge is None else edge_id(edge),
+            self.auth = Auth(COORDINATOR if edge is None else edge_id(edge, worker),
                              signing_key or tm.security.signing_key, tm.security.keys)
         self.topics = tm.topics()
         self.rejections = Rejections(log)
@@ -102,10 +102,8 @@ class CoordinatorService:
 
     def _enrolled(self, node: str) -> None:
         """A new node has credentials: trust its signing key from now on."""
-        if self.auth is not None and self.tm.security.keys:
-            ring = KeyRing.from_file(self.tm.security.keys)
-            ring.seen = self.auth.keyring.seen  # keep the replay protection
-            self.auth.keyring = ring
+        if self.auth is not None:
+            self.auth.reload(force=True)
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         if retain:
@@ -158,6 +156,8 @@ class CoordinatorService:
                     self.driver.tick(now)
                 if self.enrolment is not None:
                     self.enrolment.tick()
+                if self.auth is not None:
+                    reload_keys(self.auth, log)
         finally:
             self.link.stop()
 

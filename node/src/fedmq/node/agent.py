@@ -33,7 +33,7 @@ from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.scaling import Scaling, local_stats
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
-from fedmq.shared.signing import Auth, split
+from fedmq.shared.signing import Auth, reload_keys, split
 from fedmq.shared.topicmap import ModelSpec
 from fedmq.shared.topics import Topics
 
@@ -117,6 +117,8 @@ class NodeAgent:
                     if time.monotonic() - self._checked_at >= (RECHECK_S if self.problem else RELOAD_S):
                         self.refresh_data()
                 self._train_async()
+                if self.auth is not None:
+                    reload_keys(self.auth, self.log)
         finally:
             self.link.stop(final=(self.status_topic, Status(self.cfg.node_id, "offline").encode()))
             if self.source is not None and self.source.live:

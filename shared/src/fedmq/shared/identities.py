@@ -5,6 +5,8 @@ from typing import Sequence
 COORDINATOR = "coordinator"
 
 
-def edge_id(path: Sequence[str]) -> str:
-    """The identity of the edge aggregator serving the group at ``path``."""
-    return "edge/" + "/".join(path)  # "/" cannot be in a node id, and (unlike ":") can be in a Mosquitto user name
+def edge_id(path: Sequence[str], worker: int = 0) -> str:
+    """The identity of the edge aggregator serving the group at ``path`` (of its ``worker``-th process when
+    the group is split over several: each has its own certificate, broker user, client id and signing key)."""
+    # "/" cannot be in a node id, and (unlike ":") can be in a Mosquitto user name
+    return ("edge/" if worker == 0 else f"edge-w{worker}/") + "/".join(path)

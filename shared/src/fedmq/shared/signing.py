@@ -16,9 +16,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
+import time
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from fedmq.shared.envelope import Envelope, encode
 
@@ -89,6 +91,18 @@ def split(payload: bytes) -> Tuple[bytes, Optional[bytes], Optional[bytes]]:
     return payload, None, None
 
 
+def reload_keys(auth: "Auth", log: "logging.Logger") -> None:
+    """``auth.reload()``, logging what changed: a revoked party's messages are refused from now on."""
+    try:
+        dropped = auth.reload()
+    except SignatureError as exc:
+        log.error("%s", exc)
+        return
+    if dropped:
+        log.warning("keys reloaded from %s: no longer accepting messages signed by %s", auth.keys_path,
+                    ", ".join(dropped))
+
+
 class KeyRing:
     """Public keys by signer id, and the nonces already seen (at most ``max_nonces``, oldest forgotten)."""
 
@@ -131,13 +145,46 @@ class KeyRing:
         return env
 
 
+def _stamp(path: str) -> Tuple[int, int]:
+    """(modification time in ns, size) of a file, or (0, 0) when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, 0
+
+
 class Auth:
     """One party's signing identity plus everyone's public keys: seals what it sends, checks what it gets."""
+
+    RELOAD_S = 2.0  # how often ``reload`` looks at keys.json
 
     def __init__(self, identity: str, signing_key: str, keys: str) -> None:
         self.identity = identity
         self.key = load_signing_key(signing_key)
+        self.keys_path = keys
         self.keyring = KeyRing.from_file(keys)
+        self._stamp = _stamp(keys)
+        self._looked = time.monotonic()
+
+    def reload(self, force: bool = False) -> List[str]:
+        """Read keys.json again if it changed (looking at most every ``RELOAD_S`` unless ``force``): a party
+        revoked while this process runs is refused from then on, one enrolled is trusted. Returns the signers
+        that were dropped; a file that cannot be read keeps the keys in use and raises SignatureError."""
+        if not force and time.monotonic() - self._looked < self.RELOAD_S:
+            return []
+        self._looked = time.monotonic()
+        stamp = _stamp(self.keys_path)
+        if stamp == self._stamp:
+            return []
+        try:
+            fresh = KeyRing.from_file(self.keys_path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise SignatureError("unreadable keys", f"{self.keys_path}: {exc}; still using the keys read before") from None
+        self._stamp = stamp
+        dropped = sorted(set(self.keyring.keys) - set(fresh.keys))
+        self.keyring.keys = fresh.keys  # the nonces seen stay
+        return dropped
 
     def seal(self, env: "Envelope") -> bytes:
         """Encode and sign an envelope as this party."""
