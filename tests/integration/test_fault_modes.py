@@ -18,9 +18,9 @@ ROUNDS = 5
 MODES = {
     "chunked": {"model": {"kind": "mlp", "features": 8, "classes": [0, 1, 2], "hidden": [64]},
                 "transport": {"max_payload_bytes": 1024}},
-    "async": {"strategy": {"mode": "async", "async": {"buffer_size": 3, "max_staleness": 20}}},
-    "secure": {"strategy": {"secure": {"phase_s": 3}}},
-    "hierfavg": {"strategy": {"edge_rounds": [2]}},
+    "async": {"strategy": {"mode": "async", "clip_norm": 10.0, "async": {"buffer_size": 3, "max_staleness": 20}}},
+    "secure": {"strategy": {"secure": {"phase_s": 3}, "clip_norm": 10.0}},
+    "hierfavg": {"strategy": {"edge_rounds": [2], "clip_norm": 10.0}},
     "workers": {},
 }
 

@@ -50,16 +50,19 @@ class Attacker(NodeAgent):
 
 
 def run_federation(tmp_path, port, strategy, attackers=(), rounds=ROUNDS, delays=None, extra_rounds=None,
-                   dropouts=None):
+                   dropouts=None, claims=None):
+    """Run a federation of GROUPS to ``rounds`` rounds; ``attackers`` flip and scale their changes (and, with
+    ``claims``, claim that many samples)."""
     dropouts = dropouts or {}
     paths = write_federation(str(tmp_path), port, GROUPS, rounds=rounds, checkpoint=False,
                              extra={"strategy": strategy} if strategy else None,
                              extra_rounds={"learning_rate": 0.05, **(extra_rounds or {})})
     agents = []
     for n in [n for ns in GROUPS.values() for n in ns]:
-        cfg = replace(load_node_config(paths[n]), simulate_delay_s=(delays or {}).get(n, 0.0))
+        cfg = replace(load_node_config(paths[n]), simulate_delay_s=(delays or {}).get(n, 0.0),
+                      simulate_attack=(-10.0, claims) if claims and n in attackers else None)
         x, y = open_source(cfg.data).load()
-        agents.append((Attacker if n in attackers else dropouts.get(n, NodeAgent))(cfg, x, y))
+        agents.append((Attacker if n in attackers and not claims else dropouts.get(n, NodeAgent))(cfg, x, y))
     threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
     for t in threads:
         t.start()
@@ -89,6 +92,7 @@ def clean_accuracy(tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy", [{"aggregator": "median"}, {"aggregator": "trimmed_mean", "trim_fraction": 0.2},
+                                      {"aggregator": "krum", "byzantine": 2},
                                       {"aggregator": "multi_krum", "byzantine": 2}])
 def test_robust_rules_hold_against_20_percent_attackers(tmp_path, broker, clean_accuracy, strategy):
     rounds, _ = run_federation(tmp_path, broker.port, strategy, ATTACKERS)
@@ -96,10 +100,26 @@ def test_robust_rules_hold_against_20_percent_attackers(tmp_path, broker, clean_
     assert rounds[-1]["accuracy"] >= clean_accuracy - 0.02, (clean_accuracy, [r["accuracy"] for r in rounds])
 
 
-def test_plain_fedavg_breaks_down_under_the_same_attack(tmp_path, broker, clean_accuracy):
-    rounds, _ = run_federation(tmp_path, broker.port, None, ATTACKERS)
+UNBOUNDED = {"clip_norm": "none", "weight_cap": "none"}
+
+
+@pytest.mark.parametrize("claims", [None, 10_000])
+def test_unbounded_fedavg_breaks_down_under_the_same_attack(tmp_path, broker, clean_accuracy, claims):
+    rounds, _ = run_federation(tmp_path, broker.port, UNBOUNDED, ATTACKERS, claims=claims)
     assert clean_accuracy > 0.9
     assert rounds[-1]["accuracy"] < clean_accuracy - 0.2, [r["accuracy"] for r in rounds]
+
+
+@pytest.mark.parametrize("claims", [None, 10_000])
+def test_default_bounds_hold_against_the_same_attack(tmp_path, broker, clean_accuracy, claims):
+    """The defaults (weight cap, adaptive centred clipping): the attackers, even claiming 10,000 samples
+    each against the others' 80, count as two nodes of typical size and length."""
+    rounds, service = run_federation(tmp_path, broker.port, None, ATTACKERS, claims=claims)
+    assert rounds[-1]["accuracy"] >= clean_accuracy - 0.05, (clean_accuracy, [r["accuracy"] for r in rounds])
+    assert "bounds" not in rounds[0] or "norm" not in rounds[0]["bounds"]  # the calibration round
+    assert all(r["bounds"]["norm"] > 0 for r in rounds[1:])
+    assert sum(r["clipped"] for r in rounds[1:]) >= 2 * (len(rounds) - 1)  # at least the attackers, every round
+    assert all(r["capped"] == (2 if claims else 0) for r in rounds)
 
 
 def test_clipping_bounds_every_change(tmp_path, broker):
@@ -132,7 +152,7 @@ def test_async_fedbuff_is_not_held_back_by_slow_nodes(tmp_path, broker):
     """Three nodes take 6 s per training; in sync mode every round would wait for them. In async mode the
     root applies a version per 4 changes, the slow nodes' changes arrive late, discounted by staleness."""
     slow = {"a0": 6.0, "a1": 6.0, "b0": 6.0}
-    strategy = {"mode": "async", "async": {"buffer_size": 4, "max_staleness": 20, "flush_s": 0.2}}
+    strategy = {"mode": "async", "clip_norm": "none", "async": {"buffer_size": 4, "max_staleness": 20, "flush_s": 0.2}}
     t0 = time.monotonic()
     rounds, service = run_federation(tmp_path, broker.port, strategy, rounds=12, delays=slow)
     elapsed = time.monotonic() - t0
@@ -147,7 +167,7 @@ def test_async_fedbuff_is_not_held_back_by_slow_nodes(tmp_path, broker):
 def test_hierfavg_edge_rounds_per_root_round(tmp_path, broker):
     """edge_rounds [3]: each home group aggregates three times (publishing its own model in between) per
     root round, so every node trains three times per round and the groups send one partial each."""
-    rounds, service = run_federation(tmp_path, broker.port, {"edge_rounds": [3]}, rounds=3,
+    rounds, service = run_federation(tmp_path, broker.port, {"edge_rounds": [3], "clip_norm": "none"}, rounds=3,
                                      extra_rounds={"deadline_s": 20})
     assert [r["updates"] for r in rounds] == [10, 10, 10]
     assert all(a.rounds_done == 9 for a in run_federation.agents), [a.rounds_done for a in run_federation.agents]
@@ -167,7 +187,7 @@ def test_secure_aggregation_costs_no_accuracy_and_survives_dropouts(tmp_path, br
     """Each home group runs secure aggregation over its 5 nodes; one node per group drops out after the
     key exchange in every round, so the groups rebuild its mask key from the others' shares."""
     dropped = {"a0": DropsAfterSharing, "b0": DropsAfterSharing}
-    rounds, service = run_federation(tmp_path, broker.port, {"secure": {"phase_s": 3, "threshold": 0.6}},
+    rounds, service = run_federation(tmp_path, broker.port, {"secure": {"phase_s": 3, "threshold": 0.6}, "clip_norm": 100.0},
                                      dropouts=dropped, rounds=3, extra_rounds={"quorum": 0.8, "deadline_s": 6})
     assert [r["updates"] for r in rounds] == [8] * 3  # 4 survivors in each of the 2 groups
     assert rounds[-1]["accuracy"] >= clean_accuracy - 0.02, (clean_accuracy, [r["accuracy"] for r in rounds])
@@ -176,7 +196,8 @@ def test_secure_aggregation_costs_no_accuracy_and_survives_dropouts(tmp_path, br
 
 def test_secure_aggregation_matches_plain_fedavg(tmp_path, broker):
     """Same nodes and seeds: the securely aggregated model equals plain FedAvg's up to the field's rounding."""
-    plain, plain_service = run_federation(tmp_path / "plain", broker.port, None, rounds=2)
-    secure, secure_service = run_federation(tmp_path / "secure", broker.port, {"secure": {"phase_s": 3}}, rounds=2)
+    plain, plain_service = run_federation(tmp_path / "plain", broker.port, UNBOUNDED, rounds=2)
+    secure, secure_service = run_federation(tmp_path / "secure", broker.port, {"secure": {"phase_s": 3}, **UNBOUNDED},
+                                            rounds=2)
     a, b = plain_service.driver.weights, secure_service.driver.weights
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4

@@ -230,7 +230,7 @@ def test_federated_scaling_under_secure_aggregation_and_through_an_edge_process(
     aggregator's partial; the scaling equals the centralised statistics, and rounds train on it."""
     groups = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
     paths = write_federation(str(tmp_path), broker.port, groups, rounds=2, checkpoint=True, edge=["home2"],
-                             extra={"scaling": "federated", "strategy": {"secure": {"phase_s": 3}}})
+                             extra={"scaling": "federated", "strategy": {"secure": {"phase_s": 3}, "clip_norm": 100.0}})
     nodes = [n for ns in groups.values() for n in ns]
     procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2"], str(tmp_path / "edge.log"))]
     procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in nodes]

@@ -392,6 +392,7 @@ class RoundDriver:
             "seconds": round(time.monotonic() - self.round_started, 4),
             "rejected": self.rejections.take_round(),
             "clipped": int(sums.get("clipped", 0.0)),
+            "capped": int(sums.get("capped", 0.0)),
             "problems": dict(list(self.presence.problems().items())[:MAX_PROBLEMS_SHOWN]) or None,
         }
 
