@@ -15,7 +15,7 @@ from fedhelp import FED, stop, wait_for, write_federation
 from fedmq.shared.identities import edge_id
 from fedmq.broker import pki
 from fedmq.broker.process import MosquittoProcess
-from fedmq.broker.provision import client_config, client_file, provision, revoke
+from fedmq.broker.provision import client_config, client_file, provision, revoke, share_key_file
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
@@ -308,13 +308,20 @@ def test_a_party_cannot_take_another_partys_connection_over(secured):
         c.loop_stop()
 
 
-def edge_federation(tmp_path, workers=1, rounds=3, quorum=1.0):
+def edge_federation(tmp_path, workers=1, rounds=3, quorum=1.0, spare=False):
     """A signed mutual-TLS federation whose group home2 is served by edge processes (``workers`` of them),
-    running: its nodes and edges started, the broker returned (the caller stops both)."""
+    running: its nodes and edges started, the broker returned (the caller stops both). With ``spare``, node
+    ``spare`` of home1 is provisioned but never runs (its credentials are an attacker's)."""
     from fedhelp import fedmq, rewrite_yaml
 
     paths = write_federation(str(tmp_path), 1, GROUPS, rounds=rounds, deadline_s=8, edge=["home2"], quorum=quorum)
-    rewrite_yaml(paths["topic_map"], lambda fed: fed["tree"]["groups"]["home2"].update(workers=workers))
+
+    def change(fed):
+        fed["tree"]["groups"]["home2"].update(workers=workers)
+        if spare:
+            fed["tree"]["groups"]["home1"]["nodes"].append("spare")
+
+    rewrite_yaml(paths["topic_map"], change)
     tm = load_topic_map(paths["topic_map"])
     sec = str(tmp_path / "sec")
     provision(tm, sec)
@@ -328,8 +335,9 @@ def edge_federation(tmp_path, workers=1, rounds=3, quorum=1.0):
     procs = list(start_nodes(paths, [n for ns in GROUPS.values() for n in ns], tmp_path).values())
     for w in range(workers):
         edge = os.path.join(sec, "clients", client_file(edge_id(("home2",), w)))
+        share = ["--share-key", share_key_file(sec, ("home2",))] if workers > 1 else []
         procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--worker", str(w),
-                            "--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key"],
+                            "--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key", *share],
                            str(tmp_path / f"edge{w}.log")))
     return paths, tm, sec, broker, procs
 
@@ -345,6 +353,23 @@ def test_signed_mtls_federation_with_an_edge_process(tmp_path, workers):
             assert all(r["updates"] == 4 for r in c.rounds)
             assert not any("signature" in k for k in c.service.rejections.total)
     finally:
+        stop(procs)
+        broker.stop()
+
+
+def test_no_other_client_can_join_a_split_groups_shared_subscription(tmp_path):
+    """A node that subscribes to the split group's updates under the shared-subscription name anyone could
+    guess gets nothing and takes nothing: the workers' share name comes from the group's secret."""
+    paths, tm, sec, broker, procs = edge_federation(tmp_path, workers=2, rounds=4, spare=True)
+    thief = raw_client(broker, sec, "spare")
+    thief.subscribe(f"$share/fedmq-{FED}-home2/{Topics(FED).group(('home2',))}/_update/+", qos=1)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: len(c.rounds) >= 4, 60, "four rounds")
+            assert all(r["updates"] == 4 for r in c.rounds), c.rounds
+        assert thief.got == []
+    finally:
+        thief.loop_stop()
         stop(procs)
         broker.stop()
 

@@ -7,6 +7,8 @@ Layout of DIR::
     clients/<id>.crt .key     one client certificate per party (CN = id)
     clients/<id>.password     its MQTT password (the password file holds only the hash)
     clients/<id>.sign         its Ed25519 signing key (end-to-end signatures)
+    clients/edge__<g>.share   a group split over workers: the secret its workers name their shared
+                              subscription with (every worker of the group gets a copy; no node does)
     keys.json                 every party's Ed25519 public key (give it to the coordinator and the nodes)
     passwords                 mosquitto_passwd format: every party (the main listener)
     enrol-passwords           mosquitto_passwd format: the open enrolment tokens (the enrolment listener)
@@ -101,8 +103,19 @@ def provision(tm: TopicMap, directory: str, *, ca_cert: Optional[str] = None, ca
             continue
         add_party(ca, directory, registry, hashes, pid, info)
         added.append(pid)
+    for path, group in tm.groups().items():
+        share = share_key_file(directory, path)
+        if group.workers > 1 and not os.path.exists(share):
+            fd = os.open(share, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
     _write_state(tm, directory, ca, registry, hashes)
     return added
+
+
+def share_key_file(directory: str, path: "tuple[str, ...]") -> str:
+    """Where the secret of a split group's shared subscription is (``clients/edge__<group>.share``)."""
+    return os.path.join(directory, "clients", client_file(edge_id(path)) + ".share")
 
 
 def add_party(ca: tuple, directory: str, registry: Registry, hashes: Dict[str, str], pid: str, info: dict) -> None:

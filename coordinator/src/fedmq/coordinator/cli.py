@@ -42,6 +42,9 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
                            "group's updates between them (MQTT v5 shared subscription)")
     edge.add_argument("--signing-key", help="this edge's Ed25519 key (clients/edge__<group>.sign) when the topic map "
                                             "turns signatures on")
+    edge.add_argument("--share-key", metavar="FILE",
+                      help="a group split over workers: the group's secret (clients/edge__<group>.share) that names the "
+                           "workers' shared subscription, so that no other client can join it; required over TLS")
     edge.add_argument("--cert", help="this edge's client certificate (mutual TLS), instead of the topic map's")
     edge.add_argument("--key", help="the key of --cert")
     edge.add_argument("--username", help="this edge's MQTT username (passwords over TLS)")
@@ -157,4 +160,18 @@ def _edge(args: argparse.Namespace) -> int:
     if tm.security.signatures and not args.signing_key:
         print("fedmq coordinator edge: the topic map turns signatures on: pass --signing-key", file=sys.stderr)
         return 2
-    return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key, worker=args.worker))
+    share_key = ""
+    if group.workers > 1 and args.share_key:
+        try:
+            with open(args.share_key, encoding="utf-8") as fh:
+                share_key = fh.read().strip()
+        except OSError as exc:
+            print(f"fedmq coordinator edge: cannot read --share-key {args.share_key}: {exc.strerror}", file=sys.stderr)
+            return 2
+    if group.workers > 1 and tm.broker.tls is not None and not share_key:
+        print(f"fedmq coordinator edge: group {args.group} is split over {group.workers} workers on a secured broker: "
+              "pass --share-key (the file clients/edge__<group>.share that fedmq broker provision wrote), else any "
+              "client could join the workers' shared subscription and swallow updates", file=sys.stderr)
+        return 2
+    return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key, worker=args.worker,
+                                     share_key=share_key))

@@ -5,6 +5,7 @@ round driver. ``fedmq coordinator run`` serves the root and every group outside 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -35,12 +36,21 @@ from fedmq.shared.topicmap.model import GroupPath
 log = logging.getLogger("fedmq.coordinator")
 
 
+def share_name(federation: str, path: GroupPath, key: str) -> str:
+    """The name of a split group's shared subscription. Mosquitto's ACL cannot refuse a subscription, and any
+    client that joins the share group is handed a share of the updates (then dropped for lack of read
+    right): with the group's secret ``key`` the name cannot be guessed, so only the workers can join."""
+    if not key:
+        return f"fedmq-{federation}-{'-'.join(path)}"
+    return "fedmq-" + hashlib.sha256(f"{key}\n{federation}\n{'/'.join(path)}".encode()).hexdigest()[:32]
+
+
 class CoordinatorService:
     """Serves the root (``edge=None``) or one edge subtree of a federation until stopped or finished."""
 
     def __init__(self, tm: TopicMap, *, edge: Optional[GroupPath] = None, fresh: bool = False,
                  on_round: Optional[Callable[[Dict[str, Any]], None]] = None, signing_key: Optional[str] = None,
-                 worker: int = 0) -> None:
+                 worker: int = 0, share_key: str = "") -> None:
         self.tm = tm
         self.auth: Optional[Auth] = None
         if tm.security.signatures:  # the root signs as the coordinator, an edge as edge/<path> with its own key
@@ -83,7 +93,7 @@ class CoordinatorService:
         status_groups = tm.groups() if edge is None else self.groups
         for path, agg in self.groups.items():
             if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
-                self.link.subscribe(f"$share/fedmq-{tm.federation}-{'-'.join(path)}/{self.topics.group(path)}/_update/+")
+                self.link.subscribe(f"$share/{share_name(tm.federation, path, share_key)}/{self.topics.group(path)}/_update/+")
                 self.link.subscribe(f"{self.topics.group(path)}/_progress/+")
             else:
                 self.link.subscribe(f"{self.topics.group(path)}/_update/+")

@@ -21,7 +21,8 @@ import numpy as np
 
 from fedmq.shared.topicmap import Strategy
 
-WEIGHT_FACTOR = 2.0  # the weight cap, as a multiple of the median reported sample count
+WEIGHT_FACTOR = 1.0  # the weight cap, as a multiple of the median reported sample count (measured: 2 let two
+# attackers claiming huge counts cost 11 points more on a non-IID split, for no gain on a clean run)
 NORM_FACTOR = 1.0  # the adaptive norm bound, as a multiple of the previous round's median norm
 MIN_NORM = 1e-12  # a bound of exactly 0 would freeze the model; raw norms are tracked, so it recovers
 
