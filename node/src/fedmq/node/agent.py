@@ -385,15 +385,14 @@ class NodeAgent:
         metrics.update(train)
         metrics["train_seconds"] = time.perf_counter() - t0
         metrics["bytes_in"] = self._take_bytes_in()  # model + control since the last update
-        if ctl.secure is not None:
-            self._secure_input(ctl, weights, start, metrics)
-            return
-        samples = len(self.x)
-        if self.cfg.simulate_attack is not None:  # testing and benchmarks only
+        claimed = None
+        if self.cfg.simulate_attack is not None:  # testing and benchmarks only: what a malicious node would send
             scale, claimed = self.cfg.simulate_attack
             weights = {k: (start[k] + scale * (w - start[k])).astype(np.float32) for k, w in weights.items()}
-            samples = claimed or samples
-        self._send_update(ctl, self.encoder.encode(weights, start), samples, metrics)
+        if ctl.secure is not None:
+            self._secure_input(ctl, weights, start, metrics, claimed)
+            return
+        self._send_update(ctl, self.encoder.encode(weights, start), claimed or len(self.x), metrics)
         self.log.info("round %d: trained on %d samples in %.3fs (loss %.4f), update sent", ctl.round, len(self.x),
                       metrics["train_seconds"], train.get("train_loss", float("nan")))
 
@@ -453,14 +452,16 @@ class NodeAgent:
             self.secure.on_message(msg)
             self._train_if_ready()
 
-    def _secure_input(self, ctl: Control, weights: Weights, start: Weights, metrics: Dict[str, float]) -> None:
-        """Hand the trained update to secure aggregation: only the masked sum leaves the node (no metrics)."""
+    def _secure_input(self, ctl: Control, weights: Weights, start: Weights, metrics: Dict[str, float],
+                      claimed: Optional[int] = None) -> None:
+        """Hand the trained update to secure aggregation: only the masked sum leaves the node (no metrics).
+        ``claimed`` (simulated attacks only) is a weight that ignores the round's cap."""
         assert self.secure is not None and self.spec is not None and ctl.secure is not None
         shapes = expected_shapes(self.spec)
         delta = self.encoder.codec.delta
         vector = np.concatenate([(np.asarray(weights[k], np.float64) - (start[k] if delta else 0.0)).reshape(-1)
                                  for k in shapes])
-        weight = 1.0 if ctl.secure.get("equal_weights") else self._secure_weight(ctl)
+        weight = 1.0 if ctl.secure.get("equal_weights") else float(claimed) if claimed else self._secure_weight(ctl)
         self.secure.set_input(vector, weight, np.random.default_rng())  # rounding noise: not from the seed
         self.log.info("round %d: trained in %.3fs; masked update %s", ctl.round, metrics["train_seconds"],
                       "sent" if self.secure.masked_sent else "waits for the peers' shares")
