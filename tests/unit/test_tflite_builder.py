@@ -74,17 +74,20 @@ def test_file_is_small_and_has_no_flex_ops():
     assert len(data_) < 64 * 1024
 
 
-def test_fedprox_pulls_numpy_and_tflite_training_towards_the_start_alike():
+@pytest.mark.parametrize("opts", [{}, {"momentum": 0.9}])
+def test_fedprox_pulls_numpy_and_tflite_training_towards_the_start_alike(opts):
+    """Also with momentum: the proximal step runs inside the file (train_prox), so the optimiser's momentum
+    carries on between steps as in the numpy trainer (setting weights from outside would reset it)."""
     from fedmq.node.trainers.tflite_model import TfliteTrainer
     from fedmq.shared.messages import TrainParams
 
-    spec = spec_for("softmax", (7,), {})
+    spec = spec_for("softmax", (7,), opts)
     w0 = initial_weights(spec)
     rng = np.random.default_rng(5)
     x = rng.normal(size=(64, spec.features)).astype(np.float32)
     y = rng.choice(spec.classes, 64)
     moved = {}
-    for mu in (0.0, 5.0):
+    for mu in (0.0, 0.1, 5.0):
         params = TrainParams(3, 8, 0.1, proximal_mu=mu)
         out = []
         for trainer in (NumpyDenseTrainer(spec), TfliteTrainer(spec, build_dense_model(spec, w0, 0.1))):

@@ -6,6 +6,9 @@ momentum and L2, as a .tflite file with four signatures:
 * ``infer(x) -> output``: probabilities (softmax / logistic) or the prediction (linear).
 * ``get_weights() -> {name: tensor}`` and ``set_weights({name: tensor}) -> status`` (set also resets
   the momentum buffers).
+* ``train_prox(x, y, mu, anchor.<name>...) -> loss``: the same step, then FedProx's proximal step
+  ``w -= lr * mu * (w_before - anchor)`` on every weight, as the numpy trainer does; the momentum buffers
+  carry on (setting the weights from outside between steps would reset them).
 
 Weights live in resource variables shared by the four subgraphs and initialised by a fifth one through
 CALL_ONCE. The batch size is dynamic: every batch-dependent shape has -1 in its signature and the
@@ -24,7 +27,7 @@ from fedmq.coordinator.tflite_builder.graph import Signature, Subgraph, broadcas
 from fedmq.shared.models import head, layer_sizes
 from fedmq.shared.topicmap import ModelSpec
 
-INIT_SUBGRAPH = 4
+INIT_SUBGRAPH = 5
 
 
 class _Net:
@@ -115,8 +118,9 @@ def _output(net: _Net, kind: str, z: int) -> int:
     return net.unary(Op.SOFTMAX, z) if kind == "softmax" else net.unary(Op.LOGISTIC, z) if kind == "logistic" else z
 
 
-def _train(spec: ModelSpec, variables, lr: float, momentum: float, l2: float) -> Tuple[Subgraph, Signature]:
-    g = Subgraph("train")
+def _train(spec: ModelSpec, variables, lr: float, momentum: float, l2: float,
+           prox: bool = False) -> Tuple[Subgraph, Signature]:
+    g = Subgraph("train_prox" if prox else "train")
     net = _Net(g)
     sizes = layer_sizes(spec)
     n_layers = len(sizes) - 1
@@ -124,6 +128,11 @@ def _train(spec: ModelSpec, variables, lr: float, momentum: float, l2: float) ->
     w = _read(g, handles, variables)
     x = g.input("x", (-1, sizes[0]))
     y = g.input("y", (-1, sizes[-1]))
+    inputs = {"x": x, "y": y}
+    if prox:
+        inputs["mu"] = g.input("mu", (1,))
+        inputs.update({f"anchor.{n}": g.input(f"anchor.{n}", shape) for n, shape in variables
+                       if n.startswith("layers.")})
     batch = net.batch_size(x)
     acts = _forward(net, w, x, n_layers)
     loss, delta = _loss_and_delta(net, head(spec), acts[-1], y, batch)
@@ -148,10 +157,14 @@ def _train(spec: ModelSpec, variables, lr: float, momentum: float, l2: float) ->
                 step = net.binary(Op.ADD, net.scale(w[f"velocity.{name}"], momentum), grad)
                 new[f"velocity.{name}"] = step
             new[name] = net.binary(Op.SUB, w[name], net.scale(step, lr))
+            if prox:  # FedProx: the gradient of mu/2 |w - anchor|^2 at the pre-step weights, outside the momentum
+                pull = net.binary(Op.MUL, net.scale(net.binary(Op.SUB, w[name], inputs[f"anchor.{name}"]), lr),
+                                  inputs["mu"])
+                new[name] = net.binary(Op.SUB, new[name], pull)
     for name, value in new.items():  # every read above happens before any of these writes
         g.op(Op.ASSIGN_VARIABLE, [handles[name], value], None)
     g.outputs = [loss]
-    return g, Signature("train", 0, {"x": x, "y": y}, {"loss": loss})
+    return g, Signature("train_prox" if prox else "train", 4 if prox else 0, inputs, {"loss": loss})
 
 
 def _infer(spec: ModelSpec, variables) -> Tuple[Subgraph, Signature]:
@@ -203,6 +216,7 @@ def build_dense_model(spec: ModelSpec, initial: Mapping[str, np.ndarray], learni
     variables = _variables(spec, momentum)
     weights = set(initial)
     graphs = [_train(spec, variables, learning_rate, momentum, l2), _infer(spec, variables),
-              _get(variables, weights), _set(variables, weights)]
+              _get(variables, weights), _set(variables, weights),
+              _train(spec, variables, learning_rate, momentum, l2, prox=True)]
     subgraphs = [g for g, _ in graphs] + [_init(variables, initial)]
     return serialise(subgraphs, [s for _, s in graphs])

@@ -1,11 +1,14 @@
 """TFLite trainer: runs a training-capable .tflite file through its signature runners.
 
 The file must expose ``train(x, y) -> loss``, ``infer(x) -> output``, ``get_weights() -> {name: tensor}``
-and ``set_weights({name: tensor}) -> status``. Weights are always addressed by name.
+and ``set_weights({name: tensor}) -> status``, and may expose ``train_prox(x, y, mu, anchor.<name>...)``
+(FedProx inside the graph, so that the optimiser's momentum carries on). Weights are always addressed by
+name.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Mapping
 
 import numpy as np
@@ -17,6 +20,8 @@ from fedmq.shared.models import Weights, targets
 from fedmq.shared.topicmap import ModelSpec
 
 SIGNATURES = ("train", "infer", "get_weights", "set_weights")
+OPTIONAL = ("train_prox",)
+log = logging.getLogger("fedmq.node.tflite")
 
 
 class TfliteModel:
@@ -30,11 +35,18 @@ class TfliteModel:
         if missing:
             raise ValueError(f"the model lacks the signatures {missing} (it has {sorted(found)})")
         self.signatures = found
-        self.runners = {s: self.interpreter.get_signature_runner(s) for s in SIGNATURES}
+        self.runners = {s: self.interpreter.get_signature_runner(s) for s in SIGNATURES + OPTIONAL if s in found}
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One step of the model's own optimiser on one batch; the loss before the step."""
         return float(np.asarray(self.runners["train"](x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"]))
+
+    def train_prox_step(self, x: np.ndarray, y: np.ndarray, mu: float, anchor: Mapping[str, np.ndarray]) -> float:
+        """One step followed by FedProx's proximal step towards ``anchor``, momentum kept; the loss before."""
+        feeds = {f"anchor.{k}": np.ascontiguousarray(v, np.float32) for k, v in anchor.items()}
+        out = self.runners["train_prox"](x=np.asarray(x, np.float32), y=np.asarray(y, np.float32),
+                                         mu=np.asarray([mu], np.float32), **feeds)
+        return float(np.asarray(out["loss"]))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The model's output for a batch."""
@@ -58,6 +70,7 @@ class TfliteTrainer(Trainer):
     def __init__(self, spec: ModelSpec, model: bytes) -> None:
         super().__init__(spec)
         self.model = TfliteModel(model)
+        self._warned = False
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Load the global model into the interpreter's variables."""
@@ -73,11 +86,19 @@ class TfliteTrainer(Trainer):
         t = targets(self.spec, y)
         mu, lr = params.proximal_mu, params.learning_rate
         anchor = self.model.get_weights() if mu else {}
+        inside = "train_prox" in self.model.runners
+        if mu and not inside and not self._warned:
+            self._warned = True
+            log.warning("this model file has no train_prox signature (built by an older coordinator): FedProx "
+                        "runs outside the graph, which resets the optimiser's momentum at every step")
         losses = []
         for _ in range(params.local_epochs):
             order = rng.permutation(len(xs))
             for start in range(0, len(xs), params.batch_size):
                 idx = order[start : start + params.batch_size]
+                if mu and inside:
+                    losses.append(self.model.train_prox_step(xs[idx], t[idx], mu, anchor))
+                    continue
                 before = self.model.get_weights() if mu else {}
                 losses.append(self.model.train_step(xs[idx], t[idx]))
                 if mu:  # FedProx outside the graph: the proximal gradient at the pre-step weights, same lr
