@@ -418,3 +418,28 @@ def test_only_open_tokens_log_in_on_the_enrolment_listener(tmp_path):
         assert "enrol-" not in open(os.path.join(sec, "passwords")).read()
     finally:
         broker.stop()
+
+
+def test_an_audit_log_names_a_node_probing_the_acl(tmp_path):
+    """With --audit the broker logs ACL denials, and 'fedmq broker denials' names the prober (its client id is
+    its identity) and the topics it tried."""
+    import subprocess
+    import sys
+
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=2, deadline_s=8)
+    tm = load_topic_map(paths["topic_map"])
+    sec = str(tmp_path / "sec")
+    provision(tm, sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, audit=True).start()
+    try:
+        t = Topics(FED)
+        prober = raw_client(broker, sec, "a1", client_id="innocent-looking")
+        sent = [prober.publish(topic, b"probe", qos=1) for topic in (t.model(), t.update(("home2",), "b1"), t.model())]
+        wait_for(lambda: all(m.mid in prober.acks for m in sent), 10, "the PUBACKs")
+        prober.loop_stop()
+        out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "broker", "denials", broker.config.log_file],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        broker.stop()
+    assert out.returncode == 0, out.stderr
+    assert "a1: 3 refused" in out.stdout and t.model() in out.stdout and t.update(("home2",), "b1") in out.stdout

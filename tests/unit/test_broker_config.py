@@ -44,3 +44,20 @@ def test_render_keeps_sessions_across_broker_restarts_by_default(tmp_path):
     assert "persistence true" in out.read_text() and "persistence_location /var/lib/mosquitto/" in out.read_text()
     assert subprocess.run(cmd + ["--persistence-dir", "none"], capture_output=True).returncode == 0
     assert "persistence false" in out.read_text()
+
+
+def test_audit_turns_on_the_level_that_logs_denials_and_the_report_reads_them():
+    from fedmq.broker.denials import denials, report
+
+    assert "log_type debug" in render_config(BrokerConfig(audit=True))
+    assert "log_type debug" not in render_config(BrokerConfig())
+    log = ["1795812896: Denied PUBLISH from a1 (d0, q1, r0, m1, 'fedmq/v1/f/_model', ... (2 bytes))",
+           "1795812896: Sending PUBACK to a1 (m1, rc135)",
+           "1795812897: Denied PUBLISH from a1 (d0, q1, r0, m2, 'fedmq/v1/f/h/_update/b1', ... (5 bytes))",
+           "1795812898: Denied PUBLISH from a1 (d0, q1, r0, m3, 'fedmq/v1/f/_model', ... (2 bytes))",
+           "1795812899: Denied PUBLISH from b2 (d0, q0, r1, m0, 'x', ... (0 bytes))"]
+    found = denials(log)
+    assert found["a1"][("PUBLISH", "fedmq/v1/f/_model")] == 2 and sum(found["b2"].values()) == 1
+    text = report(found, top=1)
+    assert text.splitlines()[0] == "a1: 3 refused" and "... and 1 other topics" in text
+    assert "no denials" in report({})

@@ -36,6 +36,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                        help="with --security: client certificates (default) or passwords over TLS")
         r.add_argument("--enrol-port", type=int, help="with --auth mtls: a TLS listener for enrolment tokens")
         r.add_argument("--pid-file", help="where Mosquitto writes its pid (the coordinator signals it after enrolments)")
+        r.add_argument("--audit", action="store_true",
+                       help="log at Mosquitto's debug level, the only one at which it logs ACL denials (every packet "
+                            "is logged too: rotate the log); read them with 'fedmq broker denials LOG'")
         r.add_argument("--site", metavar="GROUP", help="the config of this group's own (site) broker: its listener from "
                                                        "the group's broker section, and a bridge to its parent's broker")
         r.set_defaults(func=_render if name == "render" else _run)
@@ -67,7 +70,30 @@ def register(sub: "argparse._SubParsersAction") -> None:
     tok.add_argument("--ttl", type=float, default=7 * 24, metavar="HOURS",
                      help="hours a token can be used before it expires (default 168, a week)")
     tok.set_defaults(func=_tokens)
+    den = bsub.add_parser("denials", help="list who the broker refused what (from an --audit log)",
+                          description="Read a Mosquitto log written with 'fedmq broker render --audit' and list, per "
+                                      "client (a party's identity under provisioned security), the publishes the ACL "
+                                      "refused and their topics: a node probing the ACL shows here.")
+    den.add_argument("log", help="Mosquitto's log file (log_dest file), or - for stdin")
+    den.add_argument("--top", type=int, default=5, help="topics shown per client (default 5)")
+    den.set_defaults(func=_denials)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _denials(args: argparse.Namespace) -> int:
+    from fedmq.broker.denials import denials, report
+
+    try:
+        if args.log == "-":
+            found = denials(sys.stdin)
+        else:
+            with open(args.log, encoding="utf-8", errors="replace") as fh:
+                found = denials(fh)
+    except OSError as exc:
+        print(f"fedmq broker denials: cannot read {args.log}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(report(found, args.top))
+    return 0
 
 
 def _config(args: argparse.Namespace) -> "tuple[str, str]":
@@ -98,7 +124,7 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
                                      persistence_dir=None if persistence == "none" else persistence,
                                      log_file=args.log_file,
                                      security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,
-                                     pid_file=args.pid_file, bridge=bridge)
+                                     pid_file=args.pid_file, bridge=bridge, audit=args.audit)
     return tm.federation, render_config(cfg)
 
 

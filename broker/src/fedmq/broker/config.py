@@ -36,6 +36,7 @@ class BrokerConfig:
     enrol_port: Optional[int] = None  # with mtls: a TLS listener where enrolment tokens log in with a password
     pid_file: Optional[str] = None  # so the coordinator can make Mosquitto reload passwords and ACL (SIGHUP)
     bridge: Optional["Bridge"] = None  # a site broker's bridge to its parent (fedmq.broker.bridge)
+    audit: bool = False  # log at debug level: the only level at which Mosquitto logs ACL denials
 
     @classmethod
     def for_topic_map(cls, tm: TopicMap, **overrides: object) -> "BrokerConfig":
@@ -78,6 +79,9 @@ def render_config(cfg: BrokerConfig) -> str:
         lines += ["log_dest stderr"]
     lines += ["log_type error", "log_type warning", "log_type notice", "log_type information",
               "connection_messages true", "log_timestamp true"]
+    if cfg.audit:
+        lines += ["# Audit: Mosquitto logs ACL denials only at debug level, which logs every packet too;",
+                  "# 'fedmq broker denials LOG' lists who was refused what.", "log_type debug"]
     if cfg.bridge is not None:
         lines += render_bridge(cfg.bridge)
     if hasattr(os, "geteuid") and os.geteuid() == 0:

@@ -50,14 +50,15 @@ class MosquittoProcess:
 
     def __init__(self, workdir: Optional[str] = None, *, port: Optional[int] = None, bind: str = "127.0.0.1",
                  persistence: bool = True, max_packet_bytes: Optional[int] = None,
-                 security_dir: Optional[str] = None, auth: str = "mtls", enrol: bool = False) -> None:
+                 security_dir: Optional[str] = None, auth: str = "mtls", enrol: bool = False,
+                 audit: bool = False) -> None:
         self.workdir = workdir or tempfile.mkdtemp(prefix="fedmq-mosquitto-")
         os.makedirs(self.workdir, exist_ok=True)
         self.config = BrokerConfig(port=port or 0, bind=bind,
                                    persistence_dir=self.workdir if persistence else None,
                                    log_file=os.path.join(self.workdir, "mosquitto.log"),
                                    security_dir=security_dir, auth=auth,
-                                   pid_file=os.path.join(self.workdir, "mosquitto.pid"))
+                                   pid_file=os.path.join(self.workdir, "mosquitto.pid"), audit=audit)
         self._enrol = enrol
         if max_packet_bytes:
             self.config.max_packet_bytes = max_packet_bytes
