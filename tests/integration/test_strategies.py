@@ -113,7 +113,7 @@ def test_unbounded_fedavg_breaks_down_under_the_same_attack(tmp_path, broker, cl
 
 @pytest.mark.parametrize("claims", [None, 10_000])
 def test_default_bounds_hold_against_the_same_attack(tmp_path, broker, clean_accuracy, claims):
-    """The defaults (weight cap, adaptive centred clipping): the attackers, even claiming 10,000 samples
+    """The defaults (weight cap, adaptive clipping): the attackers, even claiming 10,000 samples
     each against the others' 80, count as two nodes of typical size and length."""
     rounds, service = run_federation(tmp_path, broker.port, None, ATTACKERS, attack=(-10.0, claims) if claims else None)
     assert rounds[-1]["accuracy"] >= clean_accuracy - 0.05, (clean_accuracy, [r["accuracy"] for r in rounds])

@@ -1,4 +1,4 @@
-"""Default bounds on what one update may count (weight cap, adaptive centred norm bound), through the real
+"""Default bounds on what one update may count (weight cap, adaptive norm bound), through the real
 round driver and group aggregators of a two-level tree, routed in memory as a broker would route them."""
 
 import logging
@@ -103,7 +103,7 @@ def test_one_node_claiming_huge_counts_and_norms_cannot_set_the_model():
     norms = [distance(honest[n], {k: 0 for k in start}) for n in HONEST] + [1e9]
     tracked = fed.driver.state.norm_bound
     assert tracked == pytest.approx(np.median(norms), rel=1e-4)
-    # Later rounds carry the tracked bound; the groups clip (centred on the last step) where updates arrive.
+    # Later rounds carry the tracked bound; the groups clip where updates arrive.
     second = fed.round(lambda n: attack if n == "s3" else honest[n], lambda n: 1_000_000 if n == "s3" else 100)
     assert second.bounds == {"weight": 100.0, "norm": pytest.approx(tracked)}
     summary = fed.driver.state.history[-1]

@@ -97,7 +97,6 @@ class GroupAggregator:
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
-        self.centre: Optional[Dict[str, np.ndarray]] = None  # the model's last step (adaptive bound's centre)
         self.model_version = -1
         # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
         self.early: Deque[Tuple[Kind, str, bytes, str]] = deque(maxlen=max(64, 4 * len(group.nodes) + 16))
@@ -110,23 +109,9 @@ class GroupAggregator:
         return "/".join(self.group.path) or "(root)"
 
     def set_model(self, version: int, tensors: Dict[str, np.ndarray]) -> None:
-        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds;
-        with the one before it, the last step (the centre of the adaptive bound)."""
-        consecutive = self.reference is not None and version == self.model_version + 1
-        self.centre = {k: tensors[k] - self.reference[k] for k in tensors} if consecutive and self.reference else None
+        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds."""
         self.reference = tensors
         self.model_version = version
-
-    def clip_origin(self, codec: codecs.Codec) -> Optional[Dict[str, np.ndarray]]:
-        """Where an update's change is measured from to bound it (None: from zero, the update being a change).
-        Under the adaptive bound it is the global model plus its last step: centred clipping (Karimireddy et
-        al. 2021), so that an update pointing away from where the federation is heading is cut short rather
-        than counted at full length. Sparse (top-k) updates are measured from the model alone."""
-        base = None if codec.delta else self.reference
-        centre = self.centre if self.tm.strategy.clip_auto and codec.name != "topk" else None
-        if centre is None or base is None:
-            return centre if base is None else base
-        return {k: base[k] + centre[k] for k in base}
 
     # --- round lifecycle -------------------------------------------------------------------------
 
@@ -373,18 +358,15 @@ class GroupAggregator:
         codec = codecs.Codec() if r.stats else self.tm.compression.update
         tensors, reason, detail = self._tensors(env, codec, r.shapes)
         limits, strategy = self.tm.limits, self.tm.strategy
-        norm = distance = 0.0
+        norm = 0.0
         reference = None if codec.delta else self.reference
         bounded = not r.stats and (strategy.clip is not None or strategy.clip_auto)
         bound = (strategy.clip or r.bounds.norm) if bounded else None
         if tensors is not None and not codec.delta and reference is None and (bounded or (
                 limits.max_update_norm is not None and not r.stats)):
             tensors, reason, detail = None, "no reference model", "bounding needs the global model, not received yet"
-        origin = self.clip_origin(codec) if bounded else None
-        if tensors is not None and not r.stats and limits.max_update_norm is not None:
+        if tensors is not None and not r.stats and (limits.max_update_norm is not None or bounded):
             norm = codecs.norm(tensors, reference)
-        if tensors is not None and bounded:
-            distance = codecs.norm(tensors, origin)
         if self._refused(topic, [
             (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
             (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
@@ -393,15 +375,15 @@ class GroupAggregator:
             return
         r.answered.add(node)
         r.nodes.append(node)
-        r.norms.append(distance)
+        r.norms.append(norm)
         if self.group.workers > 1:  # the other workers of this group learn that this node is in
             self.publish(self.topics.progress(self.group.path, self.worker),
                          json.dumps({"v": 1, "round": r.ctl.round, "attempt": r.ctl.attempt, "nodes": [node]}).encode(),
                          False)
         assert tensors is not None
         if bound is not None:
-            tensors = clip_update(tensors, origin, bound, distance)
-            if distance > bound:
+            tensors = clip_update(tensors, reference, bound, norm)
+            if norm > bound:
                 r.metrics.merge({"clipped": 1.0}, {})
         weight = self._weight(r, env.samples)
         if r.stack is not None:

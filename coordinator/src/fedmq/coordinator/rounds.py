@@ -254,8 +254,8 @@ class RoundDriver:
             rows, weights = result.stack.arrays()
             rows = rows.astype(np.float64)
             if update_bounds.calibrating(s, update_bounds.Bounds.from_wire(ctl.bounds), False):
-                origin = self.root.clip_origin(self.tm.compression.update)
-                rows = update_bounds.clip_rows(rows, None if origin is None else flatten(origin, shapes), result.norms)
+                reference = None if delta else flatten(self.weights, shapes).astype(np.float64)
+                rows = update_bounds.clip_rows(rows, reference, result.norms)
             if s.robust:
                 flat = robust.aggregate(s, rows, weights, np.random.default_rng([self.tm.policy.seed, ctl.round, 7]))
             else:

@@ -74,8 +74,7 @@ def calibrating(strategy: Strategy, bounds: Bounds, stats: bool) -> bool:
 
 def clip_rows(rows: np.ndarray, reference: Optional[np.ndarray], norms: Sequence[float]) -> np.ndarray:
     """A calibration round's updates (rows, float64) with their changes clipped at the median of ``norms``
-    (their distances from ``reference``, in row order): the flat origin of the bound, None when rows are changes
-    measured from zero."""
+    (the changes' norms, in row order); ``reference`` is the flat global model, None when rows are changes."""
     bound = next_norm_bound(norms)
     assert bound is not None
     scale = np.minimum(1.0, bound / np.maximum(np.asarray(norms, np.float64), MIN_NORM))
