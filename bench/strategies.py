@@ -9,7 +9,7 @@ Usage: .venv/bin/python bench/strategies.py [--only stragglers noniid attacks as
   deadline); FedProx (mu = 1) takes their partial work (1 to 19 epochs, uniform), as in the paper.
 * noniid: digits over 10 nodes, Dirichlet alpha 0.1, 0.5 and 10: accuracy per round for FedAvg, FedProx
   (mu = 0.1) and FedAdam (server lr 0.03).
-* attacks: digits over 10 nodes, Dirichlet alpha 0.1, 2 nodes sending start - 10 x their change (with and
+* attacks: digits over 10 nodes, Dirichlet alpha 0.1 and 0.5 (--alphas), 2 nodes sending start - 10 x their change (with and
   without claiming 10,000 samples) or no change: final accuracy of unbounded FedAvg, the default bounds and
   the robust rules.
 * async: digits, 10 nodes of which 3 take 2 s longer to train; sync rounds against FedBuff (a version per
@@ -123,13 +123,13 @@ DEFENCES = {"unbounded FedAvg": "{clip_norm: none, weight_cap: none}", "default 
             "median": "{aggregator: median}", "multi-Krum f=2": "{aggregator: multi_krum, byzantine: 2}"}
 
 
-def attacks(rounds: int, seeds: List[int]) -> None:
-    print("\n== digits, 10 nodes split non-IID (Dirichlet alpha 0.1), 2 of them attacking: final accuracy")
+def attacks(rounds: int, seeds: List[int], alpha: float) -> None:
+    print(f"\n== digits, 10 nodes split non-IID (Dirichlet alpha {alpha:g}), 2 of them attacking: final accuracy")
     print(f"{'':>28} " + " ".join(f"{a[:18]:>18}" for a in ATTACKS), flush=True)
     for name, strategy in DEFENCES.items():
         row = []
         for extra in ATTACKS.values():
-            reps = [run_demo([*DIGITS, "--alpha", "0.1", "--rounds", str(rounds), "--seed", str(s), "--strategy",
+            reps = [run_demo([*DIGITS, "--alpha", str(alpha), "--rounds", str(rounds), "--seed", str(s), "--strategy",
                               strategy, *extra]) for s in seeds]
             row.append(statistics.mean(r["final_accuracy"] or 0.0 for r in reps))
         print(f"{name:>28} " + " ".join(f"{a:>18.4f}" for a in row), flush=True)
@@ -206,6 +206,8 @@ def main() -> None:
                     choices=["stragglers", "noniid", "attacks", "async", "secure", "dp"])
     ap.add_argument("--rounds", type=int, default=20, help="rounds per run (default 20)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds to average (default 0 1)")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5],
+                    help="attacks: Dirichlet concentrations of the splits (default 0.1 0.5)")
     ap.add_argument("--plots", help="directory for PNG plots")
     args = ap.parse_args()
     if args.plots:
@@ -219,7 +221,8 @@ def main() -> None:
         if args.plots:
             plot(curves, f"{args.plots}/strategies-noniid.png", "digits, Dirichlet non-IID: FedAvg, FedProx, FedAdam")
     if "attacks" in args.only:
-        attacks(args.rounds, args.seeds)
+        for alpha in args.alphas:
+            attacks(args.rounds, args.seeds, alpha)
     if "async" in args.only:
         series = async_vs_sync(args.rounds, args.seeds[0])
         if args.plots:
