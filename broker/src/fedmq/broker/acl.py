@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Set
 
 from fedmq.broker.bridge import site_groups
 from fedmq.shared.chunks import chunk_filter
-from fedmq.shared.identities import COORDINATOR, edge_id
+from fedmq.shared.identities import COORDINATOR, MONITOR, edge_id
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 from fedmq.shared.topics import Topics
@@ -66,7 +66,7 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
         lines += _aggregator_writes(t, path)
-    lines.append("")
+    lines += ["", f"user {MONITOR}", f"topic read {t.metrics()}", ""]
     for path, group in tm.groups().items():
         if not group.edge:
             continue

@@ -3,6 +3,7 @@
 from typing import Sequence
 
 COORDINATOR = "coordinator"
+MONITOR = "monitor"  # reads round summaries only (dashboards, fedmq demo's progress)
 
 
 def edge_id(path: Sequence[str], worker: int = 0) -> str:

@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -23,12 +24,13 @@ import yaml
 from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator.demo.dataset import digits, own_data, synthetic
 from fedmq.shared.data import DataError
-from fedmq.broker.provision import provision
+from fedmq.broker.provision import client_config, provision
 from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
 from fedmq.coordinator.demo.plot import plot_rounds
 from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
+from fedmq.shared.identities import MONITOR
 from fedmq.shared.mqtt import MqttLink
-from fedmq.shared.topicmap import load_topic_map
+from fedmq.shared.topicmap import TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
 
 
@@ -115,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
                  f"digits split non-IID (Dirichlet alpha={args.alpha})")
               + f", {args.compression} updates", flush=True)
         topics = Topics("demo")
-        watch = load_topic_map(layout.topic_map).broker  # the coordinator's identity may read the metrics
+        watch = load_topic_map(layout.topic_map).broker
+        if security_dir:  # an identity of its own: one connection per identity (client id = user name)
+            watch = replace(watch, tls=TlsSettings(**client_config(security_dir, MONITOR)["broker"]["tls"]))
         watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", watch, persistent=False)
         watcher.subscribe(topics.metrics())
         watcher.start()
