@@ -22,14 +22,14 @@ tree:
 def test_running_again_adds_parties_and_keeps_existing_credentials(tmp_path):
     d = str(tmp_path / "pki")
     added = provision(parse_topic_map(MAP), d)
-    assert set(added) == {"coordinator", "edge/site", "n1", "n2", "s1"}
+    assert set(added) == {"coordinator", "monitor", "edge/site", "n1", "n2", "s1"}
     n1_cert = open(os.path.join(d, "clients", "n1.crt"), "rb").read()
     n1_hash = [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")]
     bigger = parse_topic_map(MAP.replace("nodes: [n1, n2]", "nodes: [n1, n2, n3]"))
     assert provision(bigger, d) == ["n3"]
     assert open(os.path.join(d, "clients", "n1.crt"), "rb").read() == n1_cert
     assert [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")] == n1_hash
-    assert set(json.load(open(os.path.join(d, "keys.json")))) == {"coordinator", "edge/site", "n1", "n2", "n3", "s1"}
+    assert set(json.load(open(os.path.join(d, "keys.json")))) == {"coordinator", "monitor", "edge/site", "n1", "n2", "n3", "s1"}
 
 
 def test_revocation_reaches_passwords_acl_crl_and_keys(tmp_path):
@@ -90,7 +90,7 @@ def test_enrolment_refuses_ids_that_collide_on_disk_or_take_a_brokers_user(tmp_p
     tm, d = _enrolment(tmp_path)
     tokens = [t.split(".") for t in new_tokens(tm, d, 6)]
     other_token = tokens[5][0]
-    for (tid, secret), bad in zip(tokens, ["n1:x", "edge__site", f"enrol-{other_token}", "coordinator", "../evil"]):
+    for (tid, secret), bad in zip(tokens, ["n1:x", "edge__site", f"enrol-{other_token}", "coordinator", "monitor", "../evil"]):
         with pytest.raises(EnrolmentRefused, match="id not available"):
             enrol(tm, d, tid, secret, bad)
     assert enrol(tm, d, tokens[0][0], tokens[0][1], "dev-7")["group"]  # the token was not spent by the refusals
