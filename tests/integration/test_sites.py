@@ -19,6 +19,23 @@ from fedmq.shared.topics import Topics
 GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
 
 
+def observer(security):
+    """Credentials of a test-only party that may read everything (each identity holds one connection, so the
+    test cannot borrow the coordinator's): a certificate, a password and an ACL block, before brokers start."""
+    from fedmq.broker import passwords, pki
+
+    stem = os.path.join(security, "clients", "observer")
+    pki.issue(pki.load_pair(os.path.join(security, "ca.crt"), os.path.join(security, "ca.key")), "observer",
+              stem + ".crt", stem + ".key")
+    password = passwords.new_password()
+    with open(os.path.join(security, "passwords"), "a") as fh:
+        fh.write(f"observer:{passwords.hash_password(password)}\n")
+    with open(os.path.join(security, "acl"), "a") as fh:
+        fh.write("\nuser observer\ntopic read #\n")
+    return {"ca_file": os.path.join(security, "ca.crt"), "cert_file": stem + ".crt", "key_file": stem + ".key",
+            "password": password}
+
+
 @pytest.mark.parametrize("secure,prefix", [(None, ""), (None, "cloud/tenant-7/"), ("mtls", "cloud/"), ("password", "")],
                          ids=["plain", "remapped", "mutual-tls-remapped", "passwords-over-tls"])
 def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path, secure, prefix):
@@ -48,6 +65,7 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
             edge = client_config(security, edge_id((g,)), auth=secure)["broker"]
             edge_args[g] = (["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]] if secure == "mtls"
                             else ["--username", edge["username"], "--password-file", edge["password_file"]])
+        me = observer(security)
     tm = load_topic_map(paths["topic_map"])
     auth = secure or "mtls"
     cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port, security_dir=security, auth=auth).start()
@@ -59,11 +77,11 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     seen, lock = [], threading.Lock()
     sniff = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sniff.on_message = lambda c, u, m: (lock.acquire(), seen.append(m.topic), lock.release())
-    if secure:  # the coordinator's identity may read the whole federation
-        me = client_config(security, "coordinator", auth=secure)["broker"]
-        sniff.tls_set(ca_certs=me["tls"]["ca_file"], certfile=me["tls"].get("cert_file"), keyfile=me["tls"].get("key_file"))
+    if secure:
+        sniff.tls_set(ca_certs=me["ca_file"], certfile=me["cert_file"] if secure == "mtls" else None,
+                      keyfile=me["key_file"] if secure == "mtls" else None)
         if secure == "password":
-            sniff.username_pw_set("coordinator", open(me["password_file"]).read().strip())
+            sniff.username_pw_set("observer", me["password"])
     sniff.connect("127.0.0.1", cloud_port)
     sniff.subscribe("#")  # everything on the cloud broker
     sniff.loop_start()

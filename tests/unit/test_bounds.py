@@ -153,3 +153,11 @@ def test_weight_cap_is_a_multiple_of_the_median_reported_count():
     assert bounds.next_norm_bound([1.0, 2.0, 1e9]) == 2.0 and bounds.next_norm_bound([0.0]) == bounds.MIN_NORM
     assert bounds.check_norms([1, 2.5], 2) == [1.0, 2.5]
     assert bounds.check_norms([1, float("nan")], 2) is None and bounds.check_norms([1], 2) is None
+
+
+def test_statistics_rounds_get_a_looser_cap_and_no_norm_bound():
+    tm = parse_topic_map(MAP)
+    assert bounds.round_bounds(tm.strategy, [100, 100, 120], 0.5, stats=True) == bounds.Bounds(weight=1000.0)
+    assert bounds.round_bounds(tm.strategy, [100, 100, 120], 0.5) == bounds.Bounds(weight=100.0, norm=0.5)
+    fixed = parse_topic_map(MAP + "strategy: {weight_cap: 300}\n").strategy
+    assert bounds.round_bounds(fixed, [100], None, stats=True) == bounds.Bounds(weight=300.0)

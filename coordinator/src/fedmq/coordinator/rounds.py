@@ -228,9 +228,8 @@ class RoundDriver:
 
     def _bounds(self, online: List[str], task: str) -> update_bounds.Bounds:
         """The weight cap and norm bound of a round starting with these candidates (logged when they change)."""
-        b = update_bounds.round_bounds(self.tm.strategy, self.presence.reported_samples(online), self.state.norm_bound)
-        if task == "stats":
-            b = update_bounds.Bounds(weight=b.weight)
+        b = update_bounds.round_bounds(self.tm.strategy, self.presence.reported_samples(online), self.state.norm_bound,
+                                       stats=task == "stats")
         if update_bounds.calibrating(self.tm.strategy, b, task == "stats"):
             self.log.info("round %d: calibration round: every update goes to the root, which clips them at this "
                           "round's median change norm (strategy.clip_norm: auto)", self.next_round)
