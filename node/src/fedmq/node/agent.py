@@ -266,6 +266,8 @@ class NodeAgent:
         if ctl.type == "async":
             if self.session is None or self.session.attempt != ctl.attempt:
                 self.log.info("async session %d: training on every new model version", ctl.attempt)
+            elif self.last_update is not None and self.last_update[0][1] == ctl.attempt:
+                self._resend_if_lost(self.last_update[0])  # the session's control again, after a reconnect
             self.finished.clear()
             self.session, self.pending = ctl, None
             return
