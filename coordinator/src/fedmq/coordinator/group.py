@@ -67,7 +67,6 @@ class _Round:
     secure: Optional[SecureSession] = None  # this group's secure aggregation of its direct nodes
     shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # of the model, or of statistics
     bounds: Bounds = field(default_factory=Bounds)  # the round's weight cap and norm bound (from the root)
-    calibrating: bool = False  # adaptive norm bound not known yet: updates go to the root as they are
     norms: List[float] = field(default_factory=list)  # change norms of the updates counted, parallel to nodes
 
     @property
@@ -145,7 +144,7 @@ class GroupAggregator:
                                    self.publish, self.rejections, self.log, self.tm.federation)
         self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children, shapes=shapes,
                               stack=UpdateStack(shapes) if (self.tm.strategy.robust or calibrating) and not stats
-                              else None, secure=secure, bounds=bounds, calibrating=calibrating)
+                              else None, secure=secure, bounds=bounds)
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
         early, self.early = list(self.early), deque(maxlen=self.early.maxlen)

@@ -341,7 +341,8 @@ class RoundDriver:
                norms: Sequence[float] = ()) -> None:
         """Step the global model by ``change`` (through the server optimizer) and evaluate it; only then
         count the round, checkpoint (stopping if that fails), announce it, publish the new model and the
-        summary; finish after the last round. ``norms`` (the updates' change norms) set the next adaptive bound. A model that is not finite is never applied."""
+        summary; finish after the last round. ``norms`` (the updates' change norms) set the next adaptive
+        bound. A model that is not finite is never applied."""
         before = {k: v.copy() for k, v in self.optimizer.moments().items()}
         weights = self.optimizer.step(self.weights, change)
         if not all(np.isfinite(w).all() for w in weights.values()):
