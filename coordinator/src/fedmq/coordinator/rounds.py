@@ -227,7 +227,7 @@ class RoundDriver:
         self.root.start(ctl)
 
     def _bounds(self, online: List[str], task: str) -> update_bounds.Bounds:
-        """The weight cap and norm bound of a round starting with these candidates (logged when they change)."""
+        """The weight cap and norm bound of a round starting with these candidates (a calibration round is logged)."""
         b = update_bounds.round_bounds(self.tm.strategy, self.presence.reported_samples(online), self.state.norm_bound,
                                        stats=task == "stats")
         if update_bounds.calibrating(self.tm.strategy, b, task == "stats"):
