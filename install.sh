@@ -28,5 +28,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "==> installing fedmq (editable) with test extras"
 .venv/bin/python -m pip install -q \
-  -e "./shared[test]" -e "./broker[test]" -e "./node[sklearn,tflite,secure,test]" -e "./coordinator[test]"
+  -e "./shared[test]" -e "./broker[test]" -e "./node[sklearn,tflite,secure,test]" -e "./coordinator[all,test]"
 echo "==> done: run the tests with .venv/bin/pytest, the demo with .venv/bin/fedmq demo"

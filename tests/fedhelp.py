@@ -126,3 +126,17 @@ def rewrite_yaml(path, change) -> None:
     change(cfg)
     with open(path, "w") as fh:
         yaml.safe_dump(cfg, fh)
+
+
+def dockerfile_steps(path: str) -> list:
+    """A Dockerfile's instructions as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    lines, cont = [], ""
+    for raw in open(path, encoding="utf-8"):
+        line = raw.rstrip("\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cont += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            lines.append(cont.strip())
+            cont = ""
+    return [(ln.split(None, 1)[0], ln.split(None, 1)[1] if " " in ln else "") for ln in lines]

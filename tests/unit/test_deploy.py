@@ -8,6 +8,7 @@ import shlex
 import pytest
 import yaml
 
+from fedhelp import dockerfile_steps
 from fedmq.node.bundle import UNIT
 from fedmq.shared.cli import build_parser
 from fedmq.shared.topicmap import load_topic_map
@@ -25,16 +26,7 @@ def parses(argv):
 
 
 def dockerfile(name):
-    lines, cont = [], ""
-    for raw in open(os.path.join(DEPLOY, "docker", name), encoding="utf-8"):
-        line = raw.rstrip("\n")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        cont += line.rstrip("\\") + " "
-        if not line.endswith("\\"):
-            lines.append(cont.strip())
-            cont = ""
-    return [(ln.split(None, 1)[0], ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+    return dockerfile_steps(os.path.join(DEPLOY, "docker", name))
 
 
 @pytest.mark.parametrize("name,command", [("coordinator.Dockerfile", "coordinator"), ("node.Dockerfile", "node")])

@@ -21,6 +21,7 @@ from fedmq.coordinator.rejections import Rejections
 from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.extras import require
 from fedmq.shared.messages import Control, TrainParams, encode_metrics
 from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy import robust
@@ -77,6 +78,8 @@ def build_model_file(tm: TopicMap, weights: Weights) -> "Optional[tuple[str, byt
     """(sha256, bytes) of the training-capable .tflite for a ``tflite`` model, else None."""
     if tm.model.kind != "tflite":
         return None
+    for module in ("flatbuffers", "tflite"):
+        require(module, "fedmq-coordinator", "tflite", "a model of kind tflite (the coordinator builds its .tflite file)")
     from fedmq.coordinator.tflite_builder import build_dense_model
 
     data = build_dense_model(tm.model, weights, tm.policy.learning_rate)

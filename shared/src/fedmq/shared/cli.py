@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import List, Optional
 
 from fedmq.shared import __version__
+from fedmq.shared.extras import MissingExtra
 from fedmq.shared.topicmap import TopicMapError
 
 EXIT_CONFIG = 2
@@ -60,6 +61,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except TopicMapError as exc:
         print(f"fedmq: configuration error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MissingExtra as exc:
+        print(f"fedmq: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("fedmq: interrupted", file=sys.stderr)

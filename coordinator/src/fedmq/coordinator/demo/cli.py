@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedmq.shared.extras import require
+
 MODELS = ("mlp", "mlp_classifier", "sgd_classifier", "softmax_regression", "tflite-logreg", "tflite-mlp")
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 
@@ -75,6 +77,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for module in ("sklearn", "matplotlib"):
+        require(module, "fedmq-coordinator", "demo", "fedmq demo")
     from fedmq.coordinator.demo.run import run
 
     return run(args)

@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from fedmq.shared.extras import require
 from fedmq.shared.topicmap import Privacy
 
 
@@ -25,8 +26,7 @@ class Accountant:
     """Composes the rounds so far; ``epsilon()`` at the configured delta."""
 
     def __init__(self, privacy: Privacy) -> None:
-        from dp_accounting import rdp
-
+        rdp = require("dp_accounting.rdp", "fedmq-coordinator", "dp", "differential privacy (strategy.privacy)")
         self.privacy = privacy
         self.accountant = rdp.RdpAccountant()
 
@@ -39,7 +39,7 @@ class Accountant:
 
     def compose(self, event: Sequence[float]) -> float:
         """Account one round given as ``event()`` made it (also a checkpoint's); returns epsilon so far."""
-        import dp_accounting
+        import dp_accounting  # present: the constructor required it
 
         rate, noise = event
         dp_event = dp_accounting.GaussianDpEvent(noise)

@@ -1,0 +1,73 @@
+"""The install commands of docs/deploy.md and the Dockerfiles, run as written in fresh virtual environments:
+the coordinator installs lean (no demo, DP or TFLite-builder packages), and a feature whose extra is
+missing says which extra to install."""
+
+import os
+import re
+import shlex
+import subprocess
+import venv
+
+import pytest
+
+from fedhelp import dockerfile_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_PIP = "/opt/fedmq/venv/bin/pip install "
+
+
+def deploy_md_install() -> list:
+    """The arguments of the coordinator's pip install in docs/deploy.md."""
+    text = open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8").read()
+    lines = [ln for ln in text.splitlines() if VENV_PIP in ln]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].split(VENV_PIP, 1)[1])
+
+
+def dockerfile_install(name: str, extras: str = "") -> list:
+    """The arguments of a Dockerfile's pip install with /src/X mapped to the repository's X; every X was
+    copied into the image."""
+    steps = dockerfile_steps(os.path.join(ROOT, "deploy", "docker", name))
+    copied = {dst.rstrip("/") for i, arg in steps if i == "COPY" for _, dst in [arg.split()]}
+    run = [arg for i, arg in steps if i == "RUN" and "pip install" in arg]
+    assert len(run) == 1
+    cmd = run[0].split("pip install", 1)[1].split("&&")[0].replace("${EXTRAS:+[$EXTRAS]}", extras)
+    args = [a for a in shlex.split(cmd) if not a.startswith("--")]
+    for a in args:
+        src = re.sub(r"\[.*\]$", "", a)
+        assert src in copied, f"{name} installs {src} without copying it into the image"
+    return [os.path.relpath(os.path.join(ROOT, a[len("/src/"):]), ROOT) for a in args]
+
+
+@pytest.fixture(scope="module")
+def coordinator_venv(tmp_path_factory):
+    d = tmp_path_factory.mktemp("coordinator") / "venv"
+    venv.EnvBuilder(with_pip=True).create(d)
+    args = deploy_md_install()
+    subprocess.run([str(d / "bin" / "pip"), "install", "-q", *args], cwd=ROOT, check=True, timeout=900)
+    return d
+
+
+def test_the_dockerfile_installs_what_deploy_md_installs():
+    assert sorted(dockerfile_install("coordinator.Dockerfile")) == sorted(os.path.normpath(a) for a in deploy_md_install())
+    assert sorted(dockerfile_install("node.Dockerfile")) == ["node", "shared"]
+
+
+@pytest.mark.slow
+def test_documented_coordinator_install_is_lean_and_names_missing_extras(coordinator_venv, tmp_path):
+    fedmq = str(coordinator_venv / "bin" / "fedmq")
+    freeze = subprocess.run([str(coordinator_venv / "bin" / "pip"), "freeze"], capture_output=True, text=True,
+                            check=True).stdout.lower()
+    for heavy in ("scikit-learn", "matplotlib", "dp-accounting", "tflite=="):
+        assert heavy not in freeze, heavy
+    out = subprocess.run([fedmq, "--help"], capture_output=True, text=True, check=True)
+    assert "coordinator" in out.stdout and "broker" in out.stdout and not out.stderr
+    example = os.path.join(ROOT, "deploy", "examples", "smart-home.yaml")
+    assert subprocess.run([fedmq, "validate", example], capture_output=True, timeout=60).returncode == 0
+    demo = subprocess.run([fedmq, "demo", "--rounds", "1"], capture_output=True, text=True, timeout=60)
+    assert demo.returncode == 2 and "pip install 'fedmq-coordinator[demo]'" in demo.stderr
+    assert "Traceback" not in demo.stderr
+    tflite = os.path.join(ROOT, "deploy", "examples", "tflite-sensors.yaml")
+    build = subprocess.run([fedmq, "coordinator", "build-model", tflite, "--out", str(tmp_path / "m.tflite")],
+                           capture_output=True, text=True, timeout=60)
+    assert build.returncode == 2 and "pip install 'fedmq-coordinator[tflite]'" in build.stderr
