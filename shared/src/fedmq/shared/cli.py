@@ -12,7 +12,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import List, Optional
 
-from fedmq.shared import __version__
+from fedmq.shared import PROTOCOL_REVISION, __version__
 from fedmq.shared.extras import MissingExtra
 from fedmq.shared.topicmap import TopicMapError
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedmq", description="Federated learning for IoT fleets over MQTT.",
         epilog="Run 'fedmq COMMAND --help' for the options of a command.")
-    parser.add_argument("--version", action="version", version=f"fedmq {__version__} (protocol v1)")
+    parser.add_argument("--version", action="version", version=f"fedmq {__version__} (protocol {PROTOCOL_REVISION})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for ep in _commands():
