@@ -69,9 +69,9 @@ def write_federation(tmp: str, port: int, groups: Dict[str, List[str]], *, round
 
 def fedmq(args: List[str], log_path: str) -> subprocess.Popen:
     """Start ``fedmq ARGS`` as a child process, output to ``log_path``."""
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(procs: List[subprocess.Popen]) -> None:

@@ -139,9 +139,11 @@ class CoordinatorService:
 
     def run(self, *, until_finished: bool = True) -> None:
         """Connect and serve; the root returns once all rounds are applied (when ``until_finished``)."""
-        if not self.link.start(wait_s=30):
-            log.warning("broker %s:%d not reachable yet; retrying in the background", self.tm.broker.host, self.tm.broker.port)
-            self.link.connected.wait()
+        self.link.start(wait_s=None)
+        while not self.link.connected.wait(0.2):  # each failed attempt is logged with its reason by the link
+            if self.stopping.is_set():  # SIGTERM while the broker is unreachable: stop now, not at SIGKILL
+                self.link.stop()
+                return
         if self.driver is not None:
             self.driver.begin()
         seen_connects = self.link.connects

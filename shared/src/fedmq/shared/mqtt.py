@@ -259,17 +259,33 @@ class MqttLink:
     def _diagnose(self) -> str:
         """Why the broker cannot be reached, found by a plain TCP connection to it."""
         try:
-            with socket.create_connection((self.broker.host, self.broker.port), timeout=3):
-                pass
+            with socket.create_connection((self.broker.host, self.broker.port), timeout=3) as sock:
+                if self.broker.tls is not None:
+                    return self._diagnose_tls(sock)
         except socket.timeout:
             return "timed out"
         except ConnectionRefusedError:
             return "connection refused: is Mosquitto running on that port?"
         except OSError as exc:
             return exc.strerror or str(exc)
-        if self.broker.tls is not None:
-            return "TCP works, the TLS handshake failed: check the CA file and the broker's certificate"
         return "TCP works, the MQTT connection failed: is it a TLS port?"
+
+    def _diagnose_tls(self, sock: socket.socket) -> str:
+        """The TLS handshake's own error, e.g. the broker's certificate failing verification against our CA."""
+        tls = self.broker.tls
+        assert tls is not None
+        try:
+            ctx = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+            with ctx.wrap_socket(sock, server_hostname=self.broker.host):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            return (f"TLS verification failed: {exc.verify_message} (check that {tls.ca_file} is the CA that signed "
+                    "the broker's certificate, and that the certificate names this host)")
+        except (ssl.SSLError, OSError) as exc:
+            return f"TLS handshake failed: {exc}"
+        return "TCP and TLS work, the MQTT connection failed (see the broker's log)"
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         quick = time.monotonic() - self._connected_at < QUICK_DROP_S

@@ -1,0 +1,66 @@
+"""A process that cannot reach its broker says why (refused, TLS verification, bad credentials) on every
+early attempt while it backs off, and stops promptly on SIGTERM (what systemctl stop sends)."""
+
+import os
+import signal
+
+import yaml
+
+from fedhelp import fedmq, rewrite_yaml, stop, wait_for, write_federation
+from fedmq.broker.pki import make_ca
+from fedmq.broker.process import MosquittoProcess, free_port
+from fedmq.broker.provision import client_config, provision
+from fedmq.shared.topicmap import load_topic_map
+
+GROUPS = {"home1": ["a1"], "b1": ["c1"]}
+
+
+def log_of(path):
+    return open(path, encoding="utf-8", errors="replace").read() if os.path.exists(path) else ""
+
+
+def test_every_process_logs_why_and_stops_on_sigterm_while_the_broker_is_unreachable(tmp_path):
+    port = free_port()  # nothing listens here
+    paths = write_federation(str(tmp_path), port, GROUPS, edge=["b1"])
+    logs = {name: str(tmp_path / f"{name}.log") for name in ("root", "edge", "node")}
+    procs = {"root": fedmq(["coordinator", "run", paths["topic_map"]], logs["root"]),
+             "edge": fedmq(["coordinator", "edge", paths["topic_map"], "--group", "b1"], logs["edge"]),
+             "node": fedmq(["node", "run", paths["a1"]], logs["node"])}
+    try:
+        for name, log in logs.items():
+            wait_for(lambda: "attempt 2: connection refused" in log_of(log), 60, f"{name} to log two refused attempts")
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            assert p.wait(15) == 0, (name, log_of(logs[name]))
+    finally:
+        stop(list(procs.values()))
+
+
+def test_a_wrong_ca_and_a_wrong_password_are_named(tmp_path):
+    paths = write_federation(str(tmp_path), 1, {"home1": ["a1", "a2"]})
+    sec = str(tmp_path / "sec")
+    provision(load_topic_map(paths["topic_map"]), sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="password").start()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    make_ca(str(foreign), "someone else")
+    procs, logs = [], {}
+    try:
+        for node, change in (("a1", {"tls": {"ca_file": str(foreign / "ca.crt")}}), ("a2", {"password_file": None})):
+            section = client_config(sec, node, auth="password")["broker"]
+            section.update(host="127.0.0.1", port=broker.port, **change)
+            if section["password_file"] is None:
+                wrong = tmp_path / "wrong.password"
+                wrong.write_text("not-the-password\n")
+                section["password_file"] = str(wrong)
+            rewrite_yaml(paths[node], lambda cfg: cfg.update(broker=section))
+            logs[node] = str(tmp_path / f"{node}.log")
+            procs.append(fedmq(["node", "run", paths[node]], logs[node]))
+        wait_for(lambda: "TLS verification failed" in log_of(logs["a1"]), 60, "the wrong CA to be named")
+        assert "check that" in log_of(logs["a1"]) and "ca.crt is the CA" in log_of(logs["a1"])
+        wait_for(lambda: log_of(logs["a2"]).count("refused the connection") >= 2, 60, "refused logins to be logged")
+        assert "Bad user name or password" in log_of(logs["a2"]) or "Not authorized" in log_of(logs["a2"])
+    finally:
+        stop(procs)
+        broker.stop()
