@@ -336,9 +336,11 @@ def edge_federation(tmp_path, workers=1, rounds=3, quorum=1.0, spare=False):
     for w in range(workers):
         edge = os.path.join(sec, "clients", client_file(edge_id(("home2",), w)))
         share = ["--share-key", share_key_file(sec, ("home2",))] if workers > 1 else []
+        # worker 0 names its files; the others find theirs in the security directory (as the systemd unit does)
+        credentials = (["--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key", *share]
+                       if w == 0 else ["--security-dir", sec])
         procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--worker", str(w),
-                            "--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key", *share],
-                           str(tmp_path / f"edge{w}.log")))
+                            *credentials], str(tmp_path / f"edge{w}.log")))
     return paths, tm, sec, broker, procs
 
 

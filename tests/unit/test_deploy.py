@@ -3,13 +3,16 @@ systemd here): files they name exist, the fedmq commands they run parse, the top
 
 import configparser
 import os
+import re
 import shlex
+import shutil
+import subprocess
 
 import pytest
 import yaml
 
 from fedhelp import dockerfile_steps
-from fedmq.node.bundle import UNIT
+from fedmq.node.bundle import HARDENING, UNIT
 from fedmq.shared.cli import build_parser
 from fedmq.shared.topicmap import load_topic_map
 
@@ -75,17 +78,60 @@ def unit(text):
     return parser
 
 
-@pytest.mark.parametrize("name,instance", [("fedmq-coordinator.service", None), ("fedmq-edge@.service", "site-a/b1")])
+UNITS = [("fedmq-coordinator.service", None), ("fedmq-edge@.service", "site-a/building-1"),
+         ("fedmq-mosquitto.service", None)]
+
+
+@pytest.mark.parametrize("name,instance", UNITS)
 def test_systemd_units(name, instance):
     u = unit(open(os.path.join(DEPLOY, "systemd", name), encoding="utf-8").read())
-    argv = shlex.split(u["Service"]["ExecStart"].replace("%I", instance or ""))
-    assert argv[0] == "/opt/fedmq/venv/bin/fedmq"
-    parses(argv[1:])
-    assert u["Service"]["User"] == "fedmq" and u["Service"]["Restart"] == "always"
+    service = u["Service"]
+    argv = shlex.split(service["ExecStart"].replace("%I", instance or "").replace("${STATE_DIRECTORY}", "/var/lib/fedmq"))
+    if name == "fedmq-mosquitto.service":
+        assert argv == ["/usr/sbin/mosquitto", "-c", "/etc/fedmq/mosquitto.conf"]
+    else:
+        assert argv[0] == "/opt/fedmq/venv/bin/fedmq"
+        parses(argv[1:])
+    # a finished federation exits 0 and a configuration error 2: neither is restarted in a loop
+    assert service["User"] == "fedmq" and service["Restart"] == "on-failure"
     assert u["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_bundle_unit():
-    u = unit(UNIT.format(node_id="gw1", federation="f"))
-    argv = shlex.split(u["Service"]["ExecStart"].replace("@PREFIX@", "/opt/fedmq"))
-    parses(argv[1:])
+@pytest.mark.skipif(not shutil.which("systemd-escape"), reason="systemd-escape is not installed")
+def test_the_edge_units_instance_name_turns_back_into_the_group_path():
+    for group in ("site-a/building-1", "b1", "north/floor_2"):
+        escaped = subprocess.run(["systemd-escape", "--path", group], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        back = subprocess.run(["systemd-escape", "--unescape", "--path", escaped], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert back.strip("/") == group  # what %I gives the unit
+    header = open(os.path.join(DEPLOY, "systemd", "fedmq-edge@.service"), encoding="utf-8").read()
+    assert "fedmq-edge@site\\x2da-building\\x2d1.service" in header
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("name", ["fedmq-coordinator.service", "fedmq-edge@site.service", "fedmq-mosquitto.service"])
+def test_units_are_hardened(tmp_path, name):
+    """systemd-analyze security rates every unit, with the shared drop-in, at most 2.0 (OK)."""
+    root = tmp_path / "etc" / "systemd" / "system"
+    shutil.copytree(os.path.join(DEPLOY, "systemd"), root)
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}", name],
+                         capture_output=True, text=True).stdout
+    level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    assert level <= 2.0, out
+
+
+def test_bundle_unit(tmp_path):
+    text = UNIT.format(node_id="gw1", federation="f").replace("@PREFIX@", "/opt/fedmq")
+    u = unit(text)
+    parses(shlex.split(u["Service"]["ExecStart"])[1:])
+    assert u["Service"]["Restart"] == "on-failure"
+    assert HARDENING == open(os.path.join(DEPLOY, "systemd", "fedmq-.service.d", "hardening.conf")).read()
+    if shutil.which("systemd-analyze"):  # the bundle installs the unit and the shared drop-in
+        root = tmp_path / "etc" / "systemd" / "system"
+        (root / "fedmq-.service.d").mkdir(parents=True)
+        (root / "fedmq-node.service").write_text(text)
+        (root / "fedmq-.service.d" / "hardening.conf").write_text(HARDENING)
+        out = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}",
+                              "fedmq-node.service"], capture_output=True, text=True).stdout
+        assert float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1)) <= 2.0, out

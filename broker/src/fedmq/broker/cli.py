@@ -52,6 +52,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     prov.add_argument("--ca-cert", help="use this CA certificate instead of creating one (with --ca-key)")
     prov.add_argument("--ca-key", help="the CA's private key")
     prov.add_argument("--server-name", action="append", default=[], help="extra DNS name or IP for the broker certificate")
+    prov.add_argument("--owner", metavar="USER[:GROUP]",
+                      help="the service user (and group; default: the user's) that runs the coordinator and the "
+                           "federation's Mosquitto: it gets the directory and every file in it, also after later "
+                           "'token', 'revoke' and enrolments (run as root)")
     prov.set_defaults(func=_provision)
     rev = bsub.add_parser("revoke", help="revoke a party's credentials",
                           description="Remove a node (or edge aggregator) from the password and ACL files and list "
@@ -157,10 +161,35 @@ def _provision(args: argparse.Namespace) -> int:
     if bool(args.ca_cert) != bool(args.ca_key):
         print("fedmq broker provision: --ca-cert and --ca-key go together", file=sys.stderr)
         return 2
+    owner = None
+    if args.owner:
+        try:
+            owner = _user_and_group(args.owner)
+        except KeyError as exc:
+            print(f"fedmq broker provision: --owner {args.owner}: no such {exc.args[0]} (create it first, e.g. "
+                  "'useradd --system --home-dir /var/lib/fedmq fedmq')", file=sys.stderr)
+            return 2
     tm = load_topic_map(args.topic_map)
-    added = provision(tm, args.out, ca_cert=args.ca_cert, ca_key=args.ca_key, extra_server_names=args.server_name)
+    added = provision(tm, args.out, ca_cert=args.ca_cert, ca_key=args.ca_key, extra_server_names=args.server_name,
+                      owner=owner)
     print(f"{args.out}: {len(added)} new part{'y' if len(added) == 1 else 'ies'}" + (f": {', '.join(added)}" if added else ""))
     return 0
+
+
+def _user_and_group(spec: str) -> "tuple[int, int]":
+    """(uid, gid) of USER[:GROUP]; KeyError('user' or 'group') when one does not exist."""
+    import grp
+    import pwd
+
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise KeyError("user") from None
+    try:
+        return entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError:
+        raise KeyError("group") from None
 
 
 def _revoke(args: argparse.Namespace) -> int:

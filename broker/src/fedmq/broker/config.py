@@ -37,6 +37,7 @@ class BrokerConfig:
     pid_file: Optional[str] = None  # so the coordinator can make Mosquitto reload passwords and ACL (SIGHUP)
     bridge: Optional["Bridge"] = None  # a site broker's bridge to its parent (fedmq.broker.bridge)
     audit: bool = False  # log at debug level: the only level at which Mosquitto logs ACL denials
+    user: Optional[str] = None  # Mosquitto's 'user': whom it drops to when started as root (its default: mosquitto)
 
     @classmethod
     def for_topic_map(cls, tm: TopicMap, **overrides: object) -> "BrokerConfig":
@@ -84,8 +85,9 @@ def render_config(cfg: BrokerConfig) -> str:
                   "# 'fedmq broker denials LOG' lists who was refused what.", "log_type debug"]
     if cfg.bridge is not None:
         lines += render_bridge(cfg.bridge)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        lines += ["# Running as root: keep root so Mosquitto can write its log and persistence files.", "user root"]
+    if cfg.user:
+        lines += ["# Started as root, Mosquitto drops to this user before it opens its keys, log and persistence.",
+                  f"user {cfg.user}"]
     return "\n".join(lines) + "\n"
 
 

@@ -58,7 +58,9 @@ class MosquittoProcess:
                                    persistence_dir=self.workdir if persistence else None,
                                    log_file=os.path.join(self.workdir, "mosquitto.log"),
                                    security_dir=security_dir, auth=auth,
-                                   pid_file=os.path.join(self.workdir, "mosquitto.pid"), audit=audit)
+                                   pid_file=os.path.join(self.workdir, "mosquitto.pid"), audit=audit,
+                                   # a private broker keeps the identity of whoever started it: its files are theirs
+                                   user="root" if hasattr(os, "geteuid") and os.geteuid() == 0 else None)
         self._enrol = enrol
         if max_packet_bytes:
             self.config.max_packet_bytes = max_packet_bytes

@@ -29,7 +29,7 @@ import secrets
 import time
 import shutil
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from fedmq.broker import acl, passwords, pki
 from fedmq.shared.identities import COORDINATOR, MONITOR, edge_id
@@ -79,10 +79,14 @@ def _parties(tm: TopicMap) -> Dict[str, dict]:
 
 
 def provision(tm: TopicMap, directory: str, *, ca_cert: Optional[str] = None, ca_key: Optional[str] = None,
-              extra_server_names: Optional[List[str]] = None) -> List[str]:
-    """Create or extend DIR for ``tm``; returns the ids that got new credentials."""
+              extra_server_names: Optional[List[str]] = None, owner: Optional[Tuple[int, int]] = None) -> List[str]:
+    """Create or extend DIR for ``tm``; returns the ids that got new credentials. ``owner`` (uid, gid): the
+    service user that gets the directory and everything in it, now and whenever it is written again."""
     clients = os.path.join(directory, "clients")
     os.makedirs(clients, exist_ok=True)
+    os.chmod(directory, 0o750)
+    if owner is not None:
+        os.chown(directory, *owner)
     if not os.path.exists(os.path.join(directory, "ca.crt")):
         if ca_cert and ca_key:
             shutil.copyfile(ca_cert, os.path.join(directory, "ca.crt"))
@@ -165,6 +169,21 @@ def _write_state(tm: TopicMap, directory: str, ca: tuple, registry: Registry, ha
     keys = {p: i["public_key"] for p, i in registry.parties.items() if p not in registry.revoked}
     write_atomic(os.path.join(directory, "keys.json"), json.dumps(keys, indent=1, sort_keys=True))
     registry.save(directory)
+    _match_owner(directory)
+
+
+def _match_owner(directory: str) -> None:
+    """Run as root on a directory that belongs to a service user (``provision(owner=...)``), hand every file
+    in it to that user: the coordinator, which reads its keys and writes enrolments there, and the
+    federation's Mosquitto both run as that user."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if (st.st_uid, st.st_gid) == (0, 0):
+        return
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _hashes(directory: str) -> Dict[str, str]:

@@ -30,6 +30,9 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start from round 1")
     run.add_argument("--report", help="write the round summaries to this JSON file at the end")
     run.add_argument("--quiet", action="store_true", help="no per-round lines on stdout")
+    run.add_argument("--state-dir", metavar="DIR",
+                     help="where a relative checkpoint.dir goes (default: next to the topic map); the systemd unit "
+                          "passes its StateDirectory=, /var/lib/fedmq")
     run.set_defaults(func=_run, default_verbosity=1)
     edge = csub.add_parser("edge", help="aggregate one group (an edge: true group) in this process",
                            description="Serve one group of the topic tree that is marked 'edge: true', and every group "
@@ -45,6 +48,9 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     edge.add_argument("--share-key", metavar="FILE",
                       help="a group split over workers: the group's secret (clients/edge__<group>.share) that names the "
                            "workers' shared subscription, so that no other client can join it; required over TLS")
+    edge.add_argument("--security-dir", metavar="DIR",
+                      help="the directory 'fedmq broker provision' wrote (or a copy of this edge's clients/edge__* files "
+                           "and ca.crt): takes this edge's certificate or password, signing key and share key from it")
     edge.add_argument("--cert", help="this edge's client certificate (mutual TLS), instead of the topic map's")
     edge.add_argument("--key", help="the key of --cert")
     edge.add_argument("--username", help="this edge's MQTT username (passwords over TLS)")
@@ -73,6 +79,26 @@ def _build_model(args: argparse.Namespace) -> int:
         fh.write(built[1])
     print(f"wrote {args.out} ({len(built[1]):,} bytes, sha256 {built[0]})")
     return 0
+
+
+def _from_security_dir(args: argparse.Namespace, path: "tuple[str, ...]", broker: "BrokerSettings",
+                       signatures: bool, workers: int) -> None:
+    """Fill in the edge's credential flags that were not given from ``--security-dir``."""
+    import os
+
+    from fedmq.broker.provision import client_file, share_key_file
+    from fedmq.shared.identities import edge_id
+
+    identity = edge_id(path, args.worker)
+    stem = os.path.join(args.security_dir, "clients", client_file(identity))
+    if broker.tls is not None and broker.tls.cert_file and not args.cert:
+        args.cert, args.key = stem + ".crt", stem + ".key"
+    if broker.username and not args.username:
+        args.username, args.password_file = identity, stem + ".password"
+    if signatures and not args.signing_key:
+        args.signing_key = stem + ".sign"
+    if workers > 1 and not args.share_key:
+        args.share_key = share_key_file(args.security_dir, path)
 
 
 def _edge_broker(broker: "BrokerSettings", args: argparse.Namespace) -> "BrokerSettings":
@@ -119,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedmq.coordinator.service import CoordinatorService
     from fedmq.shared.data import DataError
 
-    tm = load_topic_map(args.topic_map)
+    tm = load_topic_map(args.topic_map, state_dir=args.state_dir)
     issues = file_issues(tm)
     if issues:
         raise TopicMapError(issues)
@@ -156,6 +182,8 @@ def _edge(args: argparse.Namespace) -> int:
         print(f"fedmq coordinator edge: --worker must be in 0..{group.workers - 1} (group {args.group} has "
               f"workers: {group.workers})", file=sys.stderr)
         return 2
+    if args.security_dir:
+        _from_security_dir(args, path, tm.broker_for(path), tm.security.signatures, group.workers)
     tm.broker = _edge_broker(tm.broker_for(path), args)  # a site group's edge talks to its site broker
     if tm.security.signatures and not args.signing_key:
         print("fedmq coordinator edge: the topic map turns signatures on: pass --signing-key", file=sys.stderr)

@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
+from importlib.resources import files
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
@@ -165,6 +166,7 @@ def _copy_config(config_file: str, out_dir: str, include_data: bool) -> Tuple[st
     return out, copied
 
 
+HARDENING = (files("fedmq.node") / "hardening.conf").read_text(encoding="utf-8")  # the sandbox of every fedmq unit
 UNIT = """[Unit]
 Description=fedmq node {node_id} (federation {federation})
 Wants=network-online.target
@@ -174,10 +176,12 @@ After=network-online.target
 ExecStart=@PREFIX@/venv/bin/fedmq node run @PREFIX@/config/node.yaml
 User=fedmq
 Group=fedmq
-Restart=always
+Restart=on-failure
 RestartSec=5
-NoNewPrivileges=true
-ProtectSystem=strict
+RestartPreventExitStatus=2
+TimeoutStopSec=20
+# the node's store of stream readings lives beside its configuration; the sandbox is the drop-in
+# /etc/systemd/system/fedmq-.service.d/hardening.conf that install.sh puts next to this unit
 ReadWritePaths=@PREFIX@/config
 
 [Install]
@@ -225,6 +229,8 @@ if [ -z "${FEDMQ_NO_SYSTEMD:-}" ] && command -v systemctl >/dev/null 2>&1 && [ -
   id fedmq >/dev/null 2>&1 || useradd --system --home-dir "$PREFIX" --shell /usr/sbin/nologin fedmq
   chown -R fedmq:fedmq "$PREFIX/config"
   sed "s#@PREFIX@#$PREFIX#g" "$HERE/fedmq-node.service" > /etc/systemd/system/fedmq-node.service
+  mkdir -p /etc/systemd/system/fedmq-.service.d
+  cp "$HERE/hardening.conf" /etc/systemd/system/fedmq-.service.d/hardening.conf
   systemctl daemon-reload
   systemctl enable --now fedmq-node.service
   echo "fedmq: service fedmq-node enabled and started (journalctl -u fedmq-node -f)"
@@ -250,6 +256,8 @@ def build(config_file: str, platform: str, python: str, out: str, extras: List[s
         _, copied = _copy_config(config_file, os.path.join(root, "config"), include_data)
         with open(os.path.join(root, "fedmq-node.service"), "w", encoding="utf-8") as fh:
             fh.write(UNIT.format(node_id=cfg.node_id, federation=cfg.federation))
+        with open(os.path.join(root, "hardening.conf"), "w", encoding="utf-8") as fh:
+            fh.write(HARDENING)
         resolved = [e for e in p.extras if not any(r.split(">")[0] in EXTRA_PACKAGES[e] for r in p.without_deps)]
         script = (INSTALL.replace("@PYTHON@", python).replace("@PLATFORM@", platform)
                   .replace("@SYSTEM_MODULES@", " ".join(sorted(p.system)))

@@ -17,6 +17,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                    "key path and a fix, and exit with code 2. Given a node configuration, "
                                    "it checks it as 'fedmq node check' does (features, data, files).")
     p.add_argument("file", help="topic map (YAML), or a node configuration")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="as 'fedmq coordinator run --state-dir': a relative checkpoint.dir is checked under DIR")
     p.set_defaults(func=run)
 
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"{args.file}: a node configuration: checking it as 'fedmq node check {args.file}' does")
         return int(node_args.func(node_args) or 0)
-    tm = load_topic_map(args.file)
+    tm = load_topic_map(args.file, state_dir=args.state_dir)
     issues = file_issues(tm)
     if issues:
         raise TopicMapError(issues)

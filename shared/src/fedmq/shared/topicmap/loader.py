@@ -24,10 +24,12 @@ MAX_DEPTH = 32  # levels of groups below the root
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
 
-def load_topic_map(file: str) -> TopicMap:
-    """Read, parse and validate a topic map file; raise ``TopicMapError`` listing every issue."""
+def load_topic_map(file: str, state_dir: Optional[str] = None) -> TopicMap:
+    """Read, parse and validate a topic map file; raise ``TopicMapError`` listing every issue. A relative
+    ``checkpoint.dir`` is taken relative to ``state_dir`` when given (a service's state directory, e.g.
+    systemd's StateDirectory=), else to the topic map's own directory."""
     data, reader = load_file(file)
-    return _build(data, reader)
+    return _build(data, reader, state_dir)
 
 
 def parse_topic_map(text: str, file: str = "<topic map>") -> TopicMap:
@@ -35,7 +37,7 @@ def parse_topic_map(text: str, file: str = "<topic map>") -> TopicMap:
     return _build(load_yaml(text.encode("utf-8"), file), Reader(file))
 
 
-def _build(data: Any, r: Reader) -> TopicMap:
+def _build(data: Any, r: Reader, state_dir: Optional[str] = None) -> TopicMap:
     top = r.mapping(data, "", 1, TOP_KEYS, required=("federation", "model", "tree"))
     if top is None:
         r.raise_if_any()
@@ -49,7 +51,10 @@ def _build(data: Any, r: Reader) -> TopicMap:
     if "checkpoint" in top:
         ck = r.mapping(top["checkpoint"], "checkpoint", r.line_of(top, "checkpoint"), ("dir",), ("dir",))
         d = r.value(ck, "dir", "checkpoint", str, None)
-        checkpoint_dir = _relative_to(r.file, d) if d else None
+        if d and state_dir and not os.path.isabs(d):
+            checkpoint_dir = os.path.normpath(os.path.join(os.path.abspath(state_dir), d))
+        else:
+            checkpoint_dir = _relative_to(r.file, d) if d else None
     security = read_security(r, top.get("security"), r.line_of(top, "security"), r.file,
                              ("signatures", "keys", "signing_key", "dir", "broker_pid_file"))
     root = _tree(r, top.get("tree"), federation or "", r.line_of(top, "tree"))
