@@ -5,8 +5,11 @@ missing says which extra to install."""
 import os
 import re
 import shlex
+import shutil
 import subprocess
-import venv
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +43,17 @@ def dockerfile_install(name: str, extras: str = "") -> list:
 
 
 @pytest.fixture(scope="module")
-def coordinator_venv(tmp_path_factory):
-    d = tmp_path_factory.mktemp("coordinator") / "venv"
-    venv.EnvBuilder(with_pip=True).create(d)
-    args = deploy_md_install()
-    subprocess.run([str(d / "bin" / "pip"), "install", "-q", *args], cwd=ROOT, check=True, timeout=900)
-    return d
+def coordinator_venv():
+    """/opt/fedmq/venv as deploy.md makes it: the system's python3 (any user may run it), the documented
+    pip install, in a directory every user can read."""
+    base = tempfile.mkdtemp(prefix="fedmq-venv-", dir="/tmp")
+    os.chmod(base, 0o755)
+    d = Path(base) / "venv"
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    subprocess.run([python, "-m", "venv", str(d)], check=True, timeout=300)
+    subprocess.run([str(d / "bin" / "pip"), "install", "-q", *deploy_md_install()], cwd=ROOT, check=True, timeout=900)
+    yield d
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_dockerfile_installs_what_deploy_md_installs():
