@@ -42,6 +42,10 @@ def test_dockerfiles(name, command):
     if command == "node":
         assert "coordinator" not in {src for src, _ in copies}  # a node image carries no coordinator
     assert ("USER", "fedmq") in instructions  # not root
+    run = " ".join(a for i, a in instructions if i == "RUN")
+    assert "--uid 1883" in run  # the eclipse-mosquitto image's uid: one provisioning owner suits both containers
+    if command == "coordinator":  # a new named volume takes the ownership of the image's directory
+        assert "chown fedmq:fedmq /checkpoints" in run
     entry = yaml.safe_load([a for i, a in instructions if i == "ENTRYPOINT"][0])
     cmd = yaml.safe_load([a for i, a in instructions if i == "CMD"][0])
     assert entry == ["fedmq", command]
@@ -55,7 +59,6 @@ def test_compose_file():
     build = services["coordinator"]["build"]
     context = os.path.normpath(os.path.join(DEPLOY, "compose", build["context"]))
     assert context == ROOT and os.path.isfile(os.path.join(context, build["dockerfile"]))
-    assert services["coordinator"]["depends_on"] == ["mosquitto"]
     parses(["coordinator", *services["coordinator"]["command"]])
     for name, service in services.items():
         for volume in service["volumes"]:
@@ -65,9 +68,61 @@ def test_compose_file():
             else:
                 assert source in compose["volumes"], (name, volume)  # a named volume is declared
     mounted = {v.split(":")[1]: v.split(":")[0] for v in services["coordinator"]["volumes"]}
-    assert mounted["/config"] == "./config" and "/checkpoints" in mounted
+    assert mounted["/config"] == "./config" and "/checkpoints" in mounted and mounted["/security"] == "./security"
     tm = load_topic_map(os.path.join(DEPLOY, "compose", "config", "federation.yaml"))
     assert tm.broker.host == "mosquitto" and tm.checkpoint_dir == "/checkpoints"
+    # a finished federation (exit 0) stays stopped; the coordinator starts once Mosquitto answers
+    assert services["coordinator"]["restart"] == "on-failure"
+    assert services["coordinator"]["depends_on"] == {"mosquitto": {"condition": "service_healthy"}}
+    assert "1883" in " ".join(services["mosquitto"]["healthcheck"]["test"])
+
+
+def test_compose_tls_paths_are_the_containers(tmp_path):
+    """The TLS variant: the commented lines of the compose topic map, and Mosquitto's config rendered as the
+    compose file says, name files where the containers mount them."""
+    compose = yaml.safe_load(open(os.path.join(DEPLOY, "compose", "docker-compose.yml"), encoding="utf-8"))
+    text = open(os.path.join(DEPLOY, "compose", "config", "federation.yaml"), encoding="utf-8").read()
+    tls_text = text.replace("\n  # tls:", "\n  tls:").replace("\n  #       key", "\n          key")
+    tls_text = tls_text.replace("\n# security:", "\nsecurity:")
+    tm_file = tmp_path / "federation.yaml"
+    tm_file.write_text(tls_text)
+    tm = load_topic_map(str(tm_file))
+    assert tm.broker.tls is not None and tm.security.signatures, tls_text
+    for path in (tm.broker.tls.ca_file, tm.broker.tls.cert_file, tm.broker.tls.key_file, tm.security.keys,
+                 tm.security.signing_key):
+        assert path.startswith("/security/"), path
+    sec = tmp_path / "security"
+    command = compose_comment_command(compose_text(), "broker render")
+    argv = [a.replace("deploy/compose/security", str(sec)).replace("deploy/compose/config/federation.yaml", str(tm_file))
+            .replace("deploy/compose/mosquitto/mosquitto.conf", str(tmp_path / "mosquitto.conf")) for a in command]
+    from fedmq.broker.provision import provision
+
+    provision(tm, str(sec))
+    assert build_parser().parse_args(argv).func(build_parser().parse_args(argv)) == 0
+    conf = (tmp_path / "mosquitto.conf").read_text()
+    mounts = {v.split(":")[1] for v in compose["services"]["mosquitto"]["volumes"]}
+    assert "user root" not in conf and "/security" in mounts and "/mosquitto/data" in mounts
+    files = [ln.split()[1] for ln in conf.splitlines() if ln.split()[:1] and ln.split()[0] in
+             ("cafile", "certfile", "keyfile", "crlfile", "acl_file", "password_file")]
+    assert files and all(f.startswith("/security/") for f in files), files
+    assert "persistence_location /mosquitto/data/" in conf
+
+
+def compose_text():
+    return open(os.path.join(DEPLOY, "compose", "docker-compose.yml"), encoding="utf-8").read()
+
+
+def compose_comment_command(text, what):
+    """The fedmq command in the compose file's header comment that contains ``what``, continuation lines joined."""
+    lines = [ln.lstrip("# ").rstrip() for ln in text.splitlines() if ln.startswith("#")]
+    joined, cmd = " ".join(ln[:-1] if ln.endswith("\\") else ln + "\n" for ln in lines), None
+    for line in joined.splitlines():
+        if what in line and "fedmq" in line:
+            cmd = line.split("(leave out")[0]
+            break
+    assert cmd, what
+    argv = shlex.split(cmd)
+    return argv[argv.index(next(a for a in argv if a.endswith("fedmq"))) + 1:]
 
 
 def unit(text):

@@ -27,11 +27,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
         r.add_argument("--bind", default=None, help="listener address (default: the topic map's broker.host)")
         r.add_argument("--persistence-dir",
                        help="directory for Mosquitto's persistence file, so that sessions, queued updates and retained "
-                            "models survive a broker restart (default: " + ("/var/lib/mosquitto, Debian's" if name ==
+                            "models survive a broker restart (default: " + ("/var/lib/fedmq/mosquitto, fedmq-mosquitto.service's" if name ==
                             "render" else "mosquitto-<federation>-data beside the config") + "; 'none' turns it off)")
         r.add_argument("--log-file", help="Mosquitto log file (default: stderr)")
         r.add_argument("--security", metavar="DIR", help="directory made by 'fedmq broker provision': TLS listener, "
                                                          "no anonymous clients, password and ACL files")
+        r.add_argument("--security-mount", metavar="PATH",
+                       help="where Mosquitto sees the --security directory, when not at the same path (e.g. /security "
+                            "in the compose file's container): the config names its files there")
         r.add_argument("--auth", choices=("mtls", "password"), default="mtls",
                        help="with --security: client certificates (default) or passwords over TLS")
         r.add_argument("--enrol-port", type=int, help="with --auth mtls: a TLS listener for enrolment tokens")
@@ -52,7 +55,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     prov.add_argument("--ca-cert", help="use this CA certificate instead of creating one (with --ca-key)")
     prov.add_argument("--ca-key", help="the CA's private key")
     prov.add_argument("--server-name", action="append", default=[], help="extra DNS name or IP for the broker certificate")
-    prov.add_argument("--owner", metavar="USER[:GROUP]",
+    prov.add_argument("--owner", metavar="USER[:GROUP]",  # or UID:GID
                       help="the service user (and group; default: the user's) that runs the coordinator and the "
                            "federation's Mosquitto: it gets the directory and every file in it, also after later "
                            "'token', 'revoke' and enrolments (run as root)")
@@ -127,12 +130,13 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
     cfg = BrokerConfig.for_topic_map(tm, port=args.port or listen.port, bind=args.bind or listen.host,
                                      persistence_dir=None if persistence == "none" else persistence,
                                      log_file=args.log_file,
-                                     security_dir=args.security, auth=args.auth, enrol_port=args.enrol_port,
+                                     security_dir=args.security, security_mount=args.security_mount,
+                                     auth=args.auth, enrol_port=args.enrol_port,
                                      pid_file=args.pid_file, bridge=bridge, audit=args.audit)
     return tm.federation, render_config(cfg)
 
 
-DEFAULT_PERSISTENCE = "/var/lib/mosquitto"  # Debian's Mosquitto package owns it
+DEFAULT_PERSISTENCE = "/var/lib/fedmq/mosquitto"  # fedmq-mosquitto.service's, under its StateDirectory=
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -182,12 +186,14 @@ def _user_and_group(spec: str) -> "tuple[int, int]":
     import pwd
 
     user, _, group = spec.partition(":")
+    if user.isdigit() and group.isdigit():  # numeric ids need no account here (a container's user)
+        return int(user), int(group)
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise KeyError("user") from None
     try:
-        return entry.pw_uid, grp.getgrnam(group).gr_gid if group else entry.pw_gid
+        return entry.pw_uid, (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else entry.pw_gid
     except KeyError:
         raise KeyError("group") from None
 

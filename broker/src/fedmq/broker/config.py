@@ -32,6 +32,7 @@ class BrokerConfig:
     log_file: Optional[str] = None
     federation: str = ""
     security_dir: Optional[str] = None  # a directory made by 'fedmq broker provision'
+    security_mount: Optional[str] = None  # where Mosquitto sees that directory, when elsewhere (a container's /security)
     auth: str = "mtls"  # mtls: client certificates (CN = id); password: username + password over TLS
     enrol_port: Optional[int] = None  # with mtls: a TLS listener where enrolment tokens log in with a password
     pid_file: Optional[str] = None  # so the coordinator can make Mosquitto reload passwords and ACL (SIGHUP)
@@ -95,7 +96,7 @@ def _security(cfg: BrokerConfig) -> list:
     if not cfg.security_dir:
         return ["# No security directory given (fedmq broker provision): plain TCP, anonymous clients allowed.",
                 "allow_anonymous true"]
-    d = os.path.abspath(cfg.security_dir)
+    d = _security_path(cfg)
     lines = ["# TLS with the federation's CA; no anonymous clients; least-privilege ACL.",
              *_tls(d), f"crlfile {d}/crl.pem", "allow_anonymous false", f"acl_file {d}/acl"]
     if cfg.auth == "mtls":
@@ -106,6 +107,12 @@ def _security(cfg: BrokerConfig) -> list:
     return lines + ["use_username_as_clientid true"]
 
 
+def _security_path(cfg: BrokerConfig) -> str:
+    """The security directory as the broker will see it."""
+    assert cfg.security_dir
+    return cfg.security_mount.rstrip("/") if cfg.security_mount else os.path.abspath(cfg.security_dir)
+
+
 def _tls(d: str) -> list:
     return [f"cafile {d}/ca.crt", f"certfile {d}/server.crt", f"keyfile {d}/server.key", "tls_version tlsv1.2"]
 
@@ -113,7 +120,7 @@ def _tls(d: str) -> list:
 def _enrol_listener(cfg: BrokerConfig) -> list:
     if not (cfg.security_dir and cfg.auth == "mtls" and cfg.enrol_port):
         return []
-    d = os.path.abspath(cfg.security_dir)
+    d = _security_path(cfg)
     return ["", "# Enrolment: TLS without client certificates; only the open one-time tokens' users (enrol-<id>)",
             "# are in this listener's password file, and the ACL lets each send one request and read one reply.",
             f"listener {cfg.enrol_port} {cfg.bind}", *_tls(d), "require_certificate false", "allow_anonymous false",
