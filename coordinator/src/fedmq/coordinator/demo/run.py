@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = None
-    workdir = args.workdir
+    workdir = os.path.abspath(args.workdir) if args.workdir else None  # configs name files by absolute paths
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="fedmq-demo-")
         workdir = tmp.name
