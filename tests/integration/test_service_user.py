@@ -3,11 +3,15 @@ unprivileged service user (as fedmq-coordinator.service and fedmq-mosquitto.serv
 in a root-owned directory they cannot write, credentials provisioned for that user and state under a state
 directory, beside a home's existing Mosquitto whose own clients keep working."""
 
+import configparser
 import os
 import pwd
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -19,6 +23,7 @@ from fedmq.broker.process import find_mosquitto, free_port
 from fedmq.broker.provision import client_config
 from test_documented_install import coordinator_venv  # noqa: F401  (the fixture: deploy.md's venv)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER = "fedmq-svc-test"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("runuser"),
@@ -48,6 +53,31 @@ def as_user(user, argv, log, cwd=None):
                                 start_new_session=True)
 
 
+def mapped(command, paths_map):
+    """A documented command with the deployment's paths mapped into the test's directories, as argv."""
+    for path, here in paths_map.items():  # longest first: /etc/fedmq/federation.yaml before /etc/fedmq
+        command = command.replace(path, here)
+    argv = shlex.split(command)
+    return argv[1:] if argv[0] == "sudo" else argv
+
+
+def deploy_md_command(what, paths_map):
+    """The command of docs/deploy.md's shell blocks that contains ``what`` (continuation lines joined)."""
+    text = open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8").read()
+    lines = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S)).replace("\\\n", " ").splitlines()
+    found = [ln for ln in lines if what in ln]
+    assert len(found) == 1, (what, found)
+    return mapped(found[0], paths_map)
+
+
+def unit_service(name):
+    """The [Service] section of a shipped systemd unit."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(os.path.join(ROOT, "deploy", "systemd", name))
+    return parser["Service"]
+
+
 def accepts(port):
     import socket
 
@@ -65,9 +95,12 @@ class HomeClient:
         self.got = []
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"home-{time.monotonic_ns()}")
         self.c.on_message = lambda cl, u, m: self.got.append(m.payload)
-        self.c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("zigbee2mqtt/#")
+        subscribed = threading.Event()
+        self.c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("zigbee2mqtt/#", qos=1)
+        self.c.on_subscribe = lambda *a: subscribed.set()
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
+        assert subscribed.wait(10)
 
     def round_trip(self, port, payload):
         before = len(self.got)
@@ -111,8 +144,11 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
         paths = write_federation(etc, fed_port, {"home1": ["a1", "a2"]}, rounds=2, deadline_s=10)
         rewrite_yaml(paths["topic_map"], lambda fed: fed.update(checkpoint={"dir": "checkpoints"}))
         sec = os.path.join(etc, "security")
-        subprocess.run([fedmq_bin, "broker", "provision", paths["topic_map"], "--out", sec, "--owner", service_user],
-                       check=True, capture_output=True, timeout=60)
+        paths_map = {"/etc/fedmq/federation.yaml": paths["topic_map"], "/etc/fedmq": etc, "/var/lib/fedmq": state,
+                     "/run/fedmq": os.path.join(state, "run"), "/opt/fedmq/venv/bin/fedmq": fedmq_bin,
+                     "${STATE_DIRECTORY}": state, "<the host's LAN name or IP>": "localhost",
+                     "--owner fedmq": f"--owner {service_user}"}
+        subprocess.run(deploy_md_command("broker provision", paths_map), check=True, capture_output=True, timeout=60)
         for pid, path in (("coordinator", paths["topic_map"]), ("a1", paths["a1"]), ("a2", paths["a2"])):
             sections = client_config(sec, pid)
 
@@ -122,19 +158,21 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
 
             rewrite_yaml(path, change)
         assert all(os.stat(os.path.join(r, f)).st_uid == uid for r, _, fs in os.walk(sec) for f in fs)
+        subprocess.run(deploy_md_command("broker render", paths_map), check=True, capture_output=True, timeout=60)
         conf = os.path.join(etc, "mosquitto.conf")
-        subprocess.run([fedmq_bin, "broker", "render", paths["topic_map"], "--security", sec, "--persistence-dir",
-                        os.path.join(state, "mosquitto"), "--pid-file", os.path.join(state, "mosquitto.pid"),
-                        "--out", conf], check=True, capture_output=True, timeout=60)
         assert "user root" not in open(conf).read()
-        os.makedirs(os.path.join(state, "mosquitto"))
-        os.chown(os.path.join(state, "mosquitto"), uid, gid)
-        procs.append(as_user(service_user, [find_mosquitto(), "-c", conf], os.path.join(base, "fedmq-mosquitto.log")))
+        mosquitto_unit = unit_service("fedmq-mosquitto.service")
+        os.makedirs(os.path.join(state, "run"))  # RuntimeDirectory=
+        os.chown(os.path.join(state, "run"), uid, gid)
+        subprocess.run(["runuser", "-u", service_user, "--", *mapped(mosquitto_unit["ExecStartPre"], paths_map)],
+                       check=True)
+        procs.append(as_user(service_user, mapped(mosquitto_unit["ExecStart"], paths_map),
+                             os.path.join(base, "fedmq-mosquitto.log")))
         wait_for(lambda: accepts(fed_port), 10, "the federation's Mosquitto")
 
         procs += [fedmq(["node", "run", paths[n]], os.path.join(base, f"{n}.log")) for n in ("a1", "a2")]
         log = os.path.join(base, "coordinator.log")
-        run = [fedmq_bin, "coordinator", "run", paths["topic_map"], "--state-dir", state]
+        run = mapped(unit_service("fedmq-coordinator.service")["ExecStart"], paths_map)
         coordinator = as_user(service_user, run, log, cwd=state)
         procs.append(coordinator)
         client.round_trip(home_port, b'{"temperature": 21.7}')  # while the federation runs
