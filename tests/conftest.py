@@ -4,14 +4,19 @@ local mosquitto process on a free loopback port), and helpers to write federatio
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from fedhelp import ROOT, deploy_md_install  # noqa: E402
 from fedmq.broker.process import MosquittoProcess  # noqa: E402
 
 
@@ -63,3 +68,17 @@ def _local(tmp_path) -> Iterator[Broker]:
         yield Broker(proc.host, proc.port, proc)
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def coordinator_venv():
+    """/opt/fedmq/venv as deploy.md makes it: the system's python3 (any user may run it), the documented
+    pip install, in a directory every user can read."""
+    base = tempfile.mkdtemp(prefix="fedmq-venv-", dir="/tmp")
+    os.chmod(base, 0o755)
+    d = Path(base) / "venv"
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    subprocess.run([python, "-m", "venv", str(d)], check=True, timeout=300)
+    subprocess.run([str(d / "bin" / "pip"), "install", "-q", *deploy_md_install()], cwd=ROOT, check=True, timeout=900)
+    yield d
+    shutil.rmtree(base, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -140,3 +141,26 @@ def dockerfile_steps(path: str) -> list:
             lines.append(cont.strip())
             cont = ""
     return [(ln.split(None, 1)[0], ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Does something accept TCP connections on ``port``?"""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+VENV_PIP = "/opt/fedmq/venv/bin/pip install "
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def deploy_md_install() -> list:
+    """The arguments of the coordinator's pip install in docs/deploy.md."""
+    text = open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8").read()
+    lines = [ln for ln in text.splitlines() if VENV_PIP in ln]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0].split(VENV_PIP, 1)[1])

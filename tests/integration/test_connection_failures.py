@@ -4,9 +4,8 @@ early attempt while it backs off, and stops promptly on SIGTERM (what systemctl 
 import os
 import signal
 
-import yaml
 
-from fedhelp import fedmq, rewrite_yaml, stop, wait_for, write_federation
+from fedhelp import fedmq, port_open, rewrite_yaml, stop, wait_for, write_federation
 from fedmq.broker.pki import make_ca
 from fedmq.broker.process import MosquittoProcess, free_port
 from fedmq.broker.provision import client_config, provision
@@ -64,3 +63,18 @@ def test_a_wrong_ca_and_a_wrong_password_are_named(tmp_path):
     finally:
         stop(procs)
         broker.stop()
+
+
+def test_broker_run_stops_with_its_mosquitto_on_sigterm(tmp_path):
+    port = free_port()
+    paths = write_federation(str(tmp_path), port, GROUPS)
+    log = str(tmp_path / "broker.log")
+    proc = fedmq(["broker", "run", paths["topic_map"], "--out", str(tmp_path / "m.conf")], log)
+    try:
+        wait_for(lambda: port_open(port), 30, "fedmq broker run to listen")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not port_open(port)  # no Mosquitto left behind
+    finally:
+        stop([proc])
+

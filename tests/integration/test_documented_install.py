@@ -5,28 +5,13 @@ missing says which extra to install."""
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from fedhelp import dockerfile_steps
+from fedhelp import deploy_md_install, dockerfile_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VENV_PIP = "/opt/fedmq/venv/bin/pip install "
-
-
-def deploy_md_install() -> list:
-    """The arguments of the coordinator's pip install in docs/deploy.md."""
-    text = open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8").read()
-    lines = [ln for ln in text.splitlines() if VENV_PIP in ln]
-    assert len(lines) == 1, lines
-    return shlex.split(lines[0].split(VENV_PIP, 1)[1])
-
-
 def dockerfile_install(name: str, extras: str = "") -> list:
     """The arguments of a Dockerfile's pip install with /src/X mapped to the repository's X; every X was
     copied into the image."""
@@ -40,20 +25,6 @@ def dockerfile_install(name: str, extras: str = "") -> list:
         src = re.sub(r"\[.*\]$", "", a)
         assert src in copied, f"{name} installs {src} without copying it into the image"
     return [os.path.relpath(os.path.join(ROOT, a[len("/src/"):]), ROOT) for a in args]
-
-
-@pytest.fixture(scope="module")
-def coordinator_venv():
-    """/opt/fedmq/venv as deploy.md makes it: the system's python3 (any user may run it), the documented
-    pip install, in a directory every user can read."""
-    base = tempfile.mkdtemp(prefix="fedmq-venv-", dir="/tmp")
-    os.chmod(base, 0o755)
-    d = Path(base) / "venv"
-    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-    subprocess.run([python, "-m", "venv", str(d)], check=True, timeout=300)
-    subprocess.run([str(d / "bin" / "pip"), "install", "-q", *deploy_md_install()], cwd=ROOT, check=True, timeout=900)
-    yield d
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_dockerfile_installs_what_deploy_md_installs():

@@ -1,7 +1,6 @@
 """Faults against real Mosquitto processes: broker restarts, coordinator and node crashes, stragglers,
 an edge aggregator losing its uplink, and a flapping link."""
 
-import json
 import signal
 import threading
 import time

@@ -16,12 +16,10 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 
-from fedhelp import fedmq, rewrite_yaml, stop, wait_for, write_federation
+from fedhelp import fedmq, port_open, rewrite_yaml, stop, wait_for, write_federation
 from fedmq.broker.process import find_mosquitto, free_port
 from fedmq.broker.provision import client_config
-from test_documented_install import coordinator_venv  # noqa: F401  (the fixture: deploy.md's venv)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER = "fedmq-svc-test"
@@ -78,15 +76,6 @@ def unit_service(name):
     return parser["Service"]
 
 
-def accepts(port):
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
 
 class HomeClient:
     """A client of the home's broker (zigbee2mqtt-like: anonymous, its own topics) that counts what it hears."""
@@ -135,7 +124,7 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
     procs = []
     client = None
     try:
-        wait_for(lambda: accepts(home_port), 10, "the home's Mosquitto")
+        wait_for(lambda: port_open(home_port), 10, "the home's Mosquitto")
         client = HomeClient(home_port)
         client.round_trip(home_port, b'{"temperature": 21.5}')
 
@@ -168,7 +157,7 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
                        check=True)
         procs.append(as_user(service_user, mapped(mosquitto_unit["ExecStart"], paths_map),
                              os.path.join(base, "fedmq-mosquitto.log")))
-        wait_for(lambda: accepts(fed_port), 10, "the federation's Mosquitto")
+        wait_for(lambda: port_open(fed_port), 10, "the federation's Mosquitto")
 
         procs += [fedmq(["node", "run", paths[n]], os.path.join(base, f"{n}.log")) for n in ("a1", "a2")]
         log = os.path.join(base, "coordinator.log")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 from fedmq.broker.config import BrokerConfig, render_config
@@ -132,7 +131,9 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
                                      log_file=args.log_file,
                                      security_dir=args.security, security_mount=args.security_mount,
                                      auth=args.auth, enrol_port=args.enrol_port,
-                                     pid_file=args.pid_file, bridge=bridge, audit=args.audit)
+                                     pid_file=args.pid_file, bridge=bridge, audit=args.audit,
+                                     # 'run' is a foreground broker of whoever starts it, with files that are theirs
+                                     user="root" if args.func is _run and os.geteuid() == 0 else None)
     return tm.federation, render_config(cfg)
 
 
@@ -156,7 +157,9 @@ def _run(args: argparse.Namespace) -> int:
     with open(out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"running mosquitto with {out} (Ctrl-C stops it)", file=sys.stderr)
-    return subprocess.call([find_mosquitto(), "-c", out])
+    sys.stderr.flush()
+    mosquitto = find_mosquitto()
+    os.execv(mosquitto, [mosquitto, "-c", out])  # Mosquitto takes this process over: SIGTERM reaches it directly
 
 
 def _provision(args: argparse.Namespace) -> int:
