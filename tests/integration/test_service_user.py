@@ -60,10 +60,12 @@ def mapped(command, paths_map):
 
 
 def deploy_md_command(what, paths_map):
-    """The command of docs/deploy.md's shell blocks that contains ``what`` (continuation lines joined)."""
+    """The command of docs/deploy.md's shell blocks (or inline code) that contains ``what`` (continuation
+    lines joined)."""
     text = open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8").read()
     lines = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S)).replace("\\\n", " ").splitlines()
-    found = [ln for ln in lines if what in ln]
+    lines = [ln.split("  #")[0] for ln in lines] + re.findall(r"`([^`\n]*" + re.escape(what) + r"[^`\n]*)`", text)
+    found = sorted({ln for ln in lines if what in ln})
     assert len(found) == 1, (what, found)
     return mapped(found[0], paths_map)
 
@@ -138,6 +140,8 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
                      "${STATE_DIRECTORY}": state, "<the host's LAN name or IP>": "localhost",
                      "--owner fedmq": f"--owner {service_user}"}
         subprocess.run(deploy_md_command("broker provision", paths_map), check=True, capture_output=True, timeout=60)
+        assert subprocess.run(deploy_md_command("fedmq validate", paths_map), capture_output=True,
+                              timeout=60).returncode == 0
         for pid, path in (("coordinator", paths["topic_map"]), ("a1", paths["a1"]), ("a2", paths["a2"])):
             sections = client_config(sec, pid)
 
@@ -147,7 +151,7 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
 
             rewrite_yaml(path, change)
         assert all(os.stat(os.path.join(r, f)).st_uid == uid for r, _, fs in os.walk(sec) for f in fs)
-        subprocess.run(deploy_md_command("broker render", paths_map), check=True, capture_output=True, timeout=60)
+        subprocess.run(deploy_md_command("broker render /etc/fedmq/federation.yaml --security", paths_map), check=True, capture_output=True, timeout=60)
         conf = os.path.join(etc, "mosquitto.conf")
         assert "user root" not in open(conf).read()
         mosquitto_unit = unit_service("fedmq-mosquitto.service")
@@ -171,6 +175,12 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
         checkpoints = os.path.join(state, "checkpoints")
         assert os.path.isdir(checkpoints) and os.stat(checkpoints).st_uid == uid
         assert not os.path.exists(os.path.join(etc, "checkpoints"))
+
+        # The monitor reads the round summaries as deploy.md shows.
+        paths_map.update({"<host>": "localhost", "<the topic map's port>": str(fed_port)})
+        metrics = subprocess.run([*deploy_md_command("mosquitto_sub", paths_map), "-C", "1", "-W", "10"],
+                                 capture_output=True, text=True, timeout=30)
+        assert metrics.returncode == 0 and '"round"' in metrics.stdout, metrics.stderr
 
         # Started again (a supervisor's restart), it finds every round done and exits 0 at once.
         again = as_user(service_user, run, os.path.join(base, "again.log"), cwd=state)
