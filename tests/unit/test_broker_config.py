@@ -41,7 +41,7 @@ def test_render_keeps_sessions_across_broker_restarts_by_default(tmp_path):
     out = tmp_path / "m.conf"
     cmd = [sys.executable, "-m", "fedmq.shared.cli", "broker", "render", str(p), "--out", str(out)]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    assert "persistence true" in out.read_text() and "persistence_location /var/lib/mosquitto/" in out.read_text()
+    assert "persistence true" in out.read_text() and "persistence_location /var/lib/fedmq/mosquitto/" in out.read_text()
     assert subprocess.run(cmd + ["--persistence-dir", "none"], capture_output=True).returncode == 0
     assert "persistence false" in out.read_text()
 
