@@ -2,6 +2,7 @@
 no anonymous access, revocation, and least-privilege ACLs."""
 
 import os
+import re
 import signal
 import ssl
 import threading
@@ -303,6 +304,7 @@ def test_a_party_cannot_take_another_partys_connection_over(secured):
     time.sleep(0.3)
     sent = thief.publish(t.update(("home1",), "a1"), b"a1's own update", qos=1)
     wait_for(lambda: t.update(("home1",), "a1") in coord.got, 10, "a1's update at the coordinator")
+    wait_for(lambda: sent.mid in thief.acks, 10, "the PUBACK")  # may come after the delivery
     assert thief.acks[sent.mid].value == 0
     for c in (coord, thief):
         c.loop_stop()
@@ -444,4 +446,7 @@ def test_an_audit_log_names_a_node_probing_the_acl(tmp_path):
     finally:
         broker.stop()
     assert out.returncode == 0, out.stderr
-    assert "a1: 3 refused" in out.stdout and t.model() in out.stdout and t.update(("home2",), "b1") in out.stdout
+    # a loaded machine may see paho send a publish again (DUP), which the broker refuses and logs again
+    refused = re.search(r"a1: (\d+) refused", out.stdout)
+    assert refused and int(refused.group(1)) >= 3, out.stdout
+    assert t.model() in out.stdout and t.update(("home2",), "b1") in out.stdout
