@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from fedmq.broker.config import BrokerConfig, render_config
+from fedmq.broker.config import BrokerConfig, render_config, starter_user
 from fedmq.broker.process import find_mosquitto
 from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
 
@@ -132,8 +132,7 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
                                      security_dir=args.security, security_mount=args.security_mount,
                                      auth=args.auth, enrol_port=args.enrol_port,
                                      pid_file=args.pid_file, bridge=bridge, audit=args.audit,
-                                     # 'run' is a foreground broker of whoever starts it, with files that are theirs
-                                     user="root" if args.func is _run and os.geteuid() == 0 else None)
+                                     user=starter_user() if args.func is _run else None)
     return tm.federation, render_config(cfg)
 
 
@@ -184,21 +183,22 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _user_and_group(spec: str) -> "tuple[int, int]":
-    """(uid, gid) of USER[:GROUP]; KeyError('user' or 'group') when one does not exist."""
+    """(uid, gid) of USER[:GROUP], names or numbers (a container's user needs no account here); the user's
+    own group when GROUP is left out. KeyError('user' or 'group') when a name does not exist."""
     import grp
     import pwd
 
     user, _, group = spec.partition(":")
-    if user.isdigit() and group.isdigit():  # numeric ids need no account here (a container's user)
-        return int(user), int(group)
     try:
-        entry = pwd.getpwnam(user)
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
     except KeyError:
         raise KeyError("user") from None
     try:
-        return entry.pw_uid, (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else entry.pw_gid
+        if not group:
+            return uid, pwd.getpwuid(uid).pw_gid
+        return uid, int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:
-        raise KeyError("group") from None
+        raise KeyError("group" if group else "user") from None
 
 
 def _revoke(args: argparse.Namespace) -> int:

@@ -51,6 +51,13 @@ class BrokerConfig:
         return cfg
 
 
+def starter_user() -> Optional[str]:
+    """The ``user`` of a broker that fedmq starts for whoever runs it (``fedmq demo``, ``fedmq broker run``, tests):
+    their own identity, whose files it uses. Only root needs saying so (Mosquitto would drop to ``mosquitto``);
+    services run Mosquitto as their own user and render no ``user`` line."""
+    return "root" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+
+
 def render_config(cfg: BrokerConfig) -> str:
     """The mosquitto.conf text."""
     lines = [

@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Optional
 
-from fedmq.broker.config import BrokerConfig, render_config
+from fedmq.broker.config import BrokerConfig, render_config, starter_user
 
 log = logging.getLogger("fedmq.broker")
 
@@ -59,8 +59,7 @@ class MosquittoProcess:
                                    log_file=os.path.join(self.workdir, "mosquitto.log"),
                                    security_dir=security_dir, auth=auth,
                                    pid_file=os.path.join(self.workdir, "mosquitto.pid"), audit=audit,
-                                   # a private broker keeps the identity of whoever started it: its files are theirs
-                                   user="root" if hasattr(os, "geteuid") and os.geteuid() == 0 else None)
+                                   user=starter_user())
         self._enrol = enrol
         if max_packet_bytes:
             self.config.max_packet_bytes = max_packet_bytes

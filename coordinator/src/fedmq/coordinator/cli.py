@@ -84,19 +84,17 @@ def _build_model(args: argparse.Namespace) -> int:
 def _from_security_dir(args: argparse.Namespace, path: "tuple[str, ...]", broker: "BrokerSettings",
                        signatures: bool, workers: int) -> None:
     """Fill in the edge's credential flags that were not given from ``--security-dir``."""
-    import os
-
-    from fedmq.broker.provision import client_file, share_key_file
+    from fedmq.broker.provision import client_config, share_key_file
     from fedmq.shared.identities import edge_id
 
-    identity = edge_id(path, args.worker)
-    stem = os.path.join(args.security_dir, "clients", client_file(identity))
-    if broker.tls is not None and broker.tls.cert_file and not args.cert:
-        args.cert, args.key = stem + ".crt", stem + ".key"
+    mtls = broker.tls is not None and bool(broker.tls.cert_file)
+    own = client_config(args.security_dir, edge_id(path, args.worker), auth="mtls" if mtls else "password")
+    if mtls and not args.cert:
+        args.cert, args.key = own["broker"]["tls"]["cert_file"], own["broker"]["tls"]["key_file"]
     if broker.username and not args.username:
-        args.username, args.password_file = identity, stem + ".password"
+        args.username, args.password_file = own["broker"]["username"], own["broker"]["password_file"]
     if signatures and not args.signing_key:
-        args.signing_key = stem + ".sign"
+        args.signing_key = own["security"]["signing_key"]
     if workers > 1 and not args.share_key:
         args.share_key = share_key_file(args.security_dir, path)
 

@@ -257,7 +257,7 @@ class MqttLink:
                              self.broker.host, self.broker.port, self._fails, reason)
 
     def _diagnose(self) -> str:
-        """Why the broker cannot be reached, found by a plain TCP connection to it."""
+        """Why the broker cannot be reached, found by a TCP connection to it (and a TLS handshake for a TLS port)."""
         try:
             with socket.create_connection((self.broker.host, self.broker.port), timeout=3) as sock:
                 if self.broker.tls is not None:
