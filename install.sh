@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up fedmq on a fresh Debian or Ubuntu machine. Idempotent: run it again at any time.
-#  - Mosquitto and its command-line clients from the system packages, when missing
+#  - Mosquitto and its command-line clients from the system packages, when missing (and what the tests use:
+#    python3-venv, systemd's analysis tools, runuser)
 #  - a virtual environment in .venv
 #  - the four distributions (shared, broker, node, coordinator) installed editable, with test extras
 set -euo pipefail
@@ -15,6 +16,13 @@ need_apt=()
 have mosquitto || need_apt+=(mosquitto)
 have mosquitto_pub || need_apt+=(mosquitto-clients)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
+# deploy.md's services run from a venv of the system's python3; the tests make one as docs/deploy.md does
+if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
+# the tests check the systemd units with systemd-analyze and systemd-escape (nothing is started)
+have systemd-analyze || need_apt+=(systemd)
+have runuser || need_apt+=(util-linux)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "==> installing system packages: ${need_apt[*]}"
   $SUDO apt-get update -qq

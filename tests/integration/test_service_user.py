@@ -9,6 +9,7 @@ import pwd
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -17,7 +18,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from fedhelp import fedmq, port_open, rewrite_yaml, stop, wait_for, write_federation
+from fedhelp import checkpoint_state, fedmq, port_open, rewrite_yaml, stop, wait_for, write_federation
 from fedmq.broker.process import find_mosquitto, free_port
 from fedmq.broker.provision import client_config
 
@@ -46,9 +47,19 @@ def base():
 
 
 def as_user(user, argv, log, cwd=None):
+    """``argv`` run as ``user`` in a process group of its own (runuser forks: signal the group, not runuser)."""
     with open(log, "wb") as fh:
         return subprocess.Popen(["runuser", "-u", user, "--", *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
                                 start_new_session=True)
+
+
+def kill_group(proc, sig=signal.SIGKILL):
+    """Signal a process started by ``as_user`` and what runuser started, then reap it."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(15)
 
 
 def mapped(command, paths_map):
@@ -107,86 +118,112 @@ class HomeClient:
         self.c.disconnect()
 
 
+class Deployment:
+    """docs/deploy.md followed in a scratch directory: /etc/fedmq (root's), /var/lib/fedmq (the service
+    user's, as StateDirectory= makes it), provisioned and rendered with deploy.md's own commands; the
+    federation's Mosquitto and the coordinator start with the shipped units' command lines, as the user."""
+
+    def __init__(self, base, user, venv, rounds):
+        self.base, self.user, self.procs = base, user, []
+        self.etc, self.state = os.path.join(base, "etc"), os.path.join(base, "state")
+        os.makedirs(self.etc)
+        os.makedirs(os.path.join(self.state, "run"))  # and RuntimeDirectory=
+        self.uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+        for d in (self.state, os.path.join(self.state, "run")):
+            os.chown(d, self.uid, gid)
+            os.chmod(d, 0o750)
+        self.port = free_port()
+        self.paths = write_federation(self.etc, self.port, {"home1": ["a1", "a2"]}, rounds=rounds, deadline_s=10)
+        rewrite_yaml(self.paths["topic_map"], lambda fed: fed.update(checkpoint={"dir": "checkpoints"}))
+        self.sec = os.path.join(self.etc, "security")
+        self.paths_map = {"/etc/fedmq/federation.yaml": self.paths["topic_map"], "/etc/fedmq": self.etc,
+                          "/var/lib/fedmq": self.state, "/run/fedmq": os.path.join(self.state, "run"),
+                          "/opt/fedmq/venv/bin/fedmq": str(venv / "bin" / "fedmq"), "${STATE_DIRECTORY}": self.state,
+                          "<the host's LAN name or IP>": "localhost", "--owner fedmq": f"--owner {user}",
+                          "<host>": "localhost", "<the topic map's port>": str(self.port)}
+        subprocess.run(self.command("broker provision"), check=True, capture_output=True, timeout=60)
+        for pid in ("coordinator", "a1", "a2"):
+            sections = client_config(self.sec, pid)
+
+            def change(cfg, sections=sections, pid=pid):
+                cfg["broker"].update(sections["broker"])
+                cfg["security"] = {**sections["security"], **({"signatures": True} if pid == "coordinator" else {})}
+
+            rewrite_yaml(self.paths["topic_map" if pid == "coordinator" else pid], change)
+        subprocess.run(self.command("broker render /etc/fedmq/federation.yaml --security"), check=True,
+                       capture_output=True, timeout=60)
+        self.checkpoints = os.path.join(self.state, "checkpoints")
+
+    def command(self, what):
+        """deploy.md's command that contains ``what``, in this deployment's directories."""
+        return deploy_md_command(what, self.paths_map)
+
+    def start_mosquitto(self, log="fedmq-mosquitto.log"):
+        unit = unit_service("fedmq-mosquitto.service")
+        subprocess.run(["runuser", "-u", self.user, "--", *mapped(unit["ExecStartPre"], self.paths_map)], check=True)
+        proc = as_user(self.user, mapped(unit["ExecStart"], self.paths_map), os.path.join(self.base, log))
+        self.procs.append(proc)
+        wait_for(lambda: port_open(self.port), 10, "the federation's Mosquitto")
+        return proc
+
+    def start_coordinator(self, log):
+        proc = as_user(self.user, mapped(unit_service("fedmq-coordinator.service")["ExecStart"], self.paths_map),
+                       os.path.join(self.base, log), cwd=self.state)
+        self.procs.append(proc)
+        return proc
+
+    def start_nodes(self):
+        self.nodes = [fedmq(["node", "run", self.paths[n]], os.path.join(self.base, f"{n}.log")) for n in ("a1", "a2")]
+
+    def log(self, name):
+        return open(os.path.join(self.base, name), encoding="utf-8", errors="replace").read()
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                kill_group(proc, signal.SIGTERM)
+        stop(getattr(self, "nodes", []))
+
+
 def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosquitto(coordinator_venv, service_user,
                                                                                     base):
-    fedmq_bin = str(coordinator_venv / "bin" / "fedmq")
-    etc, state, home = (os.path.join(base, d) for d in ("etc", "state", "home"))
-    for d in (etc, state, home):
-        os.makedirs(d)
-    uid, gid = pwd.getpwnam(service_user).pw_uid, pwd.getpwnam(service_user).pw_gid
-    os.chown(state, uid, gid)  # what StateDirectory= makes
-    os.chmod(state, 0o750)
-
     # The home: its Mosquitto, its configuration, an anonymous client on its own topics.
+    home = os.path.join(base, "home")
+    os.makedirs(home)
     home_port = free_port()
     home_conf = os.path.join(home, "mosquitto.conf")
     with open(home_conf, "w") as fh:
         fh.write(f"listener {home_port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")
     home_broker = subprocess.Popen([find_mosquitto(), "-c", home_conf], stderr=subprocess.DEVNULL)
-    procs = []
-    client = None
+    client = dep = None
     try:
         wait_for(lambda: port_open(home_port), 10, "the home's Mosquitto")
         client = HomeClient(home_port)
         client.round_trip(home_port, b'{"temperature": 21.5}')
 
         # fedmq beside it: provisioned for the service user, its own broker on its own port.
-        fed_port = free_port()
-        paths = write_federation(etc, fed_port, {"home1": ["a1", "a2"]}, rounds=2, deadline_s=10)
-        rewrite_yaml(paths["topic_map"], lambda fed: fed.update(checkpoint={"dir": "checkpoints"}))
-        sec = os.path.join(etc, "security")
-        paths_map = {"/etc/fedmq/federation.yaml": paths["topic_map"], "/etc/fedmq": etc, "/var/lib/fedmq": state,
-                     "/run/fedmq": os.path.join(state, "run"), "/opt/fedmq/venv/bin/fedmq": fedmq_bin,
-                     "${STATE_DIRECTORY}": state, "<the host's LAN name or IP>": "localhost",
-                     "--owner fedmq": f"--owner {service_user}"}
-        subprocess.run(deploy_md_command("broker provision", paths_map), check=True, capture_output=True, timeout=60)
-        assert subprocess.run(deploy_md_command("fedmq validate", paths_map), capture_output=True,
-                              timeout=60).returncode == 0
-        for pid, path in (("coordinator", paths["topic_map"]), ("a1", paths["a1"]), ("a2", paths["a2"])):
-            sections = client_config(sec, pid)
-
-            def change(cfg, sections=sections, pid=pid):
-                cfg["broker"].update(sections["broker"])
-                cfg["security"] = {**sections["security"], **({"signatures": True} if pid == "coordinator" else {})}
-
-            rewrite_yaml(path, change)
-        assert all(os.stat(os.path.join(r, f)).st_uid == uid for r, _, fs in os.walk(sec) for f in fs)
-        subprocess.run(deploy_md_command("broker render /etc/fedmq/federation.yaml --security", paths_map), check=True, capture_output=True, timeout=60)
-        conf = os.path.join(etc, "mosquitto.conf")
-        assert "user root" not in open(conf).read()
-        mosquitto_unit = unit_service("fedmq-mosquitto.service")
-        os.makedirs(os.path.join(state, "run"))  # RuntimeDirectory=
-        os.chown(os.path.join(state, "run"), uid, gid)
-        subprocess.run(["runuser", "-u", service_user, "--", *mapped(mosquitto_unit["ExecStartPre"], paths_map)],
-                       check=True)
-        procs.append(as_user(service_user, mapped(mosquitto_unit["ExecStart"], paths_map),
-                             os.path.join(base, "fedmq-mosquitto.log")))
-        wait_for(lambda: port_open(fed_port), 10, "the federation's Mosquitto")
-
-        procs += [fedmq(["node", "run", paths[n]], os.path.join(base, f"{n}.log")) for n in ("a1", "a2")]
-        log = os.path.join(base, "coordinator.log")
-        run = mapped(unit_service("fedmq-coordinator.service")["ExecStart"], paths_map)
-        coordinator = as_user(service_user, run, log, cwd=state)
-        procs.append(coordinator)
+        dep = Deployment(base, service_user, coordinator_venv, rounds=2)
+        assert subprocess.run(dep.command("fedmq validate"), capture_output=True, timeout=60).returncode == 0
+        assert all(os.stat(os.path.join(r, f)).st_uid == dep.uid for r, _, fs in os.walk(dep.sec) for f in fs)
+        assert "user root" not in open(os.path.join(dep.etc, "mosquitto.conf")).read()
+        dep.start_mosquitto()
+        dep.start_nodes()
+        coordinator = dep.start_coordinator("coordinator.log")
         client.round_trip(home_port, b'{"temperature": 21.7}')  # while the federation runs
-        assert coordinator.wait(120) == 0, open(log).read()
-        text = open(log).read()
+        assert coordinator.wait(120) == 0, dep.log("coordinator.log")
+        text = dep.log("coordinator.log")
         assert "Traceback" not in text and "round   2" in text
-        checkpoints = os.path.join(state, "checkpoints")
-        assert os.path.isdir(checkpoints) and os.stat(checkpoints).st_uid == uid
-        assert not os.path.exists(os.path.join(etc, "checkpoints"))
+        assert os.path.isdir(dep.checkpoints) and os.stat(dep.checkpoints).st_uid == dep.uid
+        assert not os.path.exists(os.path.join(dep.etc, "checkpoints"))
 
         # The monitor reads the round summaries as deploy.md shows.
-        paths_map.update({"<host>": "localhost", "<the topic map's port>": str(fed_port)})
-        metrics = subprocess.run([*deploy_md_command("mosquitto_sub", paths_map), "-C", "1", "-W", "10"],
-                                 capture_output=True, text=True, timeout=30)
+        metrics = subprocess.run([*dep.command("mosquitto_sub"), "-C", "1", "-W", "10"], capture_output=True,
+                                 text=True, timeout=30)
         assert metrics.returncode == 0 and '"round"' in metrics.stdout, metrics.stderr
 
         # Started again (a supervisor's restart), it finds every round done and exits 0 at once.
-        again = as_user(service_user, run, os.path.join(base, "again.log"), cwd=state)
-        procs.append(again)
-        assert again.wait(60) == 0
-        assert "already done" in open(os.path.join(base, "again.log")).read()
+        assert dep.start_coordinator("again.log").wait(60) == 0
+        assert "already done" in dep.log("again.log")
 
         # The home's broker and its client never noticed.
         client.round_trip(home_port, b'{"temperature": 21.9}')
@@ -194,6 +231,42 @@ def test_coordinator_and_its_mosquitto_as_a_service_user_beside_the_homes_mosqui
     finally:
         if client is not None:
             client.close()
-        stop(procs)
+        if dep is not None:
+            dep.close()
         home_broker.terminate()
         home_broker.wait(10)
+
+
+def test_the_service_survives_sigkill_and_refuses_a_second_coordinator(coordinator_venv, service_user, base):
+    """The attack and the faults of the service layout: another local user cannot read the service's keys; a
+    second coordinator on the same state directory is refused (exit 2, which the unit does not restart); the
+    coordinator and its Mosquitto, both SIGKILLed mid-run and started again as the user, finish every round
+    from the checkpoint and the persistence file they own."""
+    rounds = 30
+    dep = Deployment(base, service_user, coordinator_venv, rounds=rounds)
+    try:
+        for secret in ("clients/coordinator.sign", "clients/coordinator.key", "ca.key", "passwords"):
+            peek = subprocess.run(["runuser", "-u", "nobody", "--", "cat", os.path.join(dep.sec, secret)],
+                                  capture_output=True)
+            assert peek.returncode != 0 and not peek.stdout, secret
+        broker = dep.start_mosquitto()
+        dep.start_nodes()
+        first = dep.start_coordinator("first.log")
+        wait_for(lambda: (checkpoint_state(dep.checkpoints) or {}).get("rounds_done", 0) >= 2, 120,
+                 "two rounds checkpointed")
+        second = dep.start_coordinator("second.log")
+        assert second.wait(60) == 2, dep.log("second.log")
+        assert "in use by another coordinator" in dep.log("second.log")
+        assert first.poll() is None, dep.log("first.log")  # still running: the kill below lands mid-federation
+        kill_group(first)
+        kill_group(broker)
+        done = checkpoint_state(dep.checkpoints)["rounds_done"]
+        assert done < rounds
+        dep.start_mosquitto("fedmq-mosquitto-2.log")
+        again = dep.start_coordinator("again.log")
+        assert again.wait(180) == 0, dep.log("again.log")
+        assert f"resuming from checkpoint {dep.checkpoints}: {done} rounds done" in dep.log("again.log")
+        assert checkpoint_state(dep.checkpoints)["rounds_done"] == rounds
+        assert "Traceback" not in dep.log("again.log") + dep.log("fedmq-mosquitto-2.log")
+    finally:
+        dep.close()

@@ -138,3 +138,15 @@ def test_old_single_directory_checkpoints_still_load(tmp_path):
     (tmp_path / checkpoint.MODEL).write_bytes(encode(env))
     (tmp_path / checkpoint.STATE).write_text(json.dumps({"federation": "f", "rounds_done": 2, "model_version": 2}))
     assert checkpoint.load(str(tmp_path), "f", SPEC)[1].rounds_done == 2
+
+
+def test_a_checkpoint_directory_has_one_coordinator_at_a_time(tmp_path):
+    d = str(tmp_path / "ck")
+    held = checkpoint.lock(d)
+    with pytest.raises(CheckpointError, match=rf"in use by another coordinator \(pid {os.getpid()}\)"):
+        checkpoint.lock(d)
+    held.close()  # (a dead process releases it the same way)
+    checkpoint.lock(d).close()
+    for _ in range(3):  # the lock file is not a snapshot: saving and pruning leave it alone
+        saved(tmp_path / "ck")
+    assert os.path.exists(os.path.join(d, checkpoint.LOCK)) and checkpoint.load(d, "f", SPEC) is not None

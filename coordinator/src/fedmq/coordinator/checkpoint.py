@@ -7,13 +7,14 @@ Whatever moment the process dies, ``CURRENT`` names a complete snapshot: the las
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
 import numpy as np
 
@@ -29,6 +30,7 @@ OPTIMIZER = "optimizer.fmq"
 CURRENT = "CURRENT"
 MOMENTS = ("m", "v")  # the server optimizer's tensors are named "<moment>/<model tensor>"
 KEEP = 2  # snapshots kept: the current one and the one before
+LOCK = ".lock"  # held (flock) by the coordinator that owns the directory; it holds that coordinator's pid
 
 
 class CheckpointError(RuntimeError):
@@ -94,6 +96,34 @@ def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, sta
                               "writable directory with free space") from None
     _prune(directory, name)
     return os.path.join(directory, name)
+
+
+def lock(directory: str) -> IO[str]:
+    """Take the directory for this process until the returned file is closed (or the process dies): a second
+    coordinator with the same checkpoint directory (a service and a copy started by hand) would run rounds of
+    its own and prune the other's snapshots. CheckpointError naming the holder's pid if it is taken."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fh = open(os.path.join(directory, LOCK), "a+", encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"{directory}: cannot use the checkpoint directory ({exc.strerror}); check that it is "
+                              "a writable directory") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise CheckpointError(f"{directory}: in use by another coordinator (pid {holder}); stop it first, or give "
+                              "this federation's coordinators different checkpoint directories") from None
+    try:  # the pid only helps the message above: a full disk must not stop us here
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    except OSError:
+        pass
+    return fh
 
 
 def _prune(directory: str, current: str) -> None:

@@ -21,7 +21,8 @@ from fedmq.coordinator.group import GroupAggregator
 from fedmq.coordinator.guards import RateLimiter
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
-from fedmq.coordinator.rounds import FederationFailed, RoundDriver
+from fedmq.coordinator import checkpoint
+from fedmq.coordinator.rounds import CheckpointFailed, FederationFailed, RoundDriver
 from fedmq.coordinator.tree import Membership, served_groups
 from fedmq.shared.envelope import EnvelopeError, decode
 from fedmq.shared.messages import Control, MessageError
@@ -138,7 +139,21 @@ class CoordinatorService:
         return self.driver is not None and self.driver.finished
 
     def run(self, *, until_finished: bool = True) -> None:
-        """Connect and serve; the root returns once all rounds are applied (when ``until_finished``)."""
+        """Connect and serve; the root returns once all rounds are applied (when ``until_finished``). The root
+        holds its checkpoint directory while it runs (CheckpointFailed if another coordinator does)."""
+        held = None
+        if self.driver is not None and self.tm.checkpoint_dir:
+            try:
+                held = checkpoint.lock(self.tm.checkpoint_dir)
+            except checkpoint.CheckpointError as exc:
+                raise CheckpointFailed(str(exc)) from None
+        try:
+            self._serve(until_finished)
+        finally:
+            if held is not None:
+                held.close()
+
+    def _serve(self, until_finished: bool) -> None:
         self.link.start(wait_s=None)
         while not self.link.connected.wait(0.2):  # each failed attempt is logged with its reason by the link
             if self.stopping.is_set():  # SIGTERM while the broker is unreachable: stop now, not at SIGKILL
