@@ -49,13 +49,13 @@ class Bounds:
         return cls(weight=wire.get("weight"), norm=wire.get("norm"))
 
 
-def weight_cap(strategy: Strategy, reported: Sequence[int]) -> Optional[float]:
-    """The round's weight cap: the fixed ``weight_cap``, else (auto) ``WEIGHT_FACTOR`` x the median of the
-    sample counts the round's candidates report (those above 0); None when off or nothing is reported."""
+def weight_cap(strategy: Strategy, reported: Sequence[int], factor: float = WEIGHT_FACTOR) -> Optional[float]:
+    """The round's weight cap: the fixed ``weight_cap``, else (auto) ``factor`` x the median of the sample
+    counts the round's candidates report (those above 0); None when off or nothing is reported."""
     if not strategy.weight_auto:
         return strategy.weight_cap
     counts = [c for c in reported if c > 0]
-    return WEIGHT_FACTOR * float(np.median(counts)) if counts else None
+    return factor * float(np.median(counts)) if counts else None
 
 
 def next_norm_bound(norms: Sequence[float]) -> Optional[float]:
@@ -67,10 +67,9 @@ def round_bounds(strategy: Strategy, reported: Sequence[int], tracked_norm: Opti
                  stats: bool = False) -> Bounds:
     """What a start carries: the weight cap and the norm bound (fixed, or adaptive from ``tracked_norm``);
     for a statistics round, only a looser weight cap (``STATS_WEIGHT_FACTOR`` x the median, when auto)."""
-    cap = weight_cap(strategy, reported)
     if stats:
-        return Bounds(weight=cap * STATS_WEIGHT_FACTOR / WEIGHT_FACTOR if cap and strategy.weight_auto else cap)
-    return Bounds(weight=cap, norm=tracked_norm if strategy.clip_auto else None)
+        return Bounds(weight=weight_cap(strategy, reported, STATS_WEIGHT_FACTOR))
+    return Bounds(weight=weight_cap(strategy, reported), norm=tracked_norm if strategy.clip_auto else None)
 
 
 def calibrating(strategy: Strategy, bounds: Bounds, stats: bool) -> bool:
