@@ -21,13 +21,11 @@ import numpy as np
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.files import fsync_dir, write_atomic
 from fedmq.shared.models import Weights, check_weights, expected_shapes
+from fedmq.shared.saved_model import CURRENT, MODEL, STATE, ModelFileError, current_snapshot
 from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap import ModelSpec
 
-STATE = "state.json"
-MODEL = "model.fmq"
 OPTIMIZER = "optimizer.fmq"
-CURRENT = "CURRENT"
 MOMENTS = ("m", "v")  # the server optimizer's tensors are named "<moment>/<model tensor>"
 KEEP = 2  # snapshots kept: the current one and the one before
 LOCK = ".lock"  # held (flock) by the coordinator that owns the directory; it holds that coordinator's pid
@@ -138,23 +136,12 @@ def _prune(directory: str, current: str) -> None:
 
 
 def current_dir(directory: str) -> Optional[str]:
-    """The directory holding the current snapshot: named by CURRENT, or ``directory`` itself for a
-    checkpoint written before snapshots (files directly inside it); None when there is none."""
-    pointer = os.path.join(directory, CURRENT)
-    if os.path.exists(pointer):
-        try:
-            with open(pointer, encoding="utf-8") as fh:
-                name = fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{pointer}: cannot read ({exc}); move the checkpoint directory away or run with "
-                                  "--fresh") from None
-        if not name or "/" in name or name.startswith(".") or not os.path.isdir(os.path.join(directory, name)):
-            raise CheckpointError(f"{pointer}: names no snapshot in {directory} ({name!r}); move the directory away "
-                                  "or run with --fresh")
-        return os.path.join(directory, name)
-    if os.path.exists(os.path.join(directory, STATE)):
-        return directory
-    return None
+    """The directory holding the current snapshot (``fedmq.shared.saved_model.current_snapshot``), with the
+    fix for a damaged pointer."""
+    try:
+        return current_snapshot(directory)
+    except ModelFileError as exc:
+        raise CheckpointError(f"{exc}; move the checkpoint directory away or run with --fresh") from None
 
 
 def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[Weights, RoundState]"]:

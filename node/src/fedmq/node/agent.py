@@ -11,6 +11,7 @@ model: a problem is published in the node's status, and the node takes no part u
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import zlib
@@ -29,6 +30,7 @@ from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
+from fedmq.shared.saved_model import ModelFileError, SavedModel, from_envelope, read_model
 from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.scaling import Scaling, local_stats
@@ -39,9 +41,11 @@ from fedmq.shared.topics import Topics
 
 if TYPE_CHECKING:
     from fedmq.node.secure_client import SecureClient
+    from fedmq.node.serve.server import Server
 
 RECHECK_S = 10.0  # how often data with a problem is read and checked again
 RELOAD_S = 60.0  # how often a live source is read again between rounds (always at a round's start)
+GLOBAL_MODEL = "global-model.fmq"  # the node's copy of the latest global model, in its cache_dir
 
 
 class NodeAgent:
@@ -70,6 +74,8 @@ class NodeAgent:
         if cfg.security.signing_key and cfg.security.keys:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir, self.log)
+        self.model_path = os.path.join(cfg.cache_dir, GLOBAL_MODEL)
+        self.server: Optional["Server"] = None
         self.encoder = codecs.UpdateEncoder(codecs.Codec())
         self._warned_proximal = False
         self.pending: Optional[Control] = None
@@ -104,6 +110,8 @@ class NodeAgent:
                       "/".join(self.cfg.group) or "(root)", len(self.x), self.cfg.broker.host, self.cfg.broker.port)
         if self.source is not None and self.source.live:
             self.source.start(self.log)
+        if self.cfg.serve is not None:
+            self._start_serving()
         self.refresh_data()
         self.link.start(wait_s=None)
         try:
@@ -120,9 +128,44 @@ class NodeAgent:
                 if self.auth is not None:
                     reload_keys(self.auth, self.log)
         finally:
+            if self.server is not None:
+                self.server.stop()
             self.link.stop(final=(self.status_topic, Status(self.cfg.node_id, "offline").encode()))
             if self.source is not None and self.source.live:
                 self.source.stop()
+
+    # --- the model on the gateway ------------------------------------------------------------------
+
+    def _start_serving(self) -> None:
+        """Serve predictions, starting with the saved copy of the global model (no coordinator needed)."""
+        from fedmq.node.serve.server import Server
+
+        assert self.cfg.serve is not None
+        self.server = Server(self.cfg.node_id, self.cfg.federation, self.cfg.serve, self.source, self.log,
+                             model_file=lambda m: self.files.get(m.file_sha256) if m.file_sha256 else None,
+                             seed=self.cfg.seed)
+        if os.path.exists(self.model_path):
+            try:
+                saved = read_model(self.model_path)
+                self.log.info("serving: the saved global model %d (%s)", saved.model_version, self.model_path)
+                self.server.offer(saved)
+            except ModelFileError as exc:
+                self.log.error("serving: %s; waiting for the next global model", exc)
+        self.server.start()
+
+    def _keep_model(self, env: Envelope, tensors: Weights) -> None:
+        """Save the accepted global model (atomically, with its scaling and feature names) and serve it."""
+        names = tuple(getattr(self.source, "feature_names", lambda: [])())
+        saved = from_envelope(replace(env, tensors=tensors, codec="raw", codec_params={}), saved_at=time.time())
+        if len(names) == saved.spec.features:
+            saved = replace(saved, feature_names=names)
+        try:
+            saved.save(self.model_path)
+        except OSError as exc:
+            self.log.error("cannot save the global model to %s: %s (it is served from memory until a restart)",
+                           self.model_path, exc)
+        if self.server is not None:
+            self.server.offer(saved)
 
     # --- data ----------------------------------------------------------------------------------------
 
@@ -205,6 +248,7 @@ class NodeAgent:
         self._apply_transport(env.meta)
         self.model = (env.model_version, codecs.to_dense(tensors))
         self.scaling = scaling
+        self._keep_model(env, self.model[1])
         if (spec, sha) != (self.spec, self.file_sha):
             self.spec, self.file_sha, self.trainer, self.trainer_problem = spec, sha, None, ""
             self.refresh_data()
@@ -370,6 +414,8 @@ class NodeAgent:
         params = self._straggle(ctl)
         if params is None:
             return
+        if self.server is not None:
+            self.server.learning_rate = params.learning_rate
         x = self._scaled()
         before = self.trainer.evaluate(x, self.y)
         # the shuffling of a round depends on the node, the round and the model only: a round trained again

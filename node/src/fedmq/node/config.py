@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from fedmq.node.serve.config import ServeConfig, read_serve
 from fedmq.shared.data import source_class
 from fedmq.shared.topicmap import BrokerSettings, DataRef, Limits, SecuritySettings
 from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref, read_security
@@ -15,7 +16,7 @@ from fedmq.shared.topics import level_problem
 TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
              "cache_dir", "security", "min_samples", "simulate_delay_s",
-             "simulate_straggler", "simulate_attack")
+             "simulate_straggler", "simulate_attack", "serve")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class NodeConfig:
     simulate_straggler: float = 0.0  # testing and benchmarks only: chance per round of having time for less work
     # testing and benchmarks only: send start + scale x (the honest change), claiming `samples` samples
     simulate_attack: Optional[Tuple[float, Optional[int]]] = None
+    serve: Optional[ServeConfig] = None  # predictions on the home broker (docs/serving.md)
 
 
 def _group_problem(v: object) -> Optional[str]:
@@ -83,9 +85,10 @@ def load_node_config(file: str) -> NodeConfig:
     simulate_attack = None if attack is None else (
         r.value(attack, "scale", "simulate_attack", float, 1.0),
         r.value(attack, "samples", "simulate_attack", int, None, minimum=1))
+    serve = read_serve(r, m.get("serve"), r.line_of(m, "serve"), base, node_id, data_ref)
     r.raise_if_any()
     return NodeConfig(file=file, node_id=node_id, federation=federation,
                       group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
                       trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security,
                       min_samples=min_samples,
-                      simulate_delay_s=delay, simulate_straggler=straggler, simulate_attack=simulate_attack)
+                      simulate_delay_s=delay, simulate_straggler=straggler, simulate_attack=simulate_attack, serve=serve)

@@ -128,11 +128,26 @@ def targets(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
     return np.eye(len(spec.classes), dtype=np.float32)[idx]
 
 
+def class_probabilities(scores: np.ndarray) -> np.ndarray:
+    """A classifier's raw scores (n, C) -> class probabilities (n, C); one logistic column gives two classes."""
+    if scores.shape[1] == 1:
+        p1 = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+        return np.stack([1.0 - p1, p1], axis=1)
+    return softmax(scores)
+
+
+def raw_scores(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The output layer's raw scores for ``x`` (already scaled), computed a chunk of rows at a time."""
+    layers = to_layers(spec, weights)
+    if not len(x):
+        return np.zeros((0, layers[-1][1].size))
+    return np.concatenate([forward(layers, np.asarray(x[i:i + EVAL_CHUNK], np.float64))[-1]  # bounded memory
+                           for i in range(0, len(x), EVAL_CHUNK)])
+
+
 def evaluate(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
     """Loss and accuracy (classifiers: cross-entropy) or loss and r2 (regressors: MSE) on (x, y)."""
-    layers = to_layers(spec, weights)
-    scores = np.concatenate([forward(layers, np.asarray(x[i:i + EVAL_CHUNK], np.float64))[-1]  # bounded memory
-                             for i in range(0, len(x), EVAL_CHUNK)]) if len(x) else np.zeros((0, layers[-1][1].size))
+    scores = raw_scores(spec, weights, x)
     if not spec.is_classifier:
         pred = scores[:, 0]
         yt = np.asarray(y, np.float64)
@@ -140,11 +155,7 @@ def evaluate(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, 
         var = float(np.var(yt))
         return {"loss": mse, "r2": 1.0 - mse / var if var > 0 else 0.0}
     idx = class_index(spec, y)
-    if scores.shape[1] == 1:
-        p1 = 1.0 / (1.0 + np.exp(-scores[:, 0]))
-        probs = np.stack([1.0 - p1, p1], axis=1)
-    else:
-        probs = softmax(scores)
+    probs = class_probabilities(scores)
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(idx)), idx], 1e-12, None))))
     acc = float(np.mean(probs.argmax(axis=1) == idx))
     return {"loss": loss, "accuracy": acc}

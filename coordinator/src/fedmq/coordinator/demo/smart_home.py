@@ -31,6 +31,7 @@ from fedmq.shared.envelope import decode
 from fedmq.shared.messages import MessageError, Status
 from fedmq.shared.models import evaluate, initial_weights
 from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.saved_model import SavedModel
 from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap import ModelSpec, load_topic_map
 from fedmq.shared.topicmap.model import BrokerSettings
@@ -40,6 +41,9 @@ Samples = Tuple[np.ndarray, np.ndarray]
 HELD_OUT_DAYS = 2.0
 PERIOD_S = 300.0
 FEDERATIONS = {"occupancy": "smarthome", "forecast": "smarthome-temp"}
+# what each task's prediction is to Home Assistant
+ENTITIES = {"occupancy": {"name": "Occupancy", "device_class": "occupancy"},
+            "forecast": {"name": "Temperature in 1 h", "device_class": "temperature", "unit": "°C"}}
 
 
 def _model(task: str, model: str, seed: int) -> Dict[str, Any]:
@@ -67,6 +71,12 @@ def _topic_map(workdir: str, task: str, homes: List[str], args: argparse.Namespa
     path = os.path.join(workdir, f"{federation}.yaml")
     write_yaml(path, tm)
     return path
+
+
+def _serving(home: str, task: str) -> Dict[str, Any]:
+    """A gateway node's ``serve:`` section: its prediction as a Home Assistant entity of the home's gateway."""
+    return {"topic": f"fedmq/{home}/{task}", "period_s": 2, "personalise": True,
+            "homeassistant": {"device_id": f"{home}_gateway", "device_name": f"{home} gateway", **ENTITIES[task]}}
 
 
 def _replay(sources: Dict[str, Any], messages: List[Tuple[float, str, bytes]]) -> Dict[str, Samples]:
@@ -112,26 +122,37 @@ def _fit(spec: ModelSpec, train: Samples, seed: int) -> Tuple[Dict[str, np.ndarr
 
 
 def compare(spec: ModelSpec, federated: Tuple[Dict[str, np.ndarray], Optional[Scaling]],
-            train: Dict[str, Samples], test: Dict[str, Samples], seed: int) -> Dict[str, Any]:
-    """Per home and overall: the federated model, a central one (all homes' data) and each home's own."""
+            train: Dict[str, Samples], test: Dict[str, Samples], seed: int, learning_rate: float) -> Dict[str, Any]:
+    """Per home and overall: the federated model, a central one (all homes' data), each home's own, and the
+    federated model personalised on the home's data as its gateway does (``serve.personalise``)."""
+    from fedmq.node.serve.config import Personalise
+    from fedmq.node.serve.personalise import better_or_equal, personalise
+
     train = {h: (x, normalise_labels(spec, y)) for h, (x, y) in train.items()}
     test = {h: (x, normalise_labels(spec, y)) for h, (x, y) in test.items()}
     everything = (np.concatenate([t[0] for t in train.values()]), np.concatenate([t[1] for t in train.values()]))
     central = _fit(spec, everything, seed)
+    global_model = SavedModel(spec, federated[0], federated[1], "demo", 0)
     rows = {}
     for home, data in test.items():
         local = _fit(spec, train[home], seed) if len(train[home][0]) else None
+        mine = personalise(global_model, *train[home], Personalise(), seed, learning_rate)[0]
         rows[home] = {"train_samples": int(len(train[home][0])), "test_samples": int(len(data[0])),
                       "federated": round(_score(spec, *federated, data), 4),
+                      "personalised": round(_score(spec, mine.weights, mine.scaling, data), 4),
                       "central": round(_score(spec, *central, data), 4),
                       "local": round(_score(spec, *local, data), 4) if local else None}
     everyone = (np.concatenate([t[0] for t in test.values()]), np.concatenate([t[1] for t in test.values()]))
     overall = {"federated": round(_score(spec, *federated, everyone), 4),
+               "personalised": round(float(np.average([r["personalised"] for r in rows.values()],
+                                                      weights=[r["test_samples"] for r in rows.values()])), 4),
                "central": round(_score(spec, *central, everyone), 4),
                "local": round(float(np.average([r["local"] for r in rows.values() if r["local"] is not None],
                                                weights=[r["test_samples"] for r in rows.values()
                                                         if r["local"] is not None])), 4)}
-    return {"metric": "accuracy" if spec.is_classifier else "rmse_celsius", "homes": rows, "overall": overall}
+    share = float(np.mean([better_or_equal(global_model, r["personalised"], r["federated"]) for r in rows.values()]))
+    return {"metric": "accuracy" if spec.is_classifier else "rmse_celsius", "homes": rows, "overall": overall,
+            "personalised_at_least_as_good": round(share, 4)}
 
 
 def _wait_for_gateways(watcher: MqttLink, expected: int, timeout: float) -> int:
@@ -167,7 +188,7 @@ def run_smart_home(args: argparse.Namespace, workdir: str, procs: Processes) -> 
                 cfg = node_config(home, FEDERATIONS[task], broker, PERIOD_S, task=task,
                                   store=os.path.join(workdir, "stores", f"{home.name}-{task}.sqlite"),
                                   extra={"cache_dir": os.path.join(workdir, "cache", f"{home.name}-{task}"),
-                                         "trainer": "numpy"})
+                                         "trainer": "numpy", "serve": _serving(home.name, task)})
                 configs[task][home.name] = os.path.join(workdir, f"node-{home.name}-{task}.yaml")
                 write_yaml(configs[task][home.name], cfg)
         maps = {task: _topic_map(workdir, task, names, args, broker.port) for task in TASKS}
@@ -199,20 +220,29 @@ def run_smart_home(args: argparse.Namespace, workdir: str, procs: Processes) -> 
         finally:
             watcher.stop()
         procs.stop_all()
+        served = published_predictions(broker, names)
         report: Dict[str, Any] = {"scenario": "smart-home", "homes": {h.name: {"household": h.household,
                                                                                 "format": h.format} for h in sim.homes},
                                   "days": args.days, "held_out_days": HELD_OUT_DAYS, "seed": args.seed,
                                   "rounds": {t: [report_row(r) for r in rounds[t]] for t in TASKS}, "comparison": {}}
+        report["predictions"] = served
         done = all(len(rounds[t]) == args.rounds for t in TASKS)
         for task in TASKS:
             if not rounds[task]:
                 continue
-            spec = load_topic_map(maps[task]).model
+            tm = load_topic_map(maps[task])
+            spec = tm.model
             sources = _sources(configs[task])
             report["comparison"][task] = compare(spec, _final_model(os.path.join(workdir, f"checkpoints-{task}"), spec),
-                                                 _replay(sources, history), _replay(sources, future), args.seed)
+                                                 _replay(sources, history), _replay(sources, future), args.seed,
+                                                 tm.policy.learning_rate)
         report["seconds"] = round(time.monotonic() - t0, 2)
         _print_comparison(report)
+        _print_predictions(served, broker)
+        missing = [f"{h} {t}" for h in names for t in TASKS if served[h]["states"].get(t, {}).get("value") is None]
+        if missing:
+            print(f"fedmq demo: no prediction published for {', '.join(missing)}", file=sys.stderr)
+            done = False
         _write_outputs(args, report, workdir)
         if not done:
             print("fedmq demo: not every round completed; see the logs in " + os.path.join(workdir, "logs"),
@@ -222,17 +252,66 @@ def run_smart_home(args: argparse.Namespace, workdir: str, procs: Processes) -> 
         broker_proc.stop()
 
 
+def published_predictions(broker: BrokerSettings, homes: List[str], wait_s: float = 10.0) -> Dict[str, Any]:
+    """Per home: the retained prediction state of each task and the Home Assistant discovery configs of its
+    gateway, as the home broker holds them."""
+    link = MqttLink(f"fedmq-demo-entities-{os.getpid()}", broker, persistent=False)
+    for home in homes:
+        link.subscribe(f"fedmq/{home}/+/state")
+        link.subscribe(f"homeassistant/+/{home}_gateway/+/config")
+    out: Dict[str, Any] = {h: {"states": {}, "entities": {}} for h in homes}
+    link.start()
+    end = time.monotonic() + wait_s
+    try:
+        while time.monotonic() < end and any(len(out[h]["states"]) < len(TASKS) for h in homes):
+            msg = link.get(timeout=0.2)
+            while msg is not None:
+                parts = msg.topic.split("/")
+                try:
+                    body = json.loads(msg.payload) if msg.payload else None
+                except ValueError:
+                    body = None
+                if parts[0] == "fedmq" and isinstance(body, dict):
+                    out[parts[1]]["states"][parts[2]] = body
+                elif parts[0] == "homeassistant" and isinstance(body, dict):
+                    out[parts[2][:-len("_gateway")]]["entities"][body.get("unique_id", msg.topic)] = parts[1]
+                msg = link.get(timeout=0.5)
+    finally:
+        link.stop()
+    return out
+
+
+def _print_predictions(served: Dict[str, Any], broker: BrokerSettings) -> None:
+    print(f"fedmq demo: predictions and Home Assistant entities on {broker.host}:{broker.port} "
+          "(discovery prefix homeassistant):")
+    for home, got in served.items():
+        parts = []
+        for task in TASKS:
+            st = got["states"].get(task, {})
+            if st.get("value") is None:
+                parts.append(f"{task}: none ({st.get('problem', 'no state')})")
+                continue
+            shown = (f"{st['value']:.1f}" if isinstance(st["value"], float) else str(st["value"]))
+            extra = f", confidence {st['confidence']:.2f}" if "confidence" in st else ""
+            parts.append(f"{task}: {shown}{extra} (model {st.get('model_version')}"
+                         f"{', personalised' if st.get('personalised') else ''})")
+        print(f"  {home:<8} {'; '.join(parts)}; {len(got['entities'])} entities")
+
+
 def _print_comparison(report: Dict[str, Any]) -> None:
     for task, comp in report["comparison"].items():
         metric = comp["metric"]
         print(f"fedmq demo: {task} ({metric} on the {report['held_out_days']:g} held-out days that follow):")
-        print(f"  {'home':<8} {'household':<15} {'samples':>7}  {'federated':>9} {'central':>8} {'local':>8}")
+        print(f"  {'home':<8} {'household':<15} {'samples':>7}  {'federated':>9} {'personal':>8} {'central':>8} "
+              f"{'local':>8}")
         for home, row in comp["homes"].items():
             local = "-" if row["local"] is None else f"{row['local']:.3f}"
             print(f"  {home:<8} {report['homes'][home]['household']:<15} {row['train_samples']:>7}  "
-                  f"{row['federated']:>9.3f} {row['central']:>8.3f} {local:>8}")
+                  f"{row['federated']:>9.3f} {row['personalised']:>8.3f} {row['central']:>8.3f} {local:>8}")
         o = comp["overall"]
-        print(f"  {'overall':<24} {'':>7}  {o['federated']:>9.3f} {o['central']:>8.3f} {o['local']:>8.3f}")
+        print(f"  {'overall':<24} {'':>7}  {o['federated']:>9.3f} {o['personalised']:>8.3f} {o['central']:>8.3f} "
+              f"{o['local']:>8.3f}")
+        print(f"  personalised at least as good as federated on {comp['personalised_at_least_as_good']:.0%} of homes")
     print(f"fedmq demo: {report['seconds']:.1f} s in all", flush=True)
 
 

@@ -138,6 +138,21 @@ def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], 
     return x, y[ok], t[ok]
 
 
+def latest(features: Sequence[Feature], signals: Sequence[str], t: np.ndarray, v: np.ndarray, period_s: float,
+           tz: Optional[dt.tzinfo]) -> Optional[np.ndarray]:
+    """The feature vector of the newest row ``t[-1]`` (no label needed), or None when the unbroken run of
+    rows that ends there is shorter than the longest window or lag."""
+    if not len(t):
+        return None
+    x, _, times = assemble(features, Label(signals[0]), signals, t, v, period_s, tz)
+    return x[-1] if len(times) and times[-1] == t[-1] else None
+
+
+def history(features: Sequence[Feature]) -> int:
+    """Rows a sample needs: its own and the earlier ones its longest window or lag covers."""
+    return 1 + max((f.history for f in features), default=0)
+
+
 def _columns(f: Feature, s: Optional[np.ndarray], t: np.ndarray, tz: Optional[dt.tzinfo]) -> List[np.ndarray]:
     if f.kind in TIME_KINDS:
         frac = _time_fraction(t, tz, week=f.kind == "day_of_week")

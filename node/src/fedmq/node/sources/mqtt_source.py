@@ -23,11 +23,11 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from fedmq.node.sources.features import Feature, Label, assemble, read_features
+from fedmq.node.sources.features import Feature, Label, assemble, history, latest, read_features
 from fedmq.node.sources.sampler import Sampler
 from fedmq.node.sources.signals import BadValue, Signal, parse_json, payload_text, read_signal
 from fedmq.node.sources.store import SampleStore
-from fedmq.shared.data import DataSource
+from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.mqtt import authenticate
 from fedmq.shared.topicmap.loader import read_broker
 from fedmq.shared.topicmap.model import BrokerSettings
@@ -175,6 +175,34 @@ class MqttSource(DataSource):
             ingest.feed(topic, payload)
         v = np.stack(rows) if rows else np.zeros((0, len(self.signals)))
         return self.samples(np.asarray(times, np.int64), v)
+
+    def now(self) -> Optional[float]:
+        """The stream's current time: the clock topic's last value (None before it said anything), else the
+        gateway's clock."""
+        if not self.options["clock_topic"]:
+            return time.time()
+        return self.ingest.clock if self.ingest is not None else None
+
+    def current(self) -> Tuple[np.ndarray, int]:
+        """The feature vector of the newest stored row and that row's period start (Unix seconds);
+        DataError saying what is missing when there is none: silent signals, or too short a history."""
+        now = self.now()
+        if now is None:
+            raise DataError(f"no time yet from the clock topic {self.options['clock_topic']}")
+        if self.ingest is not None:
+            silent = [self.signals[i].name for i in self.ingest.sampler.silent(now)]
+            if silent:
+                raise DataError(f"no recent reading of {', '.join(silent)} (within {self.options['max_age_s']:g} s)")
+        t, v = self._open_store().tail(history(self.features))
+        x = latest(self.features, [s.name for s in self.signals], t, v, self.period_s, self.tz)
+        if x is None:
+            raise DataError(f"fewer than {history(self.features)} consecutive rows stored yet" if len(t) else
+                            "no rows stored yet")
+        return x, int(t[-1])
+
+    def rows_stored(self) -> int:
+        """Rows in the store now."""
+        return self._open_store().count()
 
     def _open_store(self) -> SampleStore:
         if self.store is None:

@@ -51,6 +51,11 @@ class Sampler:
         with self.lock:
             self._advance(now)
 
+    def silent(self, now: float) -> List[int]:
+        """Signals with no reading for longer than ``max_age_s`` at ``now`` (rows lack them)."""
+        with self.lock:
+            return [i for i, t in enumerate(self.last_time) if now - t > self.max_age_s]
+
     def _advance(self, now: float) -> None:
         k = int(now // self.period_s)
         if self.period is None:

@@ -87,14 +87,22 @@ class SampleStore:
 
     def rows(self) -> Tuple[np.ndarray, np.ndarray]:
         """Every stored row, oldest first: times (n,) int64 and values (n, signals) float32."""
+        return self._read("SELECT t, v FROM rows ORDER BY t", "SELECT COUNT(*) FROM rows")
+
+    def tail(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The newest ``n`` rows, oldest first (the window a prediction is made on)."""
+        t, v = self._read(f"SELECT t, v FROM rows ORDER BY t DESC LIMIT {int(n)}",
+                          f"SELECT MIN(COUNT(*), {int(n)}) FROM rows")
+        return t[::-1].copy(), v[::-1].copy()
+
+    def _read(self, select: str, count: str) -> Tuple[np.ndarray, np.ndarray]:
         self.flush()
         width = len(self.signals)
         with self._lock:  # row by row into arrays: no list of every row in memory on the way
-            n = int(self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+            n = int(self.db.execute(count).fetchone()[0])
             t = np.empty(n, np.int64)
             v = np.empty((n, width), np.float32)  # sensor values; features are computed in float64
-            i = 0
-            for i, (ti, blob) in enumerate(self.db.execute("SELECT t, v FROM rows ORDER BY t")):
+            for i, (ti, blob) in enumerate(self.db.execute(select)):
                 if i >= n or len(blob) != 8 * width:
                     raise DataError(f"store {self.path}: row {ti} is not {width} values; remove the store")
                 t[i] = ti

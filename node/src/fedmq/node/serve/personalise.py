@@ -1,0 +1,58 @@
+"""Personalisation: fine-tune the global model on the gateway's own newest samples before serving it.
+
+The newest ``holdout`` share of the recent samples is kept aside; the global model is fine-tuned on the
+rest, and both are scored on that share. The personalised model serves only when it is at least as good
+there, so a home whose recent data says nothing new keeps the federation's model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, Tuple
+
+import numpy as np
+
+from fedmq.node.serve.config import Personalise
+from fedmq.node.trainers import make_trainer
+from fedmq.node.trainers.numpy_dense import SUPPORTED as NUMPY_KINDS
+from fedmq.shared.datacheck import normalise_labels
+from fedmq.shared.messages import TrainParams
+from fedmq.shared.models import Weights, evaluate
+from fedmq.shared.saved_model import SavedModel
+
+MIN_TRAIN = 10  # fewer samples than this (after the holdout) are not fine-tuned on
+DEFAULT_LR = 0.01
+
+
+def score(model: SavedModel, weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy (classifiers) or RMSE (regressors) of ``weights`` on raw features ``x``."""
+    xs = model.scaling.apply(x) if model.scaling else x
+    out = evaluate(model.spec, weights, xs, y if model.spec.is_classifier else np.asarray(y, np.float64))
+    return out["accuracy"] if model.spec.is_classifier else float(np.sqrt(out["loss"]))
+
+
+def better_or_equal(model: SavedModel, mine: float, theirs: float) -> bool:
+    """Whether score ``mine`` is at least as good as ``theirs`` (higher accuracy, lower RMSE)."""
+    return mine >= theirs if model.spec.is_classifier else mine <= theirs
+
+
+def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise, seed: int = 0,
+                learning_rate: float = DEFAULT_LR) -> Tuple[SavedModel, Dict[str, float]]:
+    """The model to serve and the scores on the held-out newest samples: ``global`` and ``personalised``
+    (absent when there were too few samples). ``x``, ``y``: the node's samples, oldest first;
+    ``learning_rate`` applies unless ``p`` sets one (the federation's, when the node has seen a round)."""
+    x, y = x[-p.recent_samples:], normalise_labels(model.spec, y[-p.recent_samples:])
+    hold = max(1, int(round(len(x) * p.holdout)))
+    if len(x) - hold < MIN_TRAIN:
+        return model, {"global": score(model, model.weights, x, y)} if len(x) else {}
+    trainer = make_trainer("numpy" if model.spec.kind in NUMPY_KINDS else "auto", model.spec)
+    trainer.set_weights(model.weights)
+    xs = model.scaling.apply(x[:-hold]) if model.scaling else x[:-hold]
+    trainer.fit(xs, y[:-hold], TrainParams(p.epochs, p.batch_size, p.learning_rate or learning_rate), np.random.default_rng(seed))
+    tuned = trainer.get_weights()
+    scores = {"global": score(model, model.weights, x[-hold:], y[-hold:]),
+              "personalised": score(model, tuned, x[-hold:], y[-hold:])}
+    if not all(np.isfinite(t).all() for t in tuned.values()) or not better_or_equal(
+            model, scores["personalised"], scores["global"]):
+        return model, scores
+    return replace(model, weights=tuned), scores

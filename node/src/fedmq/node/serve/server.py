@@ -1,0 +1,245 @@
+"""The serving loop: every ``period_s`` the node predicts on its live feature window with the newest global
+(or personalised) model and publishes the result, retained, on ``<serve.topic>/state`` of the home broker.
+
+Data path: a model accepted by the agent -> ``offer`` -> (serving thread) personalise and score it on the
+node's recent samples -> ``_serve_once`` each period: source.current() -> predictor -> state JSON.
+When the model is older than ``max_model_age_s``, or an input is missing or stale, the state carries no
+value and says why (``problem``). ``<serve.topic>/availability`` is ``online`` while the node runs and
+``offline`` otherwise (the MQTT last will), and Home Assistant discovery configs are published at start,
+whenever the served model's kind changes, and whenever Home Assistant says ``online`` on its status topic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Set
+
+import paho.mqtt.client as mqtt
+
+from fedmq.node.serve import discovery
+from fedmq.node.serve.config import ServeConfig
+from fedmq.node.serve.personalise import DEFAULT_LR, personalise, score
+from fedmq.node.serve.predictors import Predictor, make_predictor
+from fedmq.node.trainers import TrainerUnavailable
+from fedmq.shared.data import DataError
+from fedmq.shared.datacheck import normalise_labels
+from fedmq.shared.mqtt import authenticate
+from fedmq.shared.saved_model import SavedModel
+
+
+def iso(t: Optional[float]) -> Optional[str]:
+    """Unix time as ISO 8601 UTC (``2026-11-28T07:30:00Z``)."""
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Server:
+    """Publishes one node's predictions (and Home Assistant discovery) on the home broker."""
+
+    def __init__(self, node_id: str, federation: str, serve: ServeConfig, source: Any, log: logging.Logger, *,
+                 model_file: Callable[[SavedModel], Optional[bytes]] = lambda m: None, seed: int = 0) -> None:
+        self.node_id, self.federation, self.cfg, self.source, self.log = node_id, federation, serve, source, log
+        self.model_file = model_file
+        self.seed = seed
+        self.state_topic = f"{serve.topic}/state"
+        self.availability_topic = f"{serve.topic}/availability"
+        self._offered: Optional[SavedModel] = None
+        self._lock = threading.Lock()
+        self._announcing = threading.Lock()  # announce runs on the serving thread and on MQTT's
+        self.model: Optional[SavedModel] = None  # the one served (personalised or global)
+        self.received: Optional[SavedModel] = None  # the global model it came from
+        self.predictor: Optional[Predictor] = None
+        self.scores: Dict[str, float] = {}
+        self.learning_rate = DEFAULT_LR  # the federation's, once the node has trained a round (personalisation)
+        self.last_state: Dict[str, Any] = {}
+        self.announced: Set[str] = set()
+        self.seen_configs: Set[str] = set()  # retained configs of ours found on the broker
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fedmq-serve-{node_id}", protocol=mqtt.MQTTv5)
+        authenticate(c, serve.broker, "serve.broker")
+        c.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        self.client = c
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    def offer(self, model: SavedModel) -> None:
+        """A newly accepted global model (any thread); it serves from the next period on."""
+        with self._lock:
+            self._offered = model
+        self._wake.set()
+
+    def start(self) -> None:
+        """Connect to the home broker and start the serving thread."""
+        b = self.cfg.broker
+        self.client.connect_async(b.host, b.port, keepalive=b.keepalive_s)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="fedmq-serve", daemon=True)
+        self._thread.start()
+        self.log.info("serving predictions on %s:%d %s every %gs", b.host, b.port, self.state_topic, self.cfg.period_s)
+
+    def stop(self) -> None:
+        """Serve the newest model once more, say ``offline`` and disconnect."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        info = self.client.publish(self.availability_topic, "offline", qos=1, retain=True)
+        try:
+            info.wait_for_publish(5)
+        except (RuntimeError, ValueError):  # not connected: the last will says offline instead
+            pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._take_offered()
+                self._serve_once()
+            except Exception:  # one bad period must not end serving
+                self.log.exception("serving: error while predicting")
+            if self._stop.is_set():
+                return
+            self._wake.wait(self.cfg.period_s)
+            self._wake.clear()
+
+    # --- the model -------------------------------------------------------------------------------
+
+    def _take_offered(self) -> None:
+        with self._lock:
+            offered, self._offered = self._offered, None
+        if offered is None:
+            return
+        served, scores = offered, {}
+        try:
+            x, y = self.source.load()
+            if self.cfg.personalise is not None and len(x):
+                served, scores = personalise(offered, x, y, self.cfg.personalise, self.seed, self.learning_rate)
+            elif len(x):
+                recent = slice(-2000, None)
+                scores = {"global": score(offered, offered.weights, x[recent],
+                                          normalise_labels(offered.spec, y[recent]))}
+        except (DataError, ValueError) as exc:
+            self.log.warning("serving: model %d not scored on local data: %s", offered.model_version, exc)
+        try:
+            predictor = make_predictor(self.cfg.runtime, served, self.model_file(offered))
+        except TrainerUnavailable as exc:
+            self.log.error("serving: %s; serving with numpy instead", exc)
+            predictor = served.predict
+        kind_changed = self.model is None or self.model.spec != served.spec
+        self.model, self.received, self.predictor, self.scores = served, offered, predictor, scores
+        if "personalised" in scores:
+            self.log.info("serving model %d, %s (held-out local score: global %.4f, personalised %.4f)",
+                          offered.model_version, "personalised" if served is not offered else "global",
+                          scores["global"], scores["personalised"])
+        if kind_changed and self.client.is_connected():
+            self.announce()
+
+    # --- predictions -----------------------------------------------------------------------------
+
+    def _serve_once(self) -> None:
+        state = self.state()
+        self.last_state = state
+        self.client.publish(self.state_topic, json.dumps(state), qos=1, retain=True)
+
+    def state(self) -> Dict[str, Any]:
+        """The state JSON: the prediction, or ``value: null`` and the ``problem``; and the model's health."""
+        model, now = self.model, time.time()
+        out: Dict[str, Any] = {"value": None, "problem": None, "timestamp": iso(now)}
+        if model is not None:
+            accuracy = "local_accuracy" if model.spec.is_classifier else "local_rmse"
+            out.update(model_version=model.model_version, round=model.round, model_received=iso(model.saved_at),
+                       personalised=model is not self.received, **{accuracy: self.scores.get(
+                           "personalised" if model is not self.received else "global")})
+        try:
+            out["samples"] = self.source.rows_stored()
+        except DataError:
+            out["samples"] = None
+        if model is None or self.predictor is None:
+            out["problem"] = "no model yet: waiting for the federation's first global model"
+            return out
+        age = now - model.saved_at
+        if age > self.cfg.max_model_age_s:
+            out["problem"] = (f"the model is {age / 3600:.1f} h old (serve.max_model_age_s allows "
+                              f"{self.cfg.max_model_age_s / 3600:.1f} h): waiting for a newer one")
+            return out
+        try:
+            x, row_t = self.source.current()
+        except DataError as exc:
+            out["problem"] = f"inputs: {exc}"
+            return out
+        stream_now = self.source.now() or now
+        stale = stream_now - (row_t + self.source.period_s)
+        out["input_time"] = iso(row_t)
+        if stale > self.cfg.max_input_age_s:
+            out["problem"] = (f"inputs are stale: the newest complete row ended {stale:.0f} s ago "
+                              f"(serve.max_input_age_s allows {self.cfg.max_input_age_s:g} s)")
+            return out
+        pred = self.predictor(x.reshape(1, -1))
+        value = pred.values[0]
+        out["value"] = value.item() if hasattr(value, "item") else value
+        if pred.probabilities is not None and pred.confidence is not None:
+            out["confidence"] = round(float(pred.confidence[0]), 4)
+            out["probabilities"] = {str(c): round(float(p), 4) for c, p in zip(model.spec.classes,
+                                                                               pred.probabilities[0])}
+        return out
+
+    # --- the home broker and Home Assistant ------------------------------------------------------
+
+    def announce(self) -> None:
+        """Publish this node's discovery configs (retained), and empty ones for entities it no longer has."""
+        ha, model = self.cfg.homeassistant, self.model
+        if ha is None or model is None:
+            return
+        with self._announcing:
+            self._announce(ha, model)
+
+    def _announce(self, ha: Any, model: SavedModel) -> None:
+        current = discovery.configs(ha, self.node_id, self.federation, model.spec, self.state_topic,
+                                    self.availability_topic)
+        for topic in (self.announced | self.seen_configs) - set(current):
+            self.client.publish(topic, b"", qos=1, retain=True)
+            self.log.info("Home Assistant: removed the entity of %s", topic)
+        for topic, payload in current.items():
+            self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
+        self.announced = set(current)
+        self.seen_configs.clear()
+        if self.last_state:  # Home Assistant subscribes to the state once the entity exists: send it again
+            self.client.publish(self.state_topic, json.dumps(self.last_state), qos=1, retain=True)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            self.log.error("serving: the home broker %s:%d refused the connection: %s", self.cfg.broker.host,
+                           self.cfg.broker.port, reason)
+            return
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        ha = self.cfg.homeassistant
+        if ha is not None:
+            client.subscribe([(f"{ha.discovery_prefix}/status", 1),
+                              (f"{ha.discovery_prefix}/+/{ha.device_id}/+/config", 1)])
+        self.announce()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        ha = self.cfg.homeassistant
+        if ha is None:
+            return
+        if msg.topic == f"{ha.discovery_prefix}/status":
+            if msg.payload == b"online":
+                self.log.info("Home Assistant is online: announcing the entities again")
+                self.announce()
+            return
+        if msg.payload and msg.retain and discovery.owned(ha, self.node_id, msg.topic) \
+                and msg.topic not in self.announced:
+            self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
+            if self.model is not None:
+                self.announce()
