@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Set
 import paho.mqtt.client as mqtt
 
 from fedmq.node.serve import discovery
-from fedmq.node.serve.config import ServeConfig
+from fedmq.node.serve.config import Personalise, ServeConfig
 from fedmq.node.serve.personalise import DEFAULT_LR, personalise, score
 from fedmq.node.serve.predictors import Predictor, make_predictor
 from fedmq.node.trainers import TrainerUnavailable
@@ -29,6 +29,10 @@ from fedmq.shared.data import DataError
 from fedmq.shared.datacheck import normalise_labels
 from fedmq.shared.mqtt import authenticate
 from fedmq.shared.saved_model import SavedModel
+
+
+RESCORE_S = 3600.0  # how often the served model is scored (and personalised) again on the recent data
+RETRY_S = 5.0  # ... while it has no score yet (no data yet)
 
 
 def iso(t: Optional[float]) -> Optional[str]:
@@ -55,6 +59,7 @@ class Server:
         self.received: Optional[SavedModel] = None  # the global model it came from
         self.predictor: Optional[Predictor] = None
         self.scores: Dict[str, float] = {}
+        self._scored_at = -float("inf")
         self.learning_rate = DEFAULT_LR  # the federation's, once the node has trained a round (personalisation)
         self.last_state: Dict[str, Any] = {}
         self.announced: Set[str] = set()
@@ -116,19 +121,25 @@ class Server:
     # --- the model -------------------------------------------------------------------------------
 
     def _take_offered(self) -> None:
+        """The newest offered model, or the current one again when its local scores are due (the first
+        data after a restart, then every ``RESCORE_S``: personalisation follows the home's recent data)."""
         with self._lock:
             offered, self._offered = self._offered, None
-        if offered is None:
+        due = time.monotonic() - self._scored_at >= (RESCORE_S if self.scores else RETRY_S)
+        if offered is None and (self.received is None or not due):
             return
+        self._prepare(offered or self.received)
+
+    def _prepare(self, offered: SavedModel) -> None:
+        self._scored_at = time.monotonic()
         served, scores = offered, {}
         try:
             x, y = self.source.load()
             if self.cfg.personalise is not None and len(x):
                 served, scores = personalise(offered, x, y, self.cfg.personalise, self.seed, self.learning_rate)
             elif len(x):
-                recent = slice(-2000, None)
-                scores = {"global": score(offered, offered.weights, x[recent],
-                                          normalise_labels(offered.spec, y[recent]))}
+                n = Personalise.recent_samples
+                scores = {"global": score(offered, offered.weights, x[-n:], normalise_labels(offered.spec, y[-n:]))}
         except (DataError, ValueError) as exc:
             self.log.warning("serving: model %d not scored on local data: %s", offered.model_version, exc)
         try:

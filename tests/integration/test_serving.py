@@ -1,0 +1,192 @@
+"""Serving on a real Mosquitto: a gateway process predicts from its saved model with no coordinator, announces
+itself to Home Assistant, follows Home Assistant's restarts, and stops serving (saying why) when its model
+is too old or an input goes missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import numpy as np
+
+from fedhelp import FED, fedmq, stop, wait_for
+from fedmq.coordinator.sim.homes import Simulation
+from fedmq.coordinator.sim.publish import Publisher
+from fedmq.coordinator.sim.scenario import node_config, write_yaml
+from fedmq.shared.models import initial_weights
+from fedmq.shared.mqtt import MqttLink
+from fedmq.shared.saved_model import SavedModel, read_model
+from fedmq.shared.topicmap import ModelSpec
+from fedmq.shared.topicmap.model import BrokerSettings
+
+SPEC = ModelSpec(kind="softmax_regression", features=13, classes=(0, 1))
+PREFIX = "homeassistant"
+DEVICE = "home1_gateway"
+
+
+class Watcher:
+    """Every message on the serving and discovery topics, newest per topic."""
+
+    def __init__(self, port: int) -> None:
+        self.link = MqttLink(f"serving-watch-{os.getpid()}-{time.monotonic_ns()}", BrokerSettings(port=port),
+                             persistent=False)
+        self.link.subscribe("fedmq/home1/#")
+        self.link.subscribe(f"{PREFIX}/#")
+        self.link.start()
+        self.last: dict = {}
+        self.count: dict = {}
+        self.states: list = []
+
+    def pump(self) -> None:
+        msg = self.link.get(timeout=0.05)
+        while msg is not None:
+            self.last[msg.topic] = msg.payload
+            self.count[msg.topic] = self.count.get(msg.topic, 0) + 1
+            if msg.topic.endswith("/state"):
+                self.states.append(json.loads(msg.payload))
+            msg = self.link.get(timeout=0)
+
+    def until(self, predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+        found = []
+
+        def check() -> bool:
+            self.pump()
+            value = predicate()
+            if value:
+                found.append(value)
+            return bool(value)
+
+        wait_for(check, timeout, what)
+        return found[0]
+
+    def state(self) -> dict:
+        raw = self.last.get("fedmq/home1/occupancy/state")
+        return json.loads(raw) if raw else {}
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.link.publish(topic, payload, retain=retain)
+
+    def stop(self) -> None:
+        self.link.stop()
+
+
+def _gateway(tmp_path, port: int, serve: dict, *, saved_at: float = 0.0, version: int = 7):
+    """A simulated home's gateway config with a saved global model in its cache (no coordinator anywhere)."""
+    sim = Simulation(1, 0, 300.0)
+    home = sim.homes[0]
+    serve = {"topic": "fedmq/home1/occupancy", "period_s": 0.2,
+             "homeassistant": {"device_id": DEVICE, "name": "Occupancy", "device_class": "occupancy"}, **serve}
+    cfg = node_config(home, FED, BrokerSettings(port=port), 300.0, store=str(tmp_path / "home1.sqlite"),
+                      extra={"cache_dir": str(tmp_path / "cache"), "trainer": "numpy", "serve": serve})
+    path = str(tmp_path / "home1.yaml")
+    write_yaml(path, cfg)
+    rng = np.random.default_rng(0)
+    weights = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial_weights(SPEC).items()}
+    SavedModel(SPEC, weights, None, FED, version, version, saved_at=saved_at or time.time()).save(
+        str(tmp_path / "cache" / "global-model.fmq"))
+    return sim, path
+
+
+def _publish(port: int, messages) -> None:
+    with Publisher(BrokerSettings(port=port)) as pub:
+        pub.publish(messages)
+
+
+def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_to_home_assistant(local_broker,
+                                                                                                tmp_path):
+    port = local_broker.port
+    w = Watcher(port)
+    stale = f"{PREFIX}/sensor/{DEVICE}/home1-gw_old_entity/config"  # a config an earlier version announced
+    w.publish(stale, json.dumps({"name": "old", "state_topic": "x"}).encode(), retain=True)
+    w.until(lambda: w.last.get(stale), 10, "the stale config to be retained")
+    sim, path = _gateway(tmp_path, port, {})
+    node = fedmq(["-v", "node", "run", path], str(tmp_path / "node.log"))
+    try:
+        w.until(lambda: w.state().get("problem", "").startswith("inputs:"), 30,
+                "a first state: the model is there, the inputs are not")
+        assert w.state()["value"] is None and w.state()["model_version"] == 7
+        _publish(port, list(sim.run(86400)))
+        state = w.until(lambda: w.state() if w.state().get("value") is not None else None, 30, "a prediction")
+        assert state["value"] in (0, 1) and state["problem"] is None
+        assert state["model_version"] == 7 and state["round"] == 7 and state["personalised"] is False
+        assert set(state["probabilities"]) == {"0", "1"} and 0.5 <= state["confidence"] <= 1.0
+        assert abs(sum(state["probabilities"].values()) - 1.0) < 1e-3
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", state["timestamp"])
+        assert state["input_time"].startswith("2026-01-") and state["samples"] > 200
+        state = w.until(lambda: w.state() if w.state().get("local_accuracy") is not None else None, 30,
+                        "the model scored on the gateway's own data")
+        assert 0.0 <= state["local_accuracy"] <= 1.0
+        assert w.last["fedmq/home1/occupancy/availability"] == b"online"
+
+        # discovery: one device, six entities with unique ids, availability bound to the node
+        configs = w.until(lambda: (lambda c: c if len(c) == 6 else None)(
+            {t: json.loads(p) for t, p in w.last.items() if t.startswith(PREFIX + "/") and p and t != stale}),
+            10, "six discovery configs")
+        fresh = Watcher(port)  # what the broker retains now: the six configs, and not the stale one
+        try:
+            fresh.until(lambda: sum(t.startswith(PREFIX + "/") for t in fresh.last) >= 6, 10, "the retained configs")
+            time.sleep(0.5)
+            fresh.pump()
+            assert stale not in fresh.last, "the entity the configuration no longer has was not removed"
+        finally:
+            fresh.stop()
+        by_id = {c["object_id"]: (t, c) for t, c in configs.items()}
+        assert set(by_id) == {f"home1-gw_{e}" for e in ("prediction", "model_version", "last_round", "local_accuracy",
+                                                        "samples", "data_problem")}
+        topic, pred = by_id["home1-gw_prediction"]
+        assert topic == f"{PREFIX}/binary_sensor/{DEVICE}/home1-gw_prediction/config"
+        assert pred["device_class"] == "occupancy" and pred["state_topic"] == "fedmq/home1/occupancy/state"
+        assert pred["value_template"] == "{{ 'ON' if value_json.value == 1 else 'OFF' }}"
+        assert pred["availability_mode"] == "all" and len(pred["availability"]) == 2
+        assert pred["availability"][0]["topic"] == "fedmq/home1/occupancy/availability"
+        assert len({c["unique_id"] for c in configs.values()}) == 6
+        for t, c in configs.items():
+            assert c["device"]["identifiers"] == [f"fedmq_{DEVICE}"] and c["device"]["name"]
+            assert c["device"]["sw_version"] and c["device"]["model"] == "fedmq gateway"
+            if c["object_id"] != "home1-gw_prediction":
+                assert c["entity_category"] == "diagnostic" and len(c["availability"]) == 1
+
+        # Home Assistant restarted: its birth message (not retained) makes the node announce every entity again
+        before = {t: w.count[t] for t in configs}
+        w.publish(f"{PREFIX}/status", b"online")
+        w.until(lambda: all(w.count[t] > n for t, n in before.items()), 10, "the configs announced again on 'online'")
+
+        # SIGKILL: the last will says offline
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+        w.until(lambda: w.last.get("fedmq/home1/occupancy/availability") == b"offline", 20, "the last will")
+    finally:
+        stop([node])
+        w.stop()
+
+
+def test_serving_stops_and_says_why_when_the_model_is_too_old_or_an_input_goes_missing(local_broker, tmp_path):
+    port = local_broker.port
+    w = Watcher(port)
+    sim, path = _gateway(tmp_path, port, {"max_model_age_s": 3600}, saved_at=time.time() - 7200)
+    node = fedmq(["-v", "node", "run", path], str(tmp_path / "node.log"))
+    try:
+        _publish(port, list(sim.run(86400)))
+        state = w.until(lambda: w.state() if "old" in (w.state().get("problem") or "") else None, 30,
+                        "the too old model to be refused")
+        assert state["value"] is None and "2.0 h old" in state["problem"] and "max_model_age_s" in state["problem"]
+        stop([node])
+        # a newer model arrives (here: saved, as the node does when one arrives); the motion sensor then goes quiet
+        sim2, path = _gateway(tmp_path, port, {"max_model_age_s": 3600}, version=8)
+        node = fedmq(["-v", "node", "run", path], str(tmp_path / "node2.log"))
+        _publish(port, list(sim.run(3600)))
+        w.until(lambda: w.state().get("model_version") == 8 and w.state().get("value") is not None, 30,
+                "predictions with the new model")
+        _publish(port, [m for m in sim.run(2 * 3600) if "motion" not in m[1]])
+        state = w.until(lambda: w.state() if "motion" in (w.state().get("problem") or "") else None, 30,
+                        "the missing input to be named")
+        assert state["value"] is None and state["problem"].startswith("inputs: no recent reading of motion")
+        _publish(port, list(sim.run(3 * 3600)))
+        w.until(lambda: w.state().get("value") is not None, 30, "serving again once the input is back")
+        assert read_model(str(tmp_path / "cache" / "global-model.fmq")).model_version == 8
+    finally:
+        stop([node])
+        w.stop()
