@@ -99,7 +99,7 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
                                                                                                 tmp_path):
     port = local_broker.port
     w = Watcher(port)
-    stale = f"{PREFIX}/sensor/{DEVICE}/home1-gw_old_entity/config"  # a config an earlier version announced
+    stale = f"{PREFIX}/sensor/{DEVICE}/home1-gw_local_rmse/config"  # announced when the model was a regressor
     w.publish(stale, json.dumps({"name": "old", "state_topic": "x"}).encode(), retain=True)
     w.until(lambda: w.last.get(stale), 10, "the stale config to be retained")
     sim, path = _gateway(tmp_path, port, {})

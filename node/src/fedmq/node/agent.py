@@ -21,21 +21,22 @@ from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.node.config import NodeConfig
+from fedmq.node.global_model import open_model
 from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.node.privacy import privatize
 from fedmq.shared import codecs
 from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.datacheck import checked_data
-from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
-from fedmq.shared.saved_model import ModelFileError, SavedModel, from_envelope, read_model
+from fedmq.shared.saved_model import ModelFileError, from_envelope, read_model
 from fedmq.shared.secagg.messages import SecAggMessage
-from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
+from fedmq.shared.models import Weights, expected_shapes
 from fedmq.shared.scaling import Scaling, local_stats
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
-from fedmq.shared.signing import Auth, reload_keys, split
+from fedmq.shared.signing import Auth, reload_keys
 from fedmq.shared.topicmap import ModelSpec
 from fedmq.shared.topics import Topics
 
@@ -233,16 +234,10 @@ class NodeAgent:
             self.refresh_data()
 
     def _on_model(self, payload: bytes) -> None:
-        raw = split(payload)[0] if self.auth else payload
-        env = decode(raw, max_bytes=self.cfg.max_message_bytes)
-        if env.kind != Kind.MODEL or env.federation != self.cfg.federation:
-            raise ValueError(f"not a model of federation {self.cfg.federation!r}")
-        if self.auth is not None:  # signed by the coordinator, and never older than what we have
-            self.auth.check(payload, raw, env, COORDINATOR, fresh=False)
-            if self.model is not None and env.model_version < self.model[0]:
-                raise ValueError(f"old model version {env.model_version} (have {self.model[0]}): replay refused")
-        spec = spec_from_meta(env.meta.get("model"))
-        tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
+        env, spec, tensors = open_model(payload, self.cfg.federation, self.cfg.max_message_bytes, self.auth,
+                                        (COORDINATOR,))
+        if self.auth is not None and self.model is not None and env.model_version < self.model[0]:
+            raise ValueError(f"old model version {env.model_version} (have {self.model[0]}): replay refused")
         sha = check_announcement(env.meta.get("file"), self.cfg.max_message_bytes)
         scaling = Scaling.from_meta(env.meta.get("scaling"), spec.features)
         self._apply_transport(env.meta)
@@ -266,15 +261,10 @@ class NodeAgent:
                      if self.topics.group_model(self.cfg.group[:d]) == topic), None)
         if path is None or self.spec is None:
             return
-        raw = split(payload)[0] if self.auth else payload
-        env = decode(raw, max_bytes=self.cfg.max_message_bytes)
-        if env.kind != Kind.MODEL or env.federation != self.cfg.federation:
-            raise ValueError(f"not a model of federation {self.cfg.federation!r}")
-        if self.auth is not None:
-            self.auth.check_any(payload, raw, env, (edge_id(path), COORDINATOR), fresh=False)
-            if path in self.group_models and env.model_version < self.group_models[path][0]:
-                raise ValueError(f"old group model version {env.model_version}: replay refused")
-        tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(self.spec))
+        env, _, tensors = open_model(payload, self.cfg.federation, self.cfg.max_message_bytes, self.auth,
+                                     (edge_id(path), COORDINATOR), self.spec)
+        if self.auth is not None and path in self.group_models and env.model_version < self.group_models[path][0]:
+            raise ValueError(f"old group model version {env.model_version}: replay refused")
         self.group_models[path] = (env.model_version, codecs.to_dense(tensors))
         self._train_if_ready()
 

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -22,7 +22,8 @@ import numpy as np
 from fedmq.shared import __version__
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.files import write_atomic
-from fedmq.shared.models import Weights, check_weights, class_probabilities, head, raw_scores, spec_from_meta
+from fedmq.shared.models import (Weights, check_weights, class_probabilities, from_layers, head, raw_scores,
+                                 spec_from_meta, to_layers)
 from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap.model import ModelSpec
 
@@ -101,6 +102,14 @@ class SavedModel:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def as_tflite_kind(model: SavedModel) -> SavedModel:
+    """The same network as a ``tflite`` kind (``layers.<i>`` layout, the same head), as a .tflite holds it."""
+    if model.spec.kind == "tflite":
+        return model
+    spec = replace(model.spec, kind="tflite", options={"output": head(model.spec)})
+    return replace(model, spec=spec, weights=from_layers(spec, to_layers(model.spec, model.weights)))
 
 
 def predictions(spec: ModelSpec, scores: np.ndarray) -> Predictions:

@@ -17,6 +17,7 @@ from fedmq.node.serve.config import HomeAssistant
 from fedmq.shared import __version__
 from fedmq.shared.topicmap.model import ModelSpec
 
+ENTITIES = ("prediction", "model_version", "last_round", "local_accuracy", "local_rmse", "samples", "data_problem")
 ORIGIN = {"name": "fedmq", "sw_version": __version__, "support_url": "https://github.com/fedmq/fedmq"}
 
 
@@ -31,11 +32,11 @@ def config_topic(ha: HomeAssistant, component: str, node_id: str, entity: str) -
 
 
 def owned(ha: HomeAssistant, node_id: str, topic: str) -> bool:
-    """Whether a discovery config topic is one this node publishes (in any component)."""
+    """Whether a discovery config topic is one of this node's entities (of any model kind, in any component)."""
     parts = topic.split("/")
     prefix = ha.discovery_prefix.split("/")
     return (len(parts) == len(prefix) + 4 and parts[:len(prefix)] == prefix and parts[-3] == ha.device_id
-            and parts[-2].startswith(object_id(node_id) + "_") and parts[-1] == "config")
+            and parts[-1] == "config" and parts[-2] in {f"{object_id(node_id)}_{e}" for e in ENTITIES})
 
 
 def configs(ha: HomeAssistant, node_id: str, federation: str, spec: ModelSpec, state_topic: str,

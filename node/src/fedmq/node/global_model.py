@@ -1,0 +1,27 @@
+"""Opening a model message (the global model, or a group's between its edge rounds): decode, check the
+federation, verify the signature where the node has keys, and decode the tensors to the spec's shapes."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from fedmq.shared import codecs
+from fedmq.shared.envelope import Envelope, Kind, decode
+from fedmq.shared.models import expected_shapes, spec_from_meta
+from fedmq.shared.signing import Auth, split
+from fedmq.shared.topicmap import ModelSpec
+
+
+def open_model(payload: bytes, federation: str, max_bytes: int, auth: Optional[Auth], signers: Tuple[str, ...],
+               spec: Optional[ModelSpec] = None
+               ) -> Tuple[Envelope, ModelSpec, Dict[str, codecs.Decoded]]:
+    """The envelope, its model spec (``spec``, or the one its ``meta.model`` carries) and its tensors;
+    EnvelopeError, SignatureError or ValueError saying what is wrong."""
+    raw = split(payload)[0] if auth else payload
+    env = decode(raw, max_bytes=max_bytes)
+    if env.kind != Kind.MODEL or env.federation != federation:
+        raise ValueError(f"not a model of federation {federation!r}")
+    if auth is not None:
+        auth.check_any(payload, raw, env, signers, fresh=False)
+    spec = spec or spec_from_meta(env.meta.get("model"))
+    return env, spec, codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
