@@ -61,7 +61,7 @@ def test_demo_secure_runs_over_mutual_tls_with_signatures(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_smart_home_scenario_compares_each_home(tmp_path):
+def test_demo_smart_home_scenario_compares_each_home_and_ends_with_its_entities_published(tmp_path):
     work = tmp_path / "w"
     report = tmp_path / "sh.json"
     r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--scenario", "smart-home", "--homes", "4",
@@ -74,7 +74,16 @@ def test_demo_smart_home_scenario_compares_each_home(tmp_path):
     assert set(occupancy["homes"]) == {"home1", "home2", "home3", "home4"}
     assert {data["homes"][h]["format"] for h in occupancy["homes"]} == {"zigbee2mqtt", "tasmota", "statestream"}
     for row in occupancy["homes"].values():
-        assert {"federated", "central", "local", "train_samples", "test_samples"} <= set(row)
+        assert {"federated", "personalised", "central", "local", "train_samples", "test_samples"} <= set(row)
+    for task in ("occupancy", "forecast"):
+        assert 0.0 <= data["comparison"][task]["personalised_at_least_as_good"] <= 1.0
+    # every home's gateway published both predictions, from the last model, and its Home Assistant entities
+    for home, served in data["predictions"].items():
+        assert served["states"]["occupancy"]["value"] in (0, 1), served
+        assert isinstance(served["states"]["forecast"]["value"], float) and 5 < served["states"]["forecast"]["value"] < 35
+        assert all(s["model_version"] == 8 for s in served["states"].values())
+        assert sorted(served["entities"].values()).count("binary_sensor") == 1 and len(served["entities"]) == 12
+    assert "predictions and Home Assistant entities" in r.stdout
     assert occupancy["overall"]["federated"] > 0.8
     assert data["comparison"]["forecast"]["metric"] == "rmse_celsius"
     assert all(len(rows) == 8 for rows in data["rounds"].values())
