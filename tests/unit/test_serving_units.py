@@ -174,14 +174,16 @@ def test_personalisation_serves_the_global_model_unless_fine_tuning_helps_on_the
     y = (x[:, 0] > 0).astype(int)  # this home: class 1 when feature a is high
     model = SavedModel(BINARY, {"coef": np.zeros((2, 4), np.float32), "intercept": np.zeros(2, np.float32)},
                        None, "fed", 1)
-    served, scores = personalise(model, x, y, Personalise(epochs=5), 0, 0.1)
+    served, scores = personalise(model, x, y, Personalise(epochs=5), 0, 0.3, period_s=600)  # 600 samples: 4 days
     assert served is not model and scores["personalised"] > scores["global"] + 0.3
     good = served
     flipped = np.concatenate([1 - y[:480], y[480:]])  # older samples say the opposite of the newest 20 %
-    again, scores = personalise(good, x, flipped, Personalise(epochs=5), 0, 0.1)
+    again, scores = personalise(good, x, flipped, Personalise(epochs=5), 0, 0.3, period_s=600)
     assert again is good and scores["personalised"] < scores["global"]  # a fine-tuning that hurts is not served
-    few, scores = personalise(model, x[:10], y[:10], Personalise())
+    few, scores = personalise(model, x[:10], y[:10], Personalise(), period_s=600)
     assert few is model and "personalised" not in scores
+    short, scores = personalise(model, x, y, Personalise(epochs=5), 0, 0.3, period_s=60)  # 10 hours of samples
+    assert short is model and "personalised" not in scores  # a weekend alone would mislead: not yet
 
 
 class _Source:

@@ -23,11 +23,13 @@ DAY_S = 86400.0
 class Personalise:
     """Fine-tune the global model on the node's own newest samples before serving it."""
 
-    epochs: int = 5
-    learning_rate: Optional[float] = None  # None: the federation's (its last round's), else 0.01
+    epochs: int = 2
+    learning_rate: Optional[float] = None  # None: 0.3 x the federation's (its last round's; 0.01 before one)
     batch_size: int = 32
     recent_samples: int = 2000  # the newest samples fine-tuned on (and checked on)
     holdout: float = 0.2  # share of them, the newest, that decides between global and personalised
+    proximal_mu: float = 0.0  # FedProx's pull towards the global model while fine-tuning
+    min_days: float = 3.0  # history needed first (a home's rhythm is weekly: a weekend alone misleads)
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,15 @@ def _read_personalise(r: Reader, value: Any, line: Optional[int]) -> Optional[Pe
     if value is True:
         return Personalise()
     m = r.mapping(value, "serve.personalise", line, ("epochs", "learning_rate", "batch_size", "recent_samples",
-                                                    "holdout"))
+                                                    "holdout", "proximal_mu", "min_days"))
     p, d = "serve.personalise", Personalise()
     return Personalise(epochs=r.value(m, "epochs", p, int, d.epochs, minimum=1, maximum=1000),
                        learning_rate=r.value(m, "learning_rate", p, float, None, minimum=1e-9, maximum=10.0),
                        batch_size=r.value(m, "batch_size", p, int, d.batch_size, minimum=1),
                        recent_samples=r.value(m, "recent_samples", p, int, d.recent_samples, minimum=10),
-                       holdout=r.value(m, "holdout", p, float, d.holdout, minimum=0.05, maximum=0.5))
+                       holdout=r.value(m, "holdout", p, float, d.holdout, minimum=0.05, maximum=0.5),
+                       proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0, maximum=1000.0),
+                       min_days=r.value(m, "min_days", p, float, d.min_days, minimum=0.0, maximum=365.0))
 
 
 def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str) -> Optional[HomeAssistant]:

@@ -18,6 +18,7 @@ from fedmq.shared import __version__
 from fedmq.shared.topicmap.model import ModelSpec
 
 ENTITIES = ("prediction", "model_version", "last_round", "local_accuracy", "local_rmse", "samples", "data_problem")
+PER_NODE = 6  # entities a node announces: the prediction and five diagnostics
 ORIGIN = {"name": "fedmq", "sw_version": __version__, "support_url": "https://github.com/fedmq/fedmq"}
 
 

@@ -1,7 +1,8 @@
 """Personalisation: fine-tune the global model on the gateway's own newest samples before serving it.
 
-The newest ``holdout`` share of the recent samples is kept aside; the global model is fine-tuned on the
-rest, and both are scored on that share. The personalised model serves only when it is at least as good
+Once the gateway holds ``min_days`` of samples, the newest ``holdout`` share of the recent ones is kept
+aside; the global model is fine-tuned on the rest (a few epochs, smaller steps than the federation's), and
+both are scored on that share. The personalised model serves only when it is at least as good
 there, so a home whose recent data says nothing new keeps the federation's model.
 """
 
@@ -21,7 +22,9 @@ from fedmq.shared.models import Weights, evaluate
 from fedmq.shared.saved_model import SavedModel
 
 MIN_TRAIN = 10  # fewer samples than this (after the holdout) are not fine-tuned on
-DEFAULT_LR = 0.01
+DEFAULT_LR = 0.01  # the federation's learning rate, until the node has seen a round
+LR_SHARE = 0.3  # fine-tuning takes smaller steps than federated training (measured: docs/benchmarks.md)
+DAY_S = 86400.0
 
 
 def score(model: SavedModel, weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
@@ -37,18 +40,21 @@ def better_or_equal(model: SavedModel, mine: float, theirs: float) -> bool:
 
 
 def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise, seed: int = 0,
-                learning_rate: float = DEFAULT_LR) -> Tuple[SavedModel, Dict[str, float]]:
+                learning_rate: float = DEFAULT_LR, period_s: float = 0.0) -> Tuple[SavedModel, Dict[str, float]]:
     """The model to serve and the scores on the held-out newest samples: ``global`` and ``personalised``
-    (absent when there were too few samples). ``x``, ``y``: the node's samples, oldest first;
-    ``learning_rate`` applies unless ``p`` sets one (the federation's, when the node has seen a round)."""
+    (absent when there were too few samples, or less than ``p.min_days`` of them at one per ``period_s``).
+    ``x``, ``y``: the node's samples, oldest first; ``learning_rate`` is the federation's (``LR_SHARE`` of it
+    is used unless ``p`` sets a rate)."""
+    enough = len(x) * period_s >= p.min_days * DAY_S
     x, y = x[-p.recent_samples:], normalise_labels(model.spec, y[-p.recent_samples:])
     hold = max(1, int(round(len(x) * p.holdout)))
-    if len(x) - hold < MIN_TRAIN:
+    if len(x) - hold < MIN_TRAIN or not enough:
         return model, {"global": score(model, model.weights, x, y)} if len(x) else {}
     trainer = make_trainer("numpy" if model.spec.kind in NUMPY_KINDS else "auto", model.spec)
     trainer.set_weights(model.weights)
     xs = model.scaling.apply(x[:-hold]) if model.scaling else x[:-hold]
-    trainer.fit(xs, y[:-hold], TrainParams(p.epochs, p.batch_size, p.learning_rate or learning_rate), np.random.default_rng(seed))
+    trainer.fit(xs, y[:-hold], TrainParams(p.epochs, p.batch_size, p.learning_rate or LR_SHARE * learning_rate,
+                                       p.proximal_mu), np.random.default_rng(seed))
     tuned = trainer.get_weights()
     scores = {"global": score(model, model.weights, x[-hold:], y[-hold:]),
               "personalised": score(model, tuned, x[-hold:], y[-hold:])}

@@ -136,7 +136,8 @@ class Server:
         try:
             x, y = self.source.load()
             if self.cfg.personalise is not None and len(x):
-                served, scores = personalise(offered, x, y, self.cfg.personalise, self.seed, self.learning_rate)
+                served, scores = personalise(offered, x, y, self.cfg.personalise, self.seed, self.learning_rate,
+                                             self.source.period_s)
             elif len(x):
                 n = Personalise.recent_samples
                 scores = {"global": score(offered, offered.weights, x[-n:], normalise_labels(offered.spec, y[-n:]))}
