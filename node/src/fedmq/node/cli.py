@@ -14,9 +14,11 @@ import numpy as np
 
 from fedmq.node.agent import NodeAgent
 from fedmq.node.config import NodeConfig, load_node_config
+from fedmq.node.serve.config import describe_serving
 from fedmq.shared.data import DataError, DataSource, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.files import unreadable
+from fedmq.shared.topicmap.model import BrokerSettings
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -117,6 +119,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  {len(x)} samples x {x.shape[1] if x.ndim == 2 else '?'} features"
           + (f"; model {spec.kind} with {spec.features} features" if spec is not None else
              " (add --topic-map FED.yaml to check them against the federation's model)"))
+    if cfg.serve is not None:
+        print(f"  serve: {describe_serving(cfg.serve)}")
     for note in notes:
         print(f"  note: {note}")
     for p in problems:
@@ -130,13 +134,19 @@ def _check(args: argparse.Namespace) -> int:
 def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, str]]:
     """(key, file, why) for every file the configuration names that cannot be read."""
     files: Dict[str, Optional[str]] = {f"data.{k}": v for k, v in source.files().items()}
-    b = cfg.broker
-    files.update({"broker.password_file": b.password_file, "security.keys": cfg.security.keys,
-                  "security.signing_key": cfg.security.signing_key})
-    if b.tls is not None:
-        files.update({"broker.tls.ca_file": b.tls.ca_file, "broker.tls.cert_file": b.tls.cert_file,
-                      "broker.tls.key_file": b.tls.key_file})
+    files.update({"security.keys": cfg.security.keys, "security.signing_key": cfg.security.signing_key})
+    files.update(_broker_files("broker", cfg.broker))
+    if cfg.serve is not None:
+        files.update(_broker_files("serve.broker", cfg.serve.broker))
     return unreadable(files)
+
+
+def _broker_files(key: str, b: BrokerSettings) -> Dict[str, Optional[str]]:
+    files = {f"{key}.password_file": b.password_file}
+    if b.tls is not None:
+        files.update({f"{key}.tls.ca_file": b.tls.ca_file, f"{key}.tls.cert_file": b.tls.cert_file,
+                      f"{key}.tls.key_file": b.tls.key_file})
+    return files
 
 
 def _agent(path: str) -> NodeAgent:

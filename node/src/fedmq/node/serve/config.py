@@ -135,3 +135,11 @@ def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str
         positive_class=r.value(m, "positive_class", p, (int, str), None),
     )
 
+
+
+def describe_serving(s: ServeConfig) -> str:
+    """One line for ``fedmq node check``: where, how often and how the node serves."""
+    ha = s.homeassistant
+    return (f"predictions on {s.broker.host}:{s.broker.port} {s.topic}/state every {s.period_s:g}s"
+            + (", personalised" if s.personalise else "")
+            + (f"; Home Assistant discovery under {ha.discovery_prefix}/ as device {ha.device_id}" if ha else ""))
