@@ -67,7 +67,7 @@ def test_a_full_disk_under_the_checkpoints_stops_the_coordinator_and_a_restart_r
     assert checkpoint_state(tiny_fs / "ckpt")["rounds_done"] == 4
 
 
-def test_a_full_disk_under_a_nodes_model_cache_costs_the_cache_not_the_round(broker, tmp_path, tiny_fs):
+def test_a_full_disk_under_a_nodes_model_cache_costs_the_cache_and_saved_model_not_the_round(broker, tmp_path, tiny_fs):
     paths = tflite_federation(tmp_path, broker.port, "tflite", rounds=2)
     cache = tiny_fs / "cache"
     cache.mkdir()
@@ -84,6 +84,8 @@ def test_a_full_disk_under_a_nodes_model_cache_costs_the_cache_not_the_round(bro
         stop(nodes)
     log = (tmp_path / "a1.log").read_text()
     assert "cannot cache the model file" in log and "No space left on device" in log and "update sent" in log
+    assert "cannot save the global model" in log and "served from memory" in log  # its saved copy too
+    assert not [f for f in os.listdir(cache) if ".tmp." in f]
     import json
 
     assert all(r["updates"] == 4 for r in json.loads((tmp_path / "r.json").read_text())["rounds"])

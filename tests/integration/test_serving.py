@@ -103,10 +103,13 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
     w.publish(stale, json.dumps({"name": "old", "state_topic": "x"}).encode(), retain=True)
     w.until(lambda: w.last.get(stale), 10, "the stale config to be retained")
     sim, path = _gateway(tmp_path, port, {})
+    left = tmp_path / "cache" / "global-model.fmq.tmp.12345"  # a save a power cut interrupted
+    left.write_bytes(b"half a model")
     node = fedmq(["-v", "node", "run", path], str(tmp_path / "node.log"))
     try:
         w.until(lambda: w.state().get("problem", "").startswith("inputs:"), 30,
                 "a first state: the model is there, the inputs are not")
+        assert not left.exists()
         assert w.state()["value"] is None and w.state()["model_version"] == 7
         _publish(port, list(sim.run(86400)))
         state = w.until(lambda: w.state() if w.state().get("value") is not None else None, 30, "a prediction")

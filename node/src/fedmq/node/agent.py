@@ -10,6 +10,7 @@ model: a problem is published in the node's status, and the node takes no part u
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -76,6 +77,8 @@ class NodeAgent:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir, self.log)
         self.model_path = os.path.join(cfg.cache_dir, GLOBAL_MODEL)
+        for left in glob.glob(self.model_path + ".tmp.*"):  # a save cut short by SIGKILL or a power cut
+            os.unlink(left)
         self.server: Optional["Server"] = None
         self.encoder = codecs.UpdateEncoder(codecs.Codec())
         self._warned_proximal = False

@@ -79,7 +79,7 @@ def configs(ha: HomeAssistant, node_id: str, federation: str, spec: ModelSpec, s
     add("sensor", "samples", {**diagnostic, "name": "Samples stored", "state_class": "measurement",
                               "icon": "mdi:database", "value_template": "{{ value_json.samples }}"})
     add("sensor", "data_problem", {**diagnostic, "name": "Data problem", "icon": "mdi:alert-circle-outline",
-                                   "value_template": "{{ value_json.problem or 'none' }}"})
+                                   "value_template": "{{ (value_json.problem or 'none')[:255] }}"})
     return out
 
 

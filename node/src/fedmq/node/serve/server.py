@@ -33,6 +33,7 @@ from fedmq.shared.saved_model import SavedModel
 
 RESCORE_S = 3600.0  # how often the served model is scored (and personalised) again on the recent data
 RETRY_S = 5.0  # ... while it has no score yet (no data yet)
+MAX_QUEUED = 100  # messages kept while the home broker is away (the newest state is retained anyway)
 
 
 def iso(t: Optional[float]) -> Optional[str]:
@@ -71,6 +72,7 @@ class Server:
         authenticate(c, serve.broker, "serve.broker")
         c.will_set(self.availability_topic, "offline", qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.max_queued_messages_set(MAX_QUEUED)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         self.client = c
