@@ -62,11 +62,14 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
 
 def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[str], tokens: List[str]) -> List[str]:
     lines = [f"user {COORDINATOR}", f"topic read {t.base}/#", f"topic write {t.model()}", f"topic write {t.base}/_file/#",
-             f"topic write {t.metrics()}", f"topic write {t.enrol_reply('+')}"]
+             f"topic write {t.metrics()}", f"topic write {t.round_state()}", f"topic write {t.history()}",
+             f"topic write {t.enrol_reply('+')}"]
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
         lines += _aggregator_writes(t, path)
-    lines += ["", f"user {MONITOR}", f"topic read {t.metrics()}", ""]
+    # the monitor (fedmq status, fedmq dashboard): statuses, round progress and summaries; it writes nothing
+    lines += ["", f"user {MONITOR}", f"topic read {t.metrics()}", f"topic read {t.round_state()}",
+              f"topic read {t.history()}", *(f"topic read {t.status_filter(path)}" for path in tm.groups()), ""]
     for path, group in tm.groups().items():
         if not group.edge:
             continue

@@ -181,11 +181,13 @@ class AsyncGroup(GroupAggregator):
         b, s = self.buffer, self.session
         assert s is not None
         self.buffer = _Buffer()
+        result = GroupResult(sums=b.sums, nodes=b.nodes, metrics=b.metrics, bytes_up=b.bytes_up)
+        for observe in self.observers:
+            observe(self.group.path, s, result)
         if self.is_root:
             assert self.on_root_close is not None
-            self.on_root_close(s, GroupResult(sums=b.sums, nodes=b.nodes, metrics=b.metrics, bytes_up=b.bytes_up))
+            self.on_root_close(s, result)
             return
         self.log.debug("forwarding %d buffered changes", len(b.nodes))
         version = max(0, self.model_version)  # the newest model this group knew: the parent checks staleness by it
-        self._send_partial(replace(s, round=version, model_version=version),
-                           GroupResult(sums=b.sums, nodes=b.nodes, metrics=b.metrics, bytes_up=b.bytes_up))
+        self._send_partial(replace(s, round=version, model_version=version), result)

@@ -31,7 +31,8 @@ class AsyncDriver(RoundDriver):
         self.session = Control(type="async", round=self.state.rounds_done, attempt=int(time.time() * 1000),
                                model_version=self.state.model_version, train=self._train_params(),
                                bounds=self._bounds(online, task).to_wire())
-        self.round_started = time.monotonic()
+        self.round_started = self.first_start = time.monotonic()
+        self.round_started_at = time.time()
         self.rejections.take_round()
         a = self.tm.strategy.asynchronous
         self.log.info("async session started with %d online nodes: a model version every %d changes, at most %d "

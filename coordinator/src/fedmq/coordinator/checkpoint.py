@@ -144,6 +144,15 @@ def current_dir(directory: str) -> Optional[str]:
         raise CheckpointError(f"{exc}; move the checkpoint directory away or run with --fresh") from None
 
 
+def written_at(directory: str) -> Optional[float]:
+    """When the current snapshot was written (its state file's time), None when there is none."""
+    try:
+        snapshot = current_dir(directory)
+        return os.path.getmtime(os.path.join(snapshot, STATE)) if snapshot else None
+    except (CheckpointError, OSError):
+        return None
+
+
 def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[Weights, RoundState]"]:
     """The current checkpoint, or None when there is none; CheckpointError (naming the file and the fix)
     when it does not fit this federation or is damaged."""

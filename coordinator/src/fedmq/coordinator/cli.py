@@ -10,6 +10,7 @@ from typing import Any, Dict
 
 from typing import TYPE_CHECKING
 
+from fedmq.shared.logs import add_log_format
 from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
 from fedmq.shared.topicmap.loader import file_issues
 
@@ -33,6 +34,7 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("--state-dir", metavar="DIR",
                      help="where a relative checkpoint.dir goes (default: next to the topic map); the systemd unit "
                           "passes its StateDirectory=, /var/lib/fedmq")
+    _metrics_flag(run)
     run.set_defaults(func=_run, default_verbosity=1)
     edge = csub.add_parser("edge", help="aggregate one group (an edge: true group) in this process",
                            description="Serve one group of the topic tree that is marked 'edge: true', and every group "
@@ -55,6 +57,7 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     edge.add_argument("--key", help="the key of --cert")
     edge.add_argument("--username", help="this edge's MQTT username (passwords over TLS)")
     edge.add_argument("--password-file", help="file holding this edge's MQTT password")
+    _metrics_flag(edge)
     edge.set_defaults(func=_edge, default_verbosity=1)
     build = csub.add_parser("build-model", help="write the .tflite file of a tflite model kind",
                             description="Build the training-capable .tflite file the coordinator distributes for a "
@@ -64,6 +67,13 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
     build.add_argument("--out", required=True, help="where to write the .tflite file")
     build.set_defaults(func=_build_model)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _metrics_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (overrides the topic map's "
+                        "metrics.address; port 0 picks a free one)")
+    add_log_format(p)
 
 
 def _build_model(args: argparse.Namespace) -> int:
@@ -116,12 +126,22 @@ def format_round(s: Dict[str, Any]) -> str:
     """One human-readable line per round."""
     acc = s.get("accuracy")
     loss = s.get("loss")
-    return (f"round {s['round']:>3}  accuracy {acc if acc is None else f'{acc:.4f}'}  loss "
+    source = {"held_out": " (held-out)", "node_training_data": " (nodes' data)"}.get(s.get("accuracy_source", ""), "")
+    total = f" of {s['rounds_total']}" if "rounds_total" in s else ""
+    eta = s.get("eta_s")
+    return (f"round {s['round']:>3}{total}  accuracy {acc if acc is None else f'{acc:.4f}'}{source}  loss "
             f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
             + (f"/{s['selected']:<3}" if "selected" in s else f" staleness {s.get('staleness', 0):.1f}")
             + f"  up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
             + (f"  rejected {s['rejected']}" if s.get("rejected") else "")
-            + (f"  data problems {s['problems']}" if s.get("problems") else ""))
+            + (f"  data problems {s['problems']}" if s.get("problems") else "")
+            + (f"  ETA {_duration(eta)}" if eta else ""))
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m10s`` or ``42s``."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _serve(service: "CoordinatorService") -> int:
@@ -155,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             print(format_round(summary), flush=True)
 
     try:
-        service = CoordinatorService(tm, fresh=args.fresh, on_round=on_round)
+        service = CoordinatorService(tm, fresh=args.fresh, on_round=on_round, metrics_address=args.metrics)
     except (CheckpointError, DataError) as exc:
         print(f"fedmq coordinator: {exc}", file=sys.stderr)
         return 2
@@ -200,4 +220,4 @@ def _edge(args: argparse.Namespace) -> int:
               "client could join the workers' shared subscription and swallow updates", file=sys.stderr)
         return 2
     return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key, worker=args.worker,
-                                     share_key=share_key))
+                                     share_key=share_key, metrics_address=args.metrics))

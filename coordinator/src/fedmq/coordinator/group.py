@@ -88,6 +88,7 @@ class GroupAggregator:
         self.publish = publish
         self.rejections = rejections
         self.on_root_close = on_root_close
+        self.observers: List[Callable[[Tuple[str, ...], Control, GroupResult], None]] = []  # every close (metrics)
         self.auth = auth
         self.topics = tm.topics()
         self.log = log or logging.getLogger("fedmq.group." + ("/".join(group.path) or "root"))
@@ -316,6 +317,7 @@ class GroupAggregator:
             else:
                 r.sums.add_sums(unflatten(vec[:-1], r.shapes), float(vec[-1]))
                 r.nodes.extend(nodes)
+            r.metrics.merge({"secagg_dropped": float(len(r.direct) - len(nodes))}, {})
         r.answered = set(r.direct)  # nothing more will come from them this round
         self._maybe_close()
 
@@ -511,6 +513,8 @@ class GroupAggregator:
 
     def _closed(self, ctl: Control, result: GroupResult) -> None:
         """Hand a closed round's result upwards: to the round driver at the root, else as a partial."""
+        for observe in self.observers:
+            observe(self.group.path, ctl, result)
         if self.is_root:
             assert self.on_root_close is not None
             self.on_root_close(ctl, result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Dict
+from typing import Callable, Dict, List
 
 
 class Rejections:
@@ -14,6 +14,7 @@ class Rejections:
         self.log = log
         self.total: Counter = Counter()
         self.round: Counter = Counter()
+        self.listeners: List[Callable[[str, str], None]] = []  # told (reason, topic) of every rejection (metrics)
 
     LOG_EACH = 5  # per reason and round; after that only at 10, 100, 1000... so a flood cannot flood the log
 
@@ -21,6 +22,8 @@ class Rejections:
         """Count one rejection and log it (throttled per reason)."""
         self.total[reason] += 1
         self.round[reason] += 1
+        for listener in self.listeners:
+            listener(reason, topic)
         n = self.round[reason]
         if n <= self.LOG_EACH:
             self.log.warning("rejected %s: %s%s", topic, reason, f" ({detail})" if detail else "")

@@ -22,7 +22,7 @@ from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.extras import require
-from fedmq.shared.messages import Control, TrainParams, encode_metrics
+from fedmq.shared.messages import Control, TrainParams, encode_history, encode_metrics, history_rows
 from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy import robust
 from fedmq.coordinator.strategy.vectors import flatten
@@ -124,6 +124,9 @@ class RoundDriver:
         self.waiting_since = time.monotonic()
         self.last_wait_log = 0.0
         self.round_started = 0.0
+        self.round_started_at = 0.0  # the same, as wall time (the round's progress on _round)
+        self.first_start: Optional[float] = None  # when this process started its first round (ETA)
+        self.applied_here = 0
         self.selected: List[str] = []
         self.finished = False
         self.bytes_model = 0
@@ -224,6 +227,8 @@ class RoundDriver:
                                                           **({"max_weight": bounds.weight} if bounds.weight else {})},
                       task=task, bounds=bounds.to_wire())
         self.round_started = time.monotonic()  # rejections since the last summary go into the next one
+        self.round_started_at = time.time()
+        self.first_start = self.first_start or self.round_started
         self.log.info("round %d: %s with %d of %d nodes%s", ctl.round,
                       "started" if task == "train" else "gathering feature statistics (federated scaling)",
                       len(self.selected), len(self.presence.online()), self._problem_note(self.presence.online()))
@@ -376,6 +381,7 @@ class RoundDriver:
                                                           outcome="applied").encode(), True)
         self._publish_model()
         self.publish(self.topics.metrics(), encode_metrics(summary), True)
+        self.publish(self.topics.history(), encode_history(history_rows(self.state.history)), True)
         if self.on_round:
             self.on_round(summary)
         if self.state.rounds_done >= self.tm.policy.rounds:
@@ -397,6 +403,7 @@ class RoundDriver:
             "clipped": int(sums.get("clipped", 0.0)),
             "capped": int(sums.get("capped", 0.0)),
             "problems": dict(list(self.presence.problems().items())[:MAX_PROBLEMS_SHOWN]) or None,
+            "timestamp": round(time.time(), 3), "rounds_total": self.tm.policy.rounds,
         }
 
     def _evaluated(self, summary: Dict[str, Any], weights: Weights, version: int) -> Dict[str, Any]:
@@ -414,11 +421,22 @@ class RoundDriver:
                                        f"failed ({exc}); nothing was applied") from None
             summary["loss"] = server["loss"]
             summary["accuracy"] = server.get("accuracy", server.get("r2"))
+            summary["accuracy_source"] = "held_out"
         else:
             summary["loss"] = summary["node_loss"]
             summary["accuracy"] = summary["node_accuracy"]
+            summary["accuracy_source"] = "node_training_data"  # the nodes' own data, before they trained
+        summary["eta_s"] = self._eta(summary["round"])
         self.log.info("round %d applied: %d updates, accuracy %s", summary["round"], summary["updates"], summary["accuracy"])
         return {k: v for k, v in summary.items() if v is not None}
+
+    def _eta(self, round_: int) -> Optional[float]:
+        """Seconds until the last round, at the pace of the rounds this process applied so far."""
+        self.applied_here += 1
+        if self.first_start is None:
+            return None
+        pace = (time.monotonic() - self.first_start) / self.applied_here
+        return round(max(0, self.tm.policy.rounds - round_) * pace, 1)
 
     def _finish(self) -> None:
         self.finished = True

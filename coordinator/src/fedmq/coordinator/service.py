@@ -6,10 +6,11 @@ round driver. ``fedmq coordinator run`` serves the root and every group outside 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from fedmq.coordinator.enrolment import Enrolment
 from fedmq.coordinator.group import GroupAggregator
 from fedmq.coordinator.guards import RateLimiter
 from fedmq.coordinator.presence import Presence
+from fedmq.coordinator.progress import changed, round_state
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator import checkpoint
 from fedmq.coordinator.rounds import CheckpointFailed, FederationFailed, RoundDriver
@@ -34,7 +36,11 @@ from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 
+if TYPE_CHECKING:
+    from fedmq.coordinator.metrics import ProcessMetrics
+
 log = logging.getLogger("fedmq.coordinator")
+PROGRESS_S = 0.5  # the round's progress is published at most this often
 
 
 def share_name(federation: str, path: GroupPath, key: str) -> str:
@@ -51,7 +57,7 @@ class CoordinatorService:
 
     def __init__(self, tm: TopicMap, *, edge: Optional[GroupPath] = None, fresh: bool = False,
                  on_round: Optional[Callable[[Dict[str, Any]], None]] = None, signing_key: Optional[str] = None,
-                 worker: int = 0, share_key: str = "") -> None:
+                 worker: int = 0, share_key: str = "", metrics_address: Optional[str] = None) -> None:
         self.tm = tm
         self.auth: Optional[Auth] = None
         if tm.security.signatures:  # the root signs as the coordinator, an edge as edge/<path> with its own key
@@ -66,6 +72,8 @@ class CoordinatorService:
                                    tm.limits.max_tracked_nodes)
         self.retained: Dict[str, bytes] = {}  # last payload of every retained topic we own, for republishing
         self.stopping = threading.Event()
+        self._progress: Optional[Dict[str, Any]] = None
+        self._progress_at = -float("inf")
         name = "root" if edge is None else "edge-" + "-".join(edge) + (f"-w{worker}" if worker else "")
         self.link = MqttLink(f"fedmq-{tm.federation}-{name}", tm.broker,
                              max_packet_bytes=tm.limits.max_message_bytes + 1024,
@@ -86,11 +94,15 @@ class CoordinatorService:
             else:
                 agg = GroupAggregator(tm, g, self.membership, self._publish, self.rejections, **common)
             self.groups[g.path] = agg
+        self.metrics = self._metrics(metrics_address or tm.monitoring.address)
+        self.on_round = on_round
         self.driver: Optional[RoundDriver] = None
         if edge is None:
             self.driver = (AsyncDriver if asynchronous else RoundDriver)(
-                tm, self.groups[()], self.presence, self._publish, self.rejections, fresh=fresh, on_round=on_round,
-                auth=self.auth)
+                tm, self.groups[()], self.presence, self._publish, self.rejections, fresh=fresh,
+                on_round=self._round_applied, auth=self.auth)
+            if self.metrics is not None and self.driver.state.rounds_done and tm.checkpoint_dir:
+                self.metrics.checkpoint_written(checkpoint.written_at(tm.checkpoint_dir))
         status_groups = tm.groups() if edge is None else self.groups
         for path, agg in self.groups.items():
             if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
@@ -110,6 +122,28 @@ class CoordinatorService:
         if edge is None and tm.security.dir:
             self.enrolment = Enrolment(tm, self._publish, self.rejections, self._enrolled)
             self.link.subscribe(self.enrolment.subscription())
+
+    def _metrics(self, address: Optional[str]) -> "Optional[ProcessMetrics]":
+        """Prometheus metrics fed by this process's groups, rejections and presence, when an address is set."""
+        if not address:
+            return None
+        from fedmq.coordinator.metrics import ProcessMetrics
+
+        metrics = ProcessMetrics(self.tm, self.membership, list(self.groups), per_node=self.tm.monitoring.per_node)
+        metrics.address = address
+        for agg in self.groups.values():
+            agg.observers.append(metrics.group_closed)
+        self.rejections.listeners.append(metrics.rejected_message)
+        metrics.watch_presence(self.presence.online)
+        return metrics
+
+    def _round_applied(self, summary: Dict[str, Any]) -> None:
+        if self.metrics is not None:
+            if self.tm.checkpoint_dir:
+                self.metrics.checkpoint_written()
+            self.metrics.round_applied(summary)
+        if self.on_round is not None:
+            self.on_round(summary)
 
     def _enrolled(self, node: str) -> None:
         """A new node has credentials: trust its signing key from now on."""
@@ -147,9 +181,13 @@ class CoordinatorService:
                 held = checkpoint.lock(self.tm.checkpoint_dir)
             except checkpoint.CheckpointError as exc:
                 raise CheckpointFailed(str(exc)) from None
+        if self.metrics is not None:
+            self.metrics_url = "http://%s:%d/metrics" % self.metrics.serve(self.metrics.address)
         try:
             self._serve(until_finished)
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             if held is not None:
                 held.close()
 
@@ -183,10 +221,26 @@ class CoordinatorService:
                     self.driver.tick(now)
                 if self.enrolment is not None:
                     self.enrolment.tick()
+                if self.metrics is not None:
+                    self.metrics.refresh()
+                if self.driver is not None and self.link.connected.is_set():
+                    self._publish_progress()
                 if self.auth is not None:
                     reload_keys(self.auth, log)
         finally:
+            if self.finished and self.link.connected.is_set():
+                self._publish_progress()  # "done", for monitors
             self.link.stop()
+
+    def _publish_progress(self) -> None:
+        """The round's progress on ``_round`` (retained) when it changed, at most every ``PROGRESS_S``."""
+        if time.monotonic() - self._progress_at < PROGRESS_S and not self.finished:
+            return
+        assert self.driver is not None
+        state = round_state(self.driver, self.groups)
+        if changed(self._progress, state):
+            self._progress, self._progress_at = state, time.monotonic()
+            self._publish(self.topics.round_state(), json.dumps(state, separators=(",", ":")).encode(), True)
 
     def stop(self) -> None:
         """Ask ``run`` to return."""

@@ -26,11 +26,12 @@ from fedmq.node.global_model import open_model
 from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.node.privacy import privatize
-from fedmq.shared import codecs
+from fedmq.shared import PROTOCOL_REVISION, __version__, codecs
 from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
+from fedmq.shared.logs import Context
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
 from fedmq.shared.saved_model import ModelFileError, from_envelope, read_model
 from fedmq.shared.secagg.messages import SecAggMessage
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 RECHECK_S = 10.0  # how often data with a problem is read and checked again
 RELOAD_S = 60.0  # how often a live source is read again between rounds (always at a round's start)
+STATUS_S = 60.0  # the status is published again at least this often while online (its last_seen)
 GLOBAL_MODEL = "global-model.fmq"  # the node's copy of the latest global model, in its cache_dir
 
 
@@ -66,6 +68,7 @@ class NodeAgent:
         self._data_problem = ""
         self._scaled_in_place: Optional[Scaling] = None  # a live source's x, standardised where it lies
         self.log = log or logging.getLogger(f"fedmq.node.{cfg.node_id}")
+        self.log.addFilter(Context(node=cfg.node_id, group="/".join(cfg.group), federation=cfg.federation))
         self.topics = Topics(cfg.federation, cfg.broker.topic_prefix)
         self.status_topic = self.topics.status(cfg.group, cfg.node_id)
         self.trainer: Optional[Trainer] = None
@@ -89,6 +92,9 @@ class NodeAgent:
         self.last_update: Optional[Tuple[Tuple[int, int, int], str, bytes]] = None
         self._sessions_lost_seen = 0
         self.rounds_done = 0
+        self.last_round = 0  # the last round this node trained (sent an update for)
+        self._status_content = b""
+        self._status_at = -float("inf")
         self.finished = threading.Event()
         self.stopping = threading.Event()
         self.straggler_rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode()), 1])
@@ -96,7 +102,7 @@ class NodeAgent:
         self.link = MqttLink(
             f"fedmq-{cfg.federation}-{cfg.node_id}", cfg.broker,
             will=(self.status_topic, Status(cfg.node_id, "offline").encode()),
-            birth=(self.status_topic, self._status()), max_packet_bytes=cfg.max_message_bytes,
+            birth=(self.status_topic, self._status(time.time())), max_packet_bytes=cfg.max_message_bytes,
             chunk_bytes=cfg.max_payload_bytes, log=self.log)
         self.link.subscribe(self.topics.model())
         self.link.subscribe(self.topics.control(cfg.group))
@@ -129,6 +135,7 @@ class NodeAgent:
                     if time.monotonic() - self._checked_at >= (RECHECK_S if self.problem else RELOAD_S):
                         self.refresh_data()
                 self._train_async()
+                self.publish_status()
                 if self.auth is not None:
                     reload_keys(self.auth, self.log)
         finally:
@@ -173,11 +180,27 @@ class NodeAgent:
 
     # --- data ----------------------------------------------------------------------------------------
 
-    def _status(self) -> bytes:
-        """The retained 'online' status: samples, trainer, data source and the current data problem."""
-        return Status(self.cfg.node_id, "online", samples=len(self.x), trainer=self.cfg.trainer,
+    def _status(self, seen: float = 0.0, last_round: int = 0) -> bytes:
+        """The retained 'online' status: samples, the trainer used, data source, data problem, versions, and
+        (when it is published) ``seen`` and the last round trained."""
+        return Status(self.cfg.node_id, "online", samples=len(self.x),
+                      trainer=self.trainer.name if self.trainer is not None else self.cfg.trainer,
                       source=self.cfg.data.kind, live=bool(self.source is not None and self.source.live),
-                      problem=self.problem).encode()
+                      problem=self.problem, last_seen=round(seen, 3), last_round=last_round,
+                      version=__version__, protocol=PROTOCOL_REVISION).encode()
+
+    def publish_status(self) -> None:
+        """Publish the status when its content changed, else every ``STATUS_S`` with a new ``last_seen`` and
+        ``last_round`` (not after every round: a status per round would look like a flapping node); the
+        link announces the newest one again after every reconnect."""
+        content = self._status()
+        if content == self._status_content and time.monotonic() - self._status_at < STATUS_S:
+            return
+        self._status_content, self._status_at = content, time.monotonic()
+        status = self._status(time.time(), self.last_round)
+        self.link.birth = (self.status_topic, status)
+        if self.link.connected.is_set():
+            self.link.publish(self.status_topic, status, retain=True)
 
     def refresh_data(self) -> str:
         """Read a live source again, check the data against the model (once it is known), and publish the
@@ -205,11 +228,7 @@ class NodeAgent:
             else:
                 self.log.info("data: %d samples, no problem any more", len(self.x))
             self.problem = problem
-        status = self._status()
-        if self.link.birth is None or status != self.link.birth[1]:  # problem or sample count changed
-            self.link.birth = (self.status_topic, status)
-            if self.link.connected.is_set():
-                self.link.publish(self.status_topic, status, retain=True)
+        self.publish_status()
         return problem
 
     def stop(self) -> None:
@@ -468,6 +487,7 @@ class NodeAgent:
             return
         self.answered.add((ctl.round, ctl.attempt, ctl.model_version))
         self.rounds_done += 1
+        self.last_round = ctl.round
 
     # --- secure aggregation ------------------------------------------------------------------------
 

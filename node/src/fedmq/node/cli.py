@@ -18,6 +18,7 @@ from fedmq.node.serve.config import describe_serving
 from fedmq.shared.data import DataError, DataSource, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.files import unreadable
+from fedmq.shared.logs import add_log_format
 from fedmq.shared.topicmap.model import BrokerSettings
 
 
@@ -33,6 +34,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                       "each with its own MQTT connection.")
     run.add_argument("config", nargs="+", help="node configuration (YAML); several for several nodes")
     run.add_argument("--exit-when-done", action="store_true", help="exit once the coordinator says the federation is done")
+    add_log_format(run)
     run.set_defaults(func=_run, default_verbosity=1)
     check = nsub.add_parser("check", help="validate the configuration, its files and its data",
                             description="Validate a node configuration, check that every file it names can be "

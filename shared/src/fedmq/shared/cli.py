@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from importlib.metadata import entry_points
@@ -14,6 +13,7 @@ from typing import List, Optional
 
 from fedmq.shared import PROTOCOL_REVISION, __version__
 from fedmq.shared.extras import MissingExtra
+from fedmq.shared.logs import setup_logging
 from fedmq.shared.topicmap import TopicMapError
 
 EXIT_CONFIG = 2
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'fedmq COMMAND --help' for the options of a command.")
     parser.add_argument("--version", action="version", version=f"fedmq {__version__} (protocol {PROTOCOL_REVISION})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: one JSON object per log line (node, group and round as fields); long-running "
+                             "commands also take it after their name")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for ep in _commands():
         try:
@@ -43,12 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbosity: int) -> None:
-    """Log lines to stderr with time, level and component."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``fedmq`` console script."""
     parser = build_parser()
@@ -56,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else EXIT_CONFIG
-    setup_logging(args.verbose + getattr(args, "default_verbosity", 0))
+    setup_logging(args.verbose + getattr(args, "default_verbosity", 0), args.log_format)
     try:
         return int(args.func(args) or 0)
     except TopicMapError as exc:

@@ -201,7 +201,10 @@ def _bounds(value: Any) -> Optional[Dict[str, float]]:
 @dataclass
 class Status:
     """A node's presence: ``state`` is ``online`` or ``offline`` (the last will); ``source`` the kind of
-    its data source (``live`` if it streams); ``problem`` why its data cannot take part now ('' when it can)."""
+    its data source (``live`` if it streams); ``problem`` why its data cannot take part now ('' when it can);
+    ``trainer`` the trainer it uses (its configured choice until a model tells it which); ``last_seen`` when
+    it published this (Unix seconds; it does so at least every minute while online), ``last_round`` the last
+    round it trained, ``version`` and ``protocol`` its fedmq release and protocol revision."""
 
     node: str
     state: str
@@ -210,11 +213,15 @@ class Status:
     source: str = ""
     live: bool = False  # the source is a live stream (federated scaling turns on for such fleets)
     problem: str = ""
+    last_seen: float = 0.0
+    last_round: int = 0
+    version: str = ""
+    protocol: str = ""
 
     def encode(self) -> bytes:
         """JSON bytes of this message (empty optional fields left out)."""
         return _dump({k: v for k, v in asdict(self).items()
-                      if (v != "" and v is not False) or k in ("node", "state", "trainer")})
+                      if (v not in ("", 0, 0.0) and v is not False) or k in ("node", "state", "trainer", "samples")})
 
     @classmethod
     def decode(cls, payload: bytes) -> "Status":
@@ -224,7 +231,8 @@ class Status:
         if state not in ("online", "offline"):
             raise MessageError("state must be online or offline")
         text = {}
-        for key, limit in (("trainer", 64), ("source", 64), ("problem", MAX_PROBLEM_CHARS)):
+        for key, limit in (("trainer", 64), ("source", 64), ("problem", MAX_PROBLEM_CHARS), ("version", 32),
+                           ("protocol", 16)):
             v = obj.get(key, "")
             if not isinstance(v, str) or len(v) > limit:
                 raise MessageError(f"{key} must be a string of at most {limit} characters")
@@ -233,7 +241,8 @@ class Status:
         if not isinstance(live, bool):
             raise MessageError("live must be true or false")
         return cls(node=_str(obj, "node"), state=state, samples=_int(obj, "samples") if "samples" in obj else 0,
-                   live=live, **text)
+                   live=live, last_seen=_num(obj, "last_seen") if "last_seen" in obj else 0.0,
+                   last_round=_int(obj, "last_round") if "last_round" in obj else 0, **text)
 
 
 def encode_metrics(summary: Dict[str, Any]) -> bytes:
@@ -246,3 +255,37 @@ def decode_metrics(payload: bytes) -> Dict[str, Any]:
     obj = _load(payload)
     _int(obj, "round")
     return obj
+
+
+HISTORY_KEYS = ("round", "timestamp", "model_version", "accuracy", "loss", "accuracy_source", "updates", "selected",
+                "bytes_up", "bytes_down", "seconds", "epsilon", "staleness")
+
+
+HISTORY_ROWS = 1000  # rounds kept on the history topic (about 150 bytes each)
+
+
+def history_rows(history: List[Dict[str, Any]], limit: int = HISTORY_ROWS) -> List[Dict[str, Any]]:
+    """The key figures of the last ``limit`` round summaries (``rejected``: their count)."""
+    rows = []
+    for s in history[-limit:]:
+        row = {k: s[k] for k in HISTORY_KEYS if k in s}
+        if isinstance(s.get("rejected"), dict):
+            row["rejected"] = sum(s["rejected"].values())
+        rows.append(row)
+    return rows
+
+
+def encode_history(rows: List[Dict[str, Any]]) -> bytes:
+    """JSON bytes of the history topic: ``{"v": 1, "rounds": [row, ...]}``, oldest first."""
+    return _dump({"rounds": rows})
+
+
+def decode_history(payload: bytes) -> List[Dict[str, Any]]:
+    """The rows of a history message (each with an integer ``round``)."""
+    obj = _load(payload)
+    rows = obj.get("rounds")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise MessageError("rounds must be a list of objects")
+    for row in rows:
+        _int(row, "round")
+    return rows

@@ -89,6 +89,18 @@ class Topics:
         """Per-round metrics summary, retained, JSON (published by the root)."""
         return f"{self.base}/_metrics"
 
+    def round_state(self) -> str:
+        """The open round's progress (selected, answered, deadline), retained, JSON (published by the root)."""
+        return f"{self.base}/_round"
+
+    def history(self) -> str:
+        """The key figures of every applied round (the last 1000), retained, JSON (published by the root)."""
+        return f"{self.base}/_history"
+
+    def status_filter(self, path: Sequence[str]) -> str:
+        """Every node status of one group."""
+        return f"{self.group(path)}/_status/+"
+
     def control(self, path: Sequence[str]) -> str:
         """Round control of a group, retained, JSON."""
         return f"{self.group(path)}/_control"

@@ -70,6 +70,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--attack", metavar="N:SCALE[:SAMPLES]",
                    help="simulate N attacking nodes (the last ones) that send the start model plus SCALE x their honest "
                         "change and claim SAMPLES samples, e.g. 2:-10:10000 (sign flip x10, inflated counts)")
+    p.add_argument("--dashboard", default="127.0.0.1:8765", metavar="HOST:PORT",
+                   help="serve the live dashboard here (default 127.0.0.1:8765, a free port if taken; off: none)")
+    p.add_argument("--metrics", default="127.0.0.1:9464", metavar="HOST:PORT",
+                   help="the coordinator's Prometheus endpoint (default 127.0.0.1:9464, a free port if taken; off: none)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--plot", help="write the PNG plot here (default: next to --report, or in the work directory)")
     p.add_argument("--workdir", help="keep configs, data and logs here (default: a temporary directory, removed)")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 import yaml
@@ -26,12 +26,16 @@ from fedmq.coordinator.demo.dataset import digits, own_data, synthetic
 from fedmq.shared.data import DataError
 from fedmq.broker.provision import client_config, provision
 from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
+from fedmq.coordinator.demo.monitoring import announce, metrics_flag, start_dashboard
 from fedmq.coordinator.demo.plot import plot_rounds
 from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
 from fedmq.shared.identities import MONITOR
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
+
+if TYPE_CHECKING:
+    from fedmq.coordinator.monitor.dashboard import Dashboard
 
 
 def centralised_accuracy(model: str, train: Any, test: Any, seed: int, standardise: bool = False) -> float:
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     procs = Processes()
     broker: Optional[MosquittoProcess] = None
     watcher: Optional[MqttLink] = None
+    board: Optional["Dashboard"] = None
     t0 = time.monotonic()
     try:
         if args.scenario == "smart-home":
@@ -123,8 +128,11 @@ def run(args: argparse.Namespace) -> int:
         watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", watch, persistent=False)
         watcher.subscribe(topics.metrics())
         watcher.start()
-        coordinator = procs.spawn(["coordinator", "run", layout.topic_map, "--fresh", "--quiet"],
+        metrics = metrics_flag(args.metrics)
+        coordinator = procs.spawn(["coordinator", "run", layout.topic_map, "--fresh", "--quiet", *metrics],
                                   os.path.join(workdir, "logs", "coordinator.log"))
+        board = start_dashboard(args.dashboard, layout.topic_map, security_dir)
+        announce(board, metrics)
         for node, cfg in zip(layout.node_ids, layout.node_configs):
             procs.spawn(["node", "run", cfg, "--exit-when-done"], os.path.join(workdir, "logs", f"{node}.log"))
         print(f"fedmq demo: started the coordinator and {args.nodes} nodes (logs in {os.path.join(workdir, 'logs')})", flush=True)
@@ -157,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         print("fedmq demo: interrupted; stopping everything", file=sys.stderr)
         return 130
     finally:
+        if board is not None:
+            board.stop()
         if watcher is not None:
             watcher.stop()
         procs.stop_all()

@@ -9,7 +9,8 @@ from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
     BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
-    TopicMap, Transport, AGGREGATORS, SCALING_MODES, ScalingPolicy, SERVER_OPTIMIZERS, AsyncSettings, Privacy, SecureAggregation, Strategy,
+    TopicMap, Transport, AGGREGATORS, SCALING_MODES, ScalingPolicy, SERVER_OPTIMIZERS, AsyncSettings, Monitoring,
+    Privacy, SecureAggregation, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.files import unreadable
@@ -19,7 +20,7 @@ from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
-            "transport", "strategy", "scaling", "tree")
+            "transport", "strategy", "scaling", "metrics", "tree")
 MAX_DEPTH = 32  # levels of groups below the root
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
@@ -63,11 +64,32 @@ def _build(data: Any, r: Reader, state_dir: Optional[str] = None) -> TopicMap:
     transport = _transport(r, top.get("transport"), r.line_of(top, "transport"), limits)
     strategy = _strategy(r, top.get("strategy"), r.line_of(top, "strategy"), compression.update)
     scaling = _scaling(r, top.get("scaling"), r.line_of(top, "scaling"), strategy)
+    monitoring = _monitoring(r, top.get("metrics"), r.line_of(top, "metrics"))
     r.raise_if_any()
     return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
                     limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
                     security=security, compression=compression, transport=transport, strategy=strategy,
-                    scaling=scaling)
+                    scaling=scaling, monitoring=monitoring)
+
+
+def address_problem(value: object) -> Optional[str]:
+    """Why ``value`` is not a ``host:port`` listening address (port 0 to 65535), or None."""
+    if not isinstance(value, str) or ":" not in value:
+        return "must be host:port"
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "must be host:port with a port from 0 to 65535"
+    return None
+
+
+def _monitoring(r: Reader, value: Any, line: Optional[int]) -> Monitoring:
+    """``metrics: {address: 127.0.0.1:9464, per_node: false}``."""
+    if value is None:
+        return Monitoring()
+    m = r.mapping(value, "metrics", line, ("address", "per_node"))
+    return Monitoring(address=r.value(m, "address", "metrics", str, None, check=address_problem,
+                                      fix="where Prometheus scrapes the coordinator, e.g. 127.0.0.1:9464"),
+                      per_node=r.value(m, "per_node", "metrics", bool, False))
 
 
 def _scaling(r: Reader, value: Any, line: Optional[int], strategy: Strategy) -> ScalingPolicy:

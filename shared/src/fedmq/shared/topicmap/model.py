@@ -241,6 +241,15 @@ class ScalingPolicy:
 
 
 @dataclass(frozen=True)
+class Monitoring:
+    """The coordinator's Prometheus endpoint (``metrics.address``, ``host:port``; None: off) and whether its
+    metrics carry one label per node (``metrics.per_node``; off: label sets stay bounded by the groups)."""
+
+    address: Optional[str] = None
+    per_node: bool = False
+
+
+@dataclass(frozen=True)
 class DataRef:
     """A data source: ``kind`` (csv, npz, mqtt or a plug-in's), ``path`` (file sources; '' for others) and
     the options the kind's class validated."""
@@ -302,6 +311,7 @@ class TopicMap:
     transport: Transport = field(default_factory=Transport)
     strategy: Strategy = field(default_factory=Strategy)
     scaling: ScalingPolicy = field(default_factory=ScalingPolicy)
+    monitoring: Monitoring = field(default_factory=Monitoring)
 
     def groups(self) -> Dict[GroupPath, Group]:
         """Every group by path (the root is the empty path)."""

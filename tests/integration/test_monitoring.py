@@ -1,0 +1,160 @@
+"""Watching a real federation: the Prometheus endpoint against the round summaries, the read-only monitor
+identity's ACL on a provisioned Mosquitto, and ``fedmq status``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import paho.mqtt.client as mqtt
+import yaml
+
+from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedmq.broker.process import MosquittoProcess
+from fedmq.broker.provision import client_config, provision
+from fedmq.shared.identities import MONITOR
+from fedmq.shared.topicmap import load_topic_map
+from fedmq.shared.topics import Topics
+
+GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
+NODES = [n for ns in GROUPS.values() for n in ns]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    """``{(name, labels): value}`` of every sample on the endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted({"federation": FED, **labels}.items())))]
+
+
+def test_metrics_endpoint_agrees_with_the_round_summaries(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, GROUPS, rounds=4, deadline_s=20,
+                             node_extra={"simulate_delay_s": 0.4})  # rounds long enough to scrape between
+    port = free_port()
+    nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in NODES]
+    report = tmp_path / "report.json"
+    coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh", "--metrics", f"127.0.0.1:{port}", "--report",
+                   str(report)], str(tmp_path / "coord.log"))
+    consistent = []
+    try:
+        def settled() -> bool:  # a scrape taken while no round is being applied: every figure of round K in
+            try:
+                s = scrape(port)
+            except OSError:
+                return False
+            k = value(s, "fedmq_rounds_applied_total")
+            accepted = sum(value(s, "fedmq_updates_accepted_total", group=g) for g in ("/", "home1", "home2"))
+            if k >= 2 and value(s, "fedmq_round") == k and accepted == 4 * k:
+                consistent.append(s)
+            return len(consistent) >= 1 and value(consistent[-1], "fedmq_rounds_applied_total") >= 2
+
+        wait_for(settled, 60, "a scrape after two applied rounds")
+        assert coord.wait(60) == 0, (tmp_path / "coord.log").read_text()
+    finally:
+        stop(nodes + [coord])
+    rounds = json.loads(report.read_text())["rounds"]
+    s = consistent[-1]
+    k = int(value(s, "fedmq_rounds_applied_total"))
+    done = rounds[:k]
+    assert value(s, "fedmq_model_version") == done[-1]["model_version"]
+    assert abs(value(s, "fedmq_model_accuracy_ratio", source="held_out") - done[-1]["accuracy"]) < 1e-9
+    assert abs(value(s, "fedmq_model_loss", source="held_out") - done[-1]["loss"]) < 1e-9
+    assert value(s, "fedmq_update_bytes_total") == sum(r["bytes_up"] for r in done)
+    assert value(s, "fedmq_model_bytes_total") == sum(r["bytes_down"] for r in done)
+    assert value(s, "fedmq_round_duration_seconds_count") == k
+    assert abs(value(s, "fedmq_round_duration_seconds_sum") - sum(r["seconds"] for r in done)) < 1e-6
+    for g in ("home1", "home2"):
+        assert value(s, "fedmq_updates_accepted_total", group=g) == 2 * k
+        assert value(s, "fedmq_updates_received_total", group=g) == 2 * k
+        assert value(s, "fedmq_nodes_online", group=g) == 2
+    assert value(s, "fedmq_rounds_target") == 4
+    assert 0 <= value(s, "fedmq_checkpoint_age_seconds") < 60
+    assert not [key for key in s if any(lbl == "node" for lbl, _ in key[1])]  # no per-node series by default
+    assert all(r["accuracy_source"] == "held_out" and r["timestamp"] > 0 for r in rounds)
+
+
+def _client(port: int, sec: str, pid: str) -> mqtt.Client:
+    """A raw client with one party's certificate, recording what it gets and its PUBACK codes."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=pid, protocol=mqtt.MQTTv5)
+    t = client_config(sec, pid)["broker"]["tls"]
+    c.tls_set(ca_certs=t["ca_file"], certfile=t["cert_file"], keyfile=t["key_file"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    c.got, c.acks, ready = [], {}, threading.Event()
+    c.on_message = lambda cl, u, msg: c.got.append(msg.topic)
+    c.on_publish = lambda cl, u, mid, rc, props: c.acks.__setitem__(mid, rc)
+    c.on_connect = lambda *a: ready.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    assert ready.wait(10)
+    return c
+
+
+def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_path):
+    paths = write_federation(str(tmp_path), 1, GROUPS, rounds=3, deadline_s=15)
+    sec = str(tmp_path / "sec")
+    provision(load_topic_map(paths["topic_map"]), sec)
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="mtls").start()
+    for pid, path in [("coordinator", paths["topic_map"])] + [(n, paths[n]) for n in NODES]:
+        cfg = yaml.safe_load(open(path))
+        cfg["broker"].update(port=broker.port, **client_config(sec, pid)["broker"])
+        yaml.safe_dump(cfg, open(path, "w"))
+    t = Topics(FED)
+    monitor = _client(broker.port, sec, MONITOR)
+    allowed = [t.round_state(), t.metrics(), t.history(), t.status_filter(("home1",)), t.status_filter(("home2",))]
+    forbidden = [t.model(), t.update(("home1",), "+"), t.control(()), t.control(("home1",)), f"{t.base}/_file/#"]
+    for topic in allowed + forbidden:
+        monitor.subscribe(topic, qos=1)
+    nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in NODES]
+    try:
+        coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh"], str(tmp_path / "coord.log"))
+        assert coord.wait(90) == 0, (tmp_path / "coord.log").read_text()
+        wait_for(lambda: {t.round_state(), t.metrics(), t.history()} <= set(monitor.got), 10, "the monitor's topics")
+        wait_for(lambda: {t.status(("home1",), "a1"), t.status(("home2",), "b2")} <= set(monitor.got), 10,
+                 "the nodes' statuses")
+        assert not [g for g in monitor.got if "/_model" in g or "/_update/" in g or "/_control" in g or "/_file/" in g]
+        tries = [monitor.publish(t.status(("home1",), "a1"), b'{"v":1,"node":"a1","state":"offline"}', qos=1),
+                 monitor.publish(t.metrics(), b'{"v":1,"round":99}', qos=1),
+                 monitor.publish(t.update(("home1",), "a1"), b"x", qos=1)]
+        wait_for(lambda: all(i.mid in monitor.acks for i in tries), 10, "the PUBACKs")
+        assert all(monitor.acks[i.mid].value == 0x87 for i in tries)  # not authorised: it writes nothing
+
+        r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir",
+                            sec, "--json"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        view = json.loads(r.stdout)
+        assert view["round"]["state"] == "done" and view["round"]["rounds_total"] == 3
+        assert len(view["history"]) == 3 and view["last"]["accuracy_source"] == "held_out"
+        by_node = {n["node"]: n for n in view["nodes"]}
+        assert set(by_node) == set(NODES)
+        for n in by_node.values():
+            assert n["state"] == "online" and n["trainer"] == "numpy" and n["samples"] > 0 and n["version"]
+            assert n["protocol"] and n["last_seen"] > time.time() - 120
+        text = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir",
+                               sec], capture_output=True, text=True, timeout=60).stdout
+        assert "done: 3 of 3 rounds" in text and "home1" in text and "b2" in text and "(held-out)" in text
+        stop([nodes[0]])  # a1 goes away: its last will shows
+        text = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir",
+                               sec], capture_output=True, text=True, timeout=60).stdout
+        assert "a1: offline" in text
+    finally:
+        stop(nodes)
+        monitor.loop_stop()
+        broker.stop()
