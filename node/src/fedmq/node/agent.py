@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 RECHECK_S = 10.0  # how often data with a problem is read and checked again
 RELOAD_S = 60.0  # how often a live source is read again between rounds (always at a round's start)
 STATUS_S = 60.0  # the status is published again at least this often while online (its last_seen)
+ROUND_STATUS_S = 10.0  # ... and after a round, at most this often (the coordinator flags 8 statuses a minute)
 GLOBAL_MODEL = "global-model.fmq"  # the node's copy of the latest global model, in its cache_dir
 
 
@@ -95,6 +96,7 @@ class NodeAgent:
         self.last_round = 0  # the last round this node trained (sent an update for)
         self._status_content = b""
         self._status_at = -float("inf")
+        self._status_round = 0
         self.finished = threading.Event()
         self.stopping = threading.Event()
         self.straggler_rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode()), 1])
@@ -190,13 +192,15 @@ class NodeAgent:
                       version=__version__, protocol=PROTOCOL_REVISION).encode()
 
     def publish_status(self) -> None:
-        """Publish the status when its content changed, else every ``STATUS_S`` with a new ``last_seen`` and
-        ``last_round`` (not after every round: a status per round would look like a flapping node); the
+        """Publish the status when its content changed, after a round (at most every ``ROUND_STATUS_S``: a status
+        per round would look like a flapping node), and at least every ``STATUS_S`` (a new ``last_seen``); the
         link announces the newest one again after every reconnect."""
         content = self._status()
-        if content == self._status_content and time.monotonic() - self._status_at < STATUS_S:
+        waited = time.monotonic() - self._status_at
+        news = self.last_round != self._status_round and waited >= ROUND_STATUS_S
+        if content == self._status_content and waited < STATUS_S and not news:
             return
-        self._status_content, self._status_at = content, time.monotonic()
+        self._status_content, self._status_at, self._status_round = content, time.monotonic(), self.last_round
         status = self._status(time.time(), self.last_round)
         self.link.birth = (self.status_topic, status)
         if self.link.connected.is_set():
