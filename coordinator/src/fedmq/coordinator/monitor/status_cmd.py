@@ -80,10 +80,12 @@ def open_view(tm: TopicMap, broker: BrokerSettings) -> "tuple[MqttLink, Federati
     return link, view
 
 
-def pump(link: MqttLink, view: FederationView, quiet_s: float = QUIET_S, limit_s: float = 5.0) -> bool:
-    """Feed what arrives until ``quiet_s`` pass without a message (or ``limit_s``); True if anything changed."""
-    changed, end, last = False, time.monotonic() + limit_s, time.monotonic()
-    while time.monotonic() < end and time.monotonic() - last < quiet_s:
+def pump(link: MqttLink, view: FederationView, quiet_s: float = QUIET_S, limit_s: float = 5.0,
+         first: bool = True) -> bool:
+    """Feed what arrives until ``quiet_s`` pass without a message, after the first one when ``first`` (the
+    retained messages follow the subscriptions), at most ``limit_s``; True if anything changed."""
+    changed, end, last = False, time.monotonic() + limit_s, None if first else time.monotonic()
+    while time.monotonic() < end and (last is None or time.monotonic() - last < quiet_s):
         msg = link.get(timeout=0.05)
         if msg is not None:
             last = time.monotonic()
@@ -146,7 +148,7 @@ def _status(args: argparse.Namespace) -> int:
                 shown = view.version
                 text = json.dumps(view.snapshot()) if args.json else "\033[H\033[2J" + render(view.snapshot())
                 print(text, flush=True)
-            pump(link, view, quiet_s=1.0, limit_s=1.0)
+            pump(link, view, quiet_s=1.0, limit_s=1.0, first=False)
     except KeyboardInterrupt:
         return 0
     finally:
