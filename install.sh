@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up fedmq on a fresh Debian or Ubuntu machine. Idempotent: run it again at any time.
 #  - Mosquitto and its command-line clients from the system packages, when missing (and what the tests use:
-#    python3-venv, systemd's analysis tools, runuser)
+#    python3-venv, systemd's analysis tools, runuser, chromium)
 #  - a virtual environment in .venv
 #  - the four distributions (shared, broker, node, coordinator) installed editable, with test extras
 set -euo pipefail
@@ -23,6 +23,8 @@ fi
 # the tests check the systemd units with systemd-analyze and systemd-escape (nothing is started)
 have systemd-analyze || need_apt+=(systemd)
 have runuser || need_apt+=(util-linux)
+# the dashboard's browser test drives Debian's Chromium through Playwright (no browser download)
+have chromium || need_apt+=(chromium)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "==> installing system packages: ${need_apt[*]}"
   $SUDO apt-get update -qq

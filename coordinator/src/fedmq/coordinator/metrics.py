@@ -97,8 +97,11 @@ class ProcessMetrics:
         own = sum(1 for node in result.nodes if self.membership.group_path(node) == path)
         self.received.labels(self.f, label).inc(own)
         self.accepted.labels(self.f, label).inc(own)
-        if path == ():  # the root's metrics hold every group's sums
+        if path == ():  # the root's result holds every group's nodes and sums
             self.dropouts.labels(self.f).inc(result.metrics.sums.get("secagg_dropped", 0.0))
+            if self.node_rounds is not None:
+                for node in result.nodes:
+                    self.node_rounds.labels(self.f, node).inc()
 
     def rejected_message(self, reason: str, topic: str) -> None:
         """A refused message; an update also counts as received by its group."""
@@ -123,9 +126,6 @@ class ProcessMetrics:
         self.bytes_down.labels(f).inc(summary.get("bytes_down", 0))
         if "epsilon" in summary:
             self.epsilon.labels(f).set(summary["epsilon"])
-        if self.node_rounds is not None:
-            for node in summary.get("nodes", []):
-                self.node_rounds.labels(f, node).inc()
 
     def checkpoint_written(self, at: Optional[float] = None) -> None:
         """A checkpoint was written (now, or at ``at``)."""
