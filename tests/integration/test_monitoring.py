@@ -4,7 +4,6 @@ identity's ACL on a provisioned Mosquitto, and ``fedmq status``."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
