@@ -81,7 +81,7 @@ def test_demo_smart_home_scenario_compares_each_home_and_ends_with_its_entities_
     for home, served in data["predictions"].items():
         assert served["states"]["occupancy"]["value"] in (0, 1), served
         assert isinstance(served["states"]["forecast"]["value"], float) and 5 < served["states"]["forecast"]["value"] < 35
-        assert all(s["model_version"] == 8 for s in served["states"].values())
+        assert all(s["model_version"] == 8 for s in served["states"].values()), (home, served["states"])
         assert sorted(served["entities"].values()).count("binary_sensor") == 1 and len(served["entities"]) == 12
     assert "predictions and Home Assistant entities" in r.stdout
     assert occupancy["overall"]["federated"] > 0.8

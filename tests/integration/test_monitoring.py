@@ -160,3 +160,27 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
         stop(nodes)
         monitor.loop_stop()
         broker.stop()
+
+
+def test_status_watch_follows_the_rounds_live(broker, tmp_path):
+    paths = write_federation(str(tmp_path), broker.port, {"home1": ["a1", "a2"]}, rounds=4, deadline_s=20,
+                             node_extra={"simulate_delay_s": 0.5})
+    watch = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--watch",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in ("a1", "a2")]
+    coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh"], str(tmp_path / "coord.log"))
+    seen = []
+    try:
+        for line in watch.stdout:
+            snap = json.loads(line)
+            seen.append((snap["round"].get("state"), snap["round"].get("round"), len(snap["history"])))
+            if snap["round"].get("state") == "done":
+                break
+        assert coord.wait(60) == 0
+    finally:
+        stop(nodes + [coord])
+        watch.send_signal(2)  # Ctrl-C
+        assert watch.wait(15) == 0
+    assert seen[-1] == ("done", 4, 4)
+    assert len({h for _, _, h in seen}) >= 3  # it printed the rounds as they came, not only the end
+    assert any(state == "running" for state, _, _ in seen)

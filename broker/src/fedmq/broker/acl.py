@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Set
 
 from fedmq.broker.bridge import site_groups
 from fedmq.shared.chunks import chunk_filter
-from fedmq.shared.identities import COORDINATOR, MONITOR, edge_id
+from fedmq.shared.identities import COORDINATOR, OBSERVERS, edge_id
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 from fedmq.shared.topics import Topics
@@ -67,9 +67,12 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
         lines += _aggregator_writes(t, path)
-    # the monitor (fedmq status, fedmq dashboard): statuses, round progress and summaries; it writes nothing
-    lines += ["", f"user {MONITOR}", f"topic read {t.metrics()}", f"topic read {t.round_state()}",
-              f"topic read {t.history()}", *(f"topic read {t.status_filter(path)}" for path in tm.groups()), ""]
+    # the observers (fedmq status, fedmq dashboard): statuses, round progress and summaries; they write nothing
+    observing = [f"topic read {t.metrics()}", f"topic read {t.round_state()}", f"topic read {t.history()}",
+                 *(f"topic read {t.status_filter(path)}" for path in tm.groups())]
+    for observer in OBSERVERS:
+        lines += ["", f"user {observer}", *observing]
+    lines += [""]
     for path, group in tm.groups().items():
         if not group.edge:
             continue

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from fedmq.broker import acl, passwords, pki
-from fedmq.shared.identities import COORDINATOR, MONITOR, edge_id
+from fedmq.shared.identities import COORDINATOR, OBSERVERS, edge_id
 from fedmq.shared.signing import new_signing_key
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topics import level_problem
@@ -66,13 +66,14 @@ class Registry:
 
 
 def _parties(tm: TopicMap) -> Dict[str, dict]:
-    out: Dict[str, dict] = {COORDINATOR: {"role": "coordinator", "group": []}, MONITOR: {"role": "monitor", "group": []}}
+    out: Dict[str, dict] = {COORDINATOR: {"role": "coordinator", "group": []},
+                            **{o: {"role": "monitor", "group": []} for o in OBSERVERS}}
     for path, group in tm.groups().items():
         if group.edge:
             for worker in range(group.workers):
                 out[edge_id(path, worker)] = {"role": "edge", "group": list(path), "worker": worker}
         for node in group.nodes:
-            if node in (COORDINATOR, MONITOR):
+            if node in (COORDINATOR, *OBSERVERS):
                 raise ValueError(f"node id {node!r} is reserved for the {node}; rename the node")
             out[node] = {"role": "node", "group": list(path)}
     return out
@@ -251,7 +252,7 @@ def enrol(tm: TopicMap, directory: str, token_id: str, secret: str, node_id: str
     if node_id in registry.revoked:
         raise EnrolmentRefused("revoked id")
     taken = {client_file(p) for p in registry.parties}
-    if (node_id in registry.parties or node_id in (COORDINATOR, MONITOR) or level_problem(node_id)
+    if (node_id in registry.parties or node_id in (COORDINATOR, *OBSERVERS) or level_problem(node_id)
             or not SAFE_ID.fullmatch(node_id) or node_id.startswith(RESERVED_PREFIXES)
             or client_file(node_id) in taken):
         raise EnrolmentRefused("id not available")

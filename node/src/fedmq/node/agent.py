@@ -178,6 +178,7 @@ class NodeAgent:
             self.log.error("cannot save the global model to %s: %s (it is served from memory until a restart)",
                            self.model_path, exc)
         if self.server is not None:
+            self.log.debug("model %d offered to serving", saved.model_version)
             self.server.offer(saved)
 
     # --- data ----------------------------------------------------------------------------------------

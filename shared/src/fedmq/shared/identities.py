@@ -3,7 +3,9 @@
 from typing import Sequence
 
 COORDINATOR = "coordinator"
-MONITOR = "monitor"  # reads round summaries only (dashboards, fedmq demo's progress)
+MONITOR = "monitor"  # reads statuses, round progress and summaries only (fedmq status, fedmq demo's progress)
+DASHBOARD = "dashboard"  # the same rights, for the long-running fedmq dashboard (one connection per identity)
+OBSERVERS = (MONITOR, DASHBOARD)
 
 
 def edge_id(path: Sequence[str], worker: int = 0) -> str:

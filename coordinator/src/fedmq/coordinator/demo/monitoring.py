@@ -7,13 +7,11 @@ import socket
 import threading
 from typing import TYPE_CHECKING, List, Optional
 
+from fedmq.shared.identities import DASHBOARD
 from fedmq.shared.topicmap import load_topic_map
 
 if TYPE_CHECKING:
     from fedmq.coordinator.monitor.dashboard import Dashboard
-
-DASHBOARD = "127.0.0.1:8765"
-METRICS = "127.0.0.1:9464"
 
 
 def available(address: str) -> str:
@@ -41,7 +39,7 @@ def start_dashboard(address: Optional[str], topic_map: str, security_dir: Option
     from fedmq.coordinator.monitor.status_cmd import monitor_broker
 
     tm = load_topic_map(topic_map)
-    board = Dashboard(tm, monitor_broker(tm, security_dir), available(address))
+    board = Dashboard(tm, monitor_broker(tm, security_dir, DASHBOARD), available(address))
     threading.Thread(target=board.serve_forever, name="fedmq-demo-dashboard", daemon=True).start()
     return board
 

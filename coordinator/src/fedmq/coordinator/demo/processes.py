@@ -29,6 +29,17 @@ class Processes:
         self.procs.append(proc)
         return proc
 
+    def wait_all(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for every child to exit by itself (nodes run with --exit-when-done leave after
+        the federation's "done", with the last model in hand); True if they all did."""
+        end = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
     def stop_all(self, grace: float = 5.0) -> None:
         """Terminate every child, kill the stragglers."""
         for p in self.procs:

@@ -220,6 +220,8 @@ def run_smart_home(args: argparse.Namespace, workdir: str, procs: Processes) -> 
                                     args.rounds, args.deadline)
         finally:
             watcher.stop()
+        if all(len(rounds[t]) == args.rounds for t in TASKS):
+            procs.wait_all(15.0)  # the gateways leave once they have the final model: it is what they serve
         procs.stop_all()
         served = published_predictions(broker, names)
         report: Dict[str, Any] = {"scenario": "smart-home", "homes": {h.name: {"household": h.household,

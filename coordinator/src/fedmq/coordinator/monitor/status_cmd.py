@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
 from fedmq.coordinator.monitor.view import FederationView, ago, summary_line
+from fedmq.shared.identities import DASHBOARD, MONITOR
 from fedmq.shared.logs import add_log_format
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import TopicMap, load_topic_map
@@ -49,20 +50,20 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("topic_map", help="federation topic map (YAML)")
     p.add_argument("--security-dir", metavar="DIR",
-                   help="the directory 'fedmq broker provision' wrote: connect as its read-only monitor identity "
-                        "(default: the topic map's own broker credentials)")
+                   help="the directory 'fedmq broker provision' wrote: connect as its read-only observer identity "
+                        "(monitor for status, dashboard for the dashboard; default: the topic map's own credentials)")
 
 
-def monitor_broker(tm: TopicMap, security_dir: Optional[str]) -> BrokerSettings:
-    """The broker settings a monitor connects with: the monitor's certificate or password from the security
-    directory when given, else the topic map's."""
+def monitor_broker(tm: TopicMap, security_dir: Optional[str], identity: str = MONITOR) -> BrokerSettings:
+    """The broker settings an observer connects with: ``identity``'s certificate or password from the security
+    directory when given (``monitor`` for fedmq status, ``dashboard`` for the dashboard: each identity holds
+    one connection at a time), else the topic map's."""
     if not security_dir:
         return tm.broker
     from fedmq.broker.provision import client_config
-    from fedmq.shared.identities import MONITOR
 
     b = tm.broker
-    own = client_config(security_dir, MONITOR, auth="mtls" if b.tls is not None and b.tls.cert_file else "password")
+    own = client_config(security_dir, identity, auth="mtls" if b.tls is not None and b.tls.cert_file else "password")
     if b.tls is not None and b.tls.cert_file:
         return replace(b, tls=TlsSettings(**own["broker"]["tls"]))
     return replace(b, username=own["broker"]["username"], password_file=own["broker"]["password_file"])
@@ -161,7 +162,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # serve_forever ends; the finally below stops cleanly
     tm = load_topic_map(args.topic_map)
     try:
-        board = Dashboard(tm, monitor_broker(tm, args.security_dir), args.listen)
+        board = Dashboard(tm, monitor_broker(tm, args.security_dir, DASHBOARD), args.listen)
     except (ConnectionError, OSError, ValueError) as exc:
         print(f"fedmq dashboard: {exc}", file=sys.stderr)
         return 2

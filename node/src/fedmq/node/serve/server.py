@@ -110,12 +110,13 @@ class Server:
 
     def _run(self) -> None:
         while True:
+            last = self._stop.is_set()  # after stop, one more period: the newest model offered is served
             try:
                 self._take_offered()
                 self._serve_once()
             except Exception:  # one bad period must not end serving
                 self.log.exception("serving: error while predicting")
-            if self._stop.is_set():
+            if last:
                 return
             self._wake.wait(self.cfg.period_s)
             self._wake.clear()
@@ -156,6 +157,8 @@ class Server:
             self.log.info("serving model %d, %s (held-out local score: global %.4f, personalised %.4f)",
                           offered.model_version, "personalised" if served is not offered else "global",
                           scores["global"], scores["personalised"])
+        else:
+            self.log.debug("serving model %d", offered.model_version)
         if kind_changed and self.client.is_connected():
             self.announce()
 
