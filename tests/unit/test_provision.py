@@ -22,14 +22,14 @@ tree:
 def test_running_again_adds_parties_and_keeps_existing_credentials(tmp_path):
     d = str(tmp_path / "pki")
     added = provision(parse_topic_map(MAP), d)
-    assert set(added) == {"coordinator", "monitor", "edge/site", "n1", "n2", "s1"}
+    assert set(added) == {"coordinator", "monitor", "dashboard", "edge/site", "n1", "n2", "s1"}
     n1_cert = open(os.path.join(d, "clients", "n1.crt"), "rb").read()
     n1_hash = [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")]
     bigger = parse_topic_map(MAP.replace("nodes: [n1, n2]", "nodes: [n1, n2, n3]"))
     assert provision(bigger, d) == ["n3"]
     assert open(os.path.join(d, "clients", "n1.crt"), "rb").read() == n1_cert
     assert [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")] == n1_hash
-    assert set(json.load(open(os.path.join(d, "keys.json")))) == {"coordinator", "monitor", "edge/site", "n1", "n2", "n3", "s1"}
+    assert set(json.load(open(os.path.join(d, "keys.json")))) == {"coordinator", "monitor", "dashboard", "edge/site", "n1", "n2", "n3", "s1"}
 
 
 def test_revocation_reaches_passwords_acl_crl_and_keys(tmp_path):
