@@ -165,12 +165,14 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
 def test_status_watch_follows_the_rounds_live(broker, tmp_path):
     paths = write_federation(str(tmp_path), broker.port, {"home1": ["a1", "a2"]}, rounds=4, deadline_s=20,
                              node_extra={"simulate_delay_s": 0.5})
+    nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in ("a1", "a2")]
     watch = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--watch",
                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in ("a1", "a2")]
-    coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh"], str(tmp_path / "coord.log"))
+    coord = None
     seen = []
     try:
+        json.loads(watch.stdout.readline())  # it is connected and watching: now the federation runs
+        coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh"], str(tmp_path / "coord.log"))
         for line in watch.stdout:
             snap = json.loads(line)
             seen.append((snap["round"].get("state"), snap["round"].get("round"), len(snap["history"])))
@@ -178,7 +180,7 @@ def test_status_watch_follows_the_rounds_live(broker, tmp_path):
                 break
         assert coord.wait(60) == 0
     finally:
-        stop(nodes + [coord])
+        stop(nodes + ([coord] if coord else []))
         watch.send_signal(2)  # Ctrl-C
         assert watch.wait(15) == 0
     assert seen[-1] == ("done", 4, 4)

@@ -128,14 +128,17 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
         configs = w.until(lambda: (lambda c: c if len(c) == 6 else None)(
             {t: json.loads(p) for t, p in w.last.items() if t.startswith(PREFIX + "/") and p and t != stale}),
             10, "six discovery configs")
-        fresh = Watcher(port)  # what the broker retains now: the six configs, and not the stale one
-        try:
-            fresh.until(lambda: sum(t.startswith(PREFIX + "/") for t in fresh.last) >= 6, 10, "the retained configs")
-            time.sleep(0.5)
-            fresh.pump()
-            assert stale not in fresh.last, "the entity the configuration no longer has was not removed"
-        finally:
-            fresh.stop()
+        def retained_now() -> dict:  # what the broker retains: a new subscriber's view
+            fresh = Watcher(port)
+            try:
+                fresh.until(lambda: sum(t.startswith(PREFIX + "/") for t in fresh.last) >= 6, 10, "the retained configs")
+                time.sleep(0.3)
+                fresh.pump()
+                return fresh.last
+            finally:
+                fresh.stop()
+
+        wait_for(lambda: stale not in retained_now(), 20, "the entity the configuration no longer has to be removed")
         by_id = {c["object_id"]: (t, c) for t, c in configs.items()}
         assert set(by_id) == {f"home1-gw_{e}" for e in ("prediction", "model_version", "last_round", "local_accuracy",
                                                         "samples", "data_problem")}

@@ -257,6 +257,7 @@ class Server:
             return
         if msg.payload and msg.retain and discovery.owned(ha, self.node_id, msg.topic) \
                 and msg.topic not in self.announced:
-            self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
-            if self.model is not None:
+            with self._announcing:  # not between an announcement's read and its clearing of seen_configs
+                self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
+            if self.model is not None:  # else the announcement that follows the first model removes it
                 self.announce()
