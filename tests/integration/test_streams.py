@@ -23,7 +23,7 @@ from fedmq.node.agent import NodeAgent
 from fedmq.node.config import load_node_config
 from fedmq.shared.data import open_source
 from fedmq.shared.topicmap.model import BrokerSettings
-from test_federation import InThreadCoordinator
+from test_federation import InThreadCoordinator, wait_online
 
 
 def _rss_mb() -> float:
@@ -189,6 +189,9 @@ def test_each_data_problem_reaches_the_coordinator_with_its_reason(broker, tmp_p
     np.savez(data / "few.npz", x=x[:5], y=y[:5])
     nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in groups["g1"]]
     try:
+        # every node announced (with its problem, found before it connects): else, on a busy machine, the first
+        # round may start after its 10 s wait without a good node that is still starting
+        wait_online(broker.port, {n: ("g1",) for n in groups["g1"]}, timeout=60)
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= 2 or c.error is not None, 90, "2 rounds")
             assert c.error is None, c.error
