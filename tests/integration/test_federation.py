@@ -254,6 +254,8 @@ def test_broker_restart_nodes_and_coordinator_reconnect(local_broker, tmp_path):
                              extra_rounds={"max_retries": 5})
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
     try:
+        # all six connected before the broker goes: a node still starting on a busy machine never loses it
+        wait_online(local_broker.port, {n: (g,) for g, ns in SIX.items() for n in ns}, timeout=60)
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
             local_broker.process.restart()  # SIGTERM, persistence saved, same port
