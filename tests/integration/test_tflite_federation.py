@@ -13,6 +13,7 @@ from fedmq.shared.envelope import Envelope, Kind, decode, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
 from fedmq.coordinator.rounds import build_model_file
+from test_federation import wait_online
 from fedmq.shared.topicmap import BrokerSettings, ModelSpec, load_topic_map
 from fedmq.shared.topics import Topics
 
@@ -35,6 +36,8 @@ def tflite_federation(tmp_path, port, trainer, rounds=3):
 def run_federation(tmp_path, port, trainer):
     paths = tflite_federation(tmp_path, port, trainer)
     nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
+    # every node in from round 1 (a node still starting on a busy machine would change the rounds' sums)
+    wait_online(port, {n: (g,) for g, ns in GROUPS.items() for n in ns}, timeout=60)
     coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh"], str(tmp_path / "coord.log"))
     try:
         assert coord.wait(90) == 0, (tmp_path / "coord.log").read_text()
