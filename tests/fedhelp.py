@@ -164,3 +164,43 @@ def deploy_md_install() -> list:
     lines = [ln for ln in text.splitlines() if VENV_PIP in ln]
     assert len(lines) == 1, lines
     return shlex.split(lines[0].split(VENV_PIP, 1)[1])
+
+
+def wait_online(port: int, nodes: Dict[str, tuple], timeout: float = 20) -> None:
+    """Wait until the broker holds an "online" status for each node (id -> group path): tests start the
+    coordinator after it, so that a node still starting on a busy machine does not miss round 1."""
+    from fedmq.shared.messages import Status
+    from fedmq.shared.mqtt import MqttLink
+    from fedmq.shared.topicmap import BrokerSettings
+    from fedmq.shared.topics import Topics
+
+    t = Topics(FED)
+    watcher = MqttLink(f"watch-{time.time()}", BrokerSettings(port=port), persistent=False)
+    for node, group in nodes.items():
+        watcher.subscribe(t.status(group, node))
+    watcher.start()
+    online, end = set(), time.monotonic() + timeout
+    try:
+        while online != set(nodes) and time.monotonic() < end:
+            msg = watcher.get(0.2)
+            if msg is not None and Status.decode(msg.payload).state == "online":
+                online.add(Status.decode(msg.payload).node)
+    finally:
+        watcher.stop()
+    assert online == set(nodes), f"only {sorted(online)} came online"
+
+
+def start_nodes(paths: Dict[str, str], names: List[str], tmp_path, timeout: float = 60) -> Dict[str, subprocess.Popen]:
+    """Start ``fedmq node run`` for each named node (logs in tmp_path/<node>.log) and, on a plain broker, wait
+    until each has announced itself online: a coordinator started next finds them all, even on a busy machine."""
+    procs = {n: fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in names}
+    configs = {n: yaml.safe_load(open(paths[n])) for n in names}
+    if names and all(not c["broker"].get("tls") and not c["broker"].get("username") for c in configs.values()):
+        port = configs[names[0]]["broker"]["port"]
+        group = {n: tuple(c.get("group", "").split("/")) if c.get("group") else () for n, c in configs.items()}
+        try:
+            wait_online(port, group, timeout)
+        except AssertionError:
+            stop(list(procs.values()))
+            raise
+    return procs

@@ -12,12 +12,11 @@ import sys
 
 import numpy as np
 
-from fedhelp import FED, checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, checkpoint_state, fedmq, start_nodes, stop, wait_for, write_federation
 from fedmq.shared.messages import decode_metrics
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings
 from fedmq.shared.topics import Topics
-from test_federation import start_nodes
 
 FEDMQ = [sys.executable, "-m", "fedmq.shared.cli"]
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}

@@ -9,9 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from fedhelp import checkpoint_file, checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedhelp import checkpoint_file, checkpoint_state, fedmq, start_nodes, stop, wait_for, write_federation
 from fedmq.shared.envelope import decode
-from test_federation import start_nodes
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 ROUNDS = 5

@@ -7,15 +7,14 @@ import time
 
 import pytest
 
-from fedhelp import checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, checkpoint_state, fedmq, start_nodes, stop, wait_for, wait_online, write_federation
 from faultproxy import FaultProxy
-from fedhelp import FED
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, load_topic_map
 from fedmq.shared.topics import Topics
-from test_federation import InThreadCoordinator, start_nodes, wait_online
+from test_federation import InThreadCoordinator
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 TEN = {"home1": ["a1", "a2", "a3", "a4", "a5"], "home2": ["b1", "b2", "b3", "b4", "b5"]}

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from fedhelp import FED, stop, wait_for, write_federation
+from fedhelp import FED, start_nodes, stop, wait_for, write_federation
 from fedmq.shared.identities import edge_id
 from fedmq.broker import pki
 from fedmq.broker.process import MosquittoProcess
@@ -20,7 +20,7 @@ from fedmq.broker.provision import client_config, client_file, provision, revoke
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
-from test_federation import InThreadCoordinator, start_nodes
+from test_federation import InThreadCoordinator
 
 GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
 

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from fedhelp import FED, blobs, checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, blobs, checkpoint_state, fedmq, stop, wait_for, wait_online, write_federation
 from fedmq.coordinator.sim.homes import CLOCK_TOPIC, Simulation
 from fedmq.coordinator.sim.publish import Publisher
 from fedmq.coordinator.sim.scenario import node_config, write_yaml
@@ -23,7 +23,7 @@ from fedmq.node.agent import NodeAgent
 from fedmq.node.config import load_node_config
 from fedmq.shared.data import open_source
 from fedmq.shared.topicmap.model import BrokerSettings
-from test_federation import InThreadCoordinator, wait_online
+from test_federation import InThreadCoordinator
 
 
 def _rss_mb() -> float:

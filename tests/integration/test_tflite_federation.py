@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from fedhelp import FED, checkpoint_file, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, checkpoint_file, fedmq, stop, wait_for, wait_online, write_federation
 from fedmq.shared.envelope import Envelope, Kind, decode, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
 from fedmq.coordinator.rounds import build_model_file
-from test_federation import wait_online
 from fedmq.shared.topicmap import BrokerSettings, ModelSpec, load_topic_map
 from fedmq.shared.topics import Topics
 

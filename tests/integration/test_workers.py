@@ -6,7 +6,7 @@ import re
 import numpy as np
 import yaml
 
-from fedhelp import FED, fedmq, stop, write_federation
+from fedhelp import FED, fedmq, stop, wait_online, write_federation
 from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator import checkpoint
 from fedmq.shared.topicmap import load_topic_map
@@ -29,6 +29,7 @@ def _federation(tmp_path, port, workers):
     procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home1", "--worker", str(w)],
                    str(tmp_path / f"worker{w}.log")) for w in range(workers)]
     procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
+    wait_online(port, {n: (g,) for g, ns in GROUPS.items() for n in ns}, timeout=60)  # all in from round 1
     coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))
     try:
         assert coord.wait(90) == 0, (tmp_path / "coord.log").read_text()[-3000:]
