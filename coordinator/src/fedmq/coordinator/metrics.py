@@ -84,7 +84,6 @@ class ProcessMetrics:
         self._online_source: Callable[[], List[str]] = lambda: []
         self._refreshed = -float("inf")
         self.server: Any = None
-        self.address = ""  # where the process serves them (set by the process)
 
     # --- what the process reports --------------------------------------------------------------------
 

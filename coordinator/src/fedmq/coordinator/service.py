@@ -94,7 +94,8 @@ class CoordinatorService:
             else:
                 agg = GroupAggregator(tm, g, self.membership, self._publish, self.rejections, **common)
             self.groups[g.path] = agg
-        self.metrics = self._metrics(metrics_address or tm.monitoring.address)
+        self.metrics_address = metrics_address or tm.monitoring.address
+        self.metrics = self._metrics(self.metrics_address)
         self.on_round = on_round
         self.driver: Optional[RoundDriver] = None
         if edge is None:
@@ -130,7 +131,6 @@ class CoordinatorService:
         from fedmq.coordinator.metrics import ProcessMetrics
 
         metrics = ProcessMetrics(self.tm, self.membership, list(self.groups), per_node=self.tm.monitoring.per_node)
-        metrics.address = address
         for agg in self.groups.values():
             agg.observers.append(metrics.group_closed)
         self.rejections.listeners.append(metrics.rejected_message)
@@ -182,7 +182,7 @@ class CoordinatorService:
             except checkpoint.CheckpointError as exc:
                 raise CheckpointFailed(str(exc)) from None
         if self.metrics is not None:
-            self.metrics_url = "http://%s:%d/metrics" % self.metrics.serve(self.metrics.address)
+            self.metrics.serve(self.metrics_address)
         try:
             self._serve(until_finished)
         finally:
@@ -233,13 +233,14 @@ class CoordinatorService:
             self.link.stop()
 
     def _publish_progress(self) -> None:
-        """The round's progress on ``_round`` (retained) when it changed, at most every ``PROGRESS_S``."""
+        """The round's progress on ``_round`` (retained) when it changed, looked at most every ``PROGRESS_S``."""
         if time.monotonic() - self._progress_at < PROGRESS_S and not self.finished:
             return
         assert self.driver is not None
+        self._progress_at = time.monotonic()  # computed at most every PROGRESS_S: the loop runs once per message
         state = round_state(self.driver, self.groups)
         if changed(self._progress, state):
-            self._progress, self._progress_at = state, time.monotonic()
+            self._progress = state
             self._publish(self.topics.round_state(), json.dumps(state, separators=(",", ":")).encode(), True)
 
     def stop(self) -> None:

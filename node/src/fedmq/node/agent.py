@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.node.config import NodeConfig
-from fedmq.node.global_model import open_model
+from fedmq.node.global_model import as_saved, open_model
 from fedmq.node.model_files import ModelFileCache, check_announcement
 from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.node.privacy import privatize
@@ -33,7 +33,7 @@ from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, encode
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.logs import Context
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
-from fedmq.shared.saved_model import ModelFileError, from_envelope, read_model
+from fedmq.shared.saved_model import ModelFileError, read_model
 from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes
 from fedmq.shared.scaling import Scaling, local_stats
@@ -169,7 +169,7 @@ class NodeAgent:
     def _keep_model(self, env: Envelope, tensors: Weights) -> None:
         """Save the accepted global model (atomically, with its scaling and feature names) and serve it."""
         names = tuple(getattr(self.source, "feature_names", lambda: [])())
-        saved = from_envelope(replace(env, tensors=tensors, codec="raw", codec_params={}), saved_at=time.time())
+        saved = as_saved(env, tensors)
         if len(names) == saved.spec.features:
             saved = replace(saved, feature_names=names)
         try:

@@ -3,11 +3,14 @@ federation, verify the signature where the node has keys, and decode the tensors
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, Kind, decode
-from fedmq.shared.models import expected_shapes, spec_from_meta
+from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
+from fedmq.shared.saved_model import SavedModel, from_envelope
 from fedmq.shared.signing import Auth, split
 from fedmq.shared.topicmap import ModelSpec
 
@@ -25,3 +28,8 @@ def open_model(payload: bytes, federation: str, max_bytes: int, auth: Optional[A
         auth.check_any(payload, raw, env, signers, fresh=False)
     spec = spec or spec_from_meta(env.meta.get("model"))
     return env, spec, codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
+
+
+def as_saved(env: Envelope, dense: Weights) -> SavedModel:
+    """The model an opened envelope carries, with its tensors dense (``codecs.to_dense``), received now."""
+    return from_envelope(replace(env, tensors=dense, codec="raw", codec_params={}), saved_at=time.time())

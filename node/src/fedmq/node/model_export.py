@@ -17,11 +17,11 @@ import json
 import os
 import sys
 from dataclasses import replace
-from importlib.metadata import entry_points
 from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
+from fedmq.shared.plugins import plugins
 from fedmq.shared.saved_model import (ModelFileError, Predictions, SavedModel, as_tflite_kind, from_envelope,
                                       read_model)
 
@@ -32,15 +32,11 @@ RETAINED_WAIT_S = 5.0  # then for the retained model (the broker sends it on sub
 
 def exporters() -> List[str]:
     """Formats this installation can export: npz always, and those other distributions add."""
-    eps = entry_points()
-    group = eps.select(group=EXPORTERS) if hasattr(eps, "select") else eps.get(EXPORTERS, [])
-    return ["npz", *sorted(ep.name for ep in group)]
+    return ["npz", *sorted(ep.name for ep in plugins(EXPORTERS))]
 
 
 def _exporter(fmt: str) -> Callable[[SavedModel], bytes]:
-    eps = entry_points()
-    group = eps.select(group=EXPORTERS) if hasattr(eps, "select") else eps.get(EXPORTERS, [])
-    for ep in group:
+    for ep in plugins(EXPORTERS):
         if ep.name == fmt:
             try:
                 return ep.load()
@@ -54,7 +50,7 @@ def _exporter(fmt: str) -> Callable[[SavedModel], bytes]:
 def fetch_from_broker(config: str, wait_s: float = FETCH_WAIT_S) -> SavedModel:
     """The retained global model on the broker a node configuration names, verified as the node verifies it."""
     from fedmq.node.config import load_node_config
-    from fedmq.node.global_model import open_model
+    from fedmq.node.global_model import as_saved, open_model
     from fedmq.shared import codecs
     from fedmq.shared.identities import COORDINATOR
     from fedmq.shared.mqtt import MqttLink
@@ -80,7 +76,7 @@ def fetch_from_broker(config: str, wait_s: float = FETCH_WAIT_S) -> SavedModel:
                              "federation run a round?)")
     try:
         env, _, tensors = open_model(msg.payload, cfg.federation, cfg.max_message_bytes, auth, (COORDINATOR,))
-        return from_envelope(replace(env, tensors=codecs.to_dense(tensors), codec="raw", codec_params={}))
+        return as_saved(env, codecs.to_dense(tensors))
     except ValueError as exc:
         raise ModelFileError(f"{topic}: refused: {exc}") from None
 

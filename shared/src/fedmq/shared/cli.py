@@ -8,21 +8,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib.metadata import entry_points
 from typing import List, Optional
 
 from fedmq.shared import PROTOCOL_REVISION, __version__
 from fedmq.shared.extras import MissingExtra
-from fedmq.shared.logs import setup_logging
+from fedmq.shared.logs import add_log_format, setup_logging
+from fedmq.shared.plugins import plugins
 from fedmq.shared.topicmap import TopicMapError
 
 EXIT_CONFIG = 2
 
 
 def _commands() -> list:
-    eps = entry_points()
-    group = eps.select(group="fedmq.commands") if hasattr(eps, "select") else eps.get("fedmq.commands", [])
-    return sorted(group, key=lambda ep: ep.name)
+    return sorted(plugins("fedmq.commands"), key=lambda ep: ep.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'fedmq COMMAND --help' for the options of a command.")
     parser.add_argument("--version", action="version", version=f"fedmq {__version__} (protocol {PROTOCOL_REVISION})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="json: one JSON object per log line (node, group and round as fields); long-running "
-                             "commands also take it after their name")
+    add_log_format(parser, default="text")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for ep in _commands():
         try:

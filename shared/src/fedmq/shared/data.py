@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from importlib.metadata import entry_points
 from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
 
+from fedmq.shared.plugins import plugins
 from fedmq.shared.topicmap.model import DataRef
 from fedmq.shared.topicmap.reader import Reader
 
@@ -160,9 +160,7 @@ def register_source(cls: Type[DataSource]) -> None:
 
 
 def _entry_point_sources() -> Dict[str, Any]:
-    eps = entry_points()
-    group = eps.select(group=GROUP) if hasattr(eps, "select") else eps.get(GROUP, [])
-    return {ep.name: ep for ep in group}
+    return {ep.name: ep for ep in plugins(GROUP)}
 
 
 def source_kinds() -> Tuple[str, ...]:

@@ -49,9 +49,10 @@ def setup_logging(verbosity: int, fmt: str = "text") -> None:
     root.setLevel(level)
 
 
-def add_log_format(parser: argparse.ArgumentParser) -> None:
-    """``--log-format`` after a long-running command's name too (as well as before it)."""
-    parser.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+def add_log_format(parser: argparse.ArgumentParser, default: str = argparse.SUPPRESS) -> None:
+    """``--log-format``: on the top-level parser (``default`` text), and after a long-running command's name
+    too (no default there, so that it does not override the top-level choice)."""
+    parser.add_argument("--log-format", choices=("text", "json"), default=default,
                         help="json: one JSON object per log line, with the node, group and round as fields")
 
 

@@ -136,7 +136,6 @@ def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str
     )
 
 
-
 def describe_serving(s: ServeConfig) -> str:
     """One line for ``fedmq node check``: where, how often and how the node serves."""
     ha = s.homeassistant
