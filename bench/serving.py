@@ -33,6 +33,7 @@ from fedmq.coordinator.sim.homes import Simulation
 from fedmq.coordinator.sim.publish import Publisher
 from fedmq.coordinator.sim.scenario import OCCUPANCY_FEATURES, node_config, width, write_yaml
 from fedmq.coordinator.tflite_builder import build_dense_model
+from fedmq.node.agent import global_model_path
 from fedmq.node.config import load_node_config
 from fedmq.node.serve.predictors import make_predictor
 from fedmq.shared.data import open_source
@@ -88,7 +89,7 @@ def gateway(workdir: str, name: str, broker: BrokerSettings, sim: Simulation, se
     path = os.path.join(workdir, f"{name}.yaml")
     write_yaml(path, cfg)
     os.makedirs(cache, exist_ok=True)
-    model.save(os.path.join(cache, "global-model.fmq"))
+    model.save(global_model_path(cache, extra["node_id"]))
     if tflite:
         with open(os.path.join(cache, f"{model.file_sha256}.tflite"), "wb") as fh:
             fh.write(tflite)

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from fedhelp import fedmq, stop, wait_for, write_federation
-from test_federation import InThreadCoordinator
+from inprocess import InThreadCoordinator
 
 GROUPS = {"home1": ["a1", "a2"], "home2": ["b1"]}
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"

@@ -150,7 +150,7 @@ def test_an_edge_aggregator_killed_mid_round_counts_the_updates_its_session_kept
     procs = list(start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path).values())
     edge_cmd = ["coordinator", "edge", paths["topic_map"], "--group", "home2"]
     edge = fedmq(edge_cmd, str(tmp_path / "edge.log"))
-    from test_federation import InThreadCoordinator
+    from inprocess import InThreadCoordinator
 
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
@@ -171,7 +171,7 @@ def test_an_edge_aggregator_killed_mid_round_counts_the_updates_its_session_kept
 
 
 def test_two_processes_with_one_node_id_are_named_on_both_sides_and_at_the_coordinator(broker, tmp_path):
-    from test_federation import InThreadCoordinator
+    from inprocess import InThreadCoordinator
 
     paths = write_federation(str(tmp_path), broker.port, {"g": ["a", "b"]}, rounds=100_000, deadline_s=5, quorum=1)
     procs = [fedmq(["node", "run", paths["b"]], str(tmp_path / "b.log")),

@@ -160,7 +160,7 @@ def test_malformed_top_k_updates_are_refused_and_the_round_completes(broker, tmp
 
     from fedmq.shared.topicmap import load_topic_map
     from fedhelp import start_nodes
-    from test_federation import InThreadCoordinator, RogueNode
+    from inprocess import InThreadCoordinator, RogueNode
 
     groups = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "rogue"]}
     paths = write_federation(str(tmp_path), broker.port, groups, rounds=2, deadline_s=6, quorum=0.8,

@@ -3,47 +3,17 @@
 import json
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 
-from fedhelp import FED, checkpoint_file, checkpoint_state, fedmq, start_nodes, stop, wait_for, wait_online, write_federation
-from fedmq.coordinator.service import CoordinatorService
+from fedhelp import checkpoint_file, checkpoint_state, fedmq, start_nodes, stop, wait_for, wait_online, write_federation
+from inprocess import InThreadCoordinator, RogueNode
 from fedmq.coordinator.strategy.privacy import Accountant
-from fedmq.shared.envelope import Envelope, Kind, encode
-from fedmq.shared.messages import Control, Status
 from fedmq.shared.models import initial_weights
-from fedmq.shared.mqtt import MqttLink
-from fedmq.shared.topicmap import BrokerSettings, Privacy, load_topic_map
-from fedmq.shared.topics import Topics
+from fedmq.shared.topicmap import Privacy, load_topic_map
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
-
-
-class InThreadCoordinator:
-    """The real CoordinatorService, run in a thread so the test can look at its counters."""
-
-    def __init__(self, topic_map: str, **kw):
-        self.rounds = []
-        self.service = CoordinatorService(load_topic_map(topic_map), fresh=True, on_round=self.rounds.append, **kw)
-        self.error = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            self.service.run()
-        except Exception as exc:  # surfaced by the test
-            self.error = exc
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.service.stop()
-        self.thread.join(10)
 
 
 def test_three_rounds_six_nodes_two_groups(broker, tmp_path):
@@ -86,38 +56,6 @@ def test_node_killed_and_node_frozen_mid_round_close_at_quorum(broker, tmp_path)
     finally:
         nodes["a2"].send_signal(signal.SIGCONT)
         stop(list(nodes.values()))
-
-
-class RogueNode:
-    """A node written from the protocol document, that sends what the test tells it to."""
-
-    def __init__(self, port, node, group):
-        self.topics = Topics(FED)
-        self.node, self.group = node, group
-        self.link = MqttLink(f"rogue-{node}", BrokerSettings(port=port),
-                             birth=(self.topics.status(group, node), Status(node, "online", samples=50).encode()))
-        self.link.subscribe(self.topics.control(group))
-        self.link.start()
-
-    def wait_start(self, timeout=20):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            msg = self.link.get(0.2)
-            if msg:
-                ctl = Control.decode(msg.payload)
-                if ctl.type == "start" and self.node in ctl.selected and ctl.deadline_at > time.time():
-                    return ctl
-        raise AssertionError("never selected")
-
-    def send(self, payload):
-        self.link.publish(self.topics.update(self.group, self.node), payload)
-
-    def update(self, ctl, weights, **overrides):
-        """An update envelope for the round ``ctl`` started, with fields overridden as the test wants."""
-        fields = dict(kind=Kind.UPDATE, federation=FED, round=ctl.round, attempt=ctl.attempt, sender=self.node,
-                      model_version=ctl.model_version, tensors=weights, samples=50)
-        fields.update(overrides)
-        return encode(Envelope(**fields))
 
 
 def test_bad_updates_are_rejected_and_the_round_completes(broker, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fedhelp import stop, wait_for, write_federation
-from test_federation import InThreadCoordinator
+from inprocess import InThreadCoordinator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,7 +10,7 @@ from fedhelp import FED, start_nodes, stop, wait_for, write_federation
 from fedmq.shared.messages import Status
 from fedmq.shared.models import initial_weights
 from fedmq.shared.topicmap import load_topic_map
-from test_federation import InThreadCoordinator, RogueNode
+from inprocess import InThreadCoordinator, RogueNode
 
 GROUPS = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "rogue"]}
 LIMITS = {"max_samples": 5000, "max_update_norm": 50.0, "max_messages_per_node_s": 5, "message_burst": 20}

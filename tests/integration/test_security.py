@@ -20,7 +20,7 @@ from fedmq.broker.provision import client_config, client_file, provision, revoke
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
-from test_federation import InThreadCoordinator
+from inprocess import InThreadCoordinator
 
 GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
 

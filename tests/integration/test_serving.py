@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from fedhelp import FED, fedmq, stop, wait_for
 from fedmq.coordinator.sim.homes import Simulation
 from fedmq.coordinator.sim.publish import Publisher
 from fedmq.coordinator.sim.scenario import node_config, write_yaml
+from fedmq.node.agent import global_model_path
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.saved_model import SavedModel, read_model
@@ -86,8 +88,13 @@ def _gateway(tmp_path, port: int, serve: dict, *, saved_at: float = 0.0, version
     rng = np.random.default_rng(0)
     weights = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in initial_weights(SPEC).items()}
     SavedModel(SPEC, weights, None, FED, version, version, saved_at=saved_at or time.time()).save(
-        str(tmp_path / "cache" / "global-model.fmq"))
+        _saved_copy(tmp_path))
     return sim, path
+
+
+def _saved_copy(tmp_path) -> str:
+    """Where the gateway of ``_gateway`` keeps its global model."""
+    return global_model_path(str(tmp_path / "cache"), "home1-gw")
 
 
 def _publish(port: int, messages) -> None:
@@ -103,7 +110,7 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
     w.publish(stale, json.dumps({"name": "old", "state_topic": "x"}).encode(), retain=True)
     w.until(lambda: w.last.get(stale), 10, "the stale config to be retained")
     sim, path = _gateway(tmp_path, port, {})
-    left = tmp_path / "cache" / "global-model.fmq.tmp.12345"  # a save a power cut interrupted
+    left = Path(_saved_copy(tmp_path) + ".tmp.12345")  # a save a power cut interrupted
     left.write_bytes(b"half a model")
     node = fedmq(["-v", "node", "run", path], str(tmp_path / "node.log"))
     try:
@@ -192,7 +199,7 @@ def test_serving_stops_and_says_why_when_the_model_is_too_old_or_an_input_goes_m
         assert state["value"] is None and state["problem"].startswith("inputs: no recent reading of motion")
         _publish(port, list(sim.run(3 * 3600)))
         w.until(lambda: w.state().get("value") is not None, 30, "serving again once the input is back")
-        assert read_model(str(tmp_path / "cache" / "global-model.fmq")).model_version == 8
+        assert read_model(_saved_copy(tmp_path)).model_version == 8
     finally:
         stop([node])
         w.stop()

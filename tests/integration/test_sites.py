@@ -8,7 +8,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from fedhelp import FED, fedmq, rewrite_yaml, stop, write_federation
+from fedhelp import FED, fedmq, rewrite_yaml, stop, wait_for, write_federation
 from fedmq.broker.bridge import bridge_for
 from fedmq.broker.process import MosquittoProcess, free_port
 from fedmq.broker.provision import client_config, provision
@@ -88,6 +88,13 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", g, *edge_args[g]],
                    str(tmp_path / f"edge-{g}.log")) for g in GROUPS]
     procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
+    t = Topics(FED, prefix)
+    statuses = {t.status((g,), n) for g, ns in GROUPS.items() for n in ns}
+    try:  # every node's status has crossed its bridge: a node still starting on a busy machine misses no round
+        wait_for(lambda: statuses <= set(seen), 60, "the nodes' statuses on the cloud broker")
+    except AssertionError:
+        stop(procs)
+        raise
     report = tmp_path / "report.json"
     coord = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "coord.log"))
     try:
@@ -102,7 +109,6 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     assert rounds[-1]["accuracy"] > 0.9
     with lock:
         topics = list(seen)
-    t = Topics(FED, prefix)
     assert not [x for x in topics if "/_update/" in x], "a node's update crossed a bridge"
     assert all(x.startswith(t.base + "/") for x in topics if "fedmq/v1" in x), "a topic was not remapped"
     assert topics.count(t.partial((), "home1")) == 3 and topics.count(t.partial((), "home2")) == 3

@@ -18,7 +18,7 @@ from fedmq.node.agent import NodeAgent
 from fedmq.node.config import load_node_config
 from fedmq.shared.data import open_source
 
-from test_federation import InThreadCoordinator
+from inprocess import InThreadCoordinator
 
 GROUPS = {"home1": [f"a{i}" for i in range(5)], "home2": [f"b{i}" for i in range(5)]}
 ATTACKERS = {"a4", "b4"}  # 20 % of the nodes, one in each group

@@ -23,7 +23,7 @@ from fedmq.node.agent import NodeAgent
 from fedmq.node.config import load_node_config
 from fedmq.shared.data import open_source
 from fedmq.shared.topicmap.model import BrokerSettings
-from test_federation import InThreadCoordinator
+from inprocess import InThreadCoordinator
 
 
 def _rss_mb() -> float:

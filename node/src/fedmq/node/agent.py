@@ -50,7 +50,12 @@ RECHECK_S = 10.0  # how often data with a problem is read and checked again
 RELOAD_S = 60.0  # how often a live source is read again between rounds (always at a round's start)
 STATUS_S = 60.0  # the status is published again at least this often while online (its last_seen)
 ROUND_STATUS_S = 10.0  # ... and after a round, at most this often (the coordinator flags 8 statuses a minute)
-GLOBAL_MODEL = "global-model.fmq"  # the node's copy of the latest global model, in its cache_dir
+
+
+def global_model_path(cache_dir: str, node_id: str) -> str:
+    """Where a node keeps its copy of the latest global model: one file per node id, so nodes sharing a
+    cache directory never touch each other's copy."""
+    return os.path.join(cache_dir, f"global-model-{node_id}.fmq")
 
 
 class NodeAgent:
@@ -80,7 +85,7 @@ class NodeAgent:
         if cfg.security.signing_key and cfg.security.keys:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir, self.log)
-        self.model_path = os.path.join(cfg.cache_dir, GLOBAL_MODEL)
+        self.model_path = global_model_path(cfg.cache_dir, cfg.node_id)
         for left in glob.glob(self.model_path + ".tmp.*"):  # a save cut short by SIGKILL or a power cut
             os.unlink(left)
         self.server: Optional["Server"] = None

@@ -28,7 +28,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ex = msub.add_parser("export", help="write the global model as a self-contained file",
                          description="Write the global model (weights, layout, feature scaling and feature names) "
                                      "as one file usable away from fedmq: from a checkpoint directory, a .fmq model "
-                                     "file (a node keeps <cache_dir>/global-model.fmq), or the broker's retained "
+                                     "file (a node keeps <cache_dir>/global-model-<node id>.fmq), or the broker's retained "
                                      "model (--from-broker NODE.yaml, verified with that node's keys).",
                          epilog="examples:\n  fedmq model export checkpoints/ -o occupancy.npz\n"
                                 "  fedmq model export --from-broker node.yaml -o occupancy.npz\n"

@@ -2,7 +2,7 @@
 away from fedmq.
 
 Sources: a coordinator's checkpoint directory, a ``.fmq`` model file (a node keeps the latest global model in
-``<cache_dir>/global-model.fmq``), or, with ``--from-broker NODE.yaml``, the retained global model on the
+``<cache_dir>/global-model-<node id>.fmq``), or, with ``--from-broker NODE.yaml``, the retained global model on the
 broker that node configuration names (its signature verified with the node's keys). Formats: ``npz``
 (weights, scaling and a JSON description; numpy only) and ``tflite`` for ``tflite`` kinds and the other
 layered kinds, through an exporter another distribution provides (the coordinator's, entry-point group

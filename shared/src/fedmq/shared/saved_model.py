@@ -163,7 +163,7 @@ def current_snapshot(directory: str) -> Optional[str]:
 
 
 def read_model(path: str) -> SavedModel:
-    """A model from a checkpoint directory, an envelope file (``model.fmq``, a node's ``global-model.fmq``)
+    """A model from a checkpoint directory, an envelope file (``model.fmq``, a node's ``global-model-<node id>.fmq``)
     or an .npz export; ModelFileError naming the file otherwise."""
     if os.path.isdir(path):
         snapshot = current_snapshot(path)
