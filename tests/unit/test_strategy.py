@@ -3,14 +3,16 @@
 import numpy as np
 import pytest
 
-from fedmq.coordinator.strategy import robust
 from fedmq.coordinator.strategy.clipping import clip_update
+from fedmq.coordinator.strategy.optimizer import make_optimizer
 from fedmq.coordinator.strategy.privacy import Accountant
-from fedmq.coordinator.strategy.server_opt import ServerOptimizer
+from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
+from fedmq.coordinator.strategy.rules.trimmed_mean import TrimmedMean
+from fedmq.coordinator.strategy.rules._krum import krum_scores
 from fedmq.node.privacy import privatize
 from fedmq.shared.codecs import Sparse, norm
 from fedmq.shared.messages import Control, TrainParams
-from fedmq.shared.topicmap import Privacy, Strategy, TopicMapError, parse_topic_map
+from fedmq.shared.topicmap import Privacy, TopicMapError, parse_topic_map
 
 from test_topicmap import GOOD
 
@@ -22,35 +24,34 @@ def honest_and_attackers(n_honest=8, n_bad=2, p=5, seed=0):
     return np.vstack([honest, bad]), np.ones(n_honest + n_bad)
 
 
-@pytest.mark.parametrize("strategy", [Strategy(aggregator="median"), Strategy(aggregator="trimmed_mean"),
-                                      Strategy(aggregator="krum", byzantine=2),
-                                      Strategy(aggregator="multi_krum", byzantine=2)])
-def test_robust_rules_ignore_a_minority_of_outliers(strategy):
+@pytest.mark.parametrize("rule,params", [("median", {}), ("trimmed_mean", {}), ("krum", {"byzantine": 2}),
+                                         ("multi_krum", {"byzantine": 2})])
+def test_robust_rules_ignore_a_minority_of_outliers(rule, params):
     rows, w = honest_and_attackers()
-    agg = robust.aggregate(strategy, rows, w, np.random.default_rng(0))
+    agg = make_rule(rule, params).aggregate(rows, w)
     np.testing.assert_allclose(agg, 1.0, atol=0.05)
     assert abs(rows.mean(axis=0) - 1.0).max() > 10  # what the mean would have been
 
 
 def test_buckets_average_shuffled_groups_and_divide_the_tolerated_attackers():
     rows, w = honest_and_attackers(n_honest=9, n_bad=1)
-    means, totals = robust.buckets(rows, w, 2, np.random.default_rng(0))
+    means, totals = buckets(rows, w, 2, np.random.default_rng(0))
     assert means.shape == (5, 5) and totals.tolist() == [2.0] * 5  # 10 rows in 5 buckets of 2
     np.testing.assert_allclose((means * totals[:, None]).sum(axis=0), (rows * w[:, None]).sum(axis=0))
-    strategy = Strategy(aggregator="median", bucket_size=2)
-    np.testing.assert_allclose(robust.aggregate(strategy, rows, w, np.random.default_rng(0)), 1.0, atol=0.05)
+    np.testing.assert_allclose(make_rule("median", {}).aggregate(means, totals), 1.0, atol=0.05)
     # 2 attackers in 10 may spoil 2 of 5 buckets: a trimmed mean cutting 1 at each end no longer holds
     rows, w = honest_and_attackers()
-    spoilt = robust.aggregate(Strategy(aggregator="trimmed_mean", bucket_size=2), rows, w, np.random.default_rng(0))
+    spoilt = make_rule("trimmed_mean", {}).aggregate(*buckets(rows, w, 2, np.random.default_rng(0)))
     assert abs(spoilt - 1.0).max() > 1
 
 
 def test_trimmed_mean_and_krum_refuse_too_few_updates():
-    with pytest.raises(robust.RobustError):
-        robust.krum_scores(np.zeros((3, 2)), byzantine=2)
-    with pytest.raises(robust.RobustError):
-        robust.trimmed_mean(np.zeros((2, 2)), 0.49 + 0.01)
-    np.testing.assert_allclose(robust.trimmed_mean(np.array([[1.0], [2.0], [30.0], [-40.0], [3.0]]), 0.2), [2.0])
+    with pytest.raises(RobustError):
+        krum_scores(np.zeros((3, 2)), byzantine=2)
+    with pytest.raises(RobustError):
+        TrimmedMean(0.49 + 0.01).aggregate(np.zeros((2, 2)), np.ones(2))
+    np.testing.assert_allclose(TrimmedMean(0.2).aggregate(np.array([[1.0], [2.0], [30.0], [-40.0], [3.0]]),
+                                                          np.ones(5)), [2.0])
 
 
 def test_clipping_scales_changes_of_dense_and_sparse_updates():
@@ -69,16 +70,15 @@ def test_clipping_scales_changes_of_dense_and_sparse_updates():
 
 def test_server_optimizers_follow_their_update_rules():
     x, d = {"w": np.zeros(2, np.float32)}, {"w": np.array([1.0, -2.0])}
-    np.testing.assert_allclose(ServerOptimizer(Strategy()).step(x, d)["w"], [1.0, -2.0])
-    m = ServerOptimizer(Strategy(server_optimizer="fedavgm", server_momentum=0.5))
+    np.testing.assert_allclose(make_optimizer("fedavg", 1.0, {}).step(x, d)["w"], [1.0, -2.0])
+    m = make_optimizer("fedavgm", 1.0, {"server_momentum": 0.5})
     m.step(x, d)
     np.testing.assert_allclose(m.step(x, d)["w"], [1.5, -3.0])  # v = 0.5 * d + d
-    s = Strategy(server_optimizer="fedadam", server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
-    got = ServerOptimizer(s).step(x, d)["w"]
+    got = make_optimizer("fedadam", 0.1, {"beta1": 0.9, "beta2": 0.99, "tau": 1e-3}).step(x, d)["w"]
     v = 0.99 * 1e-6 + 0.01 * np.array([1.0, 4.0])
     np.testing.assert_allclose(got, 0.1 * 0.1 * np.array([1.0, -2.0]) / (np.sqrt(v) + 1e-3), rtol=1e-5)
     for name in ("fedyogi", "fedadagrad"):
-        step = ServerOptimizer(Strategy(server_optimizer=name, server_lr=0.1)).step(x, d)["w"]
+        step = make_optimizer(name, 0.1, {}).step(x, d)["w"]
         assert np.sign(step).tolist() == [1.0, -1.0]
 
 
@@ -99,11 +99,10 @@ def test_accountant_spends_more_with_more_rounds_and_less_with_sampling_and_nois
 
 
 def test_server_optimizer_moments_survive_a_restart():
-    s = Strategy(server_optimizer="fedadam", server_lr=0.1)
     x, d = {"w": np.ones(3, np.float32)}, {"w": np.array([0.5, -1.0, 0.0])}
-    first = ServerOptimizer(s)
+    first = make_optimizer("fedadam", 0.1, {})
     x1 = first.step(x, d)
-    again = ServerOptimizer(s)
+    again = make_optimizer("fedadam", 0.1, {})
     again.restore(first.moments())
     assert set(first.moments()) == {"m/w", "v/w"}
     np.testing.assert_array_equal(again.step(x1, d)["w"], first.step(x1, d)["w"])
@@ -134,6 +133,89 @@ def test_strategy_section_is_read_and_checked():
         parse_topic_map(GOOD + "strategy: {aggregator: median, privacy: {clip_norm: 1.0}}\n")
     with pytest.raises(TopicMapError, match="clip_norm"):
         parse_topic_map(GOOD + "strategy: {privacy: {noise_multiplier: 1.0}}\n")
+
+
+@pytest.mark.parametrize("section,problem", [
+    ("{aggregator: geometric_median}", "strategy.aggregator: must be one of fedavg, krum, median, multi_krum"),
+    ("{server_optimizer: sgd}", "strategy.server_optimizer: must be one of fedadagrad, fedadam, fedavg, fedavgm"),
+    ("{aggregator: trimmed_mean, trim_fraction: 0.6}", "strategy.trim_fraction: must be at most 0.49"),
+    ("{aggregator: krum, byzantine: two}", "strategy.byzantine: must be an integer"),
+    ("{aggregator: krum, byzantin: 2}", "did you mean 'byzantine'"),
+    ("{server_optimizer: fedadam, beta3: 0.5}", "strategy.beta3: unknown key"),
+])
+def test_component_names_and_parameters_are_checked_with_file_line_and_fix(section, problem):
+    with pytest.raises(TopicMapError) as err:
+        parse_topic_map(GOOD + f"strategy: {section}\n", "fed.yaml")
+    assert problem in str(err.value) and "fed.yaml:" in str(err.value)
+
+
+NEW_RULE = '''"""A rule of our own: the coordinate-wise mean of the updates inside the central quantiles."""
+
+import numpy as np
+
+from fedmq.coordinator.strategy.components import Param
+from fedmq.coordinator.strategy.rule import RobustRule
+
+
+class QuantileMean(RobustRule):
+    name = "quantile_mean"
+    params = (Param("quantile", float, 0.1, 0.0, 0.45, "the share ignored at each end"),)
+
+    def __init__(self, quantile: float) -> None:
+        self.quantile = quantile
+
+    def aggregate(self, rows, weights):
+        lo, hi = np.quantile(rows, [self.quantile, 1 - self.quantile], axis=0)
+        inside = (rows >= lo) & (rows <= hi)
+        return (rows * inside).sum(axis=0) / np.maximum(inside.sum(axis=0), 1)
+
+
+COMPONENT = QuantileMean
+'''
+
+
+def test_a_new_robust_rule_is_one_new_file_in_the_rules_folder(tmp_path, monkeypatch):
+    """A module dropped next to the built-in rules is found by name, its parameter checked and used."""
+    from fedmq.coordinator.strategy import rules
+    from fedmq.coordinator.strategy.rule import RULES
+
+    (tmp_path / "quantile_mean.py").write_text(NEW_RULE)
+    monkeypatch.setattr(rules, "__path__", [*rules.__path__, str(tmp_path)])  # the folder, as if added to it
+    monkeypatch.setattr(RULES, "_loaded", {})
+    tm = parse_topic_map(GOOD + "strategy: {aggregator: quantile_mean, quantile: 0.2}\n")
+    assert tm.strategy.robust and tm.strategy.params == {"quantile": 0.2}
+    rows, w = honest_and_attackers()
+    np.testing.assert_allclose(make_rule("quantile_mean", tm.strategy.params).aggregate(rows, w), 1.0, atol=0.05)
+    with pytest.raises(TopicMapError, match="strategy.quantile: must be at most 0.45"):
+        parse_topic_map(GOOD + "strategy: {aggregator: quantile_mean, quantile: 0.5}\n")
+
+
+def test_a_new_server_optimizer_is_one_new_file_in_the_optimizers_folder(tmp_path, monkeypatch):
+    from fedmq.coordinator.strategy import optimizers
+    from fedmq.coordinator.strategy.optimizer import OPTIMIZERS
+
+    (tmp_path / "fedsign.py").write_text('''"""signSGD on the server: the sign of the change."""
+
+import numpy as np
+
+from fedmq.coordinator.strategy.optimizer import ServerOptimizer
+
+
+class FedSign(ServerOptimizer):
+    name = "fedsign"
+
+    def direction(self, tensor, change):
+        return np.sign(change)
+
+
+COMPONENT = FedSign
+''')
+    monkeypatch.setattr(optimizers, "__path__", [*optimizers.__path__, str(tmp_path)])
+    monkeypatch.setattr(OPTIMIZERS, "_loaded", {})
+    tm = parse_topic_map(GOOD + "strategy: {server_optimizer: fedsign, server_lr: 0.5}\n")
+    opt = make_optimizer(tm.strategy.server_optimizer, tm.strategy.server_lr, tm.strategy.params)
+    x, d = {"w": np.zeros(2, np.float32)}, {"w": np.array([3.0, -0.1])}
+    np.testing.assert_allclose(opt.step(x, d)["w"], [0.5, -0.5])
 
 
 def test_topic_map_reads_async_edge_rounds_and_secure_aggregation():

@@ -24,10 +24,10 @@ from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.extras import require
 from fedmq.shared.messages import Control, TrainParams, encode_history, encode_metrics, history_rows
 from fedmq.coordinator.strategy import bounds as update_bounds
-from fedmq.coordinator.strategy import robust
 from fedmq.coordinator.strategy.vectors import flatten
 from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
-from fedmq.coordinator.strategy.server_opt import ServerOptimizer
+from fedmq.coordinator.strategy.optimizer import make_optimizer
+from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
 from fedmq.coordinator.strategy.vectors import unflatten
 from fedmq.shared.models import Weights, evaluate, expected_shapes, from_layers, initial_weights, to_layers
 from fedmq.shared.scaling import Scaling, rescale_first_layer
@@ -111,7 +111,9 @@ class RoundDriver:
                 self.log.warning("resuming from checkpoint %s: %d rounds done, model version %d",
                                  tm.checkpoint_dir, self.state.rounds_done, self.state.model_version)
         self.scaling = Scaling.from_meta(self.state.scaling, tm.model.features)
-        self.optimizer = ServerOptimizer(tm.strategy)
+        s = tm.strategy
+        self.optimizer = make_optimizer(s.server_optimizer, s.server_lr, s.params)
+        self.rule = make_rule(s.aggregator, s.params) if s.robust else None
         self.optimizer.restore(self.state.optimizer)
         privacy = tm.strategy.privacy
         self.accountant = Accountant(privacy) if privacy is not None and privacy.noise_multiplier > 0 else None
@@ -263,8 +265,9 @@ class RoundDriver:
             if update_bounds.calibrating(s, update_bounds.Bounds.from_wire(ctl.bounds), False):
                 reference = None if delta else flatten(self.weights, shapes).astype(np.float64)
                 rows = update_bounds.clip_rows(rows, reference, result.norms)
-            if s.robust:
-                flat = robust.aggregate(s, rows, weights, np.random.default_rng([self.tm.policy.seed, ctl.round, 7]))
+            if self.rule is not None:  # on the means of shuffled buckets when bucket_size > 1
+                rng = np.random.default_rng([self.tm.policy.seed, ctl.round, 7])
+                flat = self.rule.aggregate(*buckets(rows, weights, s.bucket_size, rng))
             else:
                 flat = (rows * weights[:, None]).sum(axis=0) / weights.sum()
             agg = unflatten(flat, shapes)
@@ -288,9 +291,9 @@ class RoundDriver:
         elif len(result.nodes) >= needed and result.sums.weight > 0:
             try:
                 change = self._change(ctl, result)
-            except robust.RobustError as exc:
-                raise FederationFailed(f"round {ctl.round}: {exc}; lower strategy.byzantine or trim_fraction, "
-                                       "or raise rounds.quorum") from None
+            except RobustError as exc:
+                raise FederationFailed(f"round {ctl.round}: {exc}; lower the rule's parameters (strategy."
+                                       "byzantine, trim_fraction, ...) or raise rounds.quorum") from None
             summary = self._summary(result)
             summary["selected"] = len(ctl.selected)
             if ctl.bounds:

@@ -88,13 +88,14 @@ def _scaling_line(tm: TopicMap) -> str:
 
 def _strategy_line(tm: TopicMap) -> str:
     s = tm.strategy
-    parts = [s.aggregator + {"trimmed_mean": f" (trim {s.trim_fraction:g} at each end)",
-                             "krum": f" (f = {s.byzantine})", "multi_krum": f" (f = {s.byzantine})"}.get(s.aggregator, "")]
+    parts = [s.aggregator]
     if s.clip_norm is not None:
         parts.append(f"changes clipped to {s.clip_norm:g}")
     if s.proximal_mu:
         parts.append(f"FedProx mu {s.proximal_mu:g}")
     parts.append(f"server optimizer {s.server_optimizer} (lr {s.server_lr:g})")
+    if s.params:
+        parts.append(", ".join(f"{k} {v}" for k, v in s.params.items()))
     if s.privacy is not None:
         p = s.privacy
         parts.append(f"{p.mode} DP: clip {p.clip_norm:g}, noise multiplier {p.noise_multiplier:g}, delta {p.delta:g}")

@@ -9,11 +9,12 @@ from fedmq.shared import data as data_sources
 from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.topicmap.model import (
     BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
-    TopicMap, Transport, AGGREGATORS, SCALING_MODES, ScalingPolicy, SERVER_OPTIMIZERS, AsyncSettings, Monitoring,
+    TopicMap, Transport, SCALING_MODES, ScalingPolicy, AsyncSettings, Monitoring,
     Privacy, SecureAggregation, Strategy,
 )
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.files import unreadable
+from fedmq.shared.plugins import plugins
 from fedmq.shared.topicmap.errors import ConfigIssue
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
@@ -21,6 +22,7 @@ from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
             "transport", "strategy", "scaling", "metrics", "tree")
+TOPIC_MAP_CHECKS = "fedmq.topic_map_checks"  # entry points: check(reader, raw section, topic map) -> None
 MAX_DEPTH = 32  # levels of groups below the root
 LEVEL_FIX = "use letters, digits, '-', '_' or '.'; no '+', '#', '/', and no leading '_' or '$'"
 
@@ -66,10 +68,14 @@ def _build(data: Any, r: Reader, state_dir: Optional[str] = None) -> TopicMap:
     scaling = _scaling(r, top.get("scaling"), r.line_of(top, "scaling"), strategy)
     monitoring = _monitoring(r, top.get("metrics"), r.line_of(top, "metrics"))
     r.raise_if_any()
-    return TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
-                    limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
-                    security=security, compression=compression, transport=transport, strategy=strategy,
-                    scaling=scaling, monitoring=monitoring)
+    tm = TopicMap(file=r.file, federation=federation, broker=broker, model=model, policy=policy,
+                  limits=limits, root=root, evaluation=evaluation, checkpoint_dir=checkpoint_dir,
+                  security=security, compression=compression, transport=transport, strategy=strategy,
+                  scaling=scaling, monitoring=monitoring)
+    for check in plugins(TOPIC_MAP_CHECKS):  # e.g. the coordinator checks the strategy's components
+        check.load()(r, top.get("strategy"), tm)
+    r.raise_if_any()
+    return tm
 
 
 def address_problem(value: object) -> Optional[str]:
@@ -296,16 +302,17 @@ def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Tr
         chunk_timeout_s=r.value(m, "chunk_timeout_s", "transport", float, 60.0, minimum=1.0))
 
 
-STRATEGY_KEYS = ("aggregator", "trim_fraction", "byzantine", "multi_krum_keep", "bucket_size", "clip_norm", "weight_cap", "proximal_mu",
-                 "server_optimizer", "server_lr", "server_momentum", "beta1", "beta2", "tau", "privacy", "mode", "partial_work",
-                 "async", "edge_rounds", "secure")
+# the section's own keys; any other key is a parameter of the chosen components, which the coordinator's
+# check (an entry point in TOPIC_MAP_CHECKS) validates
+STRATEGY_KEYS = ("aggregator", "bucket_size", "clip_norm", "weight_cap", "proximal_mu", "server_optimizer",
+                 "server_lr", "privacy", "mode", "partial_work", "async", "edge_rounds", "secure")
 MAX_EDGE_ROUNDS = 100
 
 
 def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strategy:
     if value is None:
         return Strategy()
-    m = r.mapping(value, "strategy", line, STRATEGY_KEYS)
+    m = r.mapping(value, "strategy", line, value.keys() if isinstance(value, dict) else ())
     p, d = "strategy", Strategy()
     privacy = None
     if m is not None and "privacy" in m:
@@ -317,21 +324,15 @@ def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strat
                           clip_norm=r.value(pm, "clip_norm", q, float, dp.clip_norm, minimum=1e-12),
                           delta=r.value(pm, "delta", q, float, dp.delta, minimum=1e-12, maximum=0.5))
     s = Strategy(
-        aggregator=r.value(m, "aggregator", p, str, d.aggregator, choices=AGGREGATORS),
-        trim_fraction=r.value(m, "trim_fraction", p, float, d.trim_fraction, minimum=0.0, maximum=0.49),
-        byzantine=r.value(m, "byzantine", p, int, d.byzantine, minimum=0),
-        multi_krum_keep=r.value(m, "multi_krum_keep", p, int, None, minimum=1),
+        aggregator=r.value(m, "aggregator", p, str, d.aggregator),
         bucket_size=r.value(m, "bucket_size", p, int, d.bucket_size, minimum=1, maximum=1000),
         **_bound(r, m, "clip_norm", privacy is not None, "a positive number (the L2 norm every change is clipped to)"),
         **_bound(r, m, "weight_cap", privacy is not None, "a positive number of samples"),
         proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0),
         partial_work=r.value(m, "partial_work", p, bool, d.partial_work),
-        server_optimizer=r.value(m, "server_optimizer", p, str, d.server_optimizer, choices=SERVER_OPTIMIZERS),
+        server_optimizer=r.value(m, "server_optimizer", p, str, d.server_optimizer),
         server_lr=r.value(m, "server_lr", p, float, d.server_lr, minimum=1e-12),
-        server_momentum=r.value(m, "server_momentum", p, float, d.server_momentum, minimum=0.0, maximum=0.999),
-        beta1=r.value(m, "beta1", p, float, d.beta1, minimum=0.0, maximum=0.999),
-        beta2=r.value(m, "beta2", p, float, d.beta2, minimum=0.0, maximum=0.9999),
-        tau=r.value(m, "tau", p, float, d.tau, minimum=1e-12),
+        params={k: v for k, v in (m or {}).items() if k not in STRATEGY_KEYS},
         privacy=privacy,
         mode=r.value(m, "mode", p, str, d.mode, choices=("sync", "async")),
         asynchronous=_async(r, m),

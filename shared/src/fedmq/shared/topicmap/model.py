@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from fedmq.shared.codecs import Codec
 
@@ -109,11 +109,6 @@ class Compression:
     model: str = "raw"
 
 
-AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum", "multi_krum")
-ROBUST = AGGREGATORS[1:]
-SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
-
-
 @dataclass(frozen=True)
 class Privacy:
     """Client-level differential privacy: every update's change clipped to ``clip_norm`` and Gaussian noise
@@ -156,21 +151,20 @@ class Strategy:
     """How updates become the next global model (docs/topic-map.md, ``strategy``).
 
     ``aggregator``: ``fedavg`` (sample-weighted mean, streamed as sums up the tree) or a Byzantine-robust
-    rule computed at the root over every update (``median``, ``trimmed_mean`` cutting ``trim_fraction``
-    at each end, ``krum`` / ``multi_krum`` tolerating ``byzantine`` attackers and averaging the
-    ``multi_krum_keep`` best), over the means of shuffled buckets of ``bucket_size`` updates. Every update's change is clipped to ``clip_norm`` (``clip_auto``: to the
+    rule computed at the root over every update (the coordinator's rules: ``median``, ``trimmed_mean``,
+    ``krum``, ``multi_krum`` and any plugged in), over the means of shuffled buckets of ``bucket_size``
+    updates. ``params`` holds the other keys of the section, the parameters of the chosen rule and server
+    optimizer (``trim_fraction``, ``byzantine``, ``server_momentum``, ...): the coordinator's components
+    declare and check them (fedmq.coordinator.strategy). Every update's change is clipped to ``clip_norm`` (``clip_auto``: to the
     previous round's median change norm) and its weight capped at ``weight_cap`` (``weight_auto``: twice the
     median sample count the nodes report); see fedmq.coordinator.strategy.bounds. ``proximal_mu`` is FedProx's
     mu, sent to nodes with each round. The server optimizer treats the aggregated change as a
     pseudo-gradient (Reddi et al. 2021): ``fedavg`` applies it, ``fedavgm`` with momentum, ``fedadam``,
-    ``fedyogi`` and ``fedadagrad`` adaptively. ``mode`` is ``sync`` (rounds) or ``async`` (FedBuff,
+    ``fedyogi`` and ``fedadagrad`` adaptively, at rate ``server_lr``. ``mode`` is ``sync`` (rounds) or ``async`` (FedBuff,
     ``asynchronous``); ``edge_rounds`` HierFAVG's schedule per level; ``secure`` secure aggregation.
     """
 
     aggregator: str = "fedavg"
-    trim_fraction: float = 0.2
-    byzantine: int = 0
-    multi_krum_keep: Optional[int] = None
     bucket_size: int = 1  # robust rules: applied to means of shuffled buckets of this many updates (1: off)
     clip_norm: Optional[float] = None
     clip_auto: bool = True
@@ -180,10 +174,7 @@ class Strategy:
     partial_work: bool = False  # FedProx: nodes short of time send the epochs they managed
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
-    server_momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)  # the chosen components' parameters
     privacy: Optional[Privacy] = None
     mode: str = "sync"
     asynchronous: AsyncSettings = field(default_factory=AsyncSettings)
@@ -198,7 +189,7 @@ class Strategy:
     @property
     def robust(self) -> bool:
         """True when the rule needs every update, not just their sums."""
-        return self.aggregator in ROBUST
+        return self.aggregator != "fedavg"
 
     @property
     def clip(self) -> Optional[float]:

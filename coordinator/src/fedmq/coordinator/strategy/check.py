@@ -1,0 +1,40 @@
+"""The topic map's ``strategy`` section checked against the installed components: the names of the rule and
+the server optimizer, and every parameter key with the type and bounds its component declares. Runs inside
+``load_topic_map`` (the ``fedmq.topic_map_checks`` entry point), so problems carry file, line, key and fix."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, Optional, Tuple
+
+from fedmq.coordinator.strategy.components import Param
+from fedmq.coordinator.strategy.optimizer import OPTIMIZERS
+from fedmq.coordinator.strategy.rule import FEDAVG, RULES
+from fedmq.shared.topicmap import TopicMap
+from fedmq.shared.topicmap.loader import STRATEGY_KEYS
+from fedmq.shared.topicmap.reader import Reader
+
+EXTEND = "; a rule or optimizer of your own is one module (docs/extending.md)"
+
+
+def check_strategy(r: Reader, raw: Any, tm: TopicMap) -> None:
+    """Record every problem of the strategy's components in ``r``."""
+    s = tm.strategy
+    m: Optional[dict] = raw if isinstance(raw, dict) else None
+    for key, name, names in (("aggregator", s.aggregator, [FEDAVG, *RULES.names()]),
+                             ("server_optimizer", s.server_optimizer, OPTIMIZERS.names())):
+        if name not in names:
+            r.error(r.line_of(m, key), f"strategy.{key}", f"must be one of {', '.join(names)}, not {name!r}",
+                    f"pick one of {', '.join(names)}" + EXTEND)
+    known: Dict[str, Tuple[str, Param]] = {**RULES.all_params(), **OPTIMIZERS.all_params()}
+    for key in s.params:
+        if key not in known:
+            close = difflib.get_close_matches(key, [*STRATEGY_KEYS, *known], n=1)
+            r.error(r.line_of(m, key), f"strategy.{key}", "unknown key (neither a strategy key nor a parameter of "
+                    "an installed rule or server optimizer)",
+                    f"did you mean '{close[0]}'?" if close else f"strategy keys: {', '.join(STRATEGY_KEYS)}; "
+                    f"parameters: {', '.join(sorted(known))}")
+            continue
+        param = known[key][1]
+        r.value(m, key, "strategy", param.kind, param.default, minimum=param.minimum, maximum=param.maximum,
+                fix=f"{param.help} ({known[key][0]})" if param.help else "")

@@ -1,0 +1,1 @@
+"""The built-in robust rules, one module each (the module's name is the rule's): see ``rule.py``."""
