@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Set
 
-from fedmq.broker.bridge import site_groups
 from fedmq.shared.chunks import chunk_filter
 from fedmq.shared.identities import COORDINATOR, OBSERVERS, edge_id
 from fedmq.shared.topicmap import TopicMap
@@ -41,7 +40,7 @@ def node_rules(t: Topics, node: str, group: GroupPath) -> List[str]:
             f"topic write {t.update(group, node)}",
             f"topic write {t.status(group, node)}",
             f"topic read {t.model()}",
-            f"topic read {t.model_file('#').rsplit('/', 1)[0]}/#",
+            f"topic read {t.files_filter()}",
             f"topic read {t.control(group)}",
             f"topic write {t.secagg_in(group, node)}",
             f"topic read {t.secagg_all(group)}",
@@ -61,11 +60,12 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
 
 
 def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[str], tokens: List[str]) -> List[str]:
-    lines = [f"user {COORDINATOR}", f"topic read {t.base}/#", f"topic write {t.model()}", f"topic write {t.base}/_file/#",
+    lines = [f"user {COORDINATOR}", f"topic read {t.everything()}", f"topic write {t.model()}",
+             f"topic write {t.files_filter()}",
              f"topic write {t.metrics()}", f"topic write {t.round_state()}", f"topic write {t.history()}",
              f"topic write {t.enrol_reply('+')}"]
     for path in tm.groups():
-        lines += [f"topic write {t.control(path)}", f"topic write {t.group(path)}/_partial/+"]
+        lines += [f"topic write {t.control(path)}", f"topic write {t.leaves(path, 'partial')}"]
         lines += _aggregator_writes(t, path)
     # the observers (fedmq status, fedmq dashboard): statuses, round progress and summaries; they write nothing
     observing = [f"topic read {t.metrics()}", f"topic read {t.round_state()}", f"topic read {t.history()}",
@@ -78,17 +78,17 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
             continue
         rules: List[str] = []
         for p in _served(tm, path):
-            g = t.group(p)
-            rules += [f"topic read {g}/_update/+", f"topic readwrite {g}/_partial/+", f"topic read {g}/_status/+",
-                      f"topic readwrite {g}/_control", f"topic read {g}/_secagg/+", *_aggregator_writes(t, p)]
+            rules += [f"topic read {t.leaves(p, 'update')}", f"topic readwrite {t.leaves(p, 'partial')}",
+                      f"topic read {t.status_filter(p)}", f"topic readwrite {t.control(p)}",
+                      f"topic read {t.leaves(p, 'secagg')}", *_aggregator_writes(t, p)]
             rules += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
         rules += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
                   f"topic read {t.model()}"]
         if group.workers > 1:  # its workers tell each other which nodes they have aggregated
-            rules += [f"topic readwrite {t.group(path)}/_progress/+"]
+            rules += [f"topic readwrite {t.leaves(path, 'progress')}"]
         if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
-            rules += [f"topic write {t.group(p)}/_status/+" for p in site_groups(tm, path)]
-            rules += [f"topic read {t.base}/_file/#"]
+            rules += [f"topic write {t.status_filter(p)}" for p in tm.site_groups(path)]
+            rules += [f"topic read {t.files_filter()}"]
         for worker in range(group.workers):  # each worker process is a user of its own, with the same rights
             if edge_id(path, worker) not in revoked:  # a revoked edge keeps no user (and so no right)
                 lines += [f"user {edge_id(path, worker)}", *rules, ""]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
+from fedmq.broker.provision import client_config
 from fedmq.shared.chunks import chunk_filter
 from fedmq.shared.identities import edge_id
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, TopicMap
@@ -29,16 +30,6 @@ class Bridge:
     remote_base: str  # and on the parent broker: the bridge remaps one onto the other
 
 
-def site_groups(tm: TopicMap, site: GroupPath) -> List[GroupPath]:
-    """The groups whose broker is this site's: the site and its subtree minus nested sites."""
-    out, stack = [], [tm.groups()[site]]
-    while stack:
-        g = stack.pop()
-        out.append(g.path)
-        stack.extend(c for c in g.children if c.broker is None)
-    return sorted(out)
-
-
 def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None, auth: str = "mtls") -> Bridge:
     """The bridge from site ``site`` (a group with its own broker) to its parent's broker. With a provisioning
     directory the bridge logs in to the parent as the site's edge aggregator (TLS, its certificate or its
@@ -50,16 +41,14 @@ def bridge_for(tm: TopicMap, site: GroupPath, security_dir: Optional[str] = None
     parent = site[:-1]
     partial = t.partial(parent, site[-1])
     topics: List[Tuple[str, str]] = [
-        (t.model(), "in"), (chunk_filter(t.model()), "in"), (f"{t.base}/_file/#", "in"),
+        (t.model(), "in"), (chunk_filter(t.model()), "in"), (t.files_filter(), "in"),
         (t.control(parent), "in"),
         (partial, "out"), (chunk_filter(partial), "out"),
     ]
-    topics += [(f"{t.group(p)}/_status/+", "out") for p in site_groups(tm, site)]
+    topics += [(t.status_filter(p), "out") for p in tm.site_groups(site)]
     relative = tuple((pattern[len(t.base) + 1:], direction) for pattern, direction in topics)
     remote = tm.broker_for(parent)
     if security_dir is not None:
-        from fedmq.broker.provision import client_config
-
         cfg = client_config(security_dir, edge_id(site), auth=auth)["broker"]
         tls = cfg["tls"]
         remote = replace(remote, tls=TlsSettings(tls["ca_file"], tls.get("cert_file"), tls.get("key_file")),

@@ -16,7 +16,8 @@ import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
 from fedmq.coordinator.group import GroupAggregator, GroupResult
-from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.envelope import Envelope, Kind
+from fedmq.shared.signing import seal
 from fedmq.shared.messages import Control
 
 ModelKey = Tuple[Tuple[str, ...], int]  # (group path, () for the global model; version)
@@ -122,7 +123,7 @@ class ScheduledGroup(GroupAggregator):
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=ctl.round, attempt=ctl.attempt,
                        sender=self.group.name, model_version=version, tensors=tensors,
                        meta={"model": self.tm.model.to_meta(), "edge_round": self.step + 1})
-        self.publish(self.topics.group_model(self.group.path), self.auth.seal(env) if self.auth else encode(env), True)
+        self.publish(self.topics.group_model(self.group.path), seal(env, self.auth), True)
         self.set_group_model(self.group.path, version, self.model)
         return version
 

@@ -25,12 +25,12 @@ from fedmq.coordinator.secure_session import SecureSession
 from fedmq.coordinator.strategy.vectors import flatten, size, unflatten
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
-from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
+from fedmq.shared.envelope import Envelope, Kind, Rejected
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.messages import Control
 from fedmq.shared.models import expected_shapes
 from fedmq.shared.scaling import stats_shapes
-from fedmq.shared.signing import Auth, SignatureError, split
+from fedmq.shared.signing import Auth, open_envelope, seal
 from fedmq.shared.topicmap import Group, TopicMap
 
 Publish = Callable[[str, bytes, bool], None]
@@ -227,31 +227,13 @@ class GroupAggregator:
 
     def _open(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
         """The envelope if it decodes, is of ``kind`` and this federation, and comes (signed) from ``sender``."""
-        raw = split(payload)[0] if self.auth else payload
         try:
-            env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
-        except EnvelopeError as exc:
-            reason = "over size limit" if "over the limit" in str(exc) else (
-                "NaN or Inf" if "NaN" in str(exc) else "bad checksum" if "checksum" in str(exc) else "malformed")
-            self.rejections.reject(reason, topic, str(exc))
+            return open_envelope(payload, federation=self.tm.federation, kind=kind, sender=sender, auth=self.auth,
+                                 max_bytes=self.tm.limits.max_message_bytes,
+                                 signers=lambda env: (self._signer(kind, sender, env),))
+        except Rejected as exc:
+            self.rejections.reject(exc.reason, topic, str(exc))
             return None
-        problem = None
-        if env.kind != kind:
-            problem = ("wrong kind", f"{env.kind.name} on an {kind.name} topic")
-        elif env.federation != self.tm.federation:
-            problem = ("wrong federation", env.federation)
-        elif env.sender != sender:
-            problem = ("sender mismatch", f"header says {env.sender!r}, topic says {sender!r}")
-        if problem:
-            self.rejections.reject(problem[0], topic, problem[1])
-            return None
-        if self.auth is not None:
-            try:
-                self.auth.check(payload, raw, env, self._signer(kind, sender, env))
-            except SignatureError as exc:
-                self.rejections.reject(exc.reason, topic, str(exc))
-                return None
-        return env
 
     def _refused(self, topic: str, checks: List[Tuple[bool, str, str]]) -> bool:
         """Reject with the first failing check's reason; True if one failed."""
@@ -535,4 +517,4 @@ class GroupAggregator:
                              **({"norms": result.norms} if self.tm.strategy.clip_auto and ctl.task != "stats" else {})},
                        codec_params=(codecs.Codec() if ctl.task == "stats" else self._partial_codec).params())
         parent = self.group.path[:-1]
-        self.publish(self.topics.partial(parent, self.group.name), self.auth.seal(env) if self.auth else encode(env), False)
+        self.publish(self.topics.partial(parent, self.group.name), seal(env, self.auth), False)

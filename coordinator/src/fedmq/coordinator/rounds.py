@@ -20,7 +20,7 @@ from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
 from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
-from fedmq.shared.envelope import Envelope, Kind, encode
+from fedmq.shared.envelope import Envelope, Kind
 from fedmq.shared.extras import require
 from fedmq.shared.messages import Control, TrainParams, encode_history, encode_metrics, history_rows
 from fedmq.coordinator.strategy import bounds as update_bounds
@@ -31,7 +31,7 @@ from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
 from fedmq.coordinator.strategy.vectors import unflatten
 from fedmq.shared.models import Weights, evaluate, expected_shapes, from_layers, initial_weights, to_layers
 from fedmq.shared.scaling import Scaling, rescale_first_layer
-from fedmq.shared.signing import Auth
+from fedmq.shared.signing import Auth, seal
 from fedmq.shared.topicmap import TopicMap
 
 Publish = Callable[[str, bytes, bool], None]
@@ -164,7 +164,7 @@ class RoundDriver:
         self.root.set_model(self.state.model_version, {k: v.astype(np.float64) for k, v in tensors.items()})
         env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
                        model_version=self.state.model_version, tensors=tensors, meta=meta, codec=codec)
-        payload = self.auth.seal(env) if self.auth else encode(env)
+        payload = seal(env, self.auth)
         self.bytes_model = len(payload)
         self.publish(self.topics.model(), payload, True)
 

@@ -26,12 +26,12 @@ from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator import checkpoint
 from fedmq.coordinator.rounds import CheckpointFailed, FederationFailed, RoundDriver
 from fedmq.coordinator.tree import Membership, served_groups
-from fedmq.shared.envelope import EnvelopeError, decode
+from fedmq.shared.envelope import Kind
 from fedmq.shared.messages import Control, MessageError
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared import codecs
 from fedmq.shared.models import expected_shapes
-from fedmq.shared.signing import Auth, reload_keys, split
+from fedmq.shared.signing import Auth, open_envelope, reload_keys
 from fedmq.shared.mqtt import Message, MqttLink
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
@@ -105,19 +105,20 @@ class CoordinatorService:
             if self.metrics is not None and self.driver.state.rounds_done and tm.checkpoint_dir:
                 self.metrics.checkpoint_written(checkpoint.written_at(tm.checkpoint_dir))
         status_groups = tm.groups() if edge is None else self.groups
+        t = self.topics
         for path, agg in self.groups.items():
             if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
-                self.link.subscribe(f"$share/{share_name(tm.federation, path, share_key)}/{self.topics.group(path)}/_update/+")
-                self.link.subscribe(f"{self.topics.group(path)}/_progress/+")
+                self.link.subscribe(f"$share/{share_name(tm.federation, path, share_key)}/{t.leaves(path, 'update')}")
+                self.link.subscribe(t.leaves(path, "progress"))
             else:
-                self.link.subscribe(f"{self.topics.group(path)}/_update/+")
-            self.link.subscribe(f"{self.topics.group(path)}/_partial/+")
+                self.link.subscribe(t.leaves(path, "update"))
+            self.link.subscribe(t.leaves(path, "partial"))
             if tm.strategy.secure is not None:
-                self.link.subscribe(f"{self.topics.group(path)}/_secagg/+")
+                self.link.subscribe(t.leaves(path, "secagg"))
             if path:
-                self.link.subscribe(self.topics.control(path[:-1]))
+                self.link.subscribe(t.control(path[:-1]))
         for path in status_groups:
-            self.link.subscribe(f"{self.topics.group(path)}/_status/+")
+            self.link.subscribe(t.status_filter(path))
         self.link.subscribe(self.topics.model())
         self.enrolment: Optional[Enrolment] = None
         if edge is None and tm.security.dir:
@@ -154,7 +155,7 @@ class CoordinatorService:
         if retain:
             self.retained[topic] = payload
         self.link.publish(topic, payload, retain=retain)
-        if topic.endswith("/_control"):
+        if self.topics.parse_group(topic, "control") is not None:
             # Child groups in this process hear their parent's control at once, not after a broker round
             # trip: quicker, and the last "done" is relayed even though the process exits right after it.
             # The copy that comes back through the broker is recognised (same round and attempt).
@@ -259,8 +260,9 @@ class CoordinatorService:
         if msg.topic == t.model():
             self._on_model(msg.payload)
             return
-        if msg.topic.endswith("/_model"):
-            self._on_group_model(tuple(msg.topic[len(t.base) + 1 : -len("/_model")].split("/")), msg.payload, msg.topic)
+        group = t.parse_group(msg.topic, "model")
+        if group is not None:
+            self._on_group_model(group, msg.payload, msg.topic)
             return
         if not msg.retain and not msg.chunked and not self._admit(msg.topic):
             self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
@@ -292,7 +294,7 @@ class CoordinatorService:
             if state == "offline" and parsed[0] in self.groups:
                 self.groups[parsed[0]].node_offline(parsed[1])
             return
-        if msg.topic.endswith("/_control"):
+        if t.parse_group(msg.topic, "control") is not None:
             self._on_parent_control(msg)
 
     @staticmethod
@@ -313,14 +315,12 @@ class CoordinatorService:
 
     def _model_tensors(self, payload: bytes, topic: str, signers: Tuple[str, ...]) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
         """(version, float64 tensors) of a model envelope signed by one of ``signers``; None if rejected."""
-        raw = split(payload)[0] if self.auth else payload
         try:
-            env = decode(raw, max_bytes=self.tm.limits.max_message_bytes)
+            env = open_envelope(payload, federation=self.tm.federation, kind=Kind.MODEL, auth=self.auth,
+                                max_bytes=self.tm.limits.max_message_bytes, signers=signers, fresh=False)
             tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(self.tm.model))
-            if self.auth is not None:
-                self.auth.check_any(payload, raw, env, signers, fresh=False)
-        except (EnvelopeError, ValueError) as exc:
-            self.rejections.reject("malformed model", topic, str(exc))
+        except ValueError as exc:  # a Rejected names its reason; a codec problem is a malformed model
+            self.rejections.reject(getattr(exc, "reason", "malformed model"), topic, str(exc))
             return None
         return env.model_version, codecs.to_dense(tensors, np.float64)
 
@@ -340,7 +340,7 @@ class CoordinatorService:
                     agg.set_group_model(path, *model)
 
     def _on_parent_control(self, msg: Message) -> None:
-        parent = tuple(msg.topic[len(self.topics.base) + 1 : -len("/_control")].split("/")) if msg.topic != self.topics.control(()) else ()
+        parent = self.topics.parse_group(msg.topic, "control") or ()
         try:
             ctl = Control.decode(msg.payload)
         except MessageError as exc:

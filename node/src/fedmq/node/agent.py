@@ -29,7 +29,7 @@ from fedmq.node.privacy import privatize
 from fedmq.shared import PROTOCOL_REVISION, __version__, codecs
 from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.datacheck import checked_data
-from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, encode
+from fedmq.shared.envelope import Envelope, EnvelopeError, Kind
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.logs import Context
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
@@ -38,7 +38,7 @@ from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes
 from fedmq.shared.scaling import Scaling, local_stats
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
-from fedmq.shared.signing import Auth, reload_keys
+from fedmq.shared.signing import Auth, reload_keys, seal
 from fedmq.shared.topicmap import ModelSpec
 from fedmq.shared.topics import Topics
 
@@ -250,7 +250,7 @@ class NodeAgent:
         try:
             if msg.topic == self.topics.model():
                 self._on_model(msg.payload)
-            elif msg.topic.endswith("/_model"):
+            elif self.topics.parse_group(msg.topic, "model") is not None:
                 self._on_group_model(msg.topic, msg.payload)
             elif msg.topic in self.secagg_topics:
                 self._on_secagg(msg.payload)
@@ -488,7 +488,7 @@ class NodeAgent:
                        sender=self.cfg.node_id, model_version=ctl.model_version, tensors=tensors, samples=samples,
                        metrics=metrics, codec=codec.name, codec_params=codec.params())
         try:
-            payload = self.auth.seal(env) if self.auth else encode(env)
+            payload = seal(env, self.auth)
             topic = self.topics.update(self.cfg.group, self.cfg.node_id)
             self.link.publish(topic, payload)
             self.last_update = ((ctl.round, ctl.attempt, ctl.model_version), topic, payload)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from fedmq.node.serve.config import ServeConfig, read_serve
+from fedmq.node.trainers.registry import trainer_names
 from fedmq.shared.data import source_class
 from fedmq.shared.topicmap import BrokerSettings, DataRef, Limits, SecuritySettings
 from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref, read_security
 from fedmq.shared.topicmap.reader import load_file
 from fedmq.shared.topics import level_problem
 
-TRAINERS = ("auto", "numpy", "sklearn", "tflite")
 NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
              "cache_dir", "security", "min_samples", "simulate_delay_s",
              "simulate_straggler", "simulate_attack", "serve")
@@ -66,7 +66,7 @@ def load_node_config(file: str) -> NodeConfig:
     base = os.path.dirname(os.path.abspath(file))
     broker = read_broker(r, m.get("broker"), "broker", r.line_of(m, "broker"), base)
     data_ref = read_data_ref(r, m.get("data"), "data", r.line_of(m, "data"), base)
-    trainer = r.value(m, "trainer", "", str, "auto", choices=TRAINERS)
+    trainer = r.value(m, "trainer", "", str, "auto", choices=trainer_names())
     max_bytes = r.value(m, "max_message_bytes", "", int, Limits.max_message_bytes, minimum=1024)
     max_payload = r.value(m, "max_payload_bytes", "", int, None, minimum=1024,
                           fix="the largest MQTT payload this device or its broker takes, e.g. 131072")

@@ -8,10 +8,10 @@ from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 from fedmq.shared import codecs
-from fedmq.shared.envelope import Envelope, Kind, decode
+from fedmq.shared.envelope import Envelope, Kind
 from fedmq.shared.models import Weights, expected_shapes, spec_from_meta
 from fedmq.shared.saved_model import SavedModel, from_envelope
-from fedmq.shared.signing import Auth, split
+from fedmq.shared.signing import Auth, open_envelope
 from fedmq.shared.topicmap import ModelSpec
 
 
@@ -19,13 +19,9 @@ def open_model(payload: bytes, federation: str, max_bytes: int, auth: Optional[A
                spec: Optional[ModelSpec] = None
                ) -> Tuple[Envelope, ModelSpec, Dict[str, codecs.Decoded]]:
     """The envelope, its model spec (``spec``, or the one its ``meta.model`` carries) and its tensors;
-    EnvelopeError, SignatureError or ValueError saying what is wrong."""
-    raw = split(payload)[0] if auth else payload
-    env = decode(raw, max_bytes=max_bytes)
-    if env.kind != Kind.MODEL or env.federation != federation:
-        raise ValueError(f"not a model of federation {federation!r}")
-    if auth is not None:
-        auth.check_any(payload, raw, env, signers, fresh=False)
+    a Rejected (EnvelopeError, EnvelopeRefused, SignatureError) or ValueError saying what is wrong."""
+    env = open_envelope(payload, federation=federation, kind=Kind.MODEL, max_bytes=max_bytes, auth=auth,
+                        signers=signers, fresh=False)
     spec = spec or spec_from_meta(env.meta.get("model"))
     return env, spec, codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(spec))
 

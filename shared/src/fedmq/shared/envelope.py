@@ -67,8 +67,23 @@ class Kind(enum.IntEnum):
     PARTIAL = 3
 
 
-class EnvelopeError(ValueError):
+class Rejected(ValueError):
+    """A message refused: ``reason`` is its short, stable name (the label of the rejections counter and of
+    ``fedmq_rejections_total``), the message says what exactly was wrong."""
+
+    default_reason = "malformed"
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or self.default_reason
+
+
+class EnvelopeError(Rejected):
     """A payload that is not a valid protocol v1 envelope; the message says why."""
+
+
+class EnvelopeRefused(Rejected):
+    """A valid envelope that is not what the topic it came on expects (kind, federation, sender)."""
 
 
 @dataclass
@@ -170,7 +185,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     """
     n = len(data)
     if max_bytes is not None and n > max_bytes:
-        raise EnvelopeError(f"message is {n} bytes, over the limit of {max_bytes}")
+        raise EnvelopeError(f"message is {n} bytes, over the limit of {max_bytes}", "over size limit")
     if n < PREFIX_LEN + CRC_LEN:
         raise EnvelopeError(f"truncated: {n} bytes is shorter than the fixed {PREFIX_LEN + CRC_LEN}")
     magic, version, kind, flags, hlen, blen = PREFIX.unpack_from(data, 0)
@@ -189,7 +204,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
         raise EnvelopeError(f"length mismatch: header says {expected} bytes in all, message has {n}")
     (crc,) = struct.unpack_from("<I", data, n - CRC_LEN)
     if zlib.crc32(memoryview(data)[: n - CRC_LEN]) & 0xFFFFFFFF != crc:
-        raise EnvelopeError("checksum mismatch (corrupted message)")
+        raise EnvelopeError("checksum mismatch (corrupted message)", "bad checksum")
     try:
         header = json.loads(
             bytes(data[PREFIX_LEN : PREFIX_LEN + hlen]).decode("utf-8"),
@@ -260,7 +275,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
             arr = arr.copy()
             arr.flags.writeable = False
         if require_finite and dt.kind == "f" and count and not np.isfinite(arr).all():
-            raise EnvelopeError(f"tensor {name!r} contains NaN or Inf")
+            raise EnvelopeError(f"tensor {name!r} contains NaN or Inf", "NaN or Inf")
         tensors[name] = arr
         offset += nbytes
     if offset != end:

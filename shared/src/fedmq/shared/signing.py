@@ -20,9 +20,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from fedmq.shared.envelope import Envelope, encode
+from fedmq.shared.envelope import Envelope, EnvelopeRefused, Kind, Rejected, decode, encode
 
 MAGIC = b"FSIG"
 NONCE_LEN = 16
@@ -30,12 +30,11 @@ SIG_LEN = 64
 TRAILER_LEN = len(MAGIC) + NONCE_LEN + SIG_LEN
 
 
-class SignatureError(ValueError):
+class SignatureError(Rejected):
     """A message whose signature is missing, invalid, from an unknown signer, or replayed."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason, reason)
 
 
 def _message(federation: str, round_: int, signer: str, kind: int, envelope: bytes, nonce: bytes) -> bytes:
@@ -207,3 +206,32 @@ class Auth:
             except SignatureError as exc:
                 error = exc
         raise error
+
+
+def seal(env: Envelope, auth: Optional[Auth]) -> bytes:
+    """The bytes to publish for ``env``: signed by ``auth``'s identity where the federation signs, else plain."""
+    return auth.seal(env) if auth is not None else encode(env)
+
+
+Signers = Union[Sequence[str], Callable[[Envelope], Sequence[str]]]
+
+
+def open_envelope(payload: bytes, *, federation: str, kind: Kind, max_bytes: int, auth: Optional[Auth],
+                  signers: Signers, sender: Optional[str] = None, fresh: bool = True) -> Envelope:
+    """The one way a received envelope is opened: decoded within ``max_bytes``, of ``kind`` and this
+    ``federation``, from ``sender`` where the topic names one, and, where the federation signs, signed by one of
+    ``signers`` (or of those ``signers(env)`` names); ``fresh`` refuses a replayed nonce (retained models are
+    checked by version instead). Raises a ``Rejected`` (EnvelopeError, EnvelopeRefused, SignatureError) whose
+    ``reason`` names the problem."""
+    raw = split(payload)[0] if auth is not None else payload
+    env = decode(raw, max_bytes=max_bytes)
+    if env.kind != kind:
+        raise EnvelopeRefused(f"{env.kind.name} on an {kind.name} topic", "wrong kind")
+    if env.federation != federation:
+        raise EnvelopeRefused(f"federation {env.federation!r}, not {federation!r}", "wrong federation")
+    if sender is not None and env.sender != sender:
+        raise EnvelopeRefused(f"header says {env.sender!r}, topic says {sender!r}", "sender mismatch")
+    if auth is not None:
+        auth.check_any(payload, raw, env, tuple(signers(env) if callable(signers) else signers), fresh=fresh)
+    return env
+

@@ -99,7 +99,20 @@ class Topics:
 
     def status_filter(self, path: Sequence[str]) -> str:
         """Every node status of one group."""
-        return f"{self.group(path)}/_status/+"
+        return self.leaves(path, "status")
+
+    def leaves(self, path: Sequence[str], kind: str) -> str:
+        """The filter for every ``<group>/_<kind>/<leaf>`` of one group (``update``, ``partial``, ``status``,
+        ``progress``, ``secagg``): what ``parse_last(topic, kind)`` splits."""
+        return f"{self.group(path)}/_{kind}/+"
+
+    def files_filter(self) -> str:
+        """Every model file."""
+        return f"{self.base}/_file/#"
+
+    def everything(self) -> str:
+        """Every topic of the federation."""
+        return f"{self.base}/#"
 
     def control(self, path: Sequence[str]) -> str:
         """Round control of a group, retained, JSON."""
@@ -132,6 +145,15 @@ class Topics:
     def secagg_to(self, path: Sequence[str], node: str) -> str:
         """The group aggregator's secure-aggregation messages to one node, QoS 1."""
         return f"{self.group(path)}/_secagg/_to/{node}"
+
+    def parse_group(self, topic: str, kind: str) -> Optional[GroupPath]:
+        """The group path of ``<group>/_<kind>`` (``model``, ``control``); None if it does not match."""
+        if topic == f"{self.base}/_{kind}":
+            return ()
+        if not topic.startswith(self.base + "/") or not topic.endswith(f"/_{kind}"):
+            return None
+        parts = topic[len(self.base) + 1 : -len(kind) - 2].split("/")
+        return tuple(parts) if all(p and not p.startswith("_") for p in parts) else None
 
     def parse_last(self, topic: str, kind: str) -> Optional[Tuple[GroupPath, str]]:
         """Split ``<group>/_<kind>/<leaf>`` into (group path, leaf); None if it does not match."""

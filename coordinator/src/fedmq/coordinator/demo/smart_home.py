@@ -162,7 +162,7 @@ def _wait_for_gateways(watcher: MqttLink, expected: int, timeout: float) -> int:
     end = time.monotonic() + timeout
     while sum(s == "online" for s in online.values()) < expected and time.monotonic() < end:
         msg = watcher.get(timeout=0.2)
-        if msg is None or "/_status/" not in msg.topic:
+        if msg is None or not any(Topics(f).parse_last(msg.topic, "status") for f in FEDERATIONS.values()):
             continue
         try:
             status = Status.decode(msg.payload)

@@ -1,4 +1,5 @@
-"""The trainer interface and the factory that picks an implementation for a model kind."""
+"""The trainer interface: what a node needs from any local training backend (see ``registry`` for how one
+is found by name)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from fedmq.shared.messages import TrainParams
-from fedmq.shared.kinds import SKLEARN_KINDS
 from fedmq.shared.models import Weights, evaluate
 from fedmq.shared.topicmap import ModelSpec
 
@@ -26,6 +26,12 @@ class Trainer(abc.ABC):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
+    @classmethod
+    def create(cls, spec: ModelSpec, model_file: Optional[bytes]) -> "Trainer":
+        """A trainer for ``spec``; ``model_file`` is the model's file (a .tflite) where the kind has one.
+        TrainerUnavailable when this trainer cannot train that model here."""
+        return cls(spec)
+
     @abc.abstractmethod
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Load the global model."""
@@ -42,29 +48,3 @@ class Trainer(abc.ABC):
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
         """Loss and accuracy (or r2) of the current weights on (x, y)."""
         return evaluate(self.spec, self.get_weights(), x, y)
-
-
-def make_trainer(backend: str, spec: ModelSpec, tflite_file: Optional[bytes] = None) -> Trainer:
-    """The trainer for ``spec``: ``auto`` picks scikit-learn for its kinds, TFLite for ``tflite``
-    (which needs the model file), numpy for the rest."""
-    if backend == "auto":
-        backend = "sklearn" if spec.kind in SKLEARN_KINDS else "tflite" if spec.kind == "tflite" else "numpy"
-    if backend == "tflite":
-        if spec.kind != "tflite" or tflite_file is None:
-            raise TrainerUnavailable(f"the tflite trainer needs a tflite model and its file, not {spec.kind!r}")
-        from fedmq.node.trainers.tflite_model import TfliteTrainer
-
-        return TfliteTrainer(spec, tflite_file)
-    if backend == "numpy":
-        from fedmq.node.trainers.numpy_dense import NumpyDenseTrainer
-
-        return NumpyDenseTrainer(spec)
-    if backend == "sklearn":
-        try:
-            from fedmq.node.trainers.sklearn_models import SklearnTrainer
-        except ImportError:
-            raise TrainerUnavailable(
-                f"model kind {spec.kind!r} needs scikit-learn, which is not installed here: "
-                "pip install 'fedmq-node[sklearn]'") from None
-        return SklearnTrainer(spec)
-    raise TrainerUnavailable(f"unknown trainer {backend!r}")

@@ -9,11 +9,11 @@ name.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from fedmq.node.trainers.base import Trainer
+from fedmq.node.trainers.base import Trainer, TrainerUnavailable
 from fedmq.node.trainers.tflite_runtime import find_interpreter
 from fedmq.shared.messages import TrainParams
 from fedmq.shared.models import Weights, targets
@@ -71,6 +71,13 @@ class TfliteTrainer(Trainer):
         super().__init__(spec)
         self.model = TfliteModel(model)
         self._warned = False
+
+    @classmethod
+    def create(cls, spec: ModelSpec, model_file: Optional[bytes]) -> "TfliteTrainer":
+        """Needs a ``tflite`` model kind and its file."""
+        if spec.kind != "tflite" or model_file is None:
+            raise TrainerUnavailable(f"the tflite trainer needs a tflite model and its file, not {spec.kind!r}")
+        return cls(spec, model_file)
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         """Load the global model into the interpreter's variables."""

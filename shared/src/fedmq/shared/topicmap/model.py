@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from fedmq.shared.codecs import Codec
 
@@ -322,6 +322,15 @@ class TopicMap:
             if g is not None and g.broker is not None:
                 return g.broker
         return self.broker
+
+    def site_groups(self, site: GroupPath) -> List[GroupPath]:
+        """The groups whose broker is site ``site``'s: the site and its subtree minus nested sites."""
+        out, stack = [], [self.groups()[site]]
+        while stack:
+            g = stack.pop()
+            out.append(g.path)
+            stack.extend(c for c in g.children if c.broker is None)
+        return sorted(out)
 
     def group_of(self, node_id: str) -> Optional[Group]:
         """The group a node belongs to: the one naming it, else the deepest whose pattern admits it."""
