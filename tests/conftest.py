@@ -14,10 +14,8 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from fedhelp import ROOT, deploy_md_install  # noqa: E402
-from fedmq.broker.process import MosquittoProcess  # noqa: E402
+from fedhelp import ROOT, deploy_md_install
+from fedmq.broker.process import MosquittoProcess
 
 
 @dataclass

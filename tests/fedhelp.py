@@ -14,6 +14,29 @@ import yaml
 
 FED = "testfed"
 
+# a small valid topic map (unit tests of the topic map and of what reads it)
+GOOD_TOPIC_MAP = """\
+federation: home
+model:
+  kind: softmax_regression
+  features: 4
+  classes: [0, 1]
+rounds:
+  rounds: 3
+  quorum: 2
+tree:
+  nodes: [hub]
+  groups:
+    kitchen:
+      nodes: [k1, k2]
+    site-a:
+      groups:
+        building-1:
+          admit: ["b1-*"]
+          edge: true
+"""
+
+
 
 def blobs(n: int, seed: int, features: int = 8, classes: int = 3) -> "tuple[np.ndarray, np.ndarray]":
     """Separable Gaussian blobs: quick to learn, deterministic."""
@@ -73,6 +96,14 @@ def fedmq(args: List[str], log_path: str) -> subprocess.Popen:
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", *args], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def ctrl_c_default() -> None:
+    """``preexec_fn`` for a child a test stops with Ctrl-C (SIGINT): its default handling back, whatever the
+    test run inherited (a shell starts background jobs with SIGINT ignored, and children keep that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop(procs: List[subprocess.Popen]) -> None:
@@ -204,3 +235,20 @@ def start_nodes(paths: Dict[str, str], names: List[str], tmp_path, timeout: floa
             stop(list(procs.values()))
             raise
     return procs
+
+
+TWO_HOMES = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
+
+
+def tflite_federation(tmp_path, port, trainer, rounds=3):  # type: ignore[no-untyped-def]
+    """A federation of TWO_HOMES whose model kind is tflite, every node with ``trainer``."""
+    paths = write_federation(str(tmp_path), port, TWO_HOMES, rounds=rounds)
+    fed = yaml.safe_load(open(paths["topic_map"]))
+    fed["model"] = {"kind": "tflite", "features": 8, "classes": [0, 1, 2], "hidden": [6], "seed": 4,
+                    "options": {"output": "softmax", "momentum": 0.5}}
+    yaml.safe_dump(fed, open(paths["topic_map"], "w"))
+    for n in [n for ns in TWO_HOMES.values() for n in ns]:
+        cfg = yaml.safe_load(open(paths[n]))
+        cfg["trainer"] = trainer
+        yaml.safe_dump(cfg, open(paths[n], "w"))
+    return paths

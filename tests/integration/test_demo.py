@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from fedhelp import ctrl_c_default
+
 
 @pytest.mark.slow
 def test_demo_defaults_reach_90_percent_in_under_a_minute(tmp_path):
@@ -34,7 +36,8 @@ def test_demo_defaults_reach_90_percent_in_under_a_minute(tmp_path):
 @pytest.mark.slow
 def test_demo_ctrl_c_stops_everything(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "demo", "--rounds", "200", "--workdir",
-                             str(tmp_path / "w")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             str(tmp_path / "w")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ctrl_c_default)
     for line in proc.stdout:
         if line.startswith("round   2"):
             break

@@ -12,7 +12,7 @@ import yaml
 
 from fedhelp import checkpoint_state, fedmq, stop, wait_for, write_federation
 from fedmq.broker.process import MosquittoProcess
-from test_tflite_federation import GROUPS, tflite_federation
+from fedhelp import TWO_HOMES as GROUPS, tflite_federation
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 

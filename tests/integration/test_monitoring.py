@@ -15,7 +15,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import yaml
 
-from fedhelp import FED, fedmq, stop, wait_for, write_federation
+from fedhelp import FED, ctrl_c_default, fedmq, stop, wait_for, write_federation
 from fedmq.broker.process import MosquittoProcess
 from fedmq.broker.provision import client_config, provision
 from fedmq.shared.identities import MONITOR
@@ -170,7 +170,8 @@ def test_status_watch_follows_the_rounds_live(broker, tmp_path):
                              node_extra={"simulate_delay_s": 0.5})
     nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in ("a1", "a2")]
     watch = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--watch",
-                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             preexec_fn=ctrl_c_default)
     coord = None
     seen = []
     try:

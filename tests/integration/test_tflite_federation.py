@@ -6,31 +6,14 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 
-from fedhelp import FED, checkpoint_file, fedmq, stop, wait_for, wait_online, write_federation
+from fedhelp import FED, TWO_HOMES as GROUPS, checkpoint_file, fedmq, stop, tflite_federation, wait_for, wait_online
 from fedmq.shared.envelope import Envelope, Kind, decode, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
 from fedmq.coordinator.rounds import build_model_file
 from fedmq.shared.topicmap import BrokerSettings, ModelSpec, load_topic_map
 from fedmq.shared.topics import Topics
-
-GROUPS = {"home1": ["a1", "a2"], "home2": ["b1", "b2"]}
-
-
-def tflite_federation(tmp_path, port, trainer, rounds=3):
-    paths = write_federation(str(tmp_path), port, GROUPS, rounds=rounds)
-    fed = yaml.safe_load(open(paths["topic_map"]))
-    fed["model"] = {"kind": "tflite", "features": 8, "classes": [0, 1, 2], "hidden": [6], "seed": 4,
-                    "options": {"output": "softmax", "momentum": 0.5}}
-    yaml.safe_dump(fed, open(paths["topic_map"], "w"))
-    for n in [n for ns in GROUPS.values() for n in ns]:
-        cfg = yaml.safe_load(open(paths[n]))
-        cfg["trainer"] = trainer
-        yaml.safe_dump(cfg, open(paths[n], "w"))
-    return paths
-
 
 def run_federation(tmp_path, port, trainer):
     paths = tflite_federation(tmp_path, port, trainer)

@@ -14,7 +14,7 @@ from fedmq.shared.codecs import Sparse, norm
 from fedmq.shared.messages import Control, TrainParams
 from fedmq.shared.topicmap import Privacy, TopicMapError, parse_topic_map
 
-from test_topicmap import GOOD
+from fedhelp import GOOD_TOPIC_MAP as GOOD
 
 
 def honest_and_attackers(n_honest=8, n_bad=2, p=5, seed=0):

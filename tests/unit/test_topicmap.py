@@ -6,28 +6,9 @@ import textwrap
 
 import pytest
 
+from fedhelp import GOOD_TOPIC_MAP as GOOD
 from fedmq.shared.topicmap import TopicMapError, load_topic_map, parse_topic_map
 
-GOOD = """\
-federation: home
-model:
-  kind: softmax_regression
-  features: 4
-  classes: [0, 1]
-rounds:
-  rounds: 3
-  quorum: 2
-tree:
-  nodes: [hub]
-  groups:
-    kitchen:
-      nodes: [k1, k2]
-    site-a:
-      groups:
-        building-1:
-          admit: ["b1-*"]
-          edge: true
-"""
 
 
 def issues(text):
