@@ -105,7 +105,9 @@ class MemorySampler:
                 "processes": len(self.peaks)}
 
 
-def spawn(cmd: List[str], log: str, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> subprocess.Popen:
+def spawn(
+    cmd: List[str], log: str, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None
+) -> subprocess.Popen:
     """A child in its own session (so the sampler can find it and everything it starts)."""
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
@@ -145,6 +147,7 @@ def prepare_data(work: str) -> List[str]:
 
 # --- fedmq ------------------------------------------------------------------------------------------------
 
+
 def run_fedmq(work: str, rounds: int) -> Dict[str, float]:
     """Mosquitto + coordinator + 10 nodes, as the demo writes them (one group)."""
     from fedmq.broker.process import MosquittoProcess
@@ -152,10 +155,20 @@ def run_fedmq(work: str, rounds: int) -> Dict[str, float]:
     from fedmq.coordinator.demo.federation import set_port, write_federation
 
     train, test = digits(SEED)
-    layout = write_federation(work, train, test, nodes=NODES, groups=1, rounds=rounds, alpha=ALPHA, seed=SEED,
-                              model="softmax_regression", port=1, deadline_s=30,
-                              training={"local_epochs": EPOCHS, "batch_size": BATCH, "learning_rate": LR,
-                                        "min_nodes": NODES})
+    layout = write_federation(
+        work,
+        train,
+        test,
+        nodes=NODES,
+        groups=1,
+        rounds=rounds,
+        alpha=ALPHA,
+        seed=SEED,
+        model="softmax_regression",
+        port=1,
+        deadline_s=30,
+        training={"local_epochs": EPOCHS, "batch_size": BATCH, "learning_rate": LR, "min_nodes": NODES},
+    )
     report = os.path.join(work, "report.json")
     lo0, t0 = loopback_bytes(), time.monotonic()
     broker = MosquittoProcess(os.path.join(work, "broker"), persistence=False)
@@ -166,8 +179,10 @@ def run_fedmq(work: str, rounds: int) -> Dict[str, float]:
         set_port(layout, broker.port)
         fedmq_cmd = [sys.executable, "-m", "fedmq.shared.cli"]
         try:
-            coord = spawn(fedmq_cmd + ["coordinator", "run", layout.topic_map, "--fresh", "--quiet", "--report", report],
-                          os.path.join(work, "coordinator.log"))
+            coord = spawn(
+                fedmq_cmd + ["coordinator", "run", layout.topic_map, "--fresh", "--quiet", "--report", report],
+                os.path.join(work, "coordinator.log"),
+            )
             procs.append(coord)
             mem.add_session(coord.pid)
             for node, cfg in zip(layout.node_ids, layout.node_configs):
@@ -184,8 +199,13 @@ def run_fedmq(work: str, rounds: int) -> Dict[str, float]:
             broker.stop()
     bytes_lo = loopback_bytes() - lo0
     rep = json.load(open(report))
-    return {"wall_s": wall, "accuracy": rep["rounds"][-1]["accuracy"], "loopback_bytes": bytes_lo,
-            "rounds": len(rep["rounds"]), **mem.summary()}
+    return {
+        "wall_s": wall,
+        "accuracy": rep["rounds"][-1]["accuracy"],
+        "loopback_bytes": bytes_lo,
+        "rounds": len(rep["rounds"]),
+        **mem.summary(),
+    }
 
 
 # --- Flower -----------------------------------------------------------------------------------------------
@@ -269,8 +289,11 @@ def flower_venv(path: str) -> str:
     if not os.path.exists(os.path.join(bin_dir, "flower-superlink")):
         print(f"installing flwr {FLWR_VERSION} into {path} (once)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", path], check=True)
-        subprocess.run([os.path.join(bin_dir, "pip"), "install", "-q", f"flwr=={FLWR_VERSION}", "numpy"], check=True,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [os.path.join(bin_dir, "pip"), "install", "-q", f"flwr=={FLWR_VERSION}", "numpy"],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
     return bin_dir
 
 
@@ -285,7 +308,8 @@ def write_flower_app(app_dir: str, work: str, rounds: int) -> None:
     with open(os.path.join(pkg, "server_app.py"), "w") as fh:
         fh.write(SERVER_APP)
     with open(os.path.join(app_dir, "pyproject.toml"), "w") as fh:
-        fh.write(textwrap.dedent(f"""\
+        fh.write(
+            textwrap.dedent(f"""\
             [build-system]
             requires = ["hatchling"]
             build-backend = "hatchling.build"
@@ -311,9 +335,10 @@ def write_flower_app(app_dir: str, work: str, rounds: int) -> None:
             epochs = {EPOCHS}
             batch = {BATCH}
             lr = {LR}
-            test = "{os.path.join(work, 'data', 'test.npz')}"
-            out = "{os.path.join(work, 'flower-history.json')}"
-            """))
+            test = "{os.path.join(work, "data", "test.npz")}"
+            out = "{os.path.join(work, "flower-history.json")}"
+            """)
+        )
 
 
 def run_flower(work: str, rounds: int, venv: str, node_files: List[str]) -> Dict[str, float]:
@@ -325,7 +350,9 @@ def run_flower(work: str, rounds: int, venv: str, node_files: List[str]) -> Dict
     os.makedirs(home, exist_ok=True)
     port = free_port()
     with open(os.path.join(home, "config.toml"), "w") as fh:
-        fh.write(f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        fh.write(
+            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
     env = {**os.environ, "FLWR_HOME": home, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     history = os.path.join(work, "flower-history.json")
     procs: List[subprocess.Popen] = []
@@ -333,25 +360,45 @@ def run_flower(work: str, rounds: int, venv: str, node_files: List[str]) -> Dict
     with MemorySampler([]) as mem:
         try:
             # Flower 1.41: the Fleet and Control APIs are one HTTP server (--host/--port); state in memory.
-            link = spawn([os.path.join(bin_dir, "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                          "--port", str(port)],
-                         os.path.join(work, "superlink.log"), env)
+            link = spawn(
+                [os.path.join(bin_dir, "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)],
+                os.path.join(work, "superlink.log"),
+                env,
+            )
             procs.append(link)
             mem.add_session(link.pid)
             for i, data in enumerate(node_files):
-                p = spawn([os.path.join(bin_dir, "flower-supernode"), "--insecure", "--superlink",
-                           f"127.0.0.1:{port}", "--port", str(free_port()),
-                           "--node-config", f'data="{data}" seed={SEED + i}'],
-                          os.path.join(work, f"supernode{i}.log"), env)
+                p = spawn(
+                    [
+                        os.path.join(bin_dir, "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{port}",
+                        "--port",
+                        str(free_port()),
+                        "--node-config",
+                        f'data="{data}" seed={SEED + i}',
+                    ],
+                    os.path.join(work, f"supernode{i}.log"),
+                    env,
+                )
                 procs.append(p)
                 mem.add_session(p.pid)
             for _ in range(120):  # until the SuperLink's Control API answers
-                if subprocess.run([os.path.join(bin_dir, "flwr"), "ls", "bench"], env=env, cwd=app_dir,
-                                  capture_output=True).returncode == 0:
+                if (
+                    subprocess.run(
+                        [os.path.join(bin_dir, "flwr"), "ls", "bench"], env=env, cwd=app_dir, capture_output=True
+                    ).returncode
+                    == 0
+                ):
                     break
                 time.sleep(0.5)
-            run = spawn([os.path.join(bin_dir, "flwr"), "run", app_dir, "bench", "--stream"],
-                        os.path.join(work, "flwr-run.log"), env, cwd=app_dir)
+            run = spawn(
+                [os.path.join(bin_dir, "flwr"), "run", app_dir, "bench", "--stream"],
+                os.path.join(work, "flwr-run.log"),
+                env,
+                cwd=app_dir,
+            )
             procs.append(run)
             mem.add_session(run.pid)
             end = time.monotonic() + 3600
@@ -374,15 +421,25 @@ def run_flower(work: str, rounds: int, venv: str, node_files: List[str]) -> Dict
         finally:
             stop_all(procs)
     bytes_lo = loopback_bytes() - lo0
-    return {"wall_s": wall, "accuracy": done[-1]["accuracy"], "loopback_bytes": bytes_lo, "rounds": rounds,
-            **mem.summary()}
+    return {
+        "wall_s": wall,
+        "accuracy": done[-1]["accuracy"],
+        "loopback_bytes": bytes_lo,
+        "rounds": rounds,
+        **mem.summary(),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=10, help="FedAvg rounds (default 10)")
-    ap.add_argument("--flower-venv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".flower-venv"),
-                    help="where to install Flower (default bench/.flower-venv)")
+    ap.add_argument(
+        "--flower-venv",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".flower-venv"),
+        help="where to install Flower (default bench/.flower-venv)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory with every log")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="fedmq-vs-flower-")
@@ -390,24 +447,33 @@ def main() -> None:
         files = prepare_data(work)
         print(f"fedmq: Mosquitto + coordinator + {NODES} nodes, {args.rounds} rounds...", flush=True)
         f = run_fedmq(os.path.join(work, "fedmq"), args.rounds)
-        print(f"Flower {FLWR_VERSION} Deployment Engine: SuperLink + {NODES} SuperNodes, {args.rounds} rounds...",
-              flush=True)
+        print(
+            f"Flower {FLWR_VERSION} Deployment Engine: SuperLink + {NODES} SuperNodes, {args.rounds} rounds...",
+            flush=True,
+        )
         fl = run_flower(work, args.rounds, args.flower_venv, files)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"logs kept in {work}")
-    rows = [("wall time, s", "wall_s", "{:.1f}"), ("sum of per-process peak RSS, MB", "sum_of_peaks_mb", "{:.0f}"),
-            ("peak RSS of all processes at once, MB", "peak_total_mb", "{:.0f}"),
-            ("processes", "processes", "{:.0f}"), ("bytes on loopback", "loopback_bytes", "{:,.0f}"),
-            ("final accuracy", "accuracy", "{:.4f}")]
+    rows = [
+        ("wall time, s", "wall_s", "{:.1f}"),
+        ("sum of per-process peak RSS, MB", "sum_of_peaks_mb", "{:.0f}"),
+        ("peak RSS of all processes at once, MB", "peak_total_mb", "{:.0f}"),
+        ("processes", "processes", "{:.0f}"),
+        ("bytes on loopback", "loopback_bytes", "{:,.0f}"),
+        ("final accuracy", "accuracy", "{:.4f}"),
+    ]
     print(f"\n{'':40} {'fedmq':>14} {'Flower':>14} {'fedmq / Flower':>15}")
     for label, key, fmt in rows:
         ratio = f[key] / fl[key] if fl[key] else float("nan")
         print(f"{label:40} {fmt.format(f[key]):>14} {fmt.format(fl[key]):>14} {ratio:>15.3f}")
-    print(f"\nFlower takes {fl['wall_s'] / f['wall_s']:.1f}x the wall time and {fl['peak_total_mb'] / f['peak_total_mb']:.1f}x "
-          f"the memory; accuracy differs by {100 * (f['accuracy'] - fl['accuracy']):+.2f} points.")
+    print(
+        f"\nFlower takes {fl['wall_s'] / f['wall_s']:.1f}x the wall time and "
+        f"{fl['peak_total_mb'] / f['peak_total_mb']:.1f}x "
+        f"the memory; accuracy differs by {100 * (f['accuracy'] - fl['accuracy']):+.2f} points."
+    )
 
 
 if __name__ == "__main__":

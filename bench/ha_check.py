@@ -192,18 +192,38 @@ class Federation:
                 yaml.safe_dump(cfg, fh)
         self.topic_map = os.path.join(workdir, "federation.yaml")
         with open(self.topic_map, "w", encoding="utf-8") as fh:
-            yaml.safe_dump({"federation": FEDERATION, "broker": {"host": broker.host, "port": broker.port},
-                            "model": {"kind": "softmax_regression", "features": width(TASKS["occupancy"][0]), "classes": [0, 1]},
-                            "rounds": {"rounds": ROUNDS, "min_nodes": 2, "deadline_s": 20, "learning_rate": 0.1,
-                                       "local_epochs": 2, "wait_for_nodes_s": 60},
-                            "scaling": "federated", "checkpoint": {"dir": os.path.join(workdir, "checkpoints")},
-                            "tree": {"groups": {h: {"nodes": [f"{h}-gw"]} for h in self.homes}}}, fh)
+            yaml.safe_dump(
+                {
+                    "federation": FEDERATION,
+                    "broker": {"host": broker.host, "port": broker.port},
+                    "model": {
+                        "kind": "softmax_regression",
+                        "features": width(TASKS["occupancy"][0]),
+                        "classes": [0, 1],
+                    },
+                    "rounds": {
+                        "rounds": ROUNDS,
+                        "min_nodes": 2,
+                        "deadline_s": 20,
+                        "learning_rate": 0.1,
+                        "local_epochs": 2,
+                        "wait_for_nodes_s": 60,
+                    },
+                    "scaling": "federated",
+                    "checkpoint": {"dir": os.path.join(workdir, "checkpoints")},
+                    "tree": {"groups": {h: {"nodes": [f"{h}-gw"]} for h in self.homes}},
+                },
+                fh,
+            )
 
     def start_node(self, home: str) -> None:
         """Start (or start again) the gateway of ``home``."""
         log = open(os.path.join(self.workdir, f"{home}.log"), "ab")
-        self.nodes[home] = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "-v", "node", "run",
-                                             self.configs[home]], stdout=log, stderr=subprocess.STDOUT)
+        self.nodes[home] = subprocess.Popen(
+            [sys.executable, "-m", "fedmq.shared.cli", "-v", "node", "run", self.configs[home]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def publish(self, seconds: float) -> None:
         """The homes' next ``seconds`` of sensor readings (and the clock), as fast as the broker takes them."""
@@ -233,8 +253,13 @@ class Federation:
         self.wait_until_serving()
         self.publish(4 * 86400)
         with open(os.path.join(self.workdir, "coordinator.log"), "wb") as log:
-            subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "coordinator", "run", self.topic_map, "--fresh",
-                            "--quiet"], stdout=log, stderr=subprocess.STDOUT, check=True, timeout=300)
+            subprocess.run(
+                [sys.executable, "-m", "fedmq.shared.cli", "coordinator", "run", self.topic_map, "--fresh", "--quiet"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=300,
+            )
 
     def stop(self) -> None:
         """Stop every node left."""
@@ -247,10 +272,16 @@ class Federation:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run every check; 0 when all pass."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--venv", default="/var/tmp/fedmq-ha/venv", help="Home Assistant's virtual environment "
-                   "(created when missing; default /var/tmp/fedmq-ha/venv)")
-    p.add_argument("--python", default=shutil.which("python3.13") or "/root/.pyenv/versions/3.13.0/bin/python",
-                   help="the Python 3.13 to create it with")
+    p.add_argument(
+        "--venv",
+        default="/var/tmp/fedmq-ha/venv",
+        help="Home Assistant's virtual environment (created when missing; default /var/tmp/fedmq-ha/venv)",
+    )
+    p.add_argument(
+        "--python",
+        default=shutil.which("python3.13") or "/root/.pyenv/versions/3.13.0/bin/python",
+        help="the Python 3.13 to create it with",
+    )
     p.add_argument("--workdir", help="keep configurations and logs here (default: a temporary directory)")
     args = p.parse_args(argv)
     hass = ensure_venv(args.venv, args.python)
@@ -271,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         def get() -> Any:
             st = ha.state(entity)
             return st if st is not None and (not accepted or st["state"] in accepted) else None
+
         return get
 
     try:
@@ -281,42 +313,56 @@ def main(argv: Optional[List[str]] = None) -> int:
             fed.start_node(home)
         fed.train()
         for home in fed.homes:
-            pred = check(f"{home}: binary_sensor.{home}_gw_prediction is on or off",
-                         state_of(f"binary_sensor.{home}_gw_prediction", "on", "off"))
+            pred = check(
+                f"{home}: binary_sensor.{home}_gw_prediction is on or off",
+                state_of(f"binary_sensor.{home}_gw_prediction", "on", "off"),
+            )
             assert pred["attributes"].get("device_class") == "occupancy", pred
             assert "confidence" in pred["attributes"] and "probabilities" in pred["attributes"], pred
-            check(f"{home}: sensor.{home}_gw_model_version is {ROUNDS}",
-                  state_of(f"sensor.{home}_gw_model_version", str(ROUNDS)))
+            check(
+                f"{home}: sensor.{home}_gw_model_version is {ROUNDS}",
+                state_of(f"sensor.{home}_gw_model_version", str(ROUNDS)),
+            )
             check(f"{home}: sensor.{home}_gw_data_problem is none", state_of(f"sensor.{home}_gw_data_problem", "none"))
-            samples = check(f"{home}: sensor.{home}_gw_samples has a number",
-                            state_of(f"sensor.{home}_gw_samples"))
+            samples = check(f"{home}: sensor.{home}_gw_samples has a number", state_of(f"sensor.{home}_gw_samples"))
             assert float(samples["state"]) > 0, samples
-            accuracy = check(f"{home}: sensor.{home}_gw_local_accuracy is a percentage",
-                             state_of(f"sensor.{home}_gw_local_accuracy"))
+            accuracy = check(
+                f"{home}: sensor.{home}_gw_local_accuracy is a percentage", state_of(f"sensor.{home}_gw_local_accuracy")
+            )
             assert 0 <= float(accuracy["state"]) <= 100 and accuracy["attributes"]["unit_of_measurement"] == "%"
-            device = ha.template("{{ device_attr('binary_sensor.%s_gw_prediction', 'name') }}|"
-                                 "{{ device_attr('binary_sensor.%s_gw_prediction', 'sw_version') }}|"
-                                 "{{ device_entities(device_id('binary_sensor.%s_gw_prediction')) | length }}"
-                                 % (home, home, home))
+            device = ha.template(
+                "{{ device_attr('binary_sensor.%s_gw_prediction', 'name') }}|"
+                "{{ device_attr('binary_sensor.%s_gw_prediction', 'sw_version') }}|"
+                "{{ device_entities(device_id('binary_sensor.%s_gw_prediction')) | length }}" % (home, home, home)
+            )
             name, version, entities = device.split("|")
             assert name == f"{home} gateway" and version and int(entities) == 6, device
             print(f"ok  {home}: device {name!r} (fedmq {version}) with {entities} entities", flush=True)
         home = fed.homes[0]
         fed.nodes[home].send_signal(signal.SIGTERM)
         fed.nodes[home].wait(30)
-        check(f"{home} stopped (SIGTERM): its prediction is unavailable",
-              state_of(f"binary_sensor.{home}_gw_prediction", "unavailable"))
-        check(f"{home} stopped: its diagnostics are unavailable too",
-              state_of(f"sensor.{home}_gw_model_version", "unavailable"))
+        check(
+            f"{home} stopped (SIGTERM): its prediction is unavailable",
+            state_of(f"binary_sensor.{home}_gw_prediction", "unavailable"),
+        )
+        check(
+            f"{home} stopped: its diagnostics are unavailable too",
+            state_of(f"sensor.{home}_gw_model_version", "unavailable"),
+        )
         fed.start_node(home)  # the coordinator has finished: the node serves its saved model
         check(f"{home} started again: online", state_of(f"sensor.{home}_gw_model_version", str(ROUNDS)))
         fed.publish(2 * 3600)  # the home's sensors go on publishing
-        check(f"{home} started again with no coordinator: it predicts with its saved model",
-              state_of(f"binary_sensor.{home}_gw_prediction", "on", "off"))
+        check(
+            f"{home} started again with no coordinator: it predicts with its saved model",
+            state_of(f"binary_sensor.{home}_gw_prediction", "on", "off"),
+        )
         fed.nodes[home].kill()
         fed.nodes[home].wait(30)
-        check(f"{home} SIGKILLed: its prediction is unavailable (MQTT last will)",
-              state_of(f"binary_sensor.{home}_gw_prediction", "unavailable"), timeout=30)
+        check(
+            f"{home} SIGKILLed: its prediction is unavailable (MQTT last will)",
+            state_of(f"binary_sensor.{home}_gw_prediction", "unavailable"),
+            timeout=30,
+        )
         other = fed.homes[1]
         check(f"{other} is not affected", state_of(f"binary_sensor.{other}_gw_prediction", "on", "off"), timeout=5)
         print(f"PASS: every Home Assistant check ({time.monotonic() - t0:.0f} s)")

@@ -192,10 +192,15 @@ def run_case(params: int, n: int, profile: str = "") -> Dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=int, nargs="+", default=sorted(UPDATES), help="model sizes to measure")
-    ap.add_argument("--profile", default="", help="profile the coordinator at the first --params size into this HTML file "
-                                                  "(pyinstrument; pip install 'fedmq-coordinator[bench]')")
+    ap.add_argument(
+        "--profile",
+        default="",
+        help="profile the coordinator at the first --params size into this HTML file "
+        "(pyinstrument; pip install 'fedmq-coordinator[bench]')",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per model size; the median run is shown (default 3)")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -208,21 +213,34 @@ def main() -> None:
         else:
             publish(int(rest[0]), int(rest[1]), int(rest[2]), rest[3])
         return
-    print(f"{'params':>10} {'updates':>8} {'MB/update':>9} {'coordinator/s':>14} {'bare paho/s':>12} {'ratio':>6} "
-          f"{'coord RSS MB':>12} {'CPU us/msg coord':>16} {'bare':>5}", flush=True)
+    print(
+        f"{'params':>10} {'updates':>8} {'MB/update':>9} {'coordinator/s':>14} {'bare paho/s':>12} {'ratio':>6} "
+        f"{'coord RSS MB':>12} {'CPU us/msg coord':>16} {'bare':>5}",
+        flush=True,
+    )
     for params in args.params:
-        runs = [run_case(params, UPDATES.get(params, 200), args.profile if params == args.params[0] and i == 0 else "")
-                for i in range(args.repeat)]
+        runs = [
+            run_case(params, UPDATES.get(params, 200), args.profile if params == args.params[0] and i == 0 else "")
+            for i in range(args.repeat)
+        ]
         runs.sort(key=lambda r: r["coordinator_per_s"] / r["bare_per_s"])
         r = runs[len(runs) // 2]
-        print(f"{params:>10,} {r['updates']:>8} {r['mb_per_update']:>9.2f} {r['coordinator_per_s']:>14.1f} "
-              f"{r['bare_per_s']:>12.1f} {r['coordinator_per_s'] / r['bare_per_s']:>6.2f} "
-              f"{r['coordinator_rss_mb']:>12.1f} {r['coordinator_cpu_us']:>16.0f} {r['bare_cpu_us']:>5.0f}   (ratios of all runs: "
-              + ", ".join(f"{x['coordinator_per_s'] / x['bare_per_s']:.2f}" for x in runs) + ")", flush=True)
+        print(
+            f"{params:>10,} {r['updates']:>8} {r['mb_per_update']:>9.2f} {r['coordinator_per_s']:>14.1f} "
+            f"{r['bare_per_s']:>12.1f} {r['coordinator_per_s'] / r['bare_per_s']:>6.2f} "
+            f"{r['coordinator_rss_mb']:>12.1f} {r['coordinator_cpu_us']:>16.0f} {r['bare_cpu_us']:>5.0f}   "
+            "(ratios of all runs: "
+            + ", ".join(f"{x['coordinator_per_s'] / x['bare_per_s']:.2f}" for x in runs)
+            + ")",
+            flush=True,
+        )
     print("\npeak coordinator RSS against the number of updates (100k parameters):", flush=True)
     for n in RSS_COUNTS:
         r = run_case(100_000, n)
-        print(f"  {n:>4} updates: {r['coordinator_rss_mb']:.1f} MB (bare subscriber {r['bare_rss_mb']:.1f} MB)", flush=True)
+        print(
+            f"  {n:>4} updates: {r['coordinator_rss_mb']:.1f} MB (bare subscriber {r['bare_rss_mb']:.1f} MB)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,21 +27,33 @@ FLAVOURS: List[Tuple[str, List[str]]] = [
 
 def site_packages(venv: str) -> str:
     """The environment's site-packages directory."""
-    out = subprocess.run([os.path.join(venv, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [os.path.join(venv, "bin", "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.strip()
 
 
 def size(path: str) -> int:
     """Bytes of every file under ``path``."""
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs
-               if not os.path.islink(os.path.join(r, f)))
+    return sum(
+        os.path.getsize(os.path.join(r, f))
+        for r, _, fs in os.walk(path)
+        for f in fs
+        if not os.path.islink(os.path.join(r, f))
+    )
 
 
 def packages(venv: str) -> set:
     """Names of the installed distributions."""
-    out = subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "list", "--format", "json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [os.path.join(venv, "bin", "python"), "-m", "pip", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {p["name"].lower() for p in json.loads(out)}
 
 
@@ -54,8 +66,12 @@ def main() -> None:
         for name, args in FLAVOURS:
             venv = os.path.join(tmp, name.split()[0] + str(len(os.listdir(tmp))))
             subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-            subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", *args], cwd=ROOT, check=True,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [os.path.join(venv, "bin", "pip"), "install", "-q", *args],
+                cwd=ROOT,
+                check=True,
+                stderr=subprocess.DEVNULL,
+            )
             added = packages(venv) - base_packages
             mb = (size(site_packages(venv)) - base_size) / 1e6
             print(f"{name:<38} {' '.join(args):<44} {mb:>7.1f} {len(added):>9}", flush=True)

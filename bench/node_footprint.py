@@ -29,7 +29,12 @@ from fedmq.shared.messages import TrainParams
 from fedmq.shared.models import initial_weights
 from fedmq.shared.topicmap import load_topic_map
 
-CASES = [("numpy", "softmax_regression"), ("sklearn", "sgd_classifier"), ("numpy", "tflite-mlp"), ("tflite", "tflite-mlp")]
+CASES = [
+    ("numpy", "softmax_regression"),
+    ("sklearn", "sgd_classifier"),
+    ("numpy", "tflite-mlp"),
+    ("tflite", "tflite-mlp"),
+]
 
 
 def vm_hwm_kb(pid: int) -> int:
@@ -44,14 +49,32 @@ def vm_hwm_kb(pid: int) -> int:
 def measure(trainer: str, model: str, rounds: int, workdir: str) -> dict:
     train, test = digits(0)
     with MosquittoProcess(os.path.join(workdir, "broker")) as broker:
-        layout = write_federation(workdir, train, test, nodes=2, groups=1, rounds=rounds, alpha=0.5, seed=0,
-                                  model=model, port=broker.port, deadline_s=30, trainer=trainer)
+        layout = write_federation(
+            workdir,
+            train,
+            test,
+            nodes=2,
+            groups=1,
+            rounds=rounds,
+            alpha=0.5,
+            seed=0,
+            model=model,
+            port=broker.port,
+            deadline_s=30,
+            trainer=trainer,
+        )
         tm = load_topic_map(layout.topic_map)
         service = CoordinatorService(tm, fresh=True)
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
-        procs = [subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "node", "run", cfg, "--exit-when-done"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cfg in layout.node_configs]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "fedmq.shared.cli", "node", "run", cfg, "--exit-when-done"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for cfg in layout.node_configs
+        ]
         peak = 0
         while thread.is_alive() and procs[0].poll() is None:
             try:
@@ -76,9 +99,15 @@ def measure(trainer: str, model: str, rounds: int, workdir: str) -> dict:
         t0 = time.perf_counter()
         t.fit(data["x"], data["y"], params, rng)
         times.append(time.perf_counter() - t0)
-    return {"trainer": trainer, "model": model, "rss_mb": peak / 1024, "samples": len(data["y"]),
-            "epoch_ms": 1000 * float(np.median(times)), "file_bytes": len(file[1]) if file else 0,
-            "rounds": len(service.driver.state.history) if service.driver else 0}
+    return {
+        "trainer": trainer,
+        "model": model,
+        "rss_mb": peak / 1024,
+        "samples": len(data["y"]),
+        "epoch_ms": 1000 * float(np.median(times)),
+        "file_bytes": len(file[1]) if file else 0,
+        "rounds": len(service.driver.state.history) if service.driver else 0,
+    }
 
 
 INSTALLS = [("numpy", ""), ("sklearn", "[sklearn]"), ("tflite", "[tflite]")]
@@ -91,11 +120,29 @@ def installed_mb(extra: str, workdir: str) -> "tuple[float, int]":
     venv = os.path.join(workdir, "venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     py = os.path.join(venv, "bin", "python")
-    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--disable-pip-version-check",
-                    os.path.join(root, "shared"), os.path.join(root, "node") + extra], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            py,
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            os.path.join(root, "shared"),
+            os.path.join(root, "node") + extra,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     total = 0
     for dirpath, _, files in os.walk(site):
         total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
@@ -113,12 +160,17 @@ def main() -> None:
             mb, dists = installed_mb(extra, tmp)
         print(f"  {trainer:<8} fedmq-node{extra:<10} {mb:>7.1f} MB in {dists} distributions", flush=True)
     print(f"# {platform.machine()} python {platform.python_version()}, {os.cpu_count()} cores")
-    print(f"{'trainer':<8} {'model':<20} {'rounds':>6} {'peak RSS MB':>12} {'samples':>8} {'ms/epoch':>9} {'model file B':>13}")
+    print(
+        f"{'trainer':<8} {'model':<20} {'rounds':>6} {'peak RSS MB':>12} {'samples':>8} {'ms/epoch':>9} "
+        f"{'model file B':>13}"
+    )
     for trainer, model in CASES:
         with tempfile.TemporaryDirectory() as tmp:
             r = measure(trainer, model, args.rounds, tmp)
-        print(f"{r['trainer']:<8} {r['model']:<20} {r['rounds']:>6} {r['rss_mb']:>12.1f} {r['samples']:>8} "
-              f"{r['epoch_ms']:>9.2f} {r['file_bytes'] or '-':>13}")
+        print(
+            f"{r['trainer']:<8} {r['model']:<20} {r['rounds']:>6} {r['rss_mb']:>12.1f} {r['samples']:>8} "
+            f"{r['epoch_ms']:>9.2f} {r['file_bytes'] or '-':>13}"
+        )
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
     from fedmq.shared.topics import Topics
 
     work = tempfile.mkdtemp(prefix="fedmq-scale-")
-    broker = MosquittoProcess(os.path.join(work, "broker"), persistence=False, max_packet_bytes=64 * 1024 * 1024).start()
+    broker = MosquittoProcess(os.path.join(work, "broker"), persistence=False,
+                              max_packet_bytes=64 * 1024 * 1024).start()
     tm = os.path.join(work, "fed.yaml")
     write_topic_map(tm, broker.port, params, n, compression)
     ids = node_ids(n)
@@ -188,11 +189,16 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
         for w in range(0, len(ids), PER_WORKER):
             out = os.path.join(work, f"worker{w}.json")
             outs.append(out)
-            procs.append(subprocess.Popen(me + ["--role", "worker", str(broker.port), str(params), out, stop_file,
-                                                *ids[w:w + PER_WORKER]]))
-        coord = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "coordinator", "run", tm, "--fresh",
-                                  "--quiet"], stdout=open(os.path.join(work, "coordinator.log"), "wb"),
-                                 stderr=subprocess.STDOUT)
+            procs.append(
+                subprocess.Popen(
+                    me + ["--role", "worker", str(broker.port), str(params), out, stop_file, *ids[w : w + PER_WORKER]]
+                )
+            )
+        coord = subprocess.Popen(
+            [sys.executable, "-m", "fedmq.shared.cli", "coordinator", "run", tm, "--fresh", "--quiet"],
+            stdout=open(os.path.join(work, "coordinator.log"), "wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(coord)
         print(f"  {n} nodes in {len(procs) - 1} worker processes, coordinator log {work}/coordinator.log", flush=True)
         end = time.monotonic() + 900
@@ -204,11 +210,17 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
             applied[summary["round"]] = time.monotonic()
             if summary["round"] in (1, rounds):
                 assert broker.proc is not None
-                roles = {"coordinator": [coord.pid], "mosquitto": [broker.proc.pid],
-                         "simulated nodes": [p.pid for p in procs[:-1]]}
+                roles = {
+                    "coordinator": [coord.pid],
+                    "mosquitto": [broker.proc.pid],
+                    "simulated nodes": [p.pid for p in procs[:-1]],
+                }
                 cpu[summary["round"]] = {k: sum(cpu_seconds(p) for p in pids) for k, pids in roles.items()}
-            print(f"  round {summary['round']}: {summary['updates']} updates, {summary['seconds']:.2f} s start to "
-                  f"applied", flush=True)
+            print(
+                f"  round {summary['round']}: {summary['updates']} updates, {summary['seconds']:.2f} s start to "
+                f"applied",
+                flush=True,
+            )
         if len(applied) < rounds:
             raise RuntimeError(f"only {len(applied)} rounds were applied; see {work}")
     finally:
@@ -233,12 +245,19 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--nodes", type=int, default=1000, help="number of nodes (a multiple of 20; default 1000)")
     ap.add_argument("--params", type=int, nargs="+", default=[10_000, 100_000], help="model sizes")
     ap.add_argument("--rounds", type=int, default=4, help="rounds per case (the first is warm-up; default 4)")
-    ap.add_argument("--compression", nargs="+", default=["raw", "int8"], choices=("raw", "float16", "int8", "topk"),
-                    help="update codecs to measure (non-raw ones also send the model as float16)")
+    ap.add_argument(
+        "--compression",
+        nargs="+",
+        default=["raw", "int8"],
+        choices=("raw", "float16", "int8", "topk"),
+        help="update codecs to measure (non-raw ones also send the model as float16)",
+    )
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
@@ -254,8 +273,11 @@ def main() -> None:
             print(f"{params:,} parameters, {codec} updates:", flush=True)
             rows = run_case(args.nodes, params, args.rounds, codec)
             for r in rows:
-                print(f"  round {r['round']}: wall {r['wall_s']:.2f} s, slowest training {r['slowest_train_s']:.3f} s, "
-                      f"overhead {r['overhead_s']:.2f} s", flush=True)
+                print(
+                    f"  round {r['round']}: wall {r['wall_s']:.2f} s, slowest training {r['slowest_train_s']:.3f} s, "
+                    f"overhead {r['overhead_s']:.2f} s",
+                    flush=True,
+                )
             med = float(np.median([r["overhead_s"] for r in rows]))
             summary.append((params, codec, med, float(np.median([r["wall_s"] for r in rows]))))
     print(f"\n{'params':>10} {'codec':>6} {'median wall s':>14} {'median overhead s':>18}")

@@ -106,8 +106,11 @@ def latency(workdir: str, days: float, tflite: bytes, tflite_model: SavedModel) 
     from fedmq.node.sources.mqtt_source import Ingest
     from fedmq.node.sources.sampler import Sampler
 
-    ingest = source.ingest = Ingest(source.signals, Sampler(source.signals, PERIOD_S, source.options["max_age_s"], store.append),
-                    source.options["clock_topic"])
+    ingest = source.ingest = Ingest(
+        source.signals,
+        Sampler(source.signals, PERIOD_S, source.options["max_age_s"], store.append),
+        source.options["clock_topic"],
+    )
     for topic, payload in pairs:
         ingest.feed(topic, payload)
     store.flush()
@@ -115,31 +118,41 @@ def latency(workdir: str, days: float, tflite: bytes, tflite_model: SavedModel) 
     row = x.reshape(1, -1)
     numpy_predict = make_predictor("numpy", saved(NUMPY_SPEC), None)
     tflite_predict = make_predictor("tflite", tflite_model, tflite)
-    out = {"rows": float(store.count()),
-           "numpy_model_us": median_us(lambda: numpy_predict(row)),
-           "numpy_step_us": median_us(lambda: numpy_predict(source.current()[0].reshape(1, -1)), 2000),
-           "numpy_mlp_us": median_us(lambda: tflite_model.predict(row)),
-           "tflite_model_us": median_us(lambda: tflite_predict(row)),
-           "tflite_step_us": median_us(lambda: tflite_predict(source.current()[0].reshape(1, -1)), 2000)}
+    out = {
+        "rows": float(store.count()),
+        "numpy_model_us": median_us(lambda: numpy_predict(row)),
+        "numpy_step_us": median_us(lambda: numpy_predict(source.current()[0].reshape(1, -1)), 2000),
+        "numpy_mlp_us": median_us(lambda: tflite_model.predict(row)),
+        "tflite_model_us": median_us(lambda: tflite_predict(row)),
+        "tflite_step_us": median_us(lambda: tflite_predict(source.current()[0].reshape(1, -1)), 2000),
+    }
     source.stop()
     return out
 
 
-def rss(workdir: str, days: float, seconds: float, python: str, tflite: bytes, tflite_model: SavedModel
-        ) -> Dict[str, float]:
+def rss(
+    workdir: str, days: float, seconds: float, python: str, tflite: bytes, tflite_model: SavedModel
+) -> Dict[str, float]:
     """Peak RSS (MB) of nodes serving (numpy, tflite) and not serving, and the predictions each published."""
     with MosquittoProcess(os.path.join(workdir, "broker")) as broker_proc:
         broker = BrokerSettings(host=broker_proc.host, port=broker_proc.port)
         sim = Simulation(1, 0, PERIOD_S)
-        cases = {"serving off": gateway(workdir, "off", broker, sim, False, saved(NUMPY_SPEC), None),
-                 "serving on, numpy": gateway(workdir, "numpy", broker, sim, True, saved(NUMPY_SPEC), None),
-                 "serving on, TFLite": gateway(workdir, "tflite", broker, sim, True, tflite_model, tflite)}
+        cases = {
+            "serving off": gateway(workdir, "off", broker, sim, False, saved(NUMPY_SPEC), None),
+            "serving on, numpy": gateway(workdir, "numpy", broker, sim, True, saved(NUMPY_SPEC), None),
+            "serving on, TFLite": gateway(workdir, "tflite", broker, sim, True, tflite_model, tflite),
+        }
         watch = MqttLink("bench-serving-watch", broker, persistent=False)
         watch.subscribe("bench/+/state")
         watch.start()
-        procs = {name: subprocess.Popen([python, "-m", "fedmq.shared.cli", "node", "run", path],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for name, path in cases.items()}
+        procs = {
+            name: subprocess.Popen(
+                [python, "-m", "fedmq.shared.cli", "node", "run", path],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, path in cases.items()
+        }
         time.sleep(3)  # the data links subscribe
         with Publisher(broker) as pub:
             pub.publish(list(sim.run(days * 86400)))
@@ -163,8 +176,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--days", type=float, default=7.0, help="days of sensor history in the store (default 7)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long the nodes serve (default 20)")
-    p.add_argument("--node-python", default=sys.executable,
-                   help="the Python of the measured nodes (e.g. a gateway venv's; default this one)")
+    p.add_argument(
+        "--node-python",
+        default=sys.executable,
+        help="the Python of the measured nodes (e.g. a gateway venv's; default this one)",
+    )
     args = p.parse_args(argv)
     tflite_model = saved(TFLITE_SPEC)
     tflite = build_dense_model(TFLITE_SPEC, tflite_model.weights, 0.01)

@@ -92,8 +92,10 @@ def main() -> None:
     end = samples[-1][1]
     print(f"rounds completed: {len(samples)} of {args.rounds}; all with {args.nodes} updates: "
           f"{all(u == args.nodes for *_, u in samples)}")
-    print(f"coordinator RSS after warm-up (round {args.warmup}): {base:.1f} MB; at round {samples[-1][0]}: {end:.1f} MB; "
-          f"growth {100 * (end - base) / base:+.1f} % (target < 10 %)")
+    print(
+        f"coordinator RSS after warm-up (round {args.warmup}): {base:.1f} MB; at round {samples[-1][0]}: {end:.1f} MB; "
+        f"growth {100 * (end - base) / base:+.1f} % (target < 10 %)"
+    )
     print(f"round time: median {sorted(s for _, _, s, _ in samples)[len(samples) // 2]:.3f} s")
     if args.plot:
         import matplotlib

@@ -163,14 +163,26 @@ def main() -> int:
                 time.sleep(0.1)
             done_file = os.path.join(tmp, "counter.done")
             here = os.path.abspath(__file__)
-            count = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(here)!r}); "
-                                      f"import streams; streams.counter({broker.port}, {args.signals}, "
-                                      f"{args.messages // args.signals * args.signals}, {done_file!r})"])
+            count = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import sys; sys.path.insert(0, {os.path.dirname(here)!r}); "
+                    f"import streams; streams.counter({broker.port}, {args.signals}, "
+                    f"{args.messages // args.signals * args.signals}, {done_file!r})",
+                ]
+            )
             time.sleep(1.0)
             start = time.time()
-            pub = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(here)!r}); "
-                                    f"import streams; streams.publisher({broker.port}, {args.signals}, "
-                                    f"{args.messages}, {t0})"])
+            pub = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import sys; sys.path.insert(0, {os.path.dirname(here)!r}); "
+                    f"import streams; streams.publisher({broker.port}, {args.signals}, "
+                    f"{args.messages}, {t0})",
+                ]
+            )
             last_period = t0 + (args.messages // args.signals - 1) * int(PERIOD_S)
             while not rows_at_least(store, last_period):
                 if node.poll() is not None:
@@ -183,13 +195,29 @@ def main() -> int:
             # a federation of this one gateway: a statistics round and two training rounds on the whole store
             fed = os.path.join(tmp, "fed.yaml")
             with open(fed, "w", encoding="utf-8") as fh:
-                yaml.safe_dump({"federation": "bench", "broker": {"host": "127.0.0.1", "port": broker.port},
-                                "model": {"kind": "sgd_regressor", "features": width(cfg)},
-                                "rounds": {"rounds": 2, "min_nodes": 1, "deadline_s": 60, "local_epochs": 1,
-                                           "learning_rate": 0.01}, "scaling": "federated",
-                                "tree": {"nodes": ["gw"]}}, fh)
-            coordinator = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "coordinator", "run", fed, "--quiet"],
-                                         capture_output=True, text=True, timeout=300)
+                yaml.safe_dump(
+                    {
+                        "federation": "bench",
+                        "broker": {"host": "127.0.0.1", "port": broker.port},
+                        "model": {"kind": "sgd_regressor", "features": width(cfg)},
+                        "rounds": {
+                            "rounds": 2,
+                            "min_nodes": 1,
+                            "deadline_s": 60,
+                            "local_epochs": 1,
+                            "learning_rate": 0.01,
+                        },
+                        "scaling": "federated",
+                        "tree": {"nodes": ["gw"]},
+                    },
+                    fh,
+                )
+            coordinator = subprocess.run(
+                [sys.executable, "-m", "fedmq.shared.cli", "coordinator", "run", fed, "--quiet"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if coordinator.returncode != 0:
                 raise SystemExit("the federation failed: " + coordinator.stderr[-2000:])
             peak = vm_hwm_mb(node.pid)
@@ -204,13 +232,26 @@ def main() -> int:
             x, y = source.load()
             times.append(time.perf_counter() - t)
         sent = args.messages // args.signals * args.signals
-        print(json.dumps({"signals": args.signals, "period_s": PERIOD_S, "days_kept": args.days,
-                          "rows_prefilled": prefilled, "messages": sent,
-                          "node_messages_per_s": round(sent / node_s), "bare_paho_messages_per_s": round(sent / bare_s),
-                          "node_over_bare": round(bare_s / node_s, 2), "node_peak_rss_mb": round(peak, 1),
-                          "store_mb": round(size / 1e6, 2), "rows": source._open_store().count(),
-                          "training_set": list(x.shape), "assemble_s_median": round(float(np.median(times)), 4)},
-                         indent=1))
+        print(
+            json.dumps(
+                {
+                    "signals": args.signals,
+                    "period_s": PERIOD_S,
+                    "days_kept": args.days,
+                    "rows_prefilled": prefilled,
+                    "messages": sent,
+                    "node_messages_per_s": round(sent / node_s),
+                    "bare_paho_messages_per_s": round(sent / bare_s),
+                    "node_over_bare": round(bare_s / node_s, 2),
+                    "node_peak_rss_mb": round(peak, 1),
+                    "store_mb": round(size / 1e6, 2),
+                    "rows": source._open_store().count(),
+                    "training_set": list(x.shape),
+                    "assemble_s_median": round(float(np.median(times)), 4),
+                },
+                indent=1,
+            )
+        )
         source.stop()
     return 0
 

@@ -102,7 +102,9 @@ def test_a_corrupted_state_file_stops_the_coordinator_with_exit_2(tmp_path):
     for body in ("null", "[]", '{"federation": "testfed", "rounds_done": -1, "model_version": 1}'):
         with open(os.path.join(snapshot, "state.json"), "w") as fh:
             fh.write(body)
-        r = subprocess.run(FEDMQ + ["coordinator", "run", paths["topic_map"]], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            FEDMQ + ["coordinator", "run", paths["topic_map"]], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 2 and "state.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -118,14 +120,26 @@ def test_updates_of_huge_values_are_refused_and_the_model_stays_finite():
     from fedmq.shared.models import initial_weights
     from fedmq.shared.topicmap import parse_topic_map
 
-    tm = parse_topic_map("federation: f\nmodel: {kind: softmax_regression, features: 3, classes: [0, 1]}\n"
-                         "tree: {nodes: [a, b]}\n")
+    tm = parse_topic_map(
+        "federation: f\nmodel: {kind: softmax_regression, features: 3, classes: [0, 1]}\ntree: {nodes: [a, b]}\n"
+    )
     rej = Rejections(logging.getLogger("test"))
     out = {}
-    root = GroupAggregator(tm, tm.root, Membership(tm), lambda *a: None, rej, on_root_close=lambda c, r: out.update(r=r))
+    root = GroupAggregator(
+        tm, tm.root, Membership(tm), lambda *a: None, rej, on_root_close=lambda c, r: out.update(r=r)
+    )
     root.set_model(0, {k: v.astype(np.float64) for k, v in initial_weights(tm.model).items()})
-    root.start(Control("start", 1, attempt=1, model_version=0, deadline_at=time.time() + 30, selected=["a", "b"],
-                       train=TrainParams(1, 8, 0.1)))
+    root.start(
+        Control(
+            "start",
+            1,
+            attempt=1,
+            model_version=0,
+            deadline_at=time.time() + 30,
+            selected=["a", "b"],
+            train=TrainParams(1, 8, 0.1),
+        )
+    )
     huge = {k: np.full(v.shape, 1e300, np.float64) for k, v in initial_weights(tm.model).items()}
     root.on_update("a", encode(Envelope(Kind.UPDATE, "f", 1, "a", 0, huge, samples=10, attempt=1)), "t/a")
     assert rej.total["values too large"] == 1
@@ -174,13 +188,21 @@ def test_two_processes_with_one_node_id_are_named_on_both_sides_and_at_the_coord
     from inprocess import InThreadCoordinator
 
     paths = write_federation(str(tmp_path), broker.port, {"g": ["a", "b"]}, rounds=100_000, deadline_s=5, quorum=1)
-    procs = [fedmq(["node", "run", paths["b"]], str(tmp_path / "b.log")),
-             fedmq(["node", "run", paths["a"]], str(tmp_path / "a-first.log")),
-             fedmq(["node", "run", paths["a"]], str(tmp_path / "a-second.log"))]  # the same id, twice
+    procs = [
+        fedmq(["node", "run", paths["b"]], str(tmp_path / "b.log")),
+        fedmq(["node", "run", paths["a"]], str(tmp_path / "a-first.log")),
+        fedmq(["node", "run", paths["a"]], str(tmp_path / "a-second.log")),
+    ]  # the same id, twice
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
-            wait_for(lambda: all("two processes running with the same id" in (tmp_path / f).read_text()
-                                 for f in ("a-first.log", "a-second.log")), 60, "both copies to say it")
+            wait_for(
+                lambda: all(
+                    "two processes running with the same id" in (tmp_path / f).read_text()
+                    for f in ("a-first.log", "a-second.log")
+                ),
+                60,
+                "both copies to say it",
+            )
             wait_for(lambda: "a" in c.service.presence.flap_logged, 60, "the coordinator to say it")
     finally:
         stop(procs)

@@ -81,7 +81,9 @@ def test_compressed_federation_through_a_capped_broker(capped_broker, tmp_path, 
     if model_codec == "raw":
         assert model_chunks, "the model (over the cap as float32) travelled in chunks"
     else:
-        assert not model_chunks and max(s for x, s in zip(sniff.topics, sniff.sizes) if x == t.model()) < 2 * 1155 + 700  # float16 plus the header
+        assert (
+            not model_chunks and max(s for x, s in zip(sniff.topics, sniff.sizes) if x == t.model()) < 2 * 1155 + 700
+        )  # float16 plus the header
     assert partial_chunks, "the groups' partial sums (float64, 9 KB) travel in chunks"
     bodies = sniff.update_bodies()
     assert len(bodies) >= 24
@@ -96,8 +98,14 @@ def test_compressed_federation_through_a_capped_broker(capped_broker, tmp_path, 
 
 def test_bad_and_incomplete_chunks_are_rejected_and_the_federation_goes_on(capped_broker, tmp_path):
     port = capped_broker.port
-    paths = write_federation(str(tmp_path), port, GROUPS, rounds=2, deadline_s=15, extra={
-        "model": MLP, "transport": {"max_payload_bytes": CAP - 1024, "chunk_timeout_s": 2}})
+    paths = write_federation(
+        str(tmp_path),
+        port,
+        GROUPS,
+        rounds=2,
+        deadline_s=15,
+        extra={"model": MLP, "transport": {"max_payload_bytes": CAP - 1024, "chunk_timeout_s": 2}},
+    )
     report = tmp_path / "report.json"
     coord = fedmq(["coordinator", "run", paths["topic_map"], "--report", str(report)], str(tmp_path / "coord.log"))
     procs = []
@@ -158,13 +166,20 @@ def test_malformed_top_k_updates_are_refused_and_the_round_completes(broker, tmp
     rules; each is refused by name, the honest nodes' round completes, and the model stays finite."""
     import numpy as np
 
-    from fedmq.shared.topicmap import load_topic_map
     from fedhelp import start_nodes
+    from fedmq.shared.topicmap import load_topic_map
     from inprocess import InThreadCoordinator, RogueNode
 
     groups = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "rogue"]}
-    paths = write_federation(str(tmp_path), broker.port, groups, rounds=2, deadline_s=6, quorum=0.8,
-                             extra={"compression": {"update": "topk", "topk_fraction": 0.1}})
+    paths = write_federation(
+        str(tmp_path),
+        broker.port,
+        groups,
+        rounds=2,
+        deadline_s=6,
+        quorum=0.8,
+        extra={"compression": {"update": "topk", "topk_fraction": 0.1}},
+    )
     assert load_topic_map(paths["topic_map"]).compression.update.index == "ef"
     rogue = RogueNode(broker.port, "rogue", ("home2",))
     nodes = start_nodes(paths, ["a1", "a2", "a3", "b1", "b2"], tmp_path)
@@ -180,11 +195,27 @@ def test_malformed_top_k_updates_are_refused_and_the_round_completes(broker, tmp
             ctl = rogue.wait_start()
             params = {"delta": True, "index": "ef", "values": "int4"}
             for index in hostile:
-                rogue.send(rogue.update(ctl, {**index, "@val": np.array([0x17], np.uint8), "@val@scale": scale},
-                                        codec="topk", codec_params=params))
-            rogue.send(rogue.update(ctl, {"@hi": np.array([0b10100000], np.uint8), "@lo": np.zeros(1, np.uint8),
-                                          "@val": np.array([0x18], np.uint8), "@val@scale": scale},  # code -8
-                                    codec="topk", codec_params=params))
+                rogue.send(
+                    rogue.update(
+                        ctl,
+                        {**index, "@val": np.array([0x17], np.uint8), "@val@scale": scale},
+                        codec="topk",
+                        codec_params=params,
+                    )
+                )
+            rogue.send(
+                rogue.update(
+                    ctl,
+                    {
+                        "@hi": np.array([0b10100000], np.uint8),
+                        "@lo": np.zeros(1, np.uint8),
+                        "@val": np.array([0x18], np.uint8),
+                        "@val@scale": scale,
+                    },  # code -8
+                    codec="topk",
+                    codec_params=params,
+                )
+            )
             wait_for(lambda: c.service.rejections.total["wrong shape or dtype"] >= 5, 10, "the five rejections")
             wait_for(lambda: len(c.rounds) >= 1, 20, "round 1 from the honest nodes")
             assert c.rounds[0]["updates"] == 5 and c.rounds[0]["rejected"] == {"wrong shape or dtype": 5}

@@ -4,7 +4,6 @@ early attempt while it backs off, and stops promptly on SIGTERM (what systemctl 
 import os
 import signal
 
-
 from fedhelp import fedmq, port_open, rewrite_yaml, stop, wait_for, write_federation
 from fedmq.broker.pki import make_ca
 from fedmq.broker.process import MosquittoProcess, free_port

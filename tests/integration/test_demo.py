@@ -83,7 +83,9 @@ def test_demo_smart_home_scenario_compares_each_home_and_ends_with_its_entities_
     # every home's gateway published both predictions, from the last model, and its Home Assistant entities
     for home, served in data["predictions"].items():
         assert served["states"]["occupancy"]["value"] in (0, 1), served
-        assert isinstance(served["states"]["forecast"]["value"], float) and 5 < served["states"]["forecast"]["value"] < 35
+        assert (
+            isinstance(served["states"]["forecast"]["value"], float) and 5 < served["states"]["forecast"]["value"] < 35
+        )
         assert all(s["model_version"] == 8 for s in served["states"].values()), (home, served["states"])
         assert sorted(served["entities"].values()).count("binary_sensor") == 1 and len(served["entities"]) == 12
     assert "predictions and Home Assistant entities" in r.stdout
@@ -106,14 +108,36 @@ def test_demo_takes_the_users_own_csv(tmp_path):
     data = tmp_path / "mine.csv"
     data.write_text("power,temp,delta,label\n" + "".join(f"{a},{b},{c},{d}\n" for (a, b, c), d in zip(x, y)))
     report = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--data", str(data), "--nodes", "4",
-                        "--rounds", "5", "--workdir", str(tmp_path / "w"), "--report", str(report)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedmq.shared.cli",
+            "demo",
+            "--data",
+            str(data),
+            "--nodes",
+            "4",
+            "--rounds",
+            "5",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     out = json.loads(report.read_text())
     assert out["dataset"] == str(data) and len(out["rounds"]) == 5 and out["final_accuracy"] > 0.85
     bad = tmp_path / "bad.csv"
     bad.write_text("a,label\n1,0\nx,1\n")
-    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--data", str(bad)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "fedmq.shared.cli", "demo", "--data", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "bad.csv:3: a feature is not a number" in r.stderr

@@ -28,15 +28,18 @@ def dockerfile_install(name: str, extras: str = "") -> list:
 
 
 def test_the_dockerfile_installs_what_deploy_md_installs():
-    assert sorted(dockerfile_install("coordinator.Dockerfile")) == sorted(os.path.normpath(a) for a in deploy_md_install())
+    assert sorted(dockerfile_install("coordinator.Dockerfile")) == sorted(
+        os.path.normpath(a) for a in deploy_md_install()
+    )
     assert sorted(dockerfile_install("node.Dockerfile")) == ["node", "shared"]
 
 
 @pytest.mark.slow
 def test_documented_coordinator_install_is_lean_and_names_missing_extras(coordinator_venv, tmp_path):
     fedmq = str(coordinator_venv / "bin" / "fedmq")
-    freeze = subprocess.run([str(coordinator_venv / "bin" / "pip"), "freeze"], capture_output=True, text=True,
-                            check=True).stdout.lower()
+    freeze = subprocess.run(
+        [str(coordinator_venv / "bin" / "pip"), "freeze"], capture_output=True, text=True, check=True
+    ).stdout.lower()
     for heavy in ("scikit-learn", "matplotlib", "dp-accounting", "tflite=="):
         assert heavy not in freeze, heavy
     out = subprocess.run([fedmq, "--help"], capture_output=True, text=True, check=True)
@@ -47,6 +50,10 @@ def test_documented_coordinator_install_is_lean_and_names_missing_extras(coordin
     assert demo.returncode == 2 and "pip install 'fedmq-coordinator[demo]'" in demo.stderr
     assert "Traceback" not in demo.stderr
     tflite = os.path.join(ROOT, "deploy", "examples", "tflite-sensors.yaml")
-    build = subprocess.run([fedmq, "coordinator", "build-model", tflite, "--out", str(tmp_path / "m.tflite")],
-                           capture_output=True, text=True, timeout=60)
+    build = subprocess.run(
+        [fedmq, "coordinator", "build-model", tflite, "--out", str(tmp_path / "m.tflite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert build.returncode == 2 and "pip install 'fedmq-coordinator[tflite]'" in build.stderr

@@ -86,8 +86,12 @@ def test_bridged_site_brokers_survive_broker_and_coordinator_kills(tmp_path, fau
     paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=ROUNDS, deadline_s=20, edge=list(GROUPS),
                              extra_rounds={"on_quorum_failure": "retry", "max_retries": 20},
                              node_extra={"simulate_delay_s": 0.4})
-    rewrite_yaml(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
-                                              for g, p in site_ports.items()])
+    rewrite_yaml(
+        paths["topic_map"],
+        lambda fed: [
+            fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p}) for g, p in site_ports.items()
+        ],
+    )
     for g, nodes in GROUPS.items():
         for n in nodes:
             rewrite_yaml(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
@@ -98,8 +102,10 @@ def test_bridged_site_brokers_survive_broker_and_coordinator_kills(tmp_path, fau
         sites[g] = MosquittoProcess(str(tmp_path / g), port=port)
         sites[g].config.bridge = bridge_for(tm, (g,), None, "mtls")
         sites[g].start()
-    procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", g], str(tmp_path / f"edge-{g}.log"))
-             for g in GROUPS]
+    procs = [
+        fedmq(["coordinator", "edge", paths["topic_map"], "--group", g], str(tmp_path / f"edge-{g}.log"))
+        for g in GROUPS
+    ]
     procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
     coord = fedmq(["coordinator", "run", paths["topic_map"]], str(tmp_path / "coord.log"))
     ckpt = tmp_path / "ckpt"

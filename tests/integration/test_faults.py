@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from fedhelp import FED, checkpoint_state, fedmq, start_nodes, stop, wait_for, wait_online, write_federation
 from faultproxy import FaultProxy
+from fedhelp import FED, checkpoint_state, fedmq, start_nodes, stop, wait_for, wait_online, write_federation
 from fedmq.shared.envelope import Envelope, Kind, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from fedhelp import checkpoint_file, checkpoint_state, fedmq, start_nodes, stop, wait_for, wait_online, write_federation
-from inprocess import InThreadCoordinator, RogueNode
 from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.shared.models import initial_weights
 from fedmq.shared.topicmap import Privacy, load_topic_map
+from inprocess import InThreadCoordinator, RogueNode
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 
@@ -73,7 +73,9 @@ def test_bad_updates_are_rejected_and_the_round_completes(broker, tmp_path):
                 return rogue.update(ctl, good, **kw)
 
             rogue.send(update(tensors={"coef": np.zeros((3, 7), np.float32), "intercept": np.zeros(3, np.float32)}))
-            rogue.send(update(tensors={"coef": np.full((3, 8), np.nan, np.float32), "intercept": np.zeros(3, np.float32)}))
+            rogue.send(
+                update(tensors={"coef": np.full((3, 8), np.nan, np.float32), "intercept": np.zeros(3, np.float32)})
+            )
             corrupt = bytearray(update())
             corrupt[30] ^= 0x40
             rogue.send(bytes(corrupt))
@@ -84,8 +86,13 @@ def test_bad_updates_are_rejected_and_the_round_completes(broker, tmp_path):
             wait_for(lambda: len(c.rounds) >= 1, 15, "round 1")
             assert c.rounds[0]["updates"] == 6
             rejected = c.rounds[0]["rejected"]
-            assert rejected == {"wrong shape or dtype": 1, "NaN or Inf": 1, "bad checksum": 1, "stale round": 1,
-                                "malformed": 1}, rejected
+            assert rejected == {
+                "wrong shape or dtype": 1,
+                "NaN or Inf": 1,
+                "bad checksum": 1,
+                "stale round": 1,
+                "malformed": 1,
+            }, rejected
             # a straggler for a closed round is rejected too, and never mixed into the next one
             rogue.send(update())
             wait_for(lambda: c.service.rejections.total["stale round"] >= 2, 10, "the stale straggler")
@@ -109,16 +116,20 @@ def test_edge_process_aggregates_its_group(broker, tmp_path):
     assert "closing (all in) with 3 of 3 nodes" in (tmp_path / "edge.log").read_text()
 
 
-ADAM_DP = {"server_optimizer": "fedadam", "server_lr": 0.1,
-           "privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1.0e-5}}
+ADAM_DP = {
+    "server_optimizer": "fedadam",
+    "server_lr": 0.1,
+    "privacy": {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1.0e-5},
+}
 
 
 @pytest.mark.parametrize("strategy", [None, ADAM_DP], ids=["fedavg", "fedadam-dp"])
 def test_coordinator_killed_resumes_from_last_checkpoint(broker, tmp_path, strategy):
     """A restarted coordinator goes on from the last applied round: the model, and with FedAdam and DP
     the optimizer's moments and the privacy budget already spent (epsilon never starts again from 0)."""
-    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=6,
-                             extra={"strategy": strategy} if strategy else None)
+    paths = write_federation(
+        str(tmp_path), broker.port, SIX, rounds=6, extra={"strategy": strategy} if strategy else None
+    )
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
     ckpt = tmp_path / "ckpt"
     try:
@@ -166,8 +177,9 @@ def test_other_model_kinds_train_over_mqtt(broker, tmp_path, kind):
 
 
 def test_broker_restart_nodes_and_coordinator_reconnect(local_broker, tmp_path):
-    paths = write_federation(str(tmp_path), local_broker.port, SIX, rounds=4, deadline_s=5, quorum=0.6,
-                             extra_rounds={"max_retries": 5})
+    paths = write_federation(
+        str(tmp_path), local_broker.port, SIX, rounds=4, deadline_s=5, quorum=0.6, extra_rounds={"max_retries": 5}
+    )
     nodes = start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path)
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
@@ -183,8 +195,15 @@ def test_broker_restart_nodes_and_coordinator_reconnect(local_broker, tmp_path):
 
 
 def test_quorum_failure_stops_with_a_clear_message(broker, tmp_path):
-    paths = write_federation(str(tmp_path), broker.port, {"g": ["n1", "n2"]}, rounds=2, deadline_s=2, quorum=2,
-                             extra_rounds={"on_quorum_failure": "stop"})
+    paths = write_federation(
+        str(tmp_path),
+        broker.port,
+        {"g": ["n1", "n2"]},
+        rounds=2,
+        deadline_s=2,
+        quorum=2,
+        extra_rounds={"on_quorum_failure": "stop"},
+    )
     nodes = start_nodes(paths, ["n1", "n2"], tmp_path)
     wait_online(broker.port, {"n1": ("g",), "n2": ("g",)})  # selected, then frozen: the round misses its quorum
     nodes["n2"].send_signal(signal.SIGSTOP)

@@ -10,9 +10,9 @@ import uuid
 import pytest
 import yaml
 
-from fedhelp import checkpoint_state, fedmq, stop, wait_for, write_federation
+from fedhelp import TWO_HOMES as GROUPS
+from fedhelp import checkpoint_state, fedmq, stop, tflite_federation, wait_for, write_federation
 from fedmq.broker.process import MosquittoProcess
-from fedhelp import TWO_HOMES as GROUPS, tflite_federation
 
 SIX = {"home1": ["a1", "a2", "a3"], "home2": ["b1", "b2", "b3"]}
 

@@ -64,9 +64,13 @@ def test_metrics_endpoint_agrees_with_the_round_summaries(broker, tmp_path):
             except OSError:
                 return False
             k = value(s, "fedmq_rounds_applied_total")
-            if k >= 2 and value(s, "fedmq_round") == k and value(s, "fedmq_updates_accepted_total", group="home1") \
-                    == 2 * k and value(e, "fedmq_updates_accepted_total", group="home2") == 2 * k \
-                    and value(s, "fedmq_nodes_online", group="home1") == value(e, "fedmq_nodes_online", group="home2") == 2:
+            if (
+                k >= 2
+                and value(s, "fedmq_round") == k
+                and value(s, "fedmq_updates_accepted_total", group="home1") == 2 * k
+                and value(e, "fedmq_updates_accepted_total", group="home2") == 2 * k
+                and value(s, "fedmq_nodes_online", group="home1") == value(e, "fedmq_nodes_online", group="home2") == 2
+            ):
                 consistent.append((s, e))
             return bool(consistent)
 
@@ -98,7 +102,9 @@ def _client(port: int, sec: str, pid: str) -> mqtt.Client:
     """A raw client with one party's certificate, recording what it gets and its PUBACK codes."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=pid, protocol=mqtt.MQTTv5)
     t = client_config(sec, pid)["broker"]["tls"]
-    c.tls_set(ca_certs=t["ca_file"], certfile=t["cert_file"], keyfile=t["key_file"], tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    c.tls_set(
+        ca_certs=t["ca_file"], certfile=t["cert_file"], keyfile=t["key_file"], tls_version=ssl.PROTOCOL_TLS_CLIENT
+    )
     c.got, c.acks, ready = [], {}, threading.Event()
     c.on_message = lambda cl, u, msg: c.got.append(msg.topic)
     c.on_publish = lambda cl, u, mid, rc, props: c.acks.__setitem__(mid, rc)
@@ -129,20 +135,30 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
         coord = fedmq(["coordinator", "run", paths["topic_map"], "--fresh"], str(tmp_path / "coord.log"))
         assert coord.wait(90) == 0, (tmp_path / "coord.log").read_text()
         wait_for(lambda: {t.round_state(), t.metrics(), t.history()} <= set(monitor.got), 10, "the monitor's topics")
-        wait_for(lambda: {t.status(("home1",), "a1"), t.status(("home2",), "b2")} <= set(monitor.got), 10,
-                 "the nodes' statuses")
+        wait_for(
+            lambda: {t.status(("home1",), "a1"), t.status(("home2",), "b2")} <= set(monitor.got),
+            10,
+            "the nodes' statuses",
+        )
         assert not [g for g in monitor.got if "/_model" in g or "/_update/" in g or "/_control" in g or "/_file/" in g]
         # one at a time: Mosquitto 2.0.11 acknowledges a refused publish with 0x87 and may then drop the
         # connection; paho reconnects and resends what is unacknowledged
         tries = []
-        for topic, payload in ((t.status(("home1",), "a1"), b'{"v":1,"node":"a1","state":"offline"}'),
-                               (t.metrics(), b'{"v":1,"round":99}'), (t.update(("home1",), "a1"), b"x")):
+        for topic, payload in (
+            (t.status(("home1",), "a1"), b'{"v":1,"node":"a1","state":"offline"}'),
+            (t.metrics(), b'{"v":1,"round":99}'),
+            (t.update(("home1",), "a1"), b"x"),
+        ):
             tries.append(monitor.publish(topic, payload, qos=1))
             wait_for(lambda: tries[-1].mid in monitor.acks, 30, f"the PUBACK for {topic}")
         assert all(monitor.acks[i.mid].value == 0x87 for i in tries)  # not authorised: it writes nothing
 
-        r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir",
-                            sec, "--json"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir", sec, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         view = json.loads(r.stdout)
         assert view["round"]["state"] == "done" and view["round"]["rounds_total"] == 3
@@ -152,12 +168,20 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
         for n in by_node.values():
             assert n["state"] == "online" and n["trainer"] == "numpy" and n["samples"] > 0 and n["version"]
             assert n["protocol"] and n["last_seen"] > time.time() - 120
-        text = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir",
-                               sec], capture_output=True, text=True, timeout=60).stdout
+        text = subprocess.run(
+            [sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir", sec],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         assert "done: 3 of 3 rounds" in text and "home1" in text and "b2" in text and "(held-out)" in text
         stop([nodes[0]])  # a1 goes away: its last will shows
-        text = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir",
-                               sec], capture_output=True, text=True, timeout=60).stdout
+        text = subprocess.run(
+            [sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir", sec],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         assert "a1: offline" in text
     finally:
         stop(nodes)
@@ -166,12 +190,22 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
 
 
 def test_status_watch_follows_the_rounds_live(broker, tmp_path):
-    paths = write_federation(str(tmp_path), broker.port, {"home1": ["a1", "a2"]}, rounds=4, deadline_s=20,
-                             node_extra={"simulate_delay_s": 0.5})
+    paths = write_federation(
+        str(tmp_path),
+        broker.port,
+        {"home1": ["a1", "a2"]},
+        rounds=4,
+        deadline_s=20,
+        node_extra={"simulate_delay_s": 0.5},
+    )
     nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in ("a1", "a2")]
-    watch = subprocess.Popen([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--watch",
-                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             preexec_fn=ctrl_c_default)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=ctrl_c_default,
+    )
     coord = None
     seen = []
     try:

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from fedhelp import FED, start_nodes, stop, wait_for, write_federation
-from fedmq.shared.identities import edge_id
 from fedmq.broker import pki
 from fedmq.broker.process import MosquittoProcess
 from fedmq.broker.provision import client_config, client_file, provision, revoke, share_key_file
+from fedmq.shared.identities import edge_id
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings, load_topic_map
 from fedmq.shared.topics import Topics
@@ -67,7 +67,9 @@ def raw_client(broker, sec, pid, client_id=None):
 def intruder(broker, sec):
     """A client with full broker rights (as after a broker compromise), but none of the parties' signing keys."""
     ca = pki.load_pair(os.path.join(sec, "ca.crt"), os.path.join(sec, "ca.key"))
-    pki.issue(ca, "intruder", os.path.join(sec, "clients", "intruder.crt"), os.path.join(sec, "clients", "intruder.key"))
+    pki.issue(
+        ca, "intruder", os.path.join(sec, "clients", "intruder.crt"), os.path.join(sec, "clients", "intruder.key")
+    )
     with open(os.path.join(sec, "acl"), "a") as fh:
         fh.write("\nuser intruder\ntopic readwrite #\n")
     os.kill(int(open(broker.config.pid_file).read()), signal.SIGHUP)  # Mosquitto reloads its ACL
@@ -90,8 +92,9 @@ def test_anonymous_and_foreign_ca_and_revoked_clients_are_refused(secured, tmp_p
     other.mkdir()
     ca = pki.make_ca(str(other), "intruder")
     pki.issue(ca, "a2", str(other / "a2.crt"), str(other / "a2.key"))
-    foreign = BrokerSettings(port=broker.port, tls=TlsSettings(os.path.join(sec, "ca.crt"), str(other / "a2.crt"),
-                                                               str(other / "a2.key")))
+    foreign = BrokerSettings(
+        port=broker.port, tls=TlsSettings(os.path.join(sec, "ca.crt"), str(other / "a2.crt"), str(other / "a2.key"))
+    )
     assert not connects(MqttLink("foreign", foreign))
     revoke(tm, sec, "b2")
     broker.restart()
@@ -193,15 +196,23 @@ def test_forged_and_replayed_updates_are_rejected_by_signature(tmp_path):
             # forge: a1's update with the weights changed, its old signature kept
             from fedmq.shared.envelope import decode, encode
             from fedmq.shared.signing import split
+
             raw, nonce, sig = split(genuine)
             env = decode(raw)
             env.tensors = {k: v * 100 for k, v in env.tensors.items()}
-            evil.publish(t.update(("home1",), "a1"), encode(env) + genuine[len(raw):], qos=1)
+            evil.publish(t.update(("home1",), "a1"), encode(env) + genuine[len(raw) :], qos=1)
             evil.publish(t.update(("home1",), "a1"), genuine, qos=1)  # a replay of the genuine one
             evil.publish(t.update(("home1",), "a1"), raw, qos=1)  # unsigned
             rej = c.service.rejections.total
-            wait_for(lambda: rej["bad signature"] >= 1 and rej["missing signature"] >= 1
-                     and (rej["replayed nonce"] + rej["stale round"]) >= 1, 20, "the three rejections")
+            wait_for(
+                lambda: (
+                    rej["bad signature"] >= 1
+                    and rej["missing signature"] >= 1
+                    and (rej["replayed nonce"] + rej["stale round"]) >= 1
+                ),
+                20,
+                "the three rejections",
+            )
             wait_for(lambda: len(c.rounds) >= 3, 30, "the remaining rounds")
             assert all(r["updates"] == 4 for r in c.rounds)
             assert c.error is None
@@ -219,8 +230,15 @@ def test_nodes_refuse_a_model_not_signed_by_the_coordinator(tmp_path):
     from fedmq.shared.models import initial_weights
 
     tm = load_topic_map(paths["topic_map"])
-    fake = Envelope(Kind.MODEL, FED, 0, "coordinator", 0, {k: v + 1 for k, v in initial_weights(tm.model).items()},
-                    meta={"model": tm.model.to_meta()})
+    fake = Envelope(
+        Kind.MODEL,
+        FED,
+        0,
+        "coordinator",
+        0,
+        {k: v + 1 for k, v in initial_weights(tm.model).items()},
+        meta={"model": tm.model.to_meta()},
+    )
     try:
         wait_for(lambda: "connected" in (tmp_path / "a1.log").read_text(), 20, "a1 to connect")
         evil.publish(Topics(FED).model(), encode(fake), qos=1, retain=True)
@@ -258,13 +276,24 @@ def test_enrolment_with_one_time_tokens(tmp_path):
     x, y = blobs(80, seed=42)
     np.savez(tmp_path / "garage.npz", x=x, y=y)
     nodes = start_nodes(paths, ["a1", "a2", "b1", "b2"], tmp_path)
-    common = dict(federation=FED, host="127.0.0.1", port=broker.config.enrol_port, ca_file=os.path.join(sec, "ca.crt"),
-                  main_port=broker.port, timeout=45)  # a TLS handshake cut during a reload costs paho a backoff
+    common = dict(
+        federation=FED,
+        host="127.0.0.1",
+        port=broker.config.enrol_port,
+        ca_file=os.path.join(sec, "ca.crt"),
+        main_port=broker.port,
+        timeout=45,
+    )  # a TLS handshake cut during a reload costs paho a backoff
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
-            cfg = enrol_device(token=tokens[0], node_id="garage-door-1", out=str(tmp_path / "device"),
-                               data=str(tmp_path / "garage.npz"), **common)
+            cfg = enrol_device(
+                token=tokens[0],
+                node_id="garage-door-1",
+                out=str(tmp_path / "device"),
+                data=str(tmp_path / "garage.npz"),
+                **common,
+            )
             assert yaml.safe_load(open(cfg))["group"] == "garage"
             nodes["garage-door-1"] = fedmq_node(cfg, tmp_path / "device.log")
             wait_for(lambda: any(r["updates"] == 5 for r in c.rounds), 30, "a round with the enrolled device")
@@ -339,10 +368,17 @@ def edge_federation(tmp_path, workers=1, rounds=3, quorum=1.0, spare=False):
         edge = os.path.join(sec, "clients", client_file(edge_id(("home2",), w)))
         share = ["--share-key", share_key_file(sec, ("home2",))] if workers > 1 else []
         # worker 0 names its files; the others find theirs in the security directory (as the systemd unit does)
-        credentials = (["--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key", *share]
-                       if w == 0 else ["--security-dir", sec])
-        procs.append(fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--worker", str(w),
-                            *credentials], str(tmp_path / f"edge{w}.log")))
+        credentials = (
+            ["--signing-key", edge + ".sign", "--cert", edge + ".crt", "--key", edge + ".key", *share]
+            if w == 0
+            else ["--security-dir", sec]
+        )
+        procs.append(
+            fedmq(
+                ["coordinator", "edge", paths["topic_map"], "--group", "home2", "--worker", str(w), *credentials],
+                str(tmp_path / f"edge{w}.log"),
+            )
+        )
     return paths, tm, sec, broker, procs
 
 
@@ -408,14 +444,21 @@ def test_only_open_tokens_log_in_on_the_enrolment_listener(tmp_path):
     token_id, secret = new_tokens(tm, sec, 1)[0].split(".", 1)
     broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="mtls", enrol=True).start()
     try:
+
         def login(user, password_file):
-            cfg = BrokerSettings(host="127.0.0.1", port=broker.config.enrol_port, username=user,
-                                 password_file=password_file, tls=TlsSettings(ca_file=os.path.join(sec, "ca.crt")))
+            cfg = BrokerSettings(
+                host="127.0.0.1",
+                port=broker.config.enrol_port,
+                username=user,
+                password_file=password_file,
+                tls=TlsSettings(ca_file=os.path.join(sec, "ca.crt")),
+            )
             return connects(MqttLink(f"probe-{user}".replace("/", "-"), cfg))
 
         for pid in ("coordinator", "a1"):
-            assert not login(pid, os.path.join(sec, "clients", client_file(pid) + ".password")), \
+            assert not login(pid, os.path.join(sec, "clients", client_file(pid) + ".password")), (
                 f"{pid} logged in without a certificate"
+            )
         (tmp_path / "token").write_text(secret)
         assert login(f"enrol-{token_id}", str(tmp_path / "token"))
         assert "coordinator" not in open(os.path.join(sec, "enrol-passwords")).read()
@@ -441,8 +484,12 @@ def test_an_audit_log_names_a_node_probing_the_acl(tmp_path):
         sent = [prober.publish(topic, b"probe", qos=1) for topic in (t.model(), t.update(("home2",), "b1"), t.model())]
         wait_for(lambda: all(m.mid in prober.acks for m in sent), 10, "the PUBACKs")
         prober.loop_stop()
-        out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "broker", "denials", broker.config.log_file],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "fedmq.shared.cli", "broker", "denials", broker.config.log_file],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         broker.stop()
     assert out.returncode == 0, out.stderr

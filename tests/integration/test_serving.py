@@ -138,7 +138,8 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
         def retained_now() -> dict:  # what the broker retains: a new subscriber's view
             fresh = Watcher(port)
             try:
-                fresh.until(lambda: sum(t.startswith(PREFIX + "/") for t in fresh.last) >= 6, 10, "the retained configs")
+                fresh.until(lambda: sum(t.startswith(PREFIX + "/") for t in fresh.last) >= 6, 10,
+                            "the retained configs")
                 time.sleep(0.3)
                 fresh.pump()
                 return fresh.last
@@ -147,8 +148,10 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
 
         wait_for(lambda: stale not in retained_now(), 20, "the entity the configuration no longer has to be removed")
         by_id = {c["object_id"]: (t, c) for t, c in configs.items()}
-        assert set(by_id) == {f"home1-gw_{e}" for e in ("prediction", "model_version", "last_round", "local_accuracy",
-                                                        "samples", "data_problem")}
+        assert set(by_id) == {
+            f"home1-gw_{e}"
+            for e in ("prediction", "model_version", "last_round", "local_accuracy", "samples", "data_problem")
+        }
         topic, pred = by_id["home1-gw_prediction"]
         assert topic == f"{PREFIX}/binary_sensor/{DEVICE}/home1-gw_prediction/config"
         assert pred["device_class"] == "occupancy" and pred["state_topic"] == "fedmq/home1/occupancy/state"
@@ -183,19 +186,28 @@ def test_serving_stops_and_says_why_when_the_model_is_too_old_or_an_input_goes_m
     node = fedmq(["-v", "node", "run", path], str(tmp_path / "node.log"))
     try:
         _publish(port, list(sim.run(86400)))
-        state = w.until(lambda: w.state() if "old" in (w.state().get("problem") or "") else None, 30,
-                        "the too old model to be refused")
+        state = w.until(
+            lambda: w.state() if "old" in (w.state().get("problem") or "") else None,
+            30,
+            "the too old model to be refused",
+        )
         assert state["value"] is None and "2.0 h old" in state["problem"] and "max_model_age_s" in state["problem"]
         stop([node])
         # a newer model arrives (here: saved, as the node does when one arrives); the motion sensor then goes quiet
         sim2, path = _gateway(tmp_path, port, {"max_model_age_s": 3600}, version=8)
         node = fedmq(["-v", "node", "run", path], str(tmp_path / "node2.log"))
         _publish(port, list(sim.run(3600)))
-        w.until(lambda: w.state().get("model_version") == 8 and w.state().get("value") is not None, 30,
-                "predictions with the new model")
+        w.until(
+            lambda: w.state().get("model_version") == 8 and w.state().get("value") is not None,
+            30,
+            "predictions with the new model",
+        )
         _publish(port, [m for m in sim.run(2 * 3600) if "motion" not in m[1]])
-        state = w.until(lambda: w.state() if "motion" in (w.state().get("problem") or "") else None, 30,
-                        "the missing input to be named")
+        state = w.until(
+            lambda: w.state() if "motion" in (w.state().get("problem") or "") else None,
+            30,
+            "the missing input to be named",
+        )
         assert state["value"] is None and state["problem"].startswith("inputs: no recent reading of motion")
         _publish(port, list(sim.run(3 * 3600)))
         w.until(lambda: w.state().get("value") is not None, 30, "serving again once the input is back")

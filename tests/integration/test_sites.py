@@ -43,8 +43,13 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     plain topics onto it."""
     cloud_port, site_ports = free_port(), {"home1": free_port(), "home2": free_port()}
     paths = write_federation(str(tmp_path), cloud_port, GROUPS, rounds=3, deadline_s=20, edge=list(GROUPS))
-    rewrite_yaml(paths["topic_map"], lambda fed: [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p})
-                                              for g, p in site_ports.items()] + [fed["broker"].update(topic_prefix=prefix)])
+    rewrite_yaml(
+        paths["topic_map"],
+        lambda fed: (
+            [fed["tree"]["groups"][g].update(broker={"host": "127.0.0.1", "port": p}) for g, p in site_ports.items()]
+            + [fed["broker"].update(topic_prefix=prefix)]
+        ),
+    )
     for g, nodes in GROUPS.items():  # nodes talk to their site's broker
         for n in nodes:
             rewrite_yaml(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
@@ -58,13 +63,19 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
             fed["broker"].update(client_config(security, "coordinator", auth=secure)["broker"])
             for g in GROUPS:
                 fed["tree"]["groups"][g]["broker"]["tls"] = dict(ca)
+
         rewrite_yaml(paths["topic_map"], secure_map)
         for g, nodes in GROUPS.items():
             for n in nodes:
-                rewrite_yaml(paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"]))
+                rewrite_yaml(
+                    paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"])
+                )
             edge = client_config(security, edge_id((g,)), auth=secure)["broker"]
-            edge_args[g] = (["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]] if secure == "mtls"
-                            else ["--username", edge["username"], "--password-file", edge["password_file"]])
+            edge_args[g] = (
+                ["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]]
+                if secure == "mtls"
+                else ["--username", edge["username"], "--password-file", edge["password_file"]]
+            )
         me = observer(security)
     tm = load_topic_map(paths["topic_map"])
     auth = secure or "mtls"
@@ -78,15 +89,20 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     sniff = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sniff.on_message = lambda c, u, m: (lock.acquire(), seen.append(m.topic), lock.release())
     if secure:
-        sniff.tls_set(ca_certs=me["ca_file"], certfile=me["cert_file"] if secure == "mtls" else None,
-                      keyfile=me["key_file"] if secure == "mtls" else None)
+        sniff.tls_set(
+            ca_certs=me["ca_file"],
+            certfile=me["cert_file"] if secure == "mtls" else None,
+            keyfile=me["key_file"] if secure == "mtls" else None,
+        )
         if secure == "password":
             sniff.username_pw_set("observer", me["password"])
     sniff.connect("127.0.0.1", cloud_port)
     sniff.subscribe("#")  # everything on the cloud broker
     sniff.loop_start()
-    procs = [fedmq(["coordinator", "edge", paths["topic_map"], "--group", g, *edge_args[g]],
-                   str(tmp_path / f"edge-{g}.log")) for g in GROUPS]
+    procs = [
+        fedmq(["coordinator", "edge", paths["topic_map"], "--group", g, *edge_args[g]], str(tmp_path / f"edge-{g}.log"))
+        for g in GROUPS
+    ]
     procs += [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for ns in GROUPS.values() for n in ns]
     t = Topics(FED, prefix)
     statuses = {t.status((g,), n) for g, ns in GROUPS.items() for n in ns}

@@ -17,7 +17,6 @@ from fedmq.broker.process import MosquittoProcess
 from fedmq.node.agent import NodeAgent
 from fedmq.node.config import load_node_config
 from fedmq.shared.data import open_source
-
 from inprocess import InThreadCoordinator
 
 GROUPS = {"home1": [f"a{i}" for i in range(5)], "home2": [f"b{i}" for i in range(5)]}
@@ -189,8 +188,14 @@ def test_secure_aggregation_costs_no_accuracy_and_survives_dropouts(tmp_path, br
     """Each home group runs secure aggregation over its 5 nodes; one node per group drops out after the
     key exchange in every round, so the groups rebuild its mask key from the others' shares."""
     dropped = {"a0": DropsAfterSharing, "b0": DropsAfterSharing}
-    rounds, service = run_federation(tmp_path, broker.port, {"secure": {"phase_s": 3, "threshold": 0.6}, "clip_norm": 100.0},
-                                     dropouts=dropped, rounds=3, extra_rounds={"quorum": 0.8, "deadline_s": 6})
+    rounds, service = run_federation(
+        tmp_path,
+        broker.port,
+        {"secure": {"phase_s": 3, "threshold": 0.6}, "clip_norm": 100.0},
+        dropouts=dropped,
+        rounds=3,
+        extra_rounds={"quorum": 0.8, "deadline_s": 6},
+    )
     assert [r["updates"] for r in rounds] == [8] * 3  # 4 survivors in each of the 2 groups
     assert rounds[-1]["accuracy"] >= clean_accuracy - 0.02, (clean_accuracy, [r["accuracy"] for r in rounds])
     assert sum(service.rejections.total.values()) == 0, service.rejections.total
@@ -202,8 +207,9 @@ def test_a_secure_group_refuses_a_sum_that_breaks_the_bounds(tmp_path, broker, c
     sum: a member claiming 10,000 samples against the cap, or sending start - 10 x its change beyond what
     the group's clipped members could sum to, costs its own group the round's sum, never the model."""
     strategy = {"secure": {"phase_s": 3}, "clip_norm": 0.5}
-    rounds, service = run_federation(tmp_path, broker.port, strategy, {"a4"}, rounds=3, attack=(-10.0, claims),
-                                     extra_rounds={"quorum": 0.5})
+    rounds, service = run_federation(
+        tmp_path, broker.port, strategy, {"a4"}, rounds=3, attack=(-10.0, claims), extra_rounds={"quorum": 0.5}
+    )
     refused = service.rejections.total["secure sum out of bounds"]
     # an inflated weight is always caught; a long change whenever it exceeds the group's allowance (in the
     # first round; later, as changes shrink, it fits within what the group's bound lets a liar do)
@@ -215,7 +221,8 @@ def test_a_secure_group_refuses_a_sum_that_breaks_the_bounds(tmp_path, broker, c
 def test_secure_aggregation_matches_plain_fedavg(tmp_path, broker):
     """Same nodes and seeds: the securely aggregated model equals plain FedAvg's up to the field's rounding."""
     plain, plain_service = run_federation(tmp_path / "plain", broker.port, UNBOUNDED, rounds=2)
-    secure, secure_service = run_federation(tmp_path / "secure", broker.port, {"secure": {"phase_s": 3}, **UNBOUNDED},
-                                            rounds=2)
+    secure, secure_service = run_federation(
+        tmp_path / "secure", broker.port, {"secure": {"phase_s": 3}, **UNBOUNDED}, rounds=2
+    )
     a, b = plain_service.driver.weights, secure_service.driver.weights
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4

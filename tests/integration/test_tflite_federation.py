@@ -7,13 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from fedhelp import FED, TWO_HOMES as GROUPS, checkpoint_file, fedmq, stop, tflite_federation, wait_for, wait_online
+from fedhelp import FED, checkpoint_file, fedmq, stop, tflite_federation, wait_for, wait_online
+from fedhelp import TWO_HOMES as GROUPS
+from fedmq.coordinator.rounds import build_model_file
 from fedmq.shared.envelope import Envelope, Kind, decode, encode
 from fedmq.shared.models import initial_weights
 from fedmq.shared.mqtt import MqttLink
-from fedmq.coordinator.rounds import build_model_file
 from fedmq.shared.topicmap import BrokerSettings, ModelSpec, load_topic_map
 from fedmq.shared.topics import Topics
+
 
 def run_federation(tmp_path, port, trainer):
     paths = tflite_federation(tmp_path, port, trainer)
@@ -46,8 +48,15 @@ def test_node_refuses_a_model_file_that_does_not_match_its_hash(broker, tmp_path
     topics = Topics(FED)
     tm = load_topic_map(paths["topic_map"])
     sha, good = build_model_file(tm, initial_weights(tm.model))
-    model = Envelope(Kind.MODEL, FED, 0, "coordinator", 0, initial_weights(tm.model),
-                     meta={"model": tm.model.to_meta(), "file": {"sha256": sha, "bytes": len(good), "format": "tflite"}})
+    model = Envelope(
+        Kind.MODEL,
+        FED,
+        0,
+        "coordinator",
+        0,
+        initial_weights(tm.model),
+        meta={"model": tm.model.to_meta(), "file": {"sha256": sha, "bytes": len(good), "format": "tflite"}},
+    )
     pub = MqttLink("test-publisher", BrokerSettings(port=broker.port))
     pub.start()
     forged = good.replace(b"fedmq", b"evil!")
@@ -74,8 +83,25 @@ def test_demo_with_tflite_nodes_matches_numpy_nodes(tmp_path, model):
     for trainer in ("auto", "numpy"):
         report = tmp_path / f"{trainer}.json"
         work = tmp_path / trainer
-        r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--model", model, "--trainer", trainer,
-                            "--report", str(report), "--workdir", str(work)], capture_output=True, text=True, timeout=180)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedmq.shared.cli",
+                "demo",
+                "--model",
+                model,
+                "--trainer",
+                trainer,
+                "--report",
+                str(report),
+                "--workdir",
+                str(work),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         acc[trainer] = json.loads(report.read_text())["final_accuracy"]
         log = (work / "logs" / "home1-node01.log").read_text()

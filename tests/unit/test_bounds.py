@@ -52,7 +52,9 @@ class Federation:
     def publish(self, topic, payload, retain):
         if topic == self.topics.model():
             site = self.aggs[("site",)]
-            site.set_model(self.driver.state.model_version, {k: v.astype(np.float64) for k, v in self.driver.weights.items()})
+            site.set_model(
+                self.driver.state.model_version, {k: v.astype(np.float64) for k, v in self.driver.weights.items()}
+            )
         elif topic == self.topics.control(()):
             ctl = Control.decode(payload)
             if ctl.type == "start":
@@ -69,7 +71,9 @@ class Federation:
         for n in ctl.selected:
             path = ("site",) if n.startswith("s") else ()
             w = {k: (v + change(n)[k]).astype(np.float32) for k, v in self.driver.weights.items()}
-            env = Envelope(Kind.UPDATE, "f", ctl.round, n, ctl.model_version, w, samples=samples(n), attempt=ctl.attempt)
+            env = Envelope(
+                Kind.UPDATE, "f", ctl.round, n, ctl.model_version, w, samples=samples(n), attempt=ctl.attempt
+            )
             self.aggs[path].on_update(n, encode(env), self.topics.update(path, n))
         assert self.aggs[()].current is None, "the round did not close"
         return ctl
@@ -96,7 +100,9 @@ def test_one_node_claiming_huge_counts_and_norms_cannot_set_the_model():
     assert first.bounds == {"weight": 100.0}
     mean_change = {k: np.mean([honest[n][k] for n in HONEST], axis=0) for k in start}
     step = {k: fed.driver.weights[k] - start[k] for k in start}
-    cosine = sum(np.sum(step[k] * mean_change[k]) for k in start) / (distance(step, {k: 0 for k in step}) * distance(mean_change, {k: 0 for k in step}))
+    cosine = sum(np.sum(step[k] * mean_change[k]) for k in start) / (
+        distance(step, {k: 0 for k in step}) * distance(mean_change, {k: 0 for k in step})
+    )
     # The attacker counts as one node of median weight whose change is as long as the median: it
     # slows the honest step down but cannot turn it (unbounded, it would move the model ~1000x further).
     assert cosine > 0.9 and distance(step, {k: 0 for k in step}) < distance(mean_change, {k: 0 for k in step})
@@ -137,11 +143,19 @@ def test_fixed_bounds_and_a_checkpointed_adaptive_bound(tmp_path):
 
 
 def test_start_bounds_are_validated():
-    ctl = Control("start", 1, deadline_at=1.0, selected=["a"], bounds={"weight": 2.0, "norm": 0.5},
-                  train=__import__("fedmq.shared.messages", fromlist=["TrainParams"]).TrainParams(1, 8, 0.1))
+    ctl = Control(
+        "start",
+        1,
+        deadline_at=1.0,
+        selected=["a"],
+        bounds={"weight": 2.0, "norm": 0.5},
+        train=__import__("fedmq.shared.messages", fromlist=["TrainParams"]).TrainParams(1, 8, 0.1),
+    )
     assert Control.decode(ctl.encode()).bounds == {"weight": 2.0, "norm": 0.5}
     for bad in ({"weight": -1}, {"norm": 0}, {"weight": "x"}, {"other": 1}, [1]):
-        payload = ctl.encode().replace(b'"bounds":{"weight":2.0,"norm":0.5}', f'"bounds":{__import__("json").dumps(bad)}'.encode())
+        payload = ctl.encode().replace(
+            b'"bounds":{"weight":2.0,"norm":0.5}', f'"bounds":{__import__("json").dumps(bad)}'.encode()
+        )
         with pytest.raises(MessageError):
             Control.decode(payload)
 

@@ -93,8 +93,12 @@ def test_compose_tls_paths_are_the_containers(tmp_path):
         assert path.startswith("/security/"), path
     sec = tmp_path / "security"
     command = compose_comment_command(compose_text(), "broker render")
-    argv = [a.replace("deploy/compose/security", str(sec)).replace("deploy/compose/config/federation.yaml", str(tm_file))
-            .replace("deploy/compose/mosquitto/mosquitto.conf", str(tmp_path / "mosquitto.conf")) for a in command]
+    argv = [
+        a.replace("deploy/compose/security", str(sec))
+        .replace("deploy/compose/config/federation.yaml", str(tm_file))
+        .replace("deploy/compose/mosquitto/mosquitto.conf", str(tmp_path / "mosquitto.conf"))
+        for a in command
+    ]
     from fedmq.broker.provision import provision
 
     provision(tm, str(sec))
@@ -102,8 +106,11 @@ def test_compose_tls_paths_are_the_containers(tmp_path):
     conf = (tmp_path / "mosquitto.conf").read_text()
     mounts = {v.split(":")[1] for v in compose["services"]["mosquitto"]["volumes"]}
     assert "user root" not in conf and "/security" in mounts and "/mosquitto/data" in mounts
-    files = [ln.split()[1] for ln in conf.splitlines() if ln.split()[:1] and ln.split()[0] in
-             ("cafile", "certfile", "keyfile", "crlfile", "acl_file", "password_file")]
+    files = [
+        ln.split()[1]
+        for ln in conf.splitlines()
+        if ln.split()[:1] and ln.split()[0] in ("cafile", "certfile", "keyfile", "crlfile", "acl_file", "password_file")
+    ]
     assert files and all(f.startswith("/security/") for f in files), files
     assert "persistence_location /mosquitto/data/" in conf
 
@@ -122,7 +129,7 @@ def compose_comment_command(text, what):
             break
     assert cmd, what
     argv = shlex.split(cmd)
-    return argv[argv.index(next(a for a in argv if a.endswith("fedmq"))) + 1:]
+    return argv[argv.index(next(a for a in argv if a.endswith("fedmq"))) + 1 :]
 
 
 def unit(text):
@@ -133,15 +140,20 @@ def unit(text):
     return parser
 
 
-UNITS = [("fedmq-coordinator.service", None), ("fedmq-edge@.service", "site-a/building-1"),
-         ("fedmq-mosquitto.service", None)]
+UNITS = [
+    ("fedmq-coordinator.service", None),
+    ("fedmq-edge@.service", "site-a/building-1"),
+    ("fedmq-mosquitto.service", None),
+]
 
 
 @pytest.mark.parametrize("name,instance", UNITS)
 def test_systemd_units(name, instance):
     u = unit(open(os.path.join(DEPLOY, "systemd", name), encoding="utf-8").read())
     service = u["Service"]
-    argv = shlex.split(service["ExecStart"].replace("%I", instance or "").replace("${STATE_DIRECTORY}", "/var/lib/fedmq"))
+    argv = shlex.split(
+        service["ExecStart"].replace("%I", instance or "").replace("${STATE_DIRECTORY}", "/var/lib/fedmq")
+    )
     if name == "fedmq-mosquitto.service":
         assert argv == ["/usr/sbin/mosquitto", "-c", "/etc/fedmq/mosquitto.conf"]
     else:
@@ -155,10 +167,12 @@ def test_systemd_units(name, instance):
 @pytest.mark.skipif(not shutil.which("systemd-escape"), reason="systemd-escape is not installed")
 def test_the_edge_units_instance_name_turns_back_into_the_group_path():
     for group in ("site-a/building-1", "b1", "north/floor_2"):
-        escaped = subprocess.run(["systemd-escape", "--path", group], capture_output=True, text=True,
-                                 check=True).stdout.strip()
-        back = subprocess.run(["systemd-escape", "--unescape", "--path", escaped], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        escaped = subprocess.run(
+            ["systemd-escape", "--path", group], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        back = subprocess.run(
+            ["systemd-escape", "--unescape", "--path", escaped], capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert back.strip("/") == group  # what %I gives the unit
     header = open(os.path.join(DEPLOY, "systemd", "fedmq-edge@.service"), encoding="utf-8").read()
     assert "fedmq-edge@site\\x2da-building\\x2d1.service" in header
@@ -170,8 +184,9 @@ def test_units_are_hardened(tmp_path, name):
     """systemd-analyze security rates every unit, with the shared drop-in, at most 2.0 (OK)."""
     root = tmp_path / "etc" / "systemd" / "system"
     shutil.copytree(os.path.join(DEPLOY, "systemd"), root)
-    out = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}", name],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}", name], capture_output=True, text=True
+    ).stdout
     level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
     assert level <= 2.0, out
 
@@ -187,6 +202,9 @@ def test_bundle_unit(tmp_path):
         (root / "fedmq-.service.d").mkdir(parents=True)
         (root / "fedmq-node.service").write_text(text)
         (root / "fedmq-.service.d" / "hardening.conf").write_text(HARDENING)
-        out = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}",
-                              "fedmq-node.service"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}", "fedmq-node.service"],
+            capture_output=True,
+            text=True,
+        ).stdout
         assert float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1)) <= 2.0, out

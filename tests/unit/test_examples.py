@@ -30,8 +30,16 @@ def test_smart_home_gateways_learn_from_their_streams(home, tmp_path):
     cfg = load_node_config(os.path.join(EXAMPLES, "smart-home", f"{home}-gw.yaml"))
     tm = load_topic_map(os.path.join(EXAMPLES, "smart-home.yaml"))
     assert tm.group_of(cfg.node_id).path == cfg.group and cfg.data.kind == "mqtt"
-    source = open_source(replace(cfg.data, options={**cfg.data.options, "clock_topic": CLOCK_TOPIC,
-                                                    "store": {**cfg.data.options["store"], "path": str(tmp_path / "s")}}))
+    source = open_source(
+        replace(
+            cfg.data,
+            options={
+                **cfg.data.options,
+                "clock_topic": CLOCK_TOPIC,
+                "store": {**cfg.data.options["store"], "path": str(tmp_path / "s")},
+            },
+        )
+    )
     assert source.load()[0].shape == (0, tm.model.features)  # no store yet, and checking made none
     assert not os.path.exists(cfg.data.options["store"]["path"])
     x, y = source.replay((t, p) for _, t, p in Simulation(3).run(86400))
@@ -51,7 +59,10 @@ def test_tflite_example_builds_and_checks(tmp_path):
 
     out = tmp_path / "m.tflite"
     cmd = [sys.executable, "-m", "fedmq.shared.cli"]
-    r = subprocess.run(cmd + ["coordinator", "build-model", os.path.join(EXAMPLES, "tflite-sensors.yaml"), "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        cmd + ["coordinator", "build-model", os.path.join(EXAMPLES, "tflite-sensors.yaml"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "sha256" in r.stdout, r.stderr
     assert subprocess.run(cmd + ["model", "check", str(out)], capture_output=True).returncode == 0

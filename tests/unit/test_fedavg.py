@@ -122,7 +122,9 @@ def test_group_rejects_bad_updates_and_counts_them():
     t = topics.update(("home",), "h1")
 
     def env(**kw):
-        base = dict(kind=Kind.UPDATE, federation="f", round=1, sender="h1", model_version=0, tensors=good, samples=5, attempt=1)
+        base = dict(
+            kind=Kind.UPDATE, federation="f", round=1, sender="h1", model_version=0, tensors=good, samples=5, attempt=1
+        )
         base.update(kw)
         return encode(Envelope(**base))
 
@@ -131,20 +133,30 @@ def test_group_rejects_bad_updates_and_counts_them():
     bad = bytearray(env())
     bad[-5] ^= 1
     agg.on_update("h1", bytes(bad), t)
-    agg.on_update("h1", env(tensors={"coef": np.full((3, 5), np.nan, np.float32), "intercept": np.zeros(3, np.float32)}), t)
+    agg.on_update(
+        "h1", env(tensors={"coef": np.full((3, 5), np.nan, np.float32), "intercept": np.zeros(3, np.float32)}), t
+    )
     agg.on_update("h1", env(samples=0), t)
     agg.on_update("stranger", env(sender="stranger"), t)
     agg.on_update("h1", env(sender="h2"), t)
     agg.on_update("h1", env(), t)
     agg.on_update("h1", env(), t)
-    assert dict(rej.total) == {"wrong shape or dtype": 1, "stale round": 1, "bad checksum": 1, "NaN or Inf": 1,
-                               "bad sample count": 1, "unknown node": 1, "sender mismatch": 1, "duplicate": 1}
+    assert dict(rej.total) == {
+        "wrong shape or dtype": 1,
+        "stale round": 1,
+        "bad checksum": 1,
+        "NaN or Inf": 1,
+        "bad sample count": 1,
+        "unknown node": 1,
+        "sender mismatch": 1,
+        "duplicate": 1,
+    }
     partials = [m for m in sent if m[0] == topics.partial((), "home")]
     assert not partials  # h2 has not answered yet
     agg.node_offline("h2")
     assert not [m for m in sent if m[0] == topics.partial((), "home")]  # it may come back before the deadline
     agg.tick(time.time() + 31)
-    (topic, payload, retain), = [m for m in sent if m[0] == topics.partial((), "home")]
+    ((topic, payload, retain),) = [m for m in sent if m[0] == topics.partial((), "home")]
     partial = decode(payload)
     assert partial.kind == Kind.PARTIAL and partial.meta["nodes"] == ["h1"] and partial.samples == 5
 
@@ -166,14 +178,29 @@ def test_split_group_workers_close_together_and_the_parent_refuses_double_counti
     membership = Membership(tm)
     rej = Rejections(__import__("logging").getLogger("test"))
     closed, progress, partials = {}, [], []
-    root = GroupAggregator(tm, tm.root, membership, lambda *a: None, rej,
-                           on_root_close=lambda ctl, res: closed.update(res=res))
-    workers = [GroupAggregator(tm, tm.groups()[("big",)], membership,
-                               lambda t, p, r: (progress if "_progress" in t else partials if "_partial" in t else []).append((t, p)),
-                               rej, worker=w)
-               for w in (0, 1)]
-    ctl = Control("start", 1, attempt=3, model_version=0, deadline_at=time.time() + 30, selected=["n1", "n2", "n3"],
-                  train=TrainParams(1, 8, 0.1))
+    root = GroupAggregator(
+        tm, tm.root, membership, lambda *a: None, rej, on_root_close=lambda ctl, res: closed.update(res=res)
+    )
+    workers = [
+        GroupAggregator(
+            tm,
+            tm.groups()[("big",)],
+            membership,
+            lambda t, p, r: (progress if "_progress" in t else partials if "_partial" in t else []).append((t, p)),
+            rej,
+            worker=w,
+        )
+        for w in (0, 1)
+    ]
+    ctl = Control(
+        "start",
+        1,
+        attempt=3,
+        model_version=0,
+        deadline_at=time.time() + 30,
+        selected=["n1", "n2", "n3"],
+        train=TrainParams(1, 8, 0.1),
+    )
     root.start(ctl)
     for w in workers:
         w.start(ctl)
@@ -200,15 +227,51 @@ def test_split_group_workers_close_together_and_the_parent_refuses_double_counti
     for k, v in res.sums.mean().items():
         np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-6)
     # A node counted by one worker's partial must not count again in another's.
-    root.start(Control("start", 2, attempt=4, model_version=0, deadline_at=time.time() + 30,
-                       selected=["n1", "n2", "n3"], train=TrainParams(1, 8, 0.1)))
+    root.start(
+        Control(
+            "start",
+            2,
+            attempt=4,
+            model_version=0,
+            deadline_at=time.time() + 30,
+            selected=["n1", "n2", "n3"],
+            train=TrainParams(1, 8, 0.1),
+        )
+    )
     w0 = decode(first[1])
-    overlap = Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
-                       meta={"nodes": ["n1"], "worker": 0})
-    again = Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
-                     meta={"nodes": ["n1"], "worker": 1})
-    stranger = Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
-                        meta={"nodes": ["n2"], "worker": 5})
+    overlap = Envelope(
+        Kind.PARTIAL,
+        "f",
+        2,
+        "big",
+        0,
+        dict(w0.tensors),
+        samples=w0.samples,
+        attempt=4,
+        meta={"nodes": ["n1"], "worker": 0},
+    )
+    again = Envelope(
+        Kind.PARTIAL,
+        "f",
+        2,
+        "big",
+        0,
+        dict(w0.tensors),
+        samples=w0.samples,
+        attempt=4,
+        meta={"nodes": ["n1"], "worker": 1},
+    )
+    stranger = Envelope(
+        Kind.PARTIAL,
+        "f",
+        2,
+        "big",
+        0,
+        dict(w0.tensors),
+        samples=w0.samples,
+        attempt=4,
+        meta={"nodes": ["n2"], "worker": 5},
+    )
     t = topics.partial((), "big")
     root.on_partial("big", encode(overlap), t)
     root.on_partial("big", encode(again), t)

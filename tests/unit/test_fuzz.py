@@ -54,13 +54,31 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20)
-header_fields = st.fixed_dictionaries({}, optional={
-    "federation": json_values, "round": json_values, "attempt": json_values, "sender": json_values,
-    "model_version": json_values, "codec": json_values, "samples": json_values, "metrics": json_values,
-    "meta": json_values,
-    "tensors": st.lists(st.fixed_dictionaries({}, optional={
-        "name": json_values, "dtype": st.sampled_from(["f4", "f8", "f2", "i1", "u1", "i4", "i8", "O", "<f4"]) | json_values,
-        "shape": st.lists(st.integers(-3, 2**40), max_size=9) | json_values}), max_size=4)})
+header_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "federation": json_values,
+        "round": json_values,
+        "attempt": json_values,
+        "sender": json_values,
+        "model_version": json_values,
+        "codec": json_values,
+        "samples": json_values,
+        "metrics": json_values,
+        "meta": json_values,
+        "tensors": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "name": json_values,
+                    "dtype": st.sampled_from(["f4", "f8", "f2", "i1", "u1", "i4", "i8", "O", "<f4"]) | json_values,
+                    "shape": st.lists(st.integers(-3, 2**40), max_size=9) | json_values,
+                },
+            ),
+            max_size=4,
+        ),
+    },
+)
 
 
 @FAST
@@ -75,8 +93,16 @@ def test_structured_headers(header, body, kind):
 
 
 def test_huge_shape_claims_allocate_nothing():
-    header = json.dumps({"federation": "f", "round": 1, "sender": "n", "model_version": 0, "samples": 1,
-                         "tensors": [{"name": "w", "dtype": "f8", "shape": [2**31, 2**31]}]}).encode()
+    header = json.dumps(
+        {
+            "federation": "f",
+            "round": 1,
+            "sender": "n",
+            "model_version": 0,
+            "samples": 1,
+            "tensors": [{"name": "w", "dtype": "f8", "shape": [2**31, 2**31]}],
+        }
+    ).encode()
     tracemalloc.start()
     try:
         decode(framed(header, b"\0" * 64))
@@ -98,10 +124,23 @@ def test_json_messages(payload):
 
 
 @FAST
-@given(st.fixed_dictionaries({"v": st.just(1)}, optional={
-    "type": st.sampled_from(["start", "close", "done", "x"]) | json_values, "round": json_values,
-    "attempt": json_values, "model_version": json_values, "deadline_at": json_values, "selected": json_values,
-    "train": json_values, "outcome": json_values, "state": json_values, "node": json_values}))
+@given(
+    st.fixed_dictionaries(
+        {"v": st.just(1)},
+        optional={
+            "type": st.sampled_from(["start", "close", "done", "x"]) | json_values,
+            "round": json_values,
+            "attempt": json_values,
+            "model_version": json_values,
+            "deadline_at": json_values,
+            "selected": json_values,
+            "train": json_values,
+            "outcome": json_values,
+            "state": json_values,
+            "node": json_values,
+        },
+    )
+)
 def test_structured_json_messages(obj):
     payload = json.dumps(obj).encode()
     for decoder in (Control.decode, Status.decode):
@@ -120,19 +159,52 @@ def test_topic_map_text(text):
         assert all(i.file == "fuzz.yaml" and i.message for i in exc.issues)
 
 
-tree = st.recursive(st.none() | st.text(max_size=8) | st.integers() | st.booleans(),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(
-                        st.sampled_from(["nodes", "admit", "groups", "edge", "g1", "a+b", "_x", "n1"]), c, max_size=3),
-                    max_leaves=12)
-sections = st.fixed_dictionaries({}, optional={
-    "federation": st.sampled_from(["f", "a/b", "", "#", "ok-1"]) | tree,
-    "model": st.fixed_dictionaries({}, optional={
-        "kind": st.sampled_from(["softmax_regression", "mlp", "tflite", "bogus"]) | tree,
-        "features": st.integers(-5, 10**8) | tree, "classes": tree, "hidden": tree, "options": tree}),
-    "rounds": st.dictionaries(st.sampled_from(["rounds", "quorum", "min_nodes", "max_nodes", "fraction",
-                                               "deadline_s", "hop_margin_s", "learning_rate", "zzz"]),
-                              st.integers(-3, 100) | st.floats(allow_nan=True) | tree, max_size=5),
-    "limits": tree, "broker": tree, "tree": tree, "checkpoint": tree, "evaluation": tree})
+tree = st.recursive(
+    st.none() | st.text(max_size=8) | st.integers() | st.booleans(),
+    lambda c: (
+        st.lists(c, max_size=3)
+        | st.dictionaries(st.sampled_from(["nodes", "admit", "groups", "edge", "g1", "a+b", "_x", "n1"]), c, max_size=3)
+    ),
+    max_leaves=12,
+)
+sections = st.fixed_dictionaries(
+    {},
+    optional={
+        "federation": st.sampled_from(["f", "a/b", "", "#", "ok-1"]) | tree,
+        "model": st.fixed_dictionaries(
+            {},
+            optional={
+                "kind": st.sampled_from(["softmax_regression", "mlp", "tflite", "bogus"]) | tree,
+                "features": st.integers(-5, 10**8) | tree,
+                "classes": tree,
+                "hidden": tree,
+                "options": tree,
+            },
+        ),
+        "rounds": st.dictionaries(
+            st.sampled_from(
+                [
+                    "rounds",
+                    "quorum",
+                    "min_nodes",
+                    "max_nodes",
+                    "fraction",
+                    "deadline_s",
+                    "hop_margin_s",
+                    "learning_rate",
+                    "zzz",
+                ]
+            ),
+            st.integers(-3, 100) | st.floats(allow_nan=True) | tree,
+            max_size=5,
+        ),
+        "limits": tree,
+        "broker": tree,
+        "tree": tree,
+        "checkpoint": tree,
+        "evaluation": tree,
+    },
+)
 
 
 @FAST
@@ -160,10 +232,19 @@ def test_atheris_coverage_guided(target, tmp_path):
     pytest.importorskip("atheris")
     seeds = tmp_path / "corpus"
     seeds.mkdir()
-    (seeds / "valid").write_bytes(VALID if target == "envelope" else b'{"v":1,"type":"close","round":1,"outcome":"applied"}'
-                                  if target == "messages" else b"federation: f\nmodel: {kind: mlp, features: 2}\ntree: {}\n")
+    (seeds / "valid").write_bytes(
+        VALID
+        if target == "envelope"
+        else b'{"v":1,"type":"close","round":1,"outcome":"applied"}'
+        if target == "messages"
+        else b"federation: f\nmodel: {kind: mlp, features: 2}\ntree: {}\n"
+    )
     script = os.path.join(os.path.dirname(__file__), "..", "fuzz", "atheris_targets.py")
-    r = subprocess.run([sys.executable, script, target, "-runs=20000", "-max_len=2048", str(seeds)],
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [sys.executable, script, target, "-runs=20000", "-max_len=2048", str(seeds)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done 20000 runs" in r.stderr

@@ -7,8 +7,7 @@ import pytest
 
 from fedmq.coordinator.tflite_builder import build_dense_model, dense
 from fedmq.node.model_check import check_model
-from fedmq.node.trainers import TrainerUnavailable, make_trainer
-from fedmq.node.trainers import tflite_runtime
+from fedmq.node.trainers import TrainerUnavailable, make_trainer, tflite_runtime
 from fedmq.shared.models import initial_weights
 from fedmq.shared.topicmap import ModelSpec
 
@@ -18,7 +17,9 @@ SPEC = ModelSpec("tflite", 6, (0, 1, 2), hidden=(4,), options={"output": "softma
 def test_good_model_passes(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(build_dense_model(SPEC, initial_weights(SPEC), 0.1))
-    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "model", "check", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "fedmq.shared.cli", "model", "check", str(path)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: this model can be trained" in r.stdout and "layers.1.weight" in r.stdout and "FAIL" not in r.stdout
 
@@ -35,13 +36,18 @@ def test_not_a_model_is_reported_not_raised(tmp_path):
     assert not report.ok and "loads" in report.results[0][1]
     path = tmp_path / "bad.tflite"
     path.write_bytes(b"junk")
-    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "model", "check", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "fedmq.shared.cli", "model", "check", str(path)], capture_output=True, text=True
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
 
 
 def test_missing_runtime_names_the_extra(monkeypatch):
-    monkeypatch.setattr(tflite_runtime, "CANDIDATES", (("no_such_runtime_a", "Interpreter", "a"),
-                                                       ("no_such_runtime_b", "Interpreter", "b")))
+    monkeypatch.setattr(
+        tflite_runtime,
+        "CANDIDATES",
+        (("no_such_runtime_a", "Interpreter", "a"), ("no_such_runtime_b", "Interpreter", "b")),
+    )
     with pytest.raises(TrainerUnavailable, match=r"pip install 'fedmq-node\[tflite\]'"):
         make_trainer("auto", SPEC, build_dense_model(SPEC, initial_weights(SPEC), 0.1))
 

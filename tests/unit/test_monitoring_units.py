@@ -16,8 +16,7 @@ from fedmq.coordinator.monitor.status_cmd import render
 from fedmq.coordinator.monitor.view import FederationView, summary_line
 from fedmq.coordinator.tree import Membership
 from fedmq.shared.logs import Context, JsonFormatter
-from fedmq.shared.messages import (MessageError, Status, decode_history, encode_history, encode_metrics,
-                                   history_rows)
+from fedmq.shared.messages import MessageError, Status, decode_history, encode_history, encode_metrics, history_rows
 from fedmq.shared.mqtt import Message
 from fedmq.shared.topicmap import TopicMapError, parse_topic_map
 
@@ -62,9 +61,18 @@ def _view() -> FederationView:
     view.feed(Message(t.round_state(), json.dumps({"v": 1, "state": "running", "mode": "sync", "round": 4,
                                                    "rounds_total": 10, "selected": 3, "answered": 1,
                                                    "deadline_at": 4e9}).encode(), True))
-    view.feed(Message(t.history(), encode_history([{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": 0.6}]), True))
-    view.feed(Message(t.metrics(), encode_metrics({"round": 3, "accuracy": 0.7, "accuracy_source": "held_out",
-                                                   "rejected": {"duplicate": 2}, "updates": 3}), True))
+    view.feed(
+        Message(t.history(), encode_history([{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": 0.6}]), True)
+    )
+    view.feed(
+        Message(
+            t.metrics(),
+            encode_metrics(
+                {"round": 3, "accuracy": 0.7, "accuracy_source": "held_out", "rejected": {"duplicate": 2}, "updates": 3}
+            ),
+            True,
+        )
+    )
     return view
 
 
@@ -90,14 +98,31 @@ def test_metrics_names_follow_prometheus_conventions_and_the_grafana_dashboard_u
     tm = parse_topic_map(TM)
     m = ProcessMetrics(tm, Membership(tm), list(tm.groups()))
     m.rejected_message("duplicate", m.topics.update(("home1",), "a1"))
-    m.round_applied({"round": 1, "seconds": 0.2, "model_version": 1, "accuracy": 0.5, "loss": 0.7, "epsilon": 1.5,
-                     "accuracy_source": "held_out", "bytes_up": 10, "bytes_down": 5})
+    m.round_applied(
+        {
+            "round": 1,
+            "seconds": 0.2,
+            "model_version": 1,
+            "accuracy": 0.5,
+            "loss": 0.7,
+            "epsilon": 1.5,
+            "accuracy_source": "held_out",
+            "bytes_up": 10,
+            "bytes_down": 5,
+        }
+    )
     from prometheus_client import generate_latest
 
     text = generate_latest(m.registry).decode()
     names = set(re.findall(r"(?m)^(fedmq_[a-z_]+)", text))
-    assert {"fedmq_rounds_applied_total", "fedmq_updates_accepted_total", "fedmq_messages_rejected_total",
-            "fedmq_round_duration_seconds_bucket", "fedmq_checkpoint_age_seconds", "fedmq_nodes_online"} <= names
+    assert {
+        "fedmq_rounds_applied_total",
+        "fedmq_updates_accepted_total",
+        "fedmq_messages_rejected_total",
+        "fedmq_round_duration_seconds_bucket",
+        "fedmq_checkpoint_age_seconds",
+        "fedmq_nodes_online",
+    } <= names
     counters = re.findall(r"(?m)^# TYPE (\S+) counter", text)
     assert counters and all(c.endswith("_total") for c in counters)  # counters end in _total
     assert not re.search(r'node="', text)  # no per-node series unless asked
@@ -121,8 +146,17 @@ def test_json_logs_carry_node_group_and_round():
     for f in log.filters:
         f.filter(record)
     out = json.loads(JsonFormatter().format(record))
-    assert out == {"time": out["time"], "level": "info", "logger": "fedmq.node.gw-test", "message": "round 12: trained",
-                   "node": "gw-test", "group": "home1", "federation": "f", "round": 12}
-    group = logging.getLogger("fedmq.group.site/b2").makeRecord("fedmq.group.site/b2", logging.WARNING, "", 1,
-                                                                "rejected x: duplicate", (), None)
+    assert out == {
+        "time": out["time"],
+        "level": "info",
+        "logger": "fedmq.node.gw-test",
+        "message": "round 12: trained",
+        "node": "gw-test",
+        "group": "home1",
+        "federation": "f",
+        "round": 12,
+    }
+    group = logging.getLogger("fedmq.group.site/b2").makeRecord(
+        "fedmq.group.site/b2", logging.WARNING, "", 1, "rejected x: duplicate", (), None
+    )
     assert json.loads(JsonFormatter().format(group))["group"] == "site/b2"

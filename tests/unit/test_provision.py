@@ -29,7 +29,16 @@ def test_running_again_adds_parties_and_keeps_existing_credentials(tmp_path):
     assert provision(bigger, d) == ["n3"]
     assert open(os.path.join(d, "clients", "n1.crt"), "rb").read() == n1_cert
     assert [line for line in open(os.path.join(d, "passwords")) if line.startswith("n1:")] == n1_hash
-    assert set(json.load(open(os.path.join(d, "keys.json")))) == {"coordinator", "monitor", "dashboard", "edge/site", "n1", "n2", "n3", "s1"}
+    assert set(json.load(open(os.path.join(d, "keys.json")))) == {
+        "coordinator",
+        "monitor",
+        "dashboard",
+        "edge/site",
+        "n1",
+        "n2",
+        "n3",
+        "s1",
+    }
 
 
 def test_revocation_reaches_passwords_acl_crl_and_keys(tmp_path):
@@ -49,21 +58,33 @@ def test_acl_is_least_privilege_for_every_party(tmp_path):
     tm = parse_topic_map(MAP)
     text = render_acl(tm, {"n1": ("home",), "s1": ("site", "floor")}, tokens=["t1"])
     blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in text.split("\n\n") if b.startswith("user ")}
-    assert blocks["user n1"] == ["topic write fedmq/v1/f/home/_update/n1", "topic write fedmq/v1/f/home/_update/n1/_chunk/+",
-                                 "topic write fedmq/v1/f/home/_status/n1",
-                                 "topic read fedmq/v1/f/_model", "topic read fedmq/v1/f/_model/_chunk/+",
-                                 "topic read fedmq/v1/f/_file/#", "topic read fedmq/v1/f/home/_control",
-                                 "topic write fedmq/v1/f/home/_secagg/n1", "topic read fedmq/v1/f/home/_secagg/_all",
-                                 "topic read fedmq/v1/f/home/_secagg/_to/n1",
-                                 "topic read fedmq/v1/f/home/_model", "topic read fedmq/v1/f/home/_model/_chunk/+"]
+    assert blocks["user n1"] == [
+        "topic write fedmq/v1/f/home/_update/n1",
+        "topic write fedmq/v1/f/home/_update/n1/_chunk/+",
+        "topic write fedmq/v1/f/home/_status/n1",
+        "topic read fedmq/v1/f/_model",
+        "topic read fedmq/v1/f/_model/_chunk/+",
+        "topic read fedmq/v1/f/_file/#",
+        "topic read fedmq/v1/f/home/_control",
+        "topic write fedmq/v1/f/home/_secagg/n1",
+        "topic read fedmq/v1/f/home/_secagg/_all",
+        "topic read fedmq/v1/f/home/_secagg/_to/n1",
+        "topic read fedmq/v1/f/home/_model",
+        "topic read fedmq/v1/f/home/_model/_chunk/+",
+    ]
     edge = blocks["user edge/site"]
     assert "topic write fedmq/v1/f/_partial/site" in edge and "topic read fedmq/v1/f/_control" in edge
     assert "topic write fedmq/v1/f/site/_model" in edge  # its own edge-round model (HierFAVG)
     assert not any(rule.startswith("topic write fedmq/v1/f/_model") for rule in edge)  # never the global model
     assert "topic write fedmq/v1/f/site/_secagg/_to/+" in edge and "topic read fedmq/v1/f/site/_secagg/+" in edge
     coord = blocks["user coordinator"]
-    assert "topic read fedmq/v1/f/#" in coord and not any("_update" in r or "_status" in r for r in coord if "write" in r)
-    assert blocks["user enrol-t1"] == ["topic write fedmq/v1/f/_enrol/request/t1", "topic read fedmq/v1/f/_enrol/reply/t1"]
+    assert "topic read fedmq/v1/f/#" in coord and not any(
+        "_update" in r or "_status" in r for r in coord if "write" in r
+    )
+    assert blocks["user enrol-t1"] == [
+        "topic write fedmq/v1/f/_enrol/request/t1",
+        "topic read fedmq/v1/f/_enrol/reply/t1",
+    ]
 
 
 def test_tokens_are_stored_hashed(tmp_path):
@@ -90,7 +111,9 @@ def test_enrolment_refuses_ids_that_collide_on_disk_or_take_a_brokers_user(tmp_p
     tm, d = _enrolment(tmp_path)
     tokens = [t.split(".") for t in new_tokens(tm, d, 6)]
     other_token = tokens[5][0]
-    for (tid, secret), bad in zip(tokens, ["n1:x", "edge__site", f"enrol-{other_token}", "coordinator", "monitor", "../evil"]):
+    for (tid, secret), bad in zip(
+        tokens, ["n1:x", "edge__site", f"enrol-{other_token}", "coordinator", "monitor", "../evil"]
+    ):
         with pytest.raises(EnrolmentRefused, match="id not available"):
             enrol(tm, d, tid, secret, bad)
     assert enrol(tm, d, tokens[0][0], tokens[0][1], "dev-7")["group"]  # the token was not spent by the refusals

@@ -43,4 +43,6 @@ def test_retained_updates_and_chunks_are_refused_and_cleared():
         service.link.inbox.put(Message(f"fedmq/v1/f/g1/_update/a/_chunk/{i}", frame, True))
     assert service.link.get(timeout=0) is None
     assert service.rejections.total["retained message"] == 1 + len(split(update, 400))
-    assert all(payload == b"" and retain for _, payload, retain in cleared) and len(cleared) == 1 + len(split(update, 400))
+    assert all(payload == b"" and retain for _, payload, retain in cleared) and len(cleared) == 1 + len(
+        split(update, 400)
+    )

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+
 import tomllib
 
 from fedmq.shared import PROTOCOL_REVISION, __version__

@@ -157,14 +157,17 @@ def test_discovery_follows_home_assistants_schema():
     assert pred["json_attributes_topic"] == "fedmq/k/state"
     assert all(discovery.owned(ha, "kitchen-gw", t) for t in configs)
     assert not discovery.owned(ha, "kitchen", "homeassistant/sensor/gw_1/kitchen-gw_samples/config")
-    assert not discovery.owned(ha, "kitchen", "homeassistant/sensor/gw_1/kitchen_gw_samples/config")  # node kitchen_gw's
+    # node kitchen_gw's
+    assert not discovery.owned(ha, "kitchen", "homeassistant/sensor/gw_1/kitchen_gw_samples/config")
     assert not discovery.owned(ha, "kitchen-gw", "homeassistant/sensor/gw_2/kitchen-gw_samples/config")
     temp = HomeAssistant(device_id="gw_1", name="Temperature", device_class="temperature", unit="°C")
     reg = discovery.configs(temp, "t", "fed", REGRESSOR, "s", "a")
     p = reg["homeassistant/sensor/gw_1/t_prediction/config"]
     assert p["unit_of_measurement"] == "°C" and p["state_class"] == "measurement" and p["device_class"] == "temperature"
     assert reg["homeassistant/sensor/gw_1/t_local_rmse/config"]["unit_of_measurement"] == "°C"
-    enum = discovery.configs(HomeAssistant(device_id="g"), "n", "fed", MULTI, "s", "a")["homeassistant/sensor/g/n_prediction/config"]
+    enum = discovery.configs(HomeAssistant(device_id="g"), "n", "fed", MULTI, "s", "a")[
+        "homeassistant/sensor/g/n_prediction/config"
+    ]
     assert enum["device_class"] == "enum" and enum["options"] == ["a", "b", "c"]
 
 
@@ -172,8 +175,9 @@ def test_personalisation_serves_the_global_model_unless_fine_tuning_helps_on_the
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(int)  # this home: class 1 when feature a is high
-    model = SavedModel(BINARY, {"coef": np.zeros((2, 4), np.float32), "intercept": np.zeros(2, np.float32)},
-                       None, "fed", 1)
+    model = SavedModel(
+        BINARY, {"coef": np.zeros((2, 4), np.float32), "intercept": np.zeros(2, np.float32)}, None, "fed", 1
+    )
     served, scores = personalise(model, x, y, Personalise(epochs=5), 0, 0.3, period_s=600)  # 600 samples: 4 days
     assert served is not model and scores["personalised"] > scores["global"] + 0.3
     good = served

@@ -3,18 +3,17 @@
 import numpy as np
 import pytest
 
+from fedhelp import GOOD_TOPIC_MAP as GOOD
 from fedmq.coordinator.strategy.clipping import clip_update
 from fedmq.coordinator.strategy.optimizer import make_optimizer
 from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
-from fedmq.coordinator.strategy.rules.trimmed_mean import TrimmedMean
 from fedmq.coordinator.strategy.rules._krum import krum_scores
+from fedmq.coordinator.strategy.rules.trimmed_mean import TrimmedMean
 from fedmq.node.privacy import privatize
 from fedmq.shared.codecs import Sparse, norm
 from fedmq.shared.messages import Control, TrainParams
 from fedmq.shared.topicmap import Privacy, TopicMapError, parse_topic_map
-
-from fedhelp import GOOD_TOPIC_MAP as GOOD
 
 
 def honest_and_attackers(n_honest=8, n_bad=2, p=5, seed=0):

@@ -10,7 +10,6 @@ from fedhelp import GOOD_TOPIC_MAP as GOOD
 from fedmq.shared.topicmap import TopicMapError, load_topic_map, parse_topic_map
 
 
-
 def issues(text):
     with pytest.raises(TopicMapError) as exc:
         parse_topic_map(textwrap.dedent(text), "fed.yaml")
@@ -128,10 +127,15 @@ def test_compression_and_transport_sections():
     tm = parse_topic_map(GOOD + "compression: {update: topk, topk_fraction: 0.02, model: float16}\n"
                                 "transport: {max_payload_bytes: 131072, chunk_timeout_s: 30}\n")
     c = tm.compression.update
-    assert (c.name, c.delta, c.fraction, c.error_feedback, tm.compression.model) == ("topk", True, 0.02, True, "float16")
+    got = (c.name, c.delta, c.fraction, c.error_feedback, tm.compression.model)
+    assert got == ("topk", True, 0.02, True, "float16")
     assert (tm.transport.max_payload_bytes, tm.transport.chunk_timeout_s) == (131072, 30.0)
     raw = parse_topic_map(GOOD)
-    assert (raw.compression.update.name, raw.compression.update.delta, raw.transport.max_payload_bytes) == ("raw", False, None)
+    assert (raw.compression.update.name, raw.compression.update.delta, raw.transport.max_payload_bytes) == (
+        "raw",
+        False,
+        None,
+    )
     one(GOOD + "compression: {update: topk, delta: false}\n", "compression", 19, "needs delta")
     one(GOOD + "compression: {update: zstd}\n", "compression.update", 19, "must be one of")
     one(GOOD + "compression: {model: int8}\n", "compression.model", 19, "must be one of")

@@ -48,7 +48,9 @@ def node_rules(t: Topics, node: str, group: GroupPath) -> List[str]:
             *(f"topic read {t.group_model(group[:depth])}" for depth in range(1, len(group) + 1))]
 
 
-def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = (), tokens: Iterable[str] = ()) -> str:
+def render_acl(
+    tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str] = (), tokens: Iterable[str] = ()
+) -> str:
     """The acl_file for the coordinator, every edge aggregator, the given nodes (id -> group) and the open
     enrolment tokens (each may only send its own request and read its own reply). Brokers with different
     topic prefixes (bridged sites) share the file: the rules are written once per prefix."""
@@ -60,16 +62,26 @@ def render_acl(tm: TopicMap, nodes: Dict[str, GroupPath], revoked: Iterable[str]
 
 
 def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[str], tokens: List[str]) -> List[str]:
-    lines = [f"user {COORDINATOR}", f"topic read {t.everything()}", f"topic write {t.model()}",
-             f"topic write {t.files_filter()}",
-             f"topic write {t.metrics()}", f"topic write {t.round_state()}", f"topic write {t.history()}",
-             f"topic write {t.enrol_reply('+')}"]
+    lines = [
+        f"user {COORDINATOR}",
+        f"topic read {t.everything()}",
+        f"topic write {t.model()}",
+        f"topic write {t.files_filter()}",
+        f"topic write {t.metrics()}",
+        f"topic write {t.round_state()}",
+        f"topic write {t.history()}",
+        f"topic write {t.enrol_reply('+')}",
+    ]
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.leaves(path, 'partial')}"]
         lines += _aggregator_writes(t, path)
     # the observers (fedmq status, fedmq dashboard): statuses, round progress and summaries; they write nothing
-    observing = [f"topic read {t.metrics()}", f"topic read {t.round_state()}", f"topic read {t.history()}",
-                 *(f"topic read {t.status_filter(path)}" for path in tm.groups())]
+    observing = [
+        f"topic read {t.metrics()}",
+        f"topic read {t.round_state()}",
+        f"topic read {t.history()}",
+        *(f"topic read {t.status_filter(path)}" for path in tm.groups()),
+    ]
     for observer in OBSERVERS:
         lines += ["", f"user {observer}", *observing]
     lines += [""]
@@ -78,12 +90,20 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
             continue
         rules: List[str] = []
         for p in _served(tm, path):
-            rules += [f"topic read {t.leaves(p, 'update')}", f"topic readwrite {t.leaves(p, 'partial')}",
-                      f"topic read {t.status_filter(p)}", f"topic readwrite {t.control(p)}",
-                      f"topic read {t.leaves(p, 'secagg')}", *_aggregator_writes(t, p)]
+            rules += [
+                f"topic read {t.leaves(p, 'update')}",
+                f"topic readwrite {t.leaves(p, 'partial')}",
+                f"topic read {t.status_filter(p)}",
+                f"topic readwrite {t.control(p)}",
+                f"topic read {t.leaves(p, 'secagg')}",
+                *_aggregator_writes(t, p),
+            ]
             rules += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
-        rules += [f"topic read {t.control(path[:-1])}", f"topic write {t.partial(path[:-1], path[-1])}",
-                  f"topic read {t.model()}"]
+        rules += [
+            f"topic read {t.control(path[:-1])}",
+            f"topic write {t.partial(path[:-1], path[-1])}",
+            f"topic read {t.model()}",
+        ]
         if group.workers > 1:  # its workers tell each other which nodes they have aggregated
             rules += [f"topic readwrite {t.leaves(path, 'progress')}"]
         if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
@@ -96,16 +116,27 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
         if node not in revoked:
             lines += node_rules(t, node, nodes[node]) + [""]
     for token in tokens:
-        lines += [f"user {ENROL_PREFIX}{token}", f"topic write {t.enrol_request(token)}",
-                  f"topic read {t.enrol_reply(token)}", ""]
+        lines += [
+            f"user {ENROL_PREFIX}{token}",
+            f"topic write {t.enrol_request(token)}",
+            f"topic read {t.enrol_reply(token)}",
+            "",
+        ]
     return lines
 
 
 def _aggregator_writes(t: Topics, path: GroupPath) -> List[str]:
     """What a group's aggregator publishes besides partials and control: its edge-round model (HierFAVG)
     and its secure-aggregation messages to the group's nodes."""
-    return [f"topic write {t.group_model(path)}", f"topic write {t.secagg_all(path)}", f"topic write {t.secagg_to(path, '+')}"] \
-        if path else []
+    return (
+        [
+            f"topic write {t.group_model(path)}",
+            f"topic write {t.secagg_all(path)}",
+            f"topic write {t.secagg_to(path, '+')}",
+        ]
+        if path
+        else []
+    )
 
 
 def _with_chunks(lines: List[str]) -> List[str]:

@@ -24,62 +24,111 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                      "./mosquitto-<federation>.conf for run)")
         r.add_argument("--port", type=int, help="listener port (default: the topic map's broker.port)")
         r.add_argument("--bind", default=None, help="listener address (default: the topic map's broker.host)")
-        r.add_argument("--persistence-dir",
-                       help="directory for Mosquitto's persistence file, so that sessions, queued updates and retained "
-                            "models survive a broker restart (default: " + ("/var/lib/fedmq/mosquitto, fedmq-mosquitto.service's" if name ==
-                            "render" else "mosquitto-<federation>-data beside the config") + "; 'none' turns it off)")
+        r.add_argument(
+            "--persistence-dir",
+            help="directory for Mosquitto's persistence file, so that sessions, queued updates and retained "
+            "models survive a broker restart (default: "
+            + (
+                "/var/lib/fedmq/mosquitto, fedmq-mosquitto.service's"
+                if name == "render"
+                else "mosquitto-<federation>-data beside the config"
+            )
+            + "; 'none' turns it off)",
+        )
         r.add_argument("--log-file", help="Mosquitto log file (default: stderr)")
-        r.add_argument("--security", metavar="DIR", help="directory made by 'fedmq broker provision': TLS listener, "
-                                                         "no anonymous clients, password and ACL files")
-        r.add_argument("--security-mount", metavar="PATH",
-                       help="where Mosquitto sees the --security directory, when not at the same path (e.g. /security "
-                            "in the compose file's container): the config names its files there")
-        r.add_argument("--auth", choices=("mtls", "password"), default="mtls",
-                       help="with --security: client certificates (default) or passwords over TLS")
+        r.add_argument(
+            "--security",
+            metavar="DIR",
+            help="directory made by 'fedmq broker provision': TLS listener, "
+            "no anonymous clients, password and ACL files",
+        )
+        r.add_argument(
+            "--security-mount",
+            metavar="PATH",
+            help="where Mosquitto sees the --security directory, when not at the same path (e.g. /security "
+            "in the compose file's container): the config names its files there",
+        )
+        r.add_argument(
+            "--auth",
+            choices=("mtls", "password"),
+            default="mtls",
+            help="with --security: client certificates (default) or passwords over TLS",
+        )
         r.add_argument("--enrol-port", type=int, help="with --auth mtls: a TLS listener for enrolment tokens")
-        r.add_argument("--pid-file", help="where Mosquitto writes its pid (the coordinator signals it after enrolments)")
-        r.add_argument("--audit", action="store_true",
-                       help="log at Mosquitto's debug level, the only one at which it logs ACL denials (every packet "
-                            "is logged too: rotate the log); read them with 'fedmq broker denials LOG'")
-        r.add_argument("--site", metavar="GROUP", help="the config of this group's own (site) broker: its listener from "
-                                                       "the group's broker section, and a bridge to its parent's broker")
+        r.add_argument(
+            "--pid-file", help="where Mosquitto writes its pid (the coordinator signals it after enrolments)"
+        )
+        r.add_argument(
+            "--audit",
+            action="store_true",
+            help="log at Mosquitto's debug level, the only one at which it logs ACL denials (every packet "
+            "is logged too: rotate the log); read them with 'fedmq broker denials LOG'",
+        )
+        r.add_argument(
+            "--site",
+            metavar="GROUP",
+            help="the config of this group's own (site) broker: its listener from "
+            "the group's broker section, and a bridge to its parent's broker",
+        )
         r.set_defaults(func=_render if name == "render" else _run)
-    prov = bsub.add_parser("provision", help="create a CA, certificates, passwords and the ACL for a federation",
-                           description="Create (or extend) DIR with the federation's CA, the broker's certificate, a "
-                                       "client certificate and password for the coordinator, every edge aggregator "
-                                       "and every node the topic map names, a least-privilege ACL and a CRL. "
-                                       "Running it again adds new parties and keeps existing credentials.")
+    prov = bsub.add_parser(
+        "provision",
+        help="create a CA, certificates, passwords and the ACL for a federation",
+        description="Create (or extend) DIR with the federation's CA, the broker's certificate, a "
+        "client certificate and password for the coordinator, every edge aggregator "
+        "and every node the topic map names, a least-privilege ACL and a CRL. "
+        "Running it again adds new parties and keeps existing credentials.",
+    )
     prov.add_argument("topic_map", help="federation topic map (YAML)")
     prov.add_argument("--out", required=True, metavar="DIR", help="security directory")
     prov.add_argument("--ca-cert", help="use this CA certificate instead of creating one (with --ca-key)")
     prov.add_argument("--ca-key", help="the CA's private key")
-    prov.add_argument("--server-name", action="append", default=[], help="extra DNS name or IP for the broker certificate")
-    prov.add_argument("--owner", metavar="USER[:GROUP]",  # or UID:GID
-                      help="the service user (and group; default: the user's) that runs the coordinator and the "
-                           "federation's Mosquitto: it gets the directory and every file in it, also after later "
-                           "'token', 'revoke' and enrolments (run as root)")
+    prov.add_argument(
+        "--server-name", action="append", default=[], help="extra DNS name or IP for the broker certificate"
+    )
+    prov.add_argument(
+        "--owner",
+        metavar="USER[:GROUP]",  # or UID:GID
+        help="the service user (and group; default: the user's) that runs the coordinator and the "
+        "federation's Mosquitto: it gets the directory and every file in it, also after later "
+        "'token', 'revoke' and enrolments (run as root)",
+    )
     prov.set_defaults(func=_provision)
-    rev = bsub.add_parser("revoke", help="revoke a party's credentials",
-                          description="Remove a node (or edge aggregator) from the password and ACL files and list "
-                                      "its certificate in the CRL. Restart or SIGHUP Mosquitto to apply.")
+    rev = bsub.add_parser(
+        "revoke",
+        help="revoke a party's credentials",
+        description="Remove a node (or edge aggregator) from the password and ACL files and list "
+        "its certificate in the CRL. Restart or SIGHUP Mosquitto to apply.",
+    )
     rev.add_argument("topic_map", help="federation topic map (YAML)")
     rev.add_argument("--dir", required=True, help="security directory")
     rev.add_argument("id", help="the node id (or edge/<group path>)")
     rev.set_defaults(func=_revoke)
-    tok = bsub.add_parser("token", help="create one-time enrolment tokens",
-                          description="Create one-time tokens with which new devices enrol (fedmq node enrol). Each "
-                                      "is its own broker user that may send one request; the coordinator admits the "
-                                      "device into the group the topic map's rules give its id.")
+    tok = bsub.add_parser(
+        "token",
+        help="create one-time enrolment tokens",
+        description="Create one-time tokens with which new devices enrol (fedmq node enrol). Each "
+        "is its own broker user that may send one request; the coordinator admits the "
+        "device into the group the topic map's rules give its id.",
+    )
     tok.add_argument("topic_map", help="federation topic map (YAML)")
     tok.add_argument("--dir", required=True, help="security directory")
     tok.add_argument("--count", type=int, default=1, help="how many tokens (default 1)")
-    tok.add_argument("--ttl", type=float, default=7 * 24, metavar="HOURS",
-                     help="hours a token can be used before it expires (default 168, a week)")
+    tok.add_argument(
+        "--ttl",
+        type=float,
+        default=7 * 24,
+        metavar="HOURS",
+        help="hours a token can be used before it expires (default 168, a week)",
+    )
     tok.set_defaults(func=_tokens)
-    den = bsub.add_parser("denials", help="list who the broker refused what (from an --audit log)",
-                          description="Read a Mosquitto log written with 'fedmq broker render --audit' and list, per "
-                                      "client (a party's identity under provisioned security), the publishes the ACL "
-                                      "refused and their topics: a node probing the ACL shows here.")
+    den = bsub.add_parser(
+        "denials",
+        help="list who the broker refused what (from an --audit log)",
+        description="Read a Mosquitto log written with 'fedmq broker render --audit' and list, per "
+        "client (a party's identity under provisioned security), the publishes the ACL "
+        "refused and their topics: a node probing the ACL shows here.",
+    )
     den.add_argument("log", help="Mosquitto's log file (log_dest file), or - for stdin")
     den.add_argument("--top", type=int, default=5, help="topics shown per client (default 5)")
     den.set_defaults(func=_denials)
@@ -115,24 +164,47 @@ def _config(args: argparse.Namespace) -> "tuple[str, str]":
         site = tuple(args.site.strip("/").split("/"))
         group = tm.groups().get(site)
         if group is None or group.broker is None:
-            raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.site}",
-                                             "no such group with its own broker",
-                                             "give the group a 'broker: {host: ..., port: ...}' section and edge: true")])
+            raise TopicMapError(
+                [
+                    ConfigIssue(
+                        tm.file,
+                        group.line if group else None,
+                        f"tree ... {args.site}",
+                        "no such group with its own broker",
+                        "give the group a 'broker: {host: ..., port: ...}' section and edge: true",
+                    )
+                ]
+            )
         listen, bridge = group.broker, bridge_for(tm, site, args.security, args.auth)
     persistence = args.persistence_dir
     if persistence is None:
-        persistence = DEFAULT_PERSISTENCE if args.func is _render else os.path.abspath(
-            os.path.join(os.path.dirname(os.path.abspath(args.out or ".")) if args.out else ".",
-                         f"mosquitto-{tm.federation}-data"))
+        persistence = (
+            DEFAULT_PERSISTENCE
+            if args.func is _render
+            else os.path.abspath(
+                os.path.join(
+                    os.path.dirname(os.path.abspath(args.out or ".")) if args.out else ".",
+                    f"mosquitto-{tm.federation}-data",
+                )
+            )
+        )
         if args.func is _run:
             os.makedirs(persistence, exist_ok=True)
-    cfg = BrokerConfig.for_topic_map(tm, port=args.port or listen.port, bind=args.bind or listen.host,
-                                     persistence_dir=None if persistence == "none" else persistence,
-                                     log_file=args.log_file,
-                                     security_dir=args.security, security_mount=args.security_mount,
-                                     auth=args.auth, enrol_port=args.enrol_port,
-                                     pid_file=args.pid_file, bridge=bridge, audit=args.audit,
-                                     user=starter_user() if args.func is _run else None)
+    cfg = BrokerConfig.for_topic_map(
+        tm,
+        port=args.port or listen.port,
+        bind=args.bind or listen.host,
+        persistence_dir=None if persistence == "none" else persistence,
+        log_file=args.log_file,
+        security_dir=args.security,
+        security_mount=args.security_mount,
+        auth=args.auth,
+        enrol_port=args.enrol_port,
+        pid_file=args.pid_file,
+        bridge=bridge,
+        audit=args.audit,
+        user=starter_user() if args.func is _run else None,
+    )
     return tm.federation, render_config(cfg)
 
 
@@ -172,13 +244,20 @@ def _provision(args: argparse.Namespace) -> int:
         try:
             owner = _user_and_group(args.owner)
         except KeyError as exc:
-            print(f"fedmq broker provision: --owner {args.owner}: no such {exc.args[0]} (create it first, e.g. "
-                  "'useradd --system --home-dir /var/lib/fedmq fedmq')", file=sys.stderr)
+            print(
+                f"fedmq broker provision: --owner {args.owner}: no such {exc.args[0]} (create it first, e.g. "
+                "'useradd --system --home-dir /var/lib/fedmq fedmq')",
+                file=sys.stderr,
+            )
             return 2
     tm = load_topic_map(args.topic_map)
-    added = provision(tm, args.out, ca_cert=args.ca_cert, ca_key=args.ca_key, extra_server_names=args.server_name,
-                      owner=owner)
-    print(f"{args.out}: {len(added)} new part{'y' if len(added) == 1 else 'ies'}" + (f": {', '.join(added)}" if added else ""))
+    added = provision(
+        tm, args.out, ca_cert=args.ca_cert, ca_key=args.ca_key, extra_server_names=args.server_name, owner=owner
+    )
+    print(
+        f"{args.out}: {len(added)} new part{'y' if len(added) == 1 else 'ies'}"
+        + (f": {', '.join(added)}" if added else "")
+    )
     return 0
 
 
@@ -210,8 +289,10 @@ def _revoke(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fedmq broker revoke: {exc}", file=sys.stderr)
         return 2
-    print(f"revoked {args.id}: removed from passwords and ACL, certificate listed in {args.dir}/crl.pem; "
-          "restart Mosquitto (or send it SIGHUP) to apply")
+    print(
+        f"revoked {args.id}: removed from passwords and ACL, certificate listed in {args.dir}/crl.pem; "
+        "restart Mosquitto (or send it SIGHUP) to apply"
+    )
     return 0
 
 

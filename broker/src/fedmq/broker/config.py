@@ -32,7 +32,9 @@ class BrokerConfig:
     log_file: Optional[str] = None
     federation: str = ""
     security_dir: Optional[str] = None  # a directory made by 'fedmq broker provision'
-    security_mount: Optional[str] = None  # where Mosquitto sees that directory, when elsewhere (a container's /security)
+    security_mount: Optional[str] = (
+        None  # where Mosquitto sees that directory, when elsewhere (a container's /security)
+    )
     auth: str = "mtls"  # mtls: client certificates (CN = id); password: username + password over TLS
     enrol_port: Optional[int] = None  # with mtls: a TLS listener where enrolment tokens log in with a password
     pid_file: Optional[str] = None  # so the coordinator can make Mosquitto reload passwords and ACL (SIGHUP)
@@ -43,8 +45,11 @@ class BrokerConfig:
     @classmethod
     def for_topic_map(cls, tm: TopicMap, **overrides: object) -> "BrokerConfig":
         """Defaults taken from a topic map (port and packet limit), then ``overrides``."""
-        cfg = cls(port=tm.broker.port, max_packet_bytes=tm.limits.max_message_bytes + PACKET_OVERHEAD,
-                  federation=tm.federation)
+        cfg = cls(
+            port=tm.broker.port,
+            max_packet_bytes=tm.limits.max_message_bytes + PACKET_OVERHEAD,
+            federation=tm.federation,
+        )
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
@@ -78,34 +83,55 @@ def render_config(cfg: BrokerConfig) -> str:
         "",
     ]
     if cfg.persistence_dir:
-        lines += ["persistence true", f"persistence_location {os.path.join(cfg.persistence_dir, '')}",
-                  "autosave_interval 10"]
+        lines += [
+            "persistence true",
+            f"persistence_location {os.path.join(cfg.persistence_dir, '')}",
+            "autosave_interval 10",
+        ]
     else:
         lines += ["persistence false"]
     if cfg.log_file:
         lines += [f"log_dest file {cfg.log_file}"]
     else:
         lines += ["log_dest stderr"]
-    lines += ["log_type error", "log_type warning", "log_type notice", "log_type information",
-              "connection_messages true", "log_timestamp true"]
+    lines += [
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "connection_messages true",
+        "log_timestamp true",
+    ]
     if cfg.audit:
-        lines += ["# Audit: Mosquitto logs ACL denials only at debug level, which logs every packet too;",
-                  "# 'fedmq broker denials LOG' lists who was refused what.", "log_type debug"]
+        lines += [
+            "# Audit: Mosquitto logs ACL denials only at debug level, which logs every packet too;",
+            "# 'fedmq broker denials LOG' lists who was refused what.",
+            "log_type debug",
+        ]
     if cfg.bridge is not None:
         lines += render_bridge(cfg.bridge)
     if cfg.user:
-        lines += ["# Started as root, Mosquitto drops to this user before it opens its keys, log and persistence.",
-                  f"user {cfg.user}"]
+        lines += [
+            "# Started as root, Mosquitto drops to this user before it opens its keys, log and persistence.",
+            f"user {cfg.user}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _security(cfg: BrokerConfig) -> list:
     if not cfg.security_dir:
-        return ["# No security directory given (fedmq broker provision): plain TCP, anonymous clients allowed.",
-                "allow_anonymous true"]
+        return [
+            "# No security directory given (fedmq broker provision): plain TCP, anonymous clients allowed.",
+            "allow_anonymous true",
+        ]
     d = _security_path(cfg)
-    lines = ["# TLS with the federation's CA; no anonymous clients; least-privilege ACL.",
-             *_tls(d), f"crlfile {d}/crl.pem", "allow_anonymous false", f"acl_file {d}/acl"]
+    lines = [
+        "# TLS with the federation's CA; no anonymous clients; least-privilege ACL.",
+        *_tls(d),
+        f"crlfile {d}/crl.pem",
+        "allow_anonymous false",
+        f"acl_file {d}/acl",
+    ]
     if cfg.auth == "mtls":
         lines += ["require_certificate true", "use_identity_as_username true"]
     else:
@@ -128,7 +154,15 @@ def _enrol_listener(cfg: BrokerConfig) -> list:
     if not (cfg.security_dir and cfg.auth == "mtls" and cfg.enrol_port):
         return []
     d = _security_path(cfg)
-    return ["", "# Enrolment: TLS without client certificates; only the open one-time tokens' users (enrol-<id>)",
-            "# are in this listener's password file, and the ACL lets each send one request and read one reply.",
-            f"listener {cfg.enrol_port} {cfg.bind}", *_tls(d), "require_certificate false", "allow_anonymous false",
-            f"password_file {d}/{ENROL_PASSWORDS}", f"acl_file {d}/acl", "use_username_as_clientid true"]
+    return [
+        "",
+        "# Enrolment: TLS without client certificates; only the open one-time tokens' users (enrol-<id>)",
+        "# are in this listener's password file, and the ACL lets each send one request and read one reply.",
+        f"listener {cfg.enrol_port} {cfg.bind}",
+        *_tls(d),
+        "require_certificate false",
+        "allow_anonymous false",
+        f"password_file {d}/{ENROL_PASSWORDS}",
+        f"acl_file {d}/acl",
+        "use_username_as_clientid true",
+    ]

@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 from typing import Dict
+
 from fedmq.shared.files import write_atomic
 
 ITERATIONS = 101  # what mosquitto_passwd 2.0 writes

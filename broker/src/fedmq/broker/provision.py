@@ -26,17 +26,17 @@ import json
 import os
 import re
 import secrets
-import time
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from fedmq.broker import acl, passwords, pki
+from fedmq.shared.files import write_atomic
 from fedmq.shared.identities import COORDINATOR, OBSERVERS, edge_id
 from fedmq.shared.signing import new_signing_key
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topics import level_problem
-from fedmq.shared.files import write_atomic
 
 SERVER_NAMES = ["localhost", "127.0.0.1"]
 

@@ -153,13 +153,24 @@ class AsyncGroup(GroupAggregator):
         nodes = env.meta.get("nodes", [])
         child_path = self.group.path + (child,)
         tensors, reason, detail = self._tensors(env, self._partial_codec, self.shapes)
-        if self._refused(topic, [
-            (child not in {c.name for c in self.group.children}, "unexpected partial", f"{child!r} is not a child group"),
-            (not isinstance(nodes, list) or not nodes or not all(
-                isinstance(n, str) and self.membership.in_subtree(n, child_path) for n in nodes),
-             "bad node list", "nodes must be members of the child group, one per buffered change"),
-            (tensors is None, reason, detail),
-        ]):
+        if self._refused(
+            topic,
+            [
+                (
+                    child not in {c.name for c in self.group.children},
+                    "unexpected partial",
+                    f"{child!r} is not a child group",
+                ),
+                (
+                    not isinstance(nodes, list)
+                    or not nodes
+                    or not all(isinstance(n, str) and self.membership.in_subtree(n, child_path) for n in nodes),
+                    "bad node list",
+                    "nodes must be members of the child group, one per buffered change",
+                ),
+                (tensors is None, reason, detail),
+            ],
+        ):
             return
         b = self._buffer()
         b.nodes.extend(nodes)

@@ -6,9 +6,7 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any, Dict
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Dict
 
 from fedmq.shared.logs import add_log_format
 from fedmq.shared.topicmap import ConfigIssue, TopicMapError, load_topic_map
@@ -47,22 +45,31 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
                            "group's updates between them (MQTT v5 shared subscription)")
     edge.add_argument("--signing-key", help="this edge's Ed25519 key (clients/edge__<group>.sign) when the topic map "
                                             "turns signatures on")
-    edge.add_argument("--share-key", metavar="FILE",
-                      help="a group split over workers: the group's secret (clients/edge__<group>.share) that names the "
-                           "workers' shared subscription, so that no other client can join it; required over TLS")
-    edge.add_argument("--security-dir", metavar="DIR",
-                      help="the directory 'fedmq broker provision' wrote (or a copy of this edge's clients/edge__* files "
-                           "and ca.crt): takes this edge's certificate or password, signing key and share key from it")
+    edge.add_argument(
+        "--share-key",
+        metavar="FILE",
+        help="a group split over workers: the group's secret (clients/edge__<group>.share) that names the "
+        "workers' shared subscription, so that no other client can join it; required over TLS",
+    )
+    edge.add_argument(
+        "--security-dir",
+        metavar="DIR",
+        help="the directory 'fedmq broker provision' wrote (or a copy of this edge's clients/edge__* files "
+        "and ca.crt): takes this edge's certificate or password, signing key and share key from it",
+    )
     edge.add_argument("--cert", help="this edge's client certificate (mutual TLS), instead of the topic map's")
     edge.add_argument("--key", help="the key of --cert")
     edge.add_argument("--username", help="this edge's MQTT username (passwords over TLS)")
     edge.add_argument("--password-file", help="file holding this edge's MQTT password")
     _metrics_flag(edge)
     edge.set_defaults(func=_edge, default_verbosity=1)
-    build = csub.add_parser("build-model", help="write the .tflite file of a tflite model kind",
-                            description="Build the training-capable .tflite file the coordinator distributes for a "
-                                        "topic map whose model kind is tflite (no TensorFlow needed), and print "
-                                        "its SHA-256. Check it with 'fedmq model check FILE'.")
+    build = csub.add_parser(
+        "build-model",
+        help="write the .tflite file of a tflite model kind",
+        description="Build the training-capable .tflite file the coordinator distributes for a "
+        "topic map whose model kind is tflite (no TensorFlow needed), and print "
+        "its SHA-256. Check it with 'fedmq model check FILE'.",
+    )
     build.add_argument("topic_map", help="federation topic map (YAML)")
     build.add_argument("--out", required=True, help="where to write the .tflite file")
     build.set_defaults(func=_build_model)
@@ -70,9 +77,12 @@ def register_coordinator(sub: "argparse._SubParsersAction") -> None:
 
 
 def _metrics_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics", metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (overrides the topic map's "
-                        "metrics.address; port 0 picks a free one)")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (overrides the topic map's "
+        "metrics.address; port 0 picks a free one)",
+    )
     add_log_format(p)
 
 
@@ -83,16 +93,26 @@ def _build_model(args: argparse.Namespace) -> int:
     tm = load_topic_map(args.topic_map)
     built = build_model_file(tm, initial_weights(tm.model))
     if built is None:
-        raise TopicMapError([ConfigIssue(tm.file, None, "model.kind", f"{tm.model.kind!r} has no model file",
-                                         "use kind: tflite to have the coordinator build a .tflite file")])
+        raise TopicMapError(
+            [
+                ConfigIssue(
+                    tm.file,
+                    None,
+                    "model.kind",
+                    f"{tm.model.kind!r} has no model file",
+                    "use kind: tflite to have the coordinator build a .tflite file",
+                )
+            ]
+        )
     with open(args.out, "wb") as fh:
         fh.write(built[1])
     print(f"wrote {args.out} ({len(built[1]):,} bytes, sha256 {built[0]})")
     return 0
 
 
-def _from_security_dir(args: argparse.Namespace, path: "tuple[str, ...]", broker: "BrokerSettings",
-                       signatures: bool, workers: int) -> None:
+def _from_security_dir(
+    args: argparse.Namespace, path: "tuple[str, ...]", broker: "BrokerSettings", signatures: bool, workers: int
+) -> None:
     """Fill in the edge's credential flags that were not given from ``--security-dir``."""
     from fedmq.broker.provision import client_config, share_key_file
     from fedmq.shared.identities import edge_id
@@ -129,13 +149,15 @@ def format_round(s: Dict[str, Any]) -> str:
     source = {"held_out": " (held-out)", "node_training_data": " (nodes' data)"}.get(s.get("accuracy_source", ""), "")
     total = f" of {s['rounds_total']}" if "rounds_total" in s else ""
     eta = s.get("eta_s")
-    return (f"round {s['round']:>3}{total}  accuracy {acc if acc is None else f'{acc:.4f}'}{source}  loss "
-            f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
-            + (f"/{s['selected']:<3}" if "selected" in s else f" staleness {s.get('staleness', 0):.1f}")
-            + f"  up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
-            + (f"  rejected {s['rejected']}" if s.get("rejected") else "")
-            + (f"  data problems {s['problems']}" if s.get("problems") else "")
-            + (f"  ETA {_duration(eta)}" if eta else ""))
+    return (
+        f"round {s['round']:>3}{total}  accuracy {acc if acc is None else f'{acc:.4f}'}{source}  loss "
+        f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
+        + (f"/{s['selected']:<3}" if "selected" in s else f" staleness {s.get('staleness', 0):.1f}")
+        + f"  up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
+        + (f"  rejected {s['rejected']}" if s.get("rejected") else "")
+        + (f"  data problems {s['problems']}" if s.get("problems") else "")
+        + (f"  ETA {_duration(eta)}" if eta else "")
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -193,12 +215,23 @@ def _edge(args: argparse.Namespace) -> int:
     path = tuple(args.group.strip("/").split("/"))
     group = tm.groups().get(path)
     if group is None or not group.edge:
-        raise TopicMapError([ConfigIssue(tm.file, group.line if group else None, f"tree ... {args.group}",
-                                         "no such group marked 'edge: true'",
-                                         "mark the group 'edge: true' in the topic map, or pass its full path")])
+        raise TopicMapError(
+            [
+                ConfigIssue(
+                    tm.file,
+                    group.line if group else None,
+                    f"tree ... {args.group}",
+                    "no such group marked 'edge: true'",
+                    "mark the group 'edge: true' in the topic map, or pass its full path",
+                )
+            ]
+        )
     if not 0 <= args.worker < group.workers:
-        print(f"fedmq coordinator edge: --worker must be in 0..{group.workers - 1} (group {args.group} has "
-              f"workers: {group.workers})", file=sys.stderr)
+        print(
+            f"fedmq coordinator edge: --worker must be in 0..{group.workers - 1} (group {args.group} has "
+            f"workers: {group.workers})",
+            file=sys.stderr,
+        )
         return 2
     if args.security_dir:
         _from_security_dir(args, path, tm.broker_for(path), tm.security.signatures, group.workers)
@@ -215,9 +248,20 @@ def _edge(args: argparse.Namespace) -> int:
             print(f"fedmq coordinator edge: cannot read --share-key {args.share_key}: {exc.strerror}", file=sys.stderr)
             return 2
     if group.workers > 1 and tm.broker.tls is not None and not share_key:
-        print(f"fedmq coordinator edge: group {args.group} is split over {group.workers} workers on a secured broker: "
-              "pass --share-key (the file clients/edge__<group>.share that fedmq broker provision wrote), else any "
-              "client could join the workers' shared subscription and swallow updates", file=sys.stderr)
+        print(
+            f"fedmq coordinator edge: group {args.group} is split over {group.workers} workers on a secured broker: "
+            "pass --share-key (the file clients/edge__<group>.share that fedmq broker provision wrote), else any "
+            "client could join the workers' shared subscription and swallow updates",
+            file=sys.stderr,
+        )
         return 2
-    return _serve(CoordinatorService(tm, edge=path, signing_key=args.signing_key, worker=args.worker,
-                                     share_key=share_key, metrics_address=args.metrics))
+    return _serve(
+        CoordinatorService(
+            tm,
+            edge=path,
+            signing_key=args.signing_key,
+            worker=args.worker,
+            share_key=share_key,
+            metrics_address=args.metrics,
+        )
+    )

@@ -17,8 +17,8 @@ import numpy as np
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
 from fedmq.coordinator.group import GroupAggregator, GroupResult
 from fedmq.shared.envelope import Envelope, Kind
-from fedmq.shared.signing import seal
 from fedmq.shared.messages import Control
+from fedmq.shared.signing import seal
 
 ModelKey = Tuple[Tuple[str, ...], int]  # (group path, () for the global model; version)
 
@@ -133,12 +133,19 @@ class ScheduledGroup(GroupAggregator):
         if self.contributors and self.model is not None:
             if self.tm.compression.update.delta:
                 if self.start_model is None:
-                    self.log.error("round %d: no start model to measure the change from; reporting nothing", parent.round)
+                    self.log.error("round %d: no start model to measure the change from; reporting nothing",
+                                   parent.round)
                     self.contributors = []
                 else:
                     sums.add({k: v - self.start_model[k] for k, v in self.model.items()}, self.weight)
             else:
                 sums.add(self.model, self.weight)
-        self.log.info("round %d: %d edge rounds done, reporting %d nodes", parent.round, self.step, len(self.contributors))
-        self._send_partial(parent, GroupResult(sums=sums, nodes=self.contributors if sums.sums else [],
-                                               metrics=metrics, bytes_up=self.bytes_up))
+        self.log.info(
+            "round %d: %d edge rounds done, reporting %d nodes", parent.round, self.step, len(self.contributors)
+        )
+        self._send_partial(
+            parent,
+            GroupResult(
+                sums=sums, nodes=self.contributors if sums.sums else [], metrics=metrics, bytes_up=self.bytes_up
+            ),
+        )

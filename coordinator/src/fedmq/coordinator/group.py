@@ -17,11 +17,11 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, UpdateStack, WeightedSum
+from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.secure_session import SecureSession
 from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy.bounds import Bounds
 from fedmq.coordinator.strategy.clipping import clip_update
-from fedmq.coordinator.rejections import Rejections
-from fedmq.coordinator.secure_session import SecureSession
 from fedmq.coordinator.strategy.vectors import flatten, size, unflatten
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
@@ -121,7 +121,9 @@ class GroupAggregator:
         if key == self.last_key or parent.type != "start":
             return  # the same start again (retained copy, or our own relay), or not a round's start
         if self.current is not None:
-            self.log.info("round %d attempt %d superseded before closing", self.current.ctl.round, self.current.ctl.attempt)
+            self.log.info(
+                "round %d attempt %d superseded before closing", self.current.ctl.round, self.current.ctl.attempt
+            )
         margin = 0.0 if self.is_root else self.tm.policy.hop_margin_s
         close_at = parent.deadline_at - margin
         if close_at <= time.time():
@@ -129,23 +131,54 @@ class GroupAggregator:
         self.last_key = key
         mine = [n for n in parent.selected if self.membership.in_subtree(n, self.group.path)]
         direct = {n for n in mine if self.membership.group_path(n) == self.group.path}
-        children = {(c.name, w) for c in self.group.children
-                    if any(self.membership.in_subtree(n, c.path) for n in mine) for w in range(c.workers)}
-        ctl = Control(type="start", round=parent.round, attempt=parent.attempt, model_version=parent.model_version,
-                      deadline_at=close_at, selected=mine, train=parent.train, model_group=parent.model_group,
-                      secure=parent.secure, task=parent.task, bounds=parent.bounds)
+        children = {
+            (c.name, w)
+            for c in self.group.children
+            if any(self.membership.in_subtree(n, c.path) for n in mine)
+            for w in range(c.workers)
+        }
+        ctl = Control(
+            type="start",
+            round=parent.round,
+            attempt=parent.attempt,
+            model_version=parent.model_version,
+            deadline_at=close_at,
+            selected=mine,
+            train=parent.train,
+            model_group=parent.model_group,
+            secure=parent.secure,
+            task=parent.task,
+            bounds=parent.bounds,
+        )
         stats = ctl.task == "stats"
         bounds = Bounds.from_wire(ctl.bounds)
         calibrating = update_bounds.calibrating(self.tm.strategy, bounds, stats)
         shapes = stats_shapes(self.tm.model.features) if stats else self.shapes
         secure = None
         if ctl.secure is not None and direct and self.tm.strategy.secure is not None:
-            secure = SecureSession(self.tm.strategy.secure, self.topics, self.group.path,
-                                   (ctl.round, ctl.attempt, ctl.model_version), direct, size(shapes), close_at,
-                                   self.publish, self.rejections, self.log, self.tm.federation)
-        self.current = _Round(ctl=ctl, close_at=close_at, direct=direct, children=children, shapes=shapes,
-                              stack=UpdateStack(shapes) if (self.tm.strategy.robust or calibrating) and not stats
-                              else None, secure=secure, bounds=bounds)
+            secure = SecureSession(
+                self.tm.strategy.secure,
+                self.topics,
+                self.group.path,
+                (ctl.round, ctl.attempt, ctl.model_version),
+                direct,
+                size(shapes),
+                close_at,
+                self.publish,
+                self.rejections,
+                self.log,
+                self.tm.federation,
+            )
+        self.current = _Round(
+            ctl=ctl,
+            close_at=close_at,
+            direct=direct,
+            children=children,
+            shapes=shapes,
+            stack=UpdateStack(shapes) if (self.tm.strategy.robust or calibrating) and not stats else None,
+            secure=secure,
+            bounds=bounds,
+        )
         self.publish(self.topics.control(self.group.path), ctl.encode(), True)
         self.log.debug("round %d: %d direct nodes, children %s", ctl.round, len(direct), sorted(children))
         early, self.early = list(self.early), deque(maxlen=self.early.maxlen)
@@ -159,7 +192,10 @@ class GroupAggregator:
         the next start): relaying it would overwrite the retained start that reconnecting nodes need."""
         if parent.type == "close" and self.last_key is not None and (parent.round, parent.attempt) != self.last_key[:2]:
             return
-        if self.current is not None and (self.current.ctl.round, self.current.ctl.attempt) == (parent.round, parent.attempt):
+        if self.current is not None and (self.current.ctl.round, self.current.ctl.attempt) == (
+            parent.round,
+            parent.attempt,
+        ):
             self.log.warning("round %d closed by the parent before this group closed", parent.round)
             self.current = None
         self.publish(self.topics.control(self.group.path), parent.encode(), True)
@@ -217,8 +253,12 @@ class GroupAggregator:
             self.early.append((kind, sender, payload, topic))
             return None
         if r is None or (env.round, env.attempt) != (r.ctl.round, r.ctl.attempt):
-            self.rejections.reject("stale round", topic, f"round {env.round} attempt {env.attempt}; "
-                                   + (f"open is {r.ctl.round} attempt {r.ctl.attempt}" if r else "no round is open"))
+            self.rejections.reject(
+                "stale round",
+                topic,
+                f"round {env.round} attempt {env.attempt}; "
+                + (f"open is {r.ctl.round} attempt {r.ctl.attempt}" if r else "no round is open"),
+            )
             return None
         if env.model_version != r.ctl.model_version:
             self.rejections.reject("wrong model version", topic, f"{env.model_version}, expected {r.ctl.model_version}")
@@ -228,9 +268,15 @@ class GroupAggregator:
     def _open(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
         """The envelope if it decodes, is of ``kind`` and this federation, and comes (signed) from ``sender``."""
         try:
-            return open_envelope(payload, federation=self.tm.federation, kind=kind, sender=sender, auth=self.auth,
-                                 max_bytes=self.tm.limits.max_message_bytes,
-                                 signers=lambda env: (self._signer(kind, sender, env),))
+            return open_envelope(
+                payload,
+                federation=self.tm.federation,
+                kind=kind,
+                sender=sender,
+                auth=self.auth,
+                max_bytes=self.tm.limits.max_message_bytes,
+                signers=lambda env: (self._signer(kind, sender, env),),
+            )
         except Rejected as exc:
             self.rejections.reject(exc.reason, topic, str(exc))
             return None
@@ -243,12 +289,19 @@ class GroupAggregator:
                 return True
         return False
 
-    def _tensors(self, env: Envelope, codec: codecs.Codec,
-                 shapes: Dict[str, Tuple[int, ...]]) -> Tuple[Optional[Dict[str, codecs.Decoded]], str, str]:
+    def _tensors(
+        self, env: Envelope, codec: codecs.Codec, shapes: Dict[str, Tuple[int, ...]]
+    ) -> Tuple[Optional[Dict[str, codecs.Decoded]], str, str]:
         """The tensors an envelope carries (of ``shapes``), decoded; or None, the rejection reason and its detail."""
         if (env.codec, env.codec_params.get("delta", False)) != (codec.name, codec.delta):
-            return None, "wrong codec", (f"codec {env.codec} (delta {env.codec_params.get('delta', False)}); this "
-                                         f"federation uses {codec.name} (delta {codec.delta})")
+            return (
+                None,
+                "wrong codec",
+                (
+                    f"codec {env.codec} (delta {env.codec_params.get('delta', False)}); this "
+                    f"federation uses {codec.name} (delta {codec.delta})"
+                ),
+            )
         try:
             return codecs.decode(env.codec, env.codec_params, env.tensors, shapes), "", ""
         except codecs.CodecError as exc:
@@ -257,10 +310,17 @@ class GroupAggregator:
     def on_secagg(self, node: str, payload: bytes, topic: str) -> None:
         """A node's secure-aggregation message (keys, shares, unmasking shares)."""
         r = self.current
-        if self._refused(topic, [
-            (self.membership.group_path(node) != self.group.path, "unknown node", f"{node!r} is not a member of group {self.label}"),
-            (r is None or r.secure is None, "stale round", "no secure aggregation is open in this group"),
-        ]):
+        if self._refused(
+            topic,
+            [
+                (
+                    self.membership.group_path(node) != self.group.path,
+                    "unknown node",
+                    f"{node!r} is not a member of group {self.label}",
+                ),
+                (r is None or r.secure is None, "stale round", "no secure aggregation is open in this group"),
+            ],
+        ):
             return
         assert r is not None and r.secure is not None
         r.secure.on_message(node, payload, topic)
@@ -270,19 +330,31 @@ class GroupAggregator:
         """A masked update: only summed in the field; nothing of it is readable on its own."""
         assert r.secure is not None
         masked = env.tensors.get("@masked")
-        if self._refused(topic, [
-            (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
-            (set(env.tensors) != {"@masked"} or masked is None, "wrong codec",
-             "secure aggregation updates carry exactly one tensor, @masked"),
-        ]):
+        if self._refused(
+            topic,
+            [
+                (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
+                (
+                    set(env.tensors) != {"@masked"} or masked is None,
+                    "wrong codec",
+                    "secure aggregation updates carry exactly one tensor, @masked",
+                ),
+            ],
+        ):
             return
         assert masked is not None
         problem = r.secure.on_masked(node, masked)
         if problem:
             self.rejections.reject("bad secure aggregation message", topic, problem)
             return
-        r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0), "bytes_update": float(len(payload)),
-                         "bytes_update_tensors": float(masked.nbytes)}, {})
+        r.metrics.merge(
+            {
+                "bytes_down": env.metrics.get("bytes_in", 0.0),
+                "bytes_update": float(len(payload)),
+                "bytes_update_tensors": float(masked.nbytes),
+            },
+            {},
+        )
         r.bytes_up += len(payload)
         self._secure_progress()
 
@@ -328,8 +400,16 @@ class GroupAggregator:
 
     def on_update(self, node: str, payload: bytes, topic: str) -> None:
         """A node's update: check everything, then fold it into the sums."""
-        if self._refused(topic, [(self.membership.group_path(node) != self.group.path, "unknown node",
-                                  f"{node!r} is not a member of group {self.label}")]):
+        if self._refused(
+            topic,
+            [
+                (
+                    self.membership.group_path(node) != self.group.path,
+                    "unknown node",
+                    f"{node!r} is not a member of group {self.label}",
+                )
+            ],
+        ):
             return
         env = self._decode(payload, topic, Kind.UPDATE, node)
         r = self.current
@@ -345,24 +425,33 @@ class GroupAggregator:
         reference = None if codec.delta else self.reference
         bounded = not r.stats and (strategy.clip is not None or strategy.clip_auto)
         bound = (strategy.clip or r.bounds.norm) if bounded else None
-        if tensors is not None and not codec.delta and reference is None and (bounded or (
-                limits.max_update_norm is not None and not r.stats)):
+        if (
+            tensors is not None
+            and not codec.delta
+            and reference is None
+            and (bounded or (limits.max_update_norm is not None and not r.stats))
+        ):
             tensors, reason, detail = None, "no reference model", "bounding needs the global model, not received yet"
         if tensors is not None and not r.stats and (limits.max_update_norm is not None or bounded):
             norm = codecs.norm(tensors, reference)
-        if self._refused(topic, [
-            (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
-            (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
-            *self._update_checks(env, tensors, reason, detail, norm),
-        ]):
+        if self._refused(
+            topic,
+            [
+                (node not in r.direct, "unselected node", f"{node} was not selected for round {r.ctl.round}"),
+                (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
+                *self._update_checks(env, tensors, reason, detail, norm),
+            ],
+        ):
             return
         r.answered.add(node)
         r.nodes.append(node)
         r.norms.append(norm)
         if self.group.workers > 1:  # the other workers of this group learn that this node is in
-            self.publish(self.topics.progress(self.group.path, self.worker),
-                         json.dumps({"v": 1, "round": r.ctl.round, "attempt": r.ctl.attempt, "nodes": [node]}).encode(),
-                         False)
+            self.publish(
+                self.topics.progress(self.group.path, self.worker),
+                json.dumps({"v": 1, "round": r.ctl.round, "attempt": r.ctl.attempt, "nodes": [node]}).encode(),
+                False,
+            )
         assert tensors is not None
         if bound is not None:
             tensors = clip_update(tensors, reference, bound, norm)
@@ -373,8 +462,14 @@ class GroupAggregator:
             r.stack.add(tensors, weight)
         r.sums.add(tensors, weight)
         r.metrics.add({k: v for k, v in env.metrics.items() if k != "bytes_in"}, env.samples)
-        r.metrics.merge({"bytes_down": env.metrics.get("bytes_in", 0.0), "bytes_update": float(len(payload)),
-                         "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values()))}, {})
+        r.metrics.merge(
+            {
+                "bytes_down": env.metrics.get("bytes_in", 0.0),
+                "bytes_update": float(len(payload)),
+                "bytes_update_tensors": float(sum(t.nbytes for t in env.tensors.values())),
+            },
+            {},
+        )
         r.bytes_up += len(payload)
         self._maybe_close()
 
@@ -388,19 +483,29 @@ class GroupAggregator:
             return r.bounds.weight
         return samples
 
-    def _update_checks(self, env: Envelope, tensors: Optional[Dict[str, codecs.Decoded]], reason: str, detail: str,
-                       norm: float) -> List[Tuple[bool, str, str]]:
+    def _update_checks(
+        self, env: Envelope, tensors: Optional[Dict[str, codecs.Decoded]], reason: str, detail: str, norm: float
+    ) -> List[Tuple[bool, str, str]]:
         """The checks every update passes, sync or async: its tensors decoded and of sane magnitude (no sum of
         them can overflow), its sample count, its norm."""
         limits = self.tm.limits
         return [
             (tensors is None, reason, detail),
-            (tensors is not None and codecs.max_abs(tensors) * max(env.samples, 1.0) > MAX_WEIGHTED_VALUE,
-             "values too large", f"an entry times its weight exceeds {MAX_WEIGHTED_VALUE:g}: sums would overflow"),
-            (not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples), "bad sample count",
-             f"{env.samples} (limits.max_samples is {limits.max_samples})"),
-            (limits.max_update_norm is not None and norm > limits.max_update_norm, "update norm too large",
-             f"{norm:.4g} > limits.max_update_norm {limits.max_update_norm}"),
+            (
+                tensors is not None and codecs.max_abs(tensors) * max(env.samples, 1.0) > MAX_WEIGHTED_VALUE,
+                "values too large",
+                f"an entry times its weight exceeds {MAX_WEIGHTED_VALUE:g}: sums would overflow",
+            ),
+            (
+                not 0 < env.samples <= limits.max_samples or env.samples != int(env.samples),
+                "bad sample count",
+                f"{env.samples} (limits.max_samples is {limits.max_samples})",
+            ),
+            (
+                limits.max_update_norm is not None and norm > limits.max_update_norm,
+                "update norm too large",
+                f"{norm:.4g} > limits.max_update_norm {limits.max_update_norm}",
+            ),
         ]
 
     def on_progress(self, worker: str, payload: bytes, topic: str) -> None:
@@ -409,14 +514,22 @@ class GroupAggregator:
         r = self.current
         try:
             msg = json.loads(payload.decode("utf-8"))
-            ok = (isinstance(msg, dict) and msg.get("v") == 1 and isinstance(msg.get("nodes"), list)
-                  and all(isinstance(n, str) for n in msg["nodes"]))
+            ok = (
+                isinstance(msg, dict)
+                and msg.get("v") == 1
+                and isinstance(msg.get("nodes"), list)
+                and all(isinstance(n, str) for n in msg["nodes"])
+            )
         except (UnicodeDecodeError, ValueError, RecursionError):
             ok = False
         if not ok or len(payload) > MAX_PROGRESS_BYTES:
             self.rejections.reject("malformed progress", topic)
             return
-        if worker == str(self.worker) or r is None or (msg.get("round"), msg.get("attempt")) != (r.ctl.round, r.ctl.attempt):
+        if (
+            worker == str(self.worker)
+            or r is None
+            or (msg.get("round"), msg.get("attempt")) != (r.ctl.round, r.ctl.attempt)
+        ):
             return  # our own echo, or another round
         r.answered.update(n for n in msg["nodes"] if n in r.direct)
         self._maybe_close()
@@ -433,24 +546,35 @@ class GroupAggregator:
         child_path = self.group.path + (child,)
         selected = set(r.ctl.selected)
         taken = set(r.nodes)  # a node counted by another worker of the same child must not count twice
-        bad_nodes = (not isinstance(nodes, list) or len(set(map(str, nodes))) != len(nodes)
-                     or not all(isinstance(n, str) and n in selected and n not in taken
-                                and self.membership.in_subtree(n, child_path) for n in nodes))
+        bad_nodes = (
+            not isinstance(nodes, list)
+            or len(set(map(str, nodes))) != len(nodes)
+            or not all(
+                isinstance(n, str) and n in selected and n not in taken and self.membership.in_subtree(n, child_path)
+                for n in nodes
+            )
+        )
         rows, row_problem = self._forwarded_rows(env, nodes)
         tracked = self.tm.strategy.clip_auto and not r.stats
         norms = update_bounds.check_norms(env.meta.get("norms"), len(nodes)) if tracked and not bad_nodes else []
         codec = codecs.Codec() if r.stats else self._partial_codec
         tensors, reason, detail = self._tensors(env, codec, r.shapes) if nodes and not bad_nodes else ({}, "", "")
-        if self._refused(topic, [
-            (key not in r.children, "unexpected partial",
-             f"child {child!r} (worker {worker!r}) has no selected nodes this round, or no such worker"),
-            (key in r.reported, "duplicate", f"child {child!r} (worker {worker}) already reported"),
-            (bad_nodes, "bad node list", "nodes must be distinct selected members of the child group"),
-            (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
-            (tensors is None, reason, detail),
-            (bool(row_problem), "bad update rows", row_problem),
-            (norms is None, "bad update norms", "meta.norms must list one finite norm >= 0 per node"),
-        ]):
+        if self._refused(
+            topic,
+            [
+                (
+                    key not in r.children,
+                    "unexpected partial",
+                    f"child {child!r} (worker {worker!r}) has no selected nodes this round, or no such worker",
+                ),
+                (key in r.reported, "duplicate", f"child {child!r} (worker {worker}) already reported"),
+                (bad_nodes, "bad node list", "nodes must be distinct selected members of the child group"),
+                (not nodes and bool(env.tensors), "bad node list", "tensors without contributing nodes"),
+                (tensors is None, reason, detail),
+                (bool(row_problem), "bad update rows", row_problem),
+                (norms is None, "bad update norms", "meta.norms must list one finite norm >= 0 per node"),
+            ],
+        ):
             return
         if r.stack is not None and rows is not None:
             r.stack.add_rows(*rows)
@@ -471,9 +595,19 @@ class GroupAggregator:
             return None, "" if rows is None and weights is None else "update rows sent to a group that sums"
         n = len(nodes) if isinstance(nodes, list) else -1
         width = self.current.stack.width
-        if rows is None or weights is None or rows.shape != (n, width) or weights.shape != (n,) \
-                or rows.dtype != np.float32 or weights.dtype != np.float64 or (weights <= 0).any():
-            return None, f"a robust strategy needs @rows (float32 [{n}, {width}]) and @row_weights (positive float64 [{n}])"
+        if (
+            rows is None
+            or weights is None
+            or rows.shape != (n, width)
+            or weights.shape != (n,)
+            or rows.dtype != np.float32
+            or weights.dtype != np.float64
+            or (weights <= 0).any()
+        ):
+            return (
+                None,
+                f"a robust strategy needs @rows (float32 [{n}, {width}]) and @row_weights (positive float64 [{n}])",
+            )
         return (rows, weights), ""
 
     # --- closing -----------------------------------------------------------------------------------
@@ -490,8 +624,12 @@ class GroupAggregator:
         assert r is not None
         self.current = None
         self.log.info("round %d: closing (%s) with %d of %d nodes", r.ctl.round, why, len(r.nodes), len(r.ctl.selected))
-        self._closed(r.ctl, GroupResult(sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack,
-                                        norms=r.norms))
+        self._closed(
+            r.ctl,
+            GroupResult(
+                sums=r.sums, nodes=r.nodes, metrics=r.metrics, bytes_up=r.bytes_up, stack=r.stack, norms=r.norms
+            ),
+        )
 
     def _closed(self, ctl: Control, result: GroupResult) -> None:
         """Hand a closed round's result upwards: to the round driver at the root, else as a partial."""
@@ -510,11 +648,22 @@ class GroupAggregator:
         tensors = dict(result.sums.sums)
         if result.stack is not None and result.stack.rows:  # robust: the root needs every update, not only the sums
             tensors["@rows"], tensors["@row_weights"] = result.stack.arrays()
-        env = Envelope(kind=Kind.PARTIAL, federation=self.tm.federation, round=ctl.round, attempt=ctl.attempt,
-                       sender=self.group.name, model_version=ctl.model_version,
-                       tensors=tensors, samples=result.sums.weight, metrics=metrics,
-                       meta={"nodes": result.nodes, **({"worker": self.worker} if self.group.workers > 1 else {}),
-                             **({"norms": result.norms} if self.tm.strategy.clip_auto and ctl.task != "stats" else {})},
-                       codec_params=(codecs.Codec() if ctl.task == "stats" else self._partial_codec).params())
+        env = Envelope(
+            kind=Kind.PARTIAL,
+            federation=self.tm.federation,
+            round=ctl.round,
+            attempt=ctl.attempt,
+            sender=self.group.name,
+            model_version=ctl.model_version,
+            tensors=tensors,
+            samples=result.sums.weight,
+            metrics=metrics,
+            meta={
+                "nodes": result.nodes,
+                **({"worker": self.worker} if self.group.workers > 1 else {}),
+                **({"norms": result.norms} if self.tm.strategy.clip_auto and ctl.task != "stats" else {}),
+            },
+            codec_params=(codecs.Codec() if ctl.task == "stats" else self._partial_codec).params(),
+        )
         parent = self.group.path[:-1]
         self.publish(self.topics.partial(parent, self.group.name), seal(env, self.auth), False)

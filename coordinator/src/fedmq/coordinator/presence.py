@@ -12,7 +12,6 @@ from fedmq.coordinator.tree import Membership
 from fedmq.shared.messages import MessageError, Status
 from fedmq.shared.topicmap.model import GroupPath
 
-
 FLAP_WINDOW_S = 60
 FLAP_CHANGES = 8  # statuses within the window that make a node "flapping" (a healthy one sends a few an hour)
 
@@ -36,7 +35,9 @@ class Presence:
     def on_status(self, path: GroupPath, node: str, payload: bytes, topic: str) -> "str | None":
         """Record a status message; returns the new state, or None if the message was rejected."""
         if self.membership.group_path(node) != path:
-            self.rejections.reject("unknown node", topic, f"{node!r} is not admitted to group {'/'.join(path) or '(root)'}")
+            self.rejections.reject(
+                "unknown node", topic, f"{node!r} is not admitted to group {'/'.join(path) or '(root)'}"
+            )
             return None
         try:
             status = Status.decode(payload)
@@ -66,9 +67,13 @@ class Presence:
         self.changes[node] = times[-FLAP_CHANGES:]
         if len(times) >= FLAP_CHANGES and now - self.flap_logged.get(node, -FLAP_WINDOW_S) >= FLAP_WINDOW_S:
             self.flap_logged[node] = now
-            self.log.warning("node %s announced itself %d times within %ds: two processes running with the same "
-                             "node id take each other's connection over, or its link is unstable",
-                             node, len(times), FLAP_WINDOW_S)
+            self.log.warning(
+                "node %s announced itself %d times within %ds: two processes running with the same "
+                "node id take each other's connection over, or its link is unstable",
+                node,
+                len(times),
+                FLAP_WINDOW_S,
+            )
 
     def _set_problem(self, node: str, problem: str) -> None:
         before = self.problem.get(node, "")

@@ -18,17 +18,16 @@ from fedmq.coordinator import checkpoint
 from fedmq.coordinator.group import GroupAggregator, GroupResult
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.strategy import bounds as update_bounds
+from fedmq.coordinator.strategy.optimizer import make_optimizer
+from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
+from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
+from fedmq.coordinator.strategy.vectors import flatten, unflatten
 from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind
 from fedmq.shared.extras import require
 from fedmq.shared.messages import Control, TrainParams, encode_history, encode_metrics, history_rows
-from fedmq.coordinator.strategy import bounds as update_bounds
-from fedmq.coordinator.strategy.vectors import flatten
-from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
-from fedmq.coordinator.strategy.optimizer import make_optimizer
-from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
-from fedmq.coordinator.strategy.vectors import unflatten
 from fedmq.shared.models import Weights, evaluate, expected_shapes, from_layers, initial_weights, to_layers
 from fedmq.shared.scaling import Scaling, rescale_first_layer
 from fedmq.shared.signing import Auth, seal
@@ -79,7 +78,9 @@ def build_model_file(tm: TopicMap, weights: Weights) -> "Optional[tuple[str, byt
     if tm.model.kind != "tflite":
         return None
     for module in ("flatbuffers", "tflite"):
-        require(module, "fedmq-coordinator", "tflite", "a model of kind tflite (the coordinator builds its .tflite file)")
+        require(
+            module, "fedmq-coordinator", "tflite", "a model of kind tflite (the coordinator builds its .tflite file)"
+        )
     from fedmq.coordinator.tflite_builder import build_dense_model
 
     data = build_dense_model(tm.model, weights, tm.policy.learning_rate)
@@ -89,9 +90,19 @@ def build_model_file(tm: TopicMap, weights: Weights) -> "Optional[tuple[str, byt
 class RoundDriver:
     """Runs the federation's rounds from the root group."""
 
-    def __init__(self, tm: TopicMap, root: GroupAggregator, presence: Presence, publish: Publish,
-                 rejections: Rejections, *, fresh: bool = False, auth: Optional[Auth] = None,
-                 on_round: Optional[Callable[[Dict[str, Any]], None]] = None, log: Optional[logging.Logger] = None) -> None:
+    def __init__(
+        self,
+        tm: TopicMap,
+        root: GroupAggregator,
+        presence: Presence,
+        publish: Publish,
+        rejections: Rejections,
+        *,
+        fresh: bool = False,
+        auth: Optional[Auth] = None,
+        on_round: Optional[Callable[[Dict[str, Any]], None]] = None,
+        log: Optional[logging.Logger] = None,
+    ) -> None:
         self.tm = tm
         self.root = root
         self.presence = presence
@@ -108,8 +119,12 @@ class RoundDriver:
             loaded = checkpoint.load(tm.checkpoint_dir, tm.federation, tm.model)
             if loaded:
                 self.weights, self.state = loaded
-                self.log.warning("resuming from checkpoint %s: %d rounds done, model version %d",
-                                 tm.checkpoint_dir, self.state.rounds_done, self.state.model_version)
+                self.log.warning(
+                    "resuming from checkpoint %s: %d rounds done, model version %d",
+                    tm.checkpoint_dir,
+                    self.state.rounds_done,
+                    self.state.model_version,
+                )
         self.scaling = Scaling.from_meta(self.state.scaling, tm.model.features)
         s = tm.strategy
         self.optimizer = make_optimizer(s.server_optimizer, s.server_lr, s.params)
@@ -162,8 +177,16 @@ class RoundDriver:
         codec = self.tm.compression.model
         tensors = {k: v.astype(np.float16) for k, v in self.weights.items()} if codec == "float16" else self.weights
         self.root.set_model(self.state.model_version, {k: v.astype(np.float64) for k, v in tensors.items()})
-        env = Envelope(kind=Kind.MODEL, federation=self.tm.federation, round=self.state.rounds_done, sender="coordinator",
-                       model_version=self.state.model_version, tensors=tensors, meta=meta, codec=codec)
+        env = Envelope(
+            kind=Kind.MODEL,
+            federation=self.tm.federation,
+            round=self.state.rounds_done,
+            sender="coordinator",
+            model_version=self.state.model_version,
+            tensors=tensors,
+            meta=meta,
+            codec=codec,
+        )
         payload = seal(env, self.auth)
         self.bytes_model = len(payload)
         self.publish(self.topics.model(), payload, True)
@@ -182,14 +205,18 @@ class RoundDriver:
         if ready:
             self._start(able, "stats" if self._stats_due() else "train")
         elif waited >= p.wait_for_nodes_s and len(able) < p.min_nodes:
-            raise FederationFailed(f"only {len(able)} of the {p.min_nodes} nodes needed (rounds.min_nodes) came online "
-                                   f"within {p.wait_for_nodes_s:.0f}s (rounds.wait_for_nodes_s)"
-                                   + self._problem_note(online) + "; check that the nodes run "
-                                   f"and reach {self.tm.broker.host}:{self.tm.broker.port}")
+            raise FederationFailed(
+                f"only {len(able)} of the {p.min_nodes} nodes needed (rounds.min_nodes) came online "
+                f"within {p.wait_for_nodes_s:.0f}s (rounds.wait_for_nodes_s)"
+                + self._problem_note(online)
+                + "; check that the nodes run "
+                f"and reach {self.tm.broker.host}:{self.tm.broker.port}"
+            )
         elif time.monotonic() - self.last_wait_log > 5:
             self.last_wait_log = time.monotonic()
-            self.log.warning("waiting for nodes: %d online, %d needed%s", len(able), p.min_nodes,
-                             self._problem_note(online))
+            self.log.warning(
+                "waiting for nodes: %d online, %d needed%s", len(able), p.min_nodes, self._problem_note(online)
+            )
 
     def _problem_note(self, online: List[str]) -> str:
         """', N more online with data problems: node (reason), ...' or ''."""
@@ -197,8 +224,11 @@ class RoundDriver:
         if not problems:
             return ""
         shown = "; ".join(f"{n}: {why}" for n, why in list(problems.items())[:3])
-        return f"; {len(problems)} of {len(online)} online held back by data problems ({shown}" \
-               + (" ..." if len(problems) > 3 else "") + ")"
+        return (
+            f"; {len(problems)} of {len(online)} online held back by data problems ({shown}"
+            + (" ..." if len(problems) > 3 else "")
+            + ")"
+        )
 
     def _stats_due(self) -> bool:
         """True when the next start should gather feature statistics (federated scaling)."""
@@ -220,29 +250,48 @@ class RoundDriver:
         attempt = self.last_attempt = max(int(time.time() * 1000), self.last_attempt + 1)
         secure = self.tm.strategy.secure
         bounds = self._bounds(online, task)
-        ctl = Control(type="start", round=self.next_round, attempt=attempt, model_version=self.state.model_version,
-                      deadline_at=time.time() + p.deadline_s, selected=self.selected,
-                      train=self._train_params(),
-                      secure=None if secure is None else {"frac_bits": secure.frac_bits,
-                                                          "equal_weights": self.tm.strategy.privacy is not None
-                                                          and task == "train",
-                                                          **({"max_weight": bounds.weight} if bounds.weight else {})},
-                      task=task, bounds=bounds.to_wire())
+        ctl = Control(
+            type="start",
+            round=self.next_round,
+            attempt=attempt,
+            model_version=self.state.model_version,
+            deadline_at=time.time() + p.deadline_s,
+            selected=self.selected,
+            train=self._train_params(),
+            secure=None
+            if secure is None
+            else {
+                "frac_bits": secure.frac_bits,
+                "equal_weights": self.tm.strategy.privacy is not None and task == "train",
+                **({"max_weight": bounds.weight} if bounds.weight else {}),
+            },
+            task=task,
+            bounds=bounds.to_wire(),
+        )
         self.round_started = time.monotonic()  # rejections since the last summary go into the next one
         self.round_started_at = time.time()
         self.first_start = self.first_start or self.round_started
-        self.log.info("round %d: %s with %d of %d nodes%s", ctl.round,
-                      "started" if task == "train" else "gathering feature statistics (federated scaling)",
-                      len(self.selected), len(self.presence.online()), self._problem_note(self.presence.online()))
+        self.log.info(
+            "round %d: %s with %d of %d nodes%s",
+            ctl.round,
+            "started" if task == "train" else "gathering feature statistics (federated scaling)",
+            len(self.selected),
+            len(self.presence.online()),
+            self._problem_note(self.presence.online()),
+        )
         self.root.start(ctl)
 
     def _bounds(self, online: List[str], task: str) -> update_bounds.Bounds:
         """The weight cap and norm bound of a round starting with these candidates (a calibration round is logged)."""
-        b = update_bounds.round_bounds(self.tm.strategy, self.presence.reported_samples(online), self.state.norm_bound,
-                                       stats=task == "stats")
+        b = update_bounds.round_bounds(
+            self.tm.strategy, self.presence.reported_samples(online), self.state.norm_bound, stats=task == "stats"
+        )
         if update_bounds.calibrating(self.tm.strategy, b, task == "stats"):
-            self.log.info("round %d: calibration round: every update goes to the root, which clips them at this "
-                          "round's median change norm (strategy.clip_norm: auto)", self.next_round)
+            self.log.info(
+                "round %d: calibration round: every update goes to the root, which clips them at this "
+                "round's median change norm (strategy.clip_norm: auto)",
+                self.next_round,
+            )
         return b
 
     def _train_params(self) -> TrainParams:
@@ -250,9 +299,15 @@ class RoundDriver:
         local = s.privacy if s.privacy is not None and s.privacy.mode == "local" else None
         # Under secure aggregation no aggregator sees an update, so nodes clip their own changes.
         clip = local.clip_norm if local else (s.clip if s.secure is not None else None)
-        return TrainParams(p.local_epochs, p.batch_size, p.learning_rate, proximal_mu=s.proximal_mu,
-                           dp_clip_norm=clip, dp_noise_multiplier=local.noise_multiplier if local else 0.0,
-                           partial_work=s.partial_work)
+        return TrainParams(
+            p.local_epochs,
+            p.batch_size,
+            p.learning_rate,
+            proximal_mu=s.proximal_mu,
+            dp_clip_norm=clip,
+            dp_noise_multiplier=local.noise_multiplier if local else 0.0,
+            partial_work=s.partial_work,
+        )
 
     def _change(self, ctl: Control, result: GroupResult) -> Dict[str, np.ndarray]:
         """The round's aggregated change to the global model, by the strategy's rule."""
@@ -292,16 +347,21 @@ class RoundDriver:
             try:
                 change = self._change(ctl, result)
             except RobustError as exc:
-                raise FederationFailed(f"round {ctl.round}: {exc}; lower the rule's parameters (strategy."
-                                       "byzantine, trim_fraction, ...) or raise rounds.quorum") from None
+                raise FederationFailed(
+                    f"round {ctl.round}: {exc}; lower the rule's parameters (strategy."
+                    "byzantine, trim_fraction, ...) or raise rounds.quorum"
+                ) from None
             summary = self._summary(result)
             summary["selected"] = len(ctl.selected)
             if ctl.bounds:
                 summary["bounds"] = ctl.bounds
             self._apply(change, summary, ctl, result.norms)
         else:
-            self._not_applied(ctl, f"{len(result.nodes)} of {len(ctl.selected)} selected nodes answered, quorum is "
-                                   f"{needed}", f"quorum not met ({len(result.nodes)} of {needed} needed)")
+            self._not_applied(
+                ctl,
+                f"{len(result.nodes)} of {len(ctl.selected)} selected nodes answered, quorum is {needed}",
+                f"quorum not met ({len(result.nodes)} of {needed} needed)",
+            )
         self.waiting_since = time.monotonic()
 
     def _not_applied(self, ctl: Control, why: str, failure: str) -> None:
@@ -309,12 +369,18 @@ class RoundDriver:
         p = self.tm.policy
         retry = p.on_quorum_failure == "retry" and self.attempt_count <= p.max_retries
         self.log.warning("round %d: %s: %s", ctl.round, why, "retrying" if retry else "giving up")
-        self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
-                                                      outcome="retry" if retry else "failed").encode(), True)
+        self.publish(
+            self.topics.control(()),
+            Control(
+                type="close", round=ctl.round, attempt=ctl.attempt, outcome="retry" if retry else "failed"
+            ).encode(),
+            True,
+        )
         if not retry:
             raise FederationFailed(
                 f"round {ctl.round}: {failure} after {self.attempt_count} attempt(s); raise rounds.deadline_s or "
-                "lower rounds.quorum, or set rounds.on_quorum_failure: retry")
+                "lower rounds.quorum, or set rounds.on_quorum_failure: retry"
+            )
 
     def _save(self) -> None:
         """Checkpoint the state as it is now; CheckpointFailed (exit 2) if it cannot be written."""
@@ -322,15 +388,17 @@ class RoundDriver:
             try:
                 checkpoint.save(self.tm.checkpoint_dir, self.tm.federation, self.tm.model, self.weights, self.state)
             except checkpoint.CheckpointError as exc:
-                raise CheckpointFailed(f"{exc}; stopped before announcing round {self.state.rounds_done} (it runs "
-                                       "again after a restart)") from None
+                raise CheckpointFailed(
+                    f"{exc}; stopped before announcing round {self.state.rounds_done} (it runs again after a restart)"
+                ) from None
 
     def _apply_scaling(self, ctl: Control, result: GroupResult) -> None:
         """A statistics round closed: make the federation's scaling, fold it into the model if rounds were
         already trained under another one, checkpoint, and publish the model with it."""
         try:
-            new = Scaling.from_means({k: v / result.sums.weight for k, v in result.sums.sums.items()},
-                                     result.sums.weight)
+            new = Scaling.from_means(
+                {k: v / result.sums.weight for k, v in result.sums.sums.items()}, result.sums.weight
+            )
             Scaling.from_meta(new.to_meta(), self.tm.model.features)  # finite, positive: checked as nodes check it
         except ValueError as exc:
             self._not_applied(ctl, f"the feature statistics are unusable ({exc})", "no usable feature statistics")
@@ -341,15 +409,24 @@ class RoundDriver:
             self.state.model_version += 1
         self.scaling = new
         self.state.scaling, self.state.scaling_round = new.to_meta(), self.state.rounds_done
-        self.log.info("round %d: feature scaling from %d nodes, %d samples", ctl.round, len(result.nodes),
-                      int(result.sums.weight))
+        self.log.info(
+            "round %d: feature scaling from %d nodes, %d samples", ctl.round, len(result.nodes), int(result.sums.weight)
+        )
         self._save()
-        self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
-                                                      outcome="applied").encode(), True)
+        self.publish(
+            self.topics.control(()),
+            Control(type="close", round=ctl.round, attempt=ctl.attempt, outcome="applied").encode(),
+            True,
+        )
         self._publish_model()
 
-    def _apply(self, change: Dict[str, np.ndarray], summary: Dict[str, Any], ctl: Optional[Control] = None,
-               norms: Sequence[float] = ()) -> None:
+    def _apply(
+        self,
+        change: Dict[str, np.ndarray],
+        summary: Dict[str, Any],
+        ctl: Optional[Control] = None,
+        norms: Sequence[float] = (),
+    ) -> None:
         """Step the global model by ``change`` (through the server optimizer) and evaluate it; only then
         count the round, checkpoint (stopping if that fails), announce it, publish the new model and the
         summary; finish after the last round. ``norms`` (the updates' change norms) set the next adaptive
@@ -361,8 +438,9 @@ class RoundDriver:
             if ctl is None:  # async: drop this buffer, keep the model
                 self.log.error("round %d: the aggregate is not finite; dropped", summary["round"])
                 return
-            self._not_applied(ctl, "the aggregate is not finite (updates of huge values); nothing applied",
-                              "no finite aggregate")
+            self._not_applied(
+                ctl, "the aggregate is not finite (updates of huge values); nothing applied", "no finite aggregate"
+            )
             return
         summary = self._evaluated(summary, weights, self.state.model_version + 1)
         if self.accountant is not None and ctl is not None:
@@ -380,8 +458,11 @@ class RoundDriver:
         self._save()
         self.attempt_count = 0
         if ctl is not None:
-            self.publish(self.topics.control(()), Control(type="close", round=ctl.round, attempt=ctl.attempt,
-                                                          outcome="applied").encode(), True)
+            self.publish(
+                self.topics.control(()),
+                Control(type="close", round=ctl.round, attempt=ctl.attempt, outcome="applied").encode(),
+                True,
+            )
         self._publish_model()
         self.publish(self.topics.metrics(), encode_metrics(summary), True)
         self.publish(self.topics.history(), encode_history(history_rows(self.state.history)), True)
@@ -396,9 +477,13 @@ class RoundDriver:
         sums = result.metrics.sums
         count = max(1, len(result.nodes))
         return {
-            "round": self.state.rounds_done + 1, "updates": len(result.nodes), "node_loss": node.get("eval_loss"),
-            "node_accuracy": node.get("eval_accuracy"), "train_loss": node.get("train_loss"),
-            "bytes_up": int(result.bytes_up), "bytes_down": int(sums.get("bytes_down", 0.0)),
+            "round": self.state.rounds_done + 1,
+            "updates": len(result.nodes),
+            "node_loss": node.get("eval_loss"),
+            "node_accuracy": node.get("eval_accuracy"),
+            "train_loss": node.get("train_loss"),
+            "bytes_up": int(result.bytes_up),
+            "bytes_down": int(sums.get("bytes_down", 0.0)),
             "bytes_per_update": round(sums.get("bytes_update", 0.0) / count),
             "tensor_bytes_per_update": round(sums.get("bytes_update_tensors", 0.0) / count),
             "seconds": round(time.monotonic() - self.round_started, 4),
@@ -406,7 +491,8 @@ class RoundDriver:
             "clipped": int(sums.get("clipped", 0.0)),
             "capped": int(sums.get("capped", 0.0)),
             "problems": dict(list(self.presence.problems().items())[:MAX_PROBLEMS_SHOWN]) or None,
-            "timestamp": round(time.time(), 3), "rounds_total": self.tm.policy.rounds,
+            "timestamp": round(time.time(), 3),
+            "rounds_total": self.tm.policy.rounds,
         }
 
     def _evaluated(self, summary: Dict[str, Any], weights: Weights, version: int) -> Dict[str, Any]:
@@ -419,9 +505,11 @@ class RoundDriver:
             try:
                 server = evaluate(self.tm.model, weights, self.scaling.apply(x) if self.scaling else x, y)
             except (ValueError, FloatingPointError) as exc:
-                raise FederationFailed(f"round {summary['round']}: evaluating the new model on "
-                                       f"{self.tm.evaluation.path if self.tm.evaluation else 'the evaluation set'} "
-                                       f"failed ({exc}); nothing was applied") from None
+                raise FederationFailed(
+                    f"round {summary['round']}: evaluating the new model on "
+                    f"{self.tm.evaluation.path if self.tm.evaluation else 'the evaluation set'} "
+                    f"failed ({exc}); nothing was applied"
+                ) from None
             summary["loss"] = server["loss"]
             summary["accuracy"] = server.get("accuracy", server.get("r2"))
             summary["accuracy_source"] = "held_out"
@@ -430,7 +518,9 @@ class RoundDriver:
             summary["accuracy"] = summary["node_accuracy"]
             summary["accuracy_source"] = "node_training_data"  # the nodes' own data, before they trained
         summary["eta_s"] = self._eta(summary["round"])
-        self.log.info("round %d applied: %d updates, accuracy %s", summary["round"], summary["updates"], summary["accuracy"])
+        self.log.info(
+            "round %d applied: %d updates, accuracy %s", summary["round"], summary["updates"], summary["accuracy"]
+        )
         return {k: v for k, v in summary.items() if v is not None}
 
     def _eta(self, round_: int) -> Optional[float]:

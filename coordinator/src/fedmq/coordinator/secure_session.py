@@ -32,11 +32,28 @@ Result = Tuple[np.ndarray, List[str]]  # (sum of the survivors' vectors, weight 
 class SecureSession:
     """One group's secure aggregation in one round; ``result`` is set once unmasked, ``failed`` if not."""
 
-    def __init__(self, settings: SecureAggregation, topics: Topics, group: Tuple[str, ...], session: Tuple[int, int, int],
-                 nodes: Set[str], width: int, close_at: float, publish: Publish, rejections: Rejections,
-                 log: logging.Logger, federation: str) -> None:
+    def __init__(
+        self,
+        settings: SecureAggregation,
+        topics: Topics,
+        group: Tuple[str, ...],
+        session: Tuple[int, int, int],
+        nodes: Set[str],
+        width: int,
+        close_at: float,
+        publish: Publish,
+        rejections: Rejections,
+        log: logging.Logger,
+        federation: str,
+    ) -> None:
         self.settings, self.topics, self.group, self.session = settings, topics, group, session
-        self.expected, self.width, self.publish, self.rejections, self.log = set(nodes), width + 1, publish, rejections, log
+        self.expected, self.width, self.publish, self.rejections, self.log = (
+            set(nodes),
+            width + 1,
+            publish,
+            rejections,
+            log,
+        )
         now = time.time()
         self.close_at = close_at
         self.reserve = min(settings.phase_s, (close_at - now) / 4)  # kept for unmasking at the end
@@ -152,7 +169,11 @@ class SecureSession:
             return
         for v in u2:
             sealed = {u: self.sealed[u][v] for u in u2 if u != v}
-            self.publish(self.topics.secagg_to(self.group, v), SecAggMessage("deliver", *self.session, sealed=sealed).encode(), False)
+            self.publish(
+                self.topics.secagg_to(self.group, v),
+                SecAggMessage("deliver", *self.session, sealed=sealed).encode(),
+                False,
+            )
         self.phase = "masked"
 
     def _survivors(self, now: float) -> None:
@@ -160,7 +181,9 @@ class SecureSession:
             self._fail(f"{len(self.u3)} masked input(s) arrived, the threshold is {self.threshold}")
             return
         self.u3.sort()
-        self.publish(self.topics.secagg_all(self.group), SecAggMessage("survivors", *self.session, nodes=self.u3).encode(), False)
+        self.publish(
+            self.topics.secagg_all(self.group), SecAggMessage("survivors", *self.session, nodes=self.u3).encode(), False
+        )
         self.phase, self.phase_end = "unmask", min(now + self.settings.phase_s, self.close_at)
 
     def _unmask(self) -> None:
@@ -187,5 +210,9 @@ class SecureSession:
             return
         self.result = (vec, list(self.u3))
         self.phase = "done"
-        self.log.info("round %d: secure sum of %d nodes unmasked (%d dropped after sharing keys)",
-                      self.session[0], len(self.u3), len(dropped))
+        self.log.info(
+            "round %d: secure sum of %d nodes unmasked (%d dropped after sharing keys)",
+            self.session[0],
+            len(self.u3),
+            len(dropped),
+        )

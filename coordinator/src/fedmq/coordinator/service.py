@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from fedmq.coordinator import checkpoint
 from fedmq.coordinator.async_group import AsyncGroup
 from fedmq.coordinator.async_rounds import AsyncDriver
 from fedmq.coordinator.edge_schedule import ScheduledGroup
@@ -23,16 +24,15 @@ from fedmq.coordinator.guards import RateLimiter
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.progress import changed, round_state
 from fedmq.coordinator.rejections import Rejections
-from fedmq.coordinator import checkpoint
 from fedmq.coordinator.rounds import CheckpointFailed, FederationFailed, RoundDriver
 from fedmq.coordinator.tree import Membership, served_groups
-from fedmq.shared.envelope import Kind
-from fedmq.shared.messages import Control, MessageError
-from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared import codecs
+from fedmq.shared.envelope import Kind
+from fedmq.shared.identities import COORDINATOR, edge_id
+from fedmq.shared.messages import Control, MessageError
 from fedmq.shared.models import expected_shapes
-from fedmq.shared.signing import Auth, open_envelope, reload_keys
 from fedmq.shared.mqtt import Message, MqttLink
+from fedmq.shared.signing import Auth, open_envelope, reload_keys
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.model import GroupPath
 
@@ -88,7 +88,9 @@ class CoordinatorService:
             if asynchronous:
                 agg: GroupAggregator = AsyncGroup(tm, g, self.membership, self._publish, self.rejections, **common)
             elif schedule > 1:
-                agg = ScheduledGroup(tm, g, self.membership, self._publish, self.rejections, edge_rounds=schedule, **common)
+                agg = ScheduledGroup(
+                    tm, g, self.membership, self._publish, self.rejections, edge_rounds=schedule, **common
+                )
                 for depth in range(1, len(g.path)):  # ancestors' models: edge rounds may start from one
                     self.link.subscribe(self.topics.group_model(g.path[:depth]))
             else:
@@ -100,8 +102,15 @@ class CoordinatorService:
         self.driver: Optional[RoundDriver] = None
         if edge is None:
             self.driver = (AsyncDriver if asynchronous else RoundDriver)(
-                tm, self.groups[()], self.presence, self._publish, self.rejections, fresh=fresh,
-                on_round=self._round_applied, auth=self.auth)
+                tm,
+                self.groups[()],
+                self.presence,
+                self._publish,
+                self.rejections,
+                fresh=fresh,
+                on_round=self._round_applied,
+                auth=self.auth,
+            )
             if self.metrics is not None and self.driver.state.rounds_done and tm.checkpoint_dir:
                 self.metrics.checkpoint_written(checkpoint.written_at(tm.checkpoint_dir))
         status_groups = tm.groups() if edge is None else self.groups
@@ -208,30 +217,38 @@ class CoordinatorService:
                     self._republish()
                 msg = self.link.get(timeout=self._timeout())
                 if msg is not None:
-                    try:
-                        self.dispatch(msg)
-                    except FederationFailed:
-                        raise
-                    except Exception:  # one bad message must never take the coordinator down
-                        log.exception("internal error while handling a message on %s; dropped it", msg.topic)
-                        self.rejections.reject("internal error", msg.topic)
-                now = time.time()
-                for agg in self.groups.values():
-                    agg.tick(now)
-                if self.driver is not None and self.link.connected.is_set():
-                    self.driver.tick(now)
-                if self.enrolment is not None:
-                    self.enrolment.tick()
-                if self.metrics is not None:
-                    self.metrics.refresh()
-                if self.driver is not None and self.link.connected.is_set():
-                    self._publish_progress()
-                if self.auth is not None:
-                    reload_keys(self.auth, log)
+                    self._handle(msg)
+                self._tick()
         finally:
             if self.finished and self.link.connected.is_set():
                 self._publish_progress()  # "done", for monitors
             self.link.stop()
+
+    def _handle(self, msg: Message) -> None:
+        """Dispatch one message; an internal error drops it (counted), a failed federation stops the service."""
+        try:
+            self.dispatch(msg)
+        except FederationFailed:
+            raise
+        except Exception:  # one bad message must never take the coordinator down
+            log.exception("internal error while handling a message on %s; dropped it", msg.topic)
+            self.rejections.reject("internal error", msg.topic)
+
+    def _tick(self) -> None:
+        """What runs after every message or timeout: deadlines, round starts, enrolment, metrics, progress,
+        rotated keys."""
+        now = time.time()
+        for agg in self.groups.values():
+            agg.tick(now)
+        if self.driver is not None and self.link.connected.is_set():
+            self.driver.tick(now)
+            self._publish_progress()
+        if self.enrolment is not None:
+            self.enrolment.tick()
+        if self.metrics is not None:
+            self.metrics.refresh()
+        if self.auth is not None:
+            reload_keys(self.auth, log)
 
     def _publish_progress(self) -> None:
         """The round's progress on ``_round`` (retained) when it changed, looked at most every ``PROGRESS_S``."""
@@ -265,8 +282,9 @@ class CoordinatorService:
             self._on_group_model(group, msg.payload, msg.topic)
             return
         if not msg.retain and not msg.chunked and not self._admit(msg.topic):
-            self.rejections.reject("rate limit", msg.topic, f"over limits.max_messages_per_node_s "
-                                   f"{self.tm.limits.max_messages_per_node_s}")
+            self.rejections.reject(
+                "rate limit", msg.topic, f"over limits.max_messages_per_node_s {self.tm.limits.max_messages_per_node_s}"
+            )
             return
         if self.enrolment is not None and msg.topic.startswith(t.enrol_request("")):
             self.enrolment.handle(msg.topic.rsplit("/", 1)[1], msg.payload, msg.topic)
@@ -313,11 +331,20 @@ class CoordinatorService:
             return self.limiter.allow(f"{parts[0]}/{parts[2]}")
         return True
 
-    def _model_tensors(self, payload: bytes, topic: str, signers: Tuple[str, ...]) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
+    def _model_tensors(
+        self, payload: bytes, topic: str, signers: Tuple[str, ...]
+    ) -> Optional[Tuple[int, Dict[str, np.ndarray]]]:
         """(version, float64 tensors) of a model envelope signed by one of ``signers``; None if rejected."""
         try:
-            env = open_envelope(payload, federation=self.tm.federation, kind=Kind.MODEL, auth=self.auth,
-                                max_bytes=self.tm.limits.max_message_bytes, signers=signers, fresh=False)
+            env = open_envelope(
+                payload,
+                federation=self.tm.federation,
+                kind=Kind.MODEL,
+                auth=self.auth,
+                max_bytes=self.tm.limits.max_message_bytes,
+                signers=signers,
+                fresh=False,
+            )
             tensors = codecs.decode(env.codec, env.codec_params, env.tensors, expected_shapes(self.tm.model))
         except ValueError as exc:  # a Rejected names its reason; a codec problem is a malformed model
             self.rejections.reject(getattr(exc, "reason", "malformed model"), topic, str(exc))
@@ -336,7 +363,7 @@ class CoordinatorService:
         model = self._model_tensors(payload, topic, (edge_id(path), COORDINATOR))
         if model is not None:
             for agg in self.groups.values():
-                if isinstance(agg, ScheduledGroup) and agg.group.path[:len(path)] == path:
+                if isinstance(agg, ScheduledGroup) and agg.group.path[: len(path)] == path:
                     agg.set_group_model(path, *model)
 
     def _on_parent_control(self, msg: Message) -> None:

@@ -24,8 +24,8 @@ import numpy as np
 from fedmq.node.config import NodeConfig
 from fedmq.node.global_model import as_saved, open_model
 from fedmq.node.model_files import ModelFileCache, check_announcement
-from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.node.privacy import privatize
+from fedmq.node.trainers import Trainer, TrainerUnavailable, make_trainer
 from fedmq.shared import PROTOCOL_REVISION, __version__, codecs
 from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.datacheck import checked_data
@@ -33,11 +33,11 @@ from fedmq.shared.envelope import Envelope, EnvelopeError, Kind
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.logs import Context
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
-from fedmq.shared.saved_model import ModelFileError, read_model
-from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.models import Weights, expected_shapes
-from fedmq.shared.scaling import Scaling, local_stats
 from fedmq.shared.mqtt import Message, MqttLink, PayloadTooLarge
+from fedmq.shared.saved_model import ModelFileError, read_model
+from fedmq.shared.scaling import Scaling, local_stats
+from fedmq.shared.secagg.messages import SecAggMessage
 from fedmq.shared.signing import Auth, reload_keys, seal
 from fedmq.shared.topicmap import ModelSpec
 from fedmq.shared.topics import Topics
@@ -478,15 +478,32 @@ class NodeAgent:
             self.answered.add((ctl.round, ctl.attempt, ctl.model_version))
             return None
         epochs = int(self.straggler_rng.integers(1, ctl.train.local_epochs))
-        self.log.info("round %d: simulated straggler, sending %d of %d epochs", ctl.round, epochs, ctl.train.local_epochs)
+        self.log.info("round %d: simulated straggler, sending %d of %d epochs", ctl.round, epochs,
+                      ctl.train.local_epochs)
         return replace(ctl.train, local_epochs=epochs)
 
-    def _send_update(self, ctl: Control, tensors: Dict[str, np.ndarray], samples: int, metrics: Dict[str, float],
-                     codec: Optional[codecs.Codec] = None) -> None:
+    def _send_update(
+        self,
+        ctl: Control,
+        tensors: Dict[str, np.ndarray],
+        samples: int,
+        metrics: Dict[str, float],
+        codec: Optional[codecs.Codec] = None,
+    ) -> None:
         codec = codec or self.encoder.codec
-        env = Envelope(kind=Kind.UPDATE, federation=self.cfg.federation, round=ctl.round, attempt=ctl.attempt,
-                       sender=self.cfg.node_id, model_version=ctl.model_version, tensors=tensors, samples=samples,
-                       metrics=metrics, codec=codec.name, codec_params=codec.params())
+        env = Envelope(
+            kind=Kind.UPDATE,
+            federation=self.cfg.federation,
+            round=ctl.round,
+            attempt=ctl.attempt,
+            sender=self.cfg.node_id,
+            model_version=ctl.model_version,
+            tensors=tensors,
+            samples=samples,
+            metrics=metrics,
+            codec=codec.name,
+            codec_params=codec.params(),
+        )
         try:
             payload = seal(env, self.auth)
             topic = self.topics.update(self.cfg.group, self.cfg.node_id)
@@ -507,14 +524,22 @@ class NodeAgent:
             from fedmq.node.secure_client import SecureClient
 
             self.secure = SecureClient(
-                self.cfg.node_id, self.cfg.federation, self.cfg.group, (ctl.round, ctl.attempt, ctl.model_version),
+                self.cfg.node_id,
+                self.cfg.federation,
+                self.cfg.group,
+                (ctl.round, ctl.attempt, ctl.model_version),
                 int(ctl.secure.get("frac_bits", 20)) if ctl.secure else 20,
                 lambda m: self.link.publish(self.topics.secagg_in(self.cfg.group, self.cfg.node_id), m.encode()),
-                lambda y: self._send_update(ctl, {"@masked": y}, 1, {"bytes_in": self._take_bytes_in()}, codecs.Codec()),
-                self.log)
+                lambda y: self._send_update(
+                    ctl, {"@masked": y}, 1, {"bytes_in": self._take_bytes_in()}, codecs.Codec()
+                ),
+                self.log,
+            )
         except ImportError:
-            self.log.error("this federation uses secure aggregation, which needs the 'cryptography' package: "
-                           "pip install 'fedmq-node[secure]'")
+            self.log.error(
+                "this federation uses secure aggregation, which needs the 'cryptography' package: "
+                "pip install 'fedmq-node[secure]'"
+            )
             self.pending = None
 
     def _on_secagg(self, payload: bytes) -> None:
@@ -523,19 +548,25 @@ class NodeAgent:
             self.secure.on_message(msg)
             self._train_if_ready()
 
-    def _secure_input(self, ctl: Control, weights: Weights, start: Weights, metrics: Dict[str, float],
-                      claimed: Optional[int] = None) -> None:
+    def _secure_input(
+        self, ctl: Control, weights: Weights, start: Weights, metrics: Dict[str, float], claimed: Optional[int] = None
+    ) -> None:
         """Hand the trained update to secure aggregation: only the masked sum leaves the node (no metrics).
         ``claimed`` (simulated attacks only) is a weight that ignores the round's cap."""
         assert self.secure is not None and self.spec is not None and ctl.secure is not None
         shapes = expected_shapes(self.spec)
         delta = self.encoder.codec.delta
-        vector = np.concatenate([(np.asarray(weights[k], np.float64) - (start[k] if delta else 0.0)).reshape(-1)
-                                 for k in shapes])
+        vector = np.concatenate(
+            [(np.asarray(weights[k], np.float64) - (start[k] if delta else 0.0)).reshape(-1) for k in shapes]
+        )
         weight = 1.0 if ctl.secure.get("equal_weights") else float(claimed) if claimed else self._secure_weight(ctl)
         self.secure.set_input(vector, weight, np.random.default_rng())  # rounding noise: not from the seed
-        self.log.info("round %d: trained in %.3fs; masked update %s", ctl.round, metrics["train_seconds"],
-                      "sent" if self.secure.masked_sent else "waits for the peers' shares")
+        self.log.info(
+            "round %d: trained in %.3fs; masked update %s",
+            ctl.round,
+            metrics["train_seconds"],
+            "sent" if self.secure.masked_sent else "waits for the peers' shares",
+        )
 
     def _secure_weight(self, ctl: Control) -> float:
         """This node's weight in a secure sum: its sample count, capped at the round's ``max_weight`` (the

@@ -31,7 +31,11 @@ GLIBC_TAGS = ("2014", "2_17", "2_24", "2_26", "2_27", "2_28", "2_31", "2_34")  #
 SYSTEM_PACKAGES = {"armv7l": {"numpy": "python3-numpy", "yaml": "python3-yaml"}}
 BASE = ["paho-mqtt>=2.1,<3", "PyYAML>=6", "numpy>=1.23"]
 # The packages each node extra brings; one fetched without dependencies is installed on its own.
-EXTRA_PACKAGES = {"tflite": ("tflite-runtime", "ai-edge-litert"), "sklearn": ("scikit-learn",), "secure": ("cryptography",)}
+EXTRA_PACKAGES = {
+    "tflite": ("tflite-runtime", "ai-edge-litert"),
+    "sklearn": ("scikit-learn",),
+    "secure": ("cryptography",),
+}
 
 
 class BundleError(RuntimeError):
@@ -58,8 +62,11 @@ def plan(platform: str, python: str, extras: List[str]) -> Plan:
     p = Plan(platform, python, sorted(set(extras)))
     system = SYSTEM_PACKAGES.get(platform, {})
     p.system = dict(system)
-    p.with_deps = [r for r in BASE if not (r.startswith("numpy") and "numpy" in system)
-                   and not (r.startswith("PyYAML") and "yaml" in system)]
+    p.with_deps = [
+        r
+        for r in BASE
+        if not (r.startswith("numpy") and "numpy" in system) and not (r.startswith("PyYAML") and "yaml" in system)
+    ]
     for extra in p.extras:
         if extra == "tflite":
             if platform == "armv7l":  # LiteRT has no 32-bit ARM wheels; tflite-runtime needs numpy<2 (Debian's)
@@ -68,8 +75,10 @@ def plan(platform: str, python: str, extras: List[str]) -> Plan:
                 p.with_deps.append("ai-edge-litert>=1.2")
         elif extra == "sklearn":
             if platform == "armv7l":
-                raise BundleError("scikit-learn has no wheels for armv7l (nor has scipy); bundle the numpy or "
-                                  "tflite trainer for 32-bit ARM")
+                raise BundleError(
+                    "scikit-learn has no wheels for armv7l (nor has scipy); bundle the numpy or "
+                    "tflite trainer for 32-bit ARM"
+                )
             p.with_deps.append("scikit-learn>=1.2")
         elif extra == "secure":
             if platform == "armv7l":  # cryptography has armv7l wheels, its dependency cffi has none
@@ -85,8 +94,19 @@ def plan(platform: str, python: str, extras: List[str]) -> Plan:
 def pip_platform_args(platform: str, python: str) -> List[str]:
     """pip options that select binary wheels for ``platform`` and CPython ``python`` (e.g. 3.11)."""
     nodot = python.replace(".", "")
-    args = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-            "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none"]
+    args = [
+        "--only-binary=:all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{nodot}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for tag in GLIBC_TAGS:
         args += ["--platform", f"manylinux{tag}_{platform}" if tag == "2014" else f"manylinux_{tag}_{platform}"]
     return args + ["--platform", f"linux_{platform}", "--platform", "any"]
@@ -101,14 +121,17 @@ def source_dir(dist: str) -> str:
     url = json.loads(info).get("url", "") if info else ""
     path = unquote(urlparse(url).path) if url.startswith("file://") else ""
     if not path or not os.path.isfile(os.path.join(path, "pyproject.toml")):
-        raise BundleError(f"cannot find the source of {dist}: build bundles from a fedmq checkout "
-                          "installed with ./install.sh (or pip install ./shared ./node)")
+        raise BundleError(
+            f"cannot find the source of {dist}: build bundles from a fedmq checkout "
+            "installed with ./install.sh (or pip install ./shared ./node)"
+        )
     return path
 
 
 def _pip(args: List[str], what: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True
+    )
     if done.returncode != 0:
         lines = [ln for ln in (done.stderr + done.stdout).splitlines() if not ln.startswith("WARNING: Location")]
         raise BundleError(f"{what} failed:\n" + "\n".join(lines[-15:]))
@@ -117,16 +140,20 @@ def _pip(args: List[str], what: str) -> None:
 def fetch_wheels(p: Plan, wheels: str, log=print) -> None:  # type: ignore[no-untyped-def]
     """Build fedmq's own wheels and download every dependency's wheel for the target."""
     log("building the fedmq-shared and fedmq-node wheels...")
-    _pip(["wheel", "-q", "--no-deps", "-w", wheels, source_dir("fedmq-shared"), source_dir("fedmq-node")],
-         "building fedmq's wheels")
+    _pip(
+        ["wheel", "-q", "--no-deps", "-w", wheels, source_dir("fedmq-shared"), source_dir("fedmq-node")],
+        "building fedmq's wheels",
+    )
     target = pip_platform_args(p.platform, p.python)
     if p.with_deps:
         log(f"downloading wheels for {p.platform}, Python {p.python}: {', '.join(p.with_deps)}...")
         _pip(["download", "-q", "-d", wheels, *target, *p.with_deps], f"downloading wheels for {p.platform}")
     if p.without_deps:
         log(f"downloading {', '.join(p.without_deps)} without its dependencies...")
-        _pip(["download", "-q", "--no-deps", "-d", wheels, *target, *p.without_deps],
-             f"downloading wheels for {p.platform}")
+        _pip(
+            ["download", "-q", "--no-deps", "-d", wheels, *target, *p.without_deps],
+            f"downloading wheels for {p.platform}",
+        )
 
 
 def _copy_config(config_file: str, out_dir: str, include_data: bool) -> Tuple[str, List[str]]:
@@ -157,7 +184,11 @@ def _copy_config(config_file: str, out_dir: str, include_data: bool) -> Tuple[st
     take(cfg.get("security"), "signing_key")
     data = cfg.get("data") or {}
     path = data.get("path")
-    if include_data and isinstance(path, str) and os.path.isfile(path if os.path.isabs(path) else os.path.join(base, path)):
+    if (
+        include_data
+        and isinstance(path, str)
+        and os.path.isfile(path if os.path.isabs(path) else os.path.join(base, path))
+    ):
         take(data, "path")
     cfg["cache_dir"] = "cache"
     out = os.path.join(out_dir, "node.yaml")
@@ -240,8 +271,9 @@ fi
 """
 
 
-def build(config_file: str, platform: str, python: str, out: str, extras: List[str], include_data: bool = True,
-          log=print) -> Plan:  # type: ignore[no-untyped-def]
+def build(
+    config_file: str, platform: str, python: str, out: str, extras: List[str], include_data: bool = True, log=print
+) -> Plan:  # type: ignore[no-untyped-def]
     """Write the bundle ``out`` (.tar.gz); returns the plan it followed."""
     from fedmq.node.config import load_node_config
 
@@ -259,22 +291,38 @@ def build(config_file: str, platform: str, python: str, out: str, extras: List[s
         with open(os.path.join(root, "hardening.conf"), "w", encoding="utf-8") as fh:
             fh.write(HARDENING)
         resolved = [e for e in p.extras if not any(r.split(">")[0] in EXTRA_PACKAGES[e] for r in p.without_deps)]
-        script = (INSTALL.replace("@PYTHON@", python).replace("@PLATFORM@", platform)
-                  .replace("@SYSTEM_MODULES@", " ".join(sorted(p.system)))
-                  .replace("@SYSTEM_PACKAGES@", " ".join(sorted(p.system.values())))
-                  .replace("@EXTRAS@", f"[{','.join(resolved)}]" if resolved else "")
-                  .replace("@NO_DEPS@", " ".join(f"'{r}'" for r in p.without_deps)))
+        script = (
+            INSTALL.replace("@PYTHON@", python)
+            .replace("@PLATFORM@", platform)
+            .replace("@SYSTEM_MODULES@", " ".join(sorted(p.system)))
+            .replace("@SYSTEM_PACKAGES@", " ".join(sorted(p.system.values())))
+            .replace("@EXTRAS@", f"[{','.join(resolved)}]" if resolved else "")
+            .replace("@NO_DEPS@", " ".join(f"'{r}'" for r in p.without_deps))
+        )
         path = os.path.join(root, "install.sh")
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(script)
         os.chmod(path, 0o755)
         with open(os.path.join(root, "MANIFEST.json"), "w", encoding="utf-8") as fh:
-            json.dump({"node_id": cfg.node_id, "federation": cfg.federation, "platform": platform, "python": python,
-                       "extras": p.extras, "system_packages": sorted(p.system.values()),
-                       "wheels": sorted(os.listdir(os.path.join(root, "wheels"))), "config_files": copied}, fh, indent=1)
+            json.dump(
+                {
+                    "node_id": cfg.node_id,
+                    "federation": cfg.federation,
+                    "platform": platform,
+                    "python": python,
+                    "extras": p.extras,
+                    "system_packages": sorted(p.system.values()),
+                    "wheels": sorted(os.listdir(os.path.join(root, "wheels"))),
+                    "config_files": copied,
+                },
+                fh,
+                indent=1,
+            )
         with tarfile.open(out, "w:gz") as tar:
             tar.add(root, arcname=name)
     if p.system:
-        log(f"note: {platform} has no PyPI wheels for {', '.join(sorted(p.system))}: the gateway needs "
-            f"apt-get install {' '.join(sorted(p.system.values()))} (install.sh checks and says so)")
+        log(
+            f"note: {platform} has no PyPI wheels for {', '.join(sorted(p.system))}: the gateway needs "
+            f"apt-get install {' '.join(sorted(p.system.values()))} (install.sh checks and says so)"
+        )
     return p

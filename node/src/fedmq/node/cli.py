@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,24 +32,35 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                       "Several configurations run several nodes in this process (simulated fleets), "
                                       "each with its own MQTT connection.")
     run.add_argument("config", nargs="+", help="node configuration (YAML); several for several nodes")
-    run.add_argument("--exit-when-done", action="store_true", help="exit once the coordinator says the federation is done")
+    run.add_argument(
+        "--exit-when-done", action="store_true", help="exit once the coordinator says the federation is done"
+    )
     add_log_format(run)
     run.set_defaults(func=_run, default_verbosity=1)
-    check = nsub.add_parser("check", help="validate the configuration, its files and its data",
-                            description="Validate a node configuration, check that every file it names can be "
-                                        "read, load its data (a stream source: the samples in its store now) and "
-                                        "print its features; with --topic-map, check the data against the "
-                                        "federation's model as the node does before every round (number of "
-                                        "features, labels within the classes, NaN/Inf, too few samples). "
-                                        "Exit 2 on any problem.")
+    check = nsub.add_parser(
+        "check",
+        help="validate the configuration, its files and its data",
+        description="Validate a node configuration, check that every file it names can be "
+        "read, load its data (a stream source: the samples in its store now) and "
+        "print its features; with --topic-map, check the data against the "
+        "federation's model as the node does before every round (number of "
+        "features, labels within the classes, NaN/Inf, too few samples). "
+        "Exit 2 on any problem.",
+    )
     check.add_argument("config", help="node configuration (YAML)")
-    check.add_argument("--topic-map", metavar="FED.yaml", help="the federation's topic map, to check the data "
-                                                                "against its model and the node's group")
+    check.add_argument(
+        "--topic-map",
+        metavar="FED.yaml",
+        help="the federation's topic map, to check the data against its model and the node's group",
+    )
     check.set_defaults(func=_check)
-    enrol = nsub.add_parser("enrol", help="trade a one-time token for credentials and a node config",
-                            description="Log in with an enrolment token (from 'fedmq broker token'), ask the "
-                                        "coordinator to admit this device under NODE_ID, and write its certificate, "
-                                        "keys, password and a ready node.yaml into --out.")
+    enrol = nsub.add_parser(
+        "enrol",
+        help="trade a one-time token for credentials and a node config",
+        description="Log in with an enrolment token (from 'fedmq broker token'), ask the "
+        "coordinator to admit this device under NODE_ID, and write its certificate, "
+        "keys, password and a ready node.yaml into --out.",
+    )
     enrol.add_argument("--federation", required=True)
     enrol.add_argument("--host", default="127.0.0.1", help="broker address")
     enrol.add_argument("--port", type=int, required=True, help="the broker's enrolment listener")
@@ -61,19 +71,29 @@ def register(sub: "argparse._SubParsersAction") -> None:
     enrol.add_argument("--data", help="the device's data file for node.yaml (NPZ)")
     enrol.add_argument("--out", required=True, help="directory for the credentials and node.yaml")
     enrol.set_defaults(func=_enrol)
-    bundle = nsub.add_parser("bundle", help="an offline installer for a gateway: wheels, config, service",
-                             description="Write a .tar.gz with the wheels of fedmq-shared, fedmq-node and their "
-                                         "dependencies for PLATFORM and Python VERSION, this node's config with its "
-                                         "credentials (and data file), a systemd unit and install.sh, which installs "
-                                         "into /opt/fedmq without network and starts the service. Needs PyPI here.")
+    bundle = nsub.add_parser(
+        "bundle",
+        help="an offline installer for a gateway: wheels, config, service",
+        description="Write a .tar.gz with the wheels of fedmq-shared, fedmq-node and their "
+        "dependencies for PLATFORM and Python VERSION, this node's config with its "
+        "credentials (and data file), a systemd unit and install.sh, which installs "
+        "into /opt/fedmq without network and starts the service. Needs PyPI here.",
+    )
     bundle.add_argument("config", help="the node's configuration (YAML)")
     bundle.add_argument("--platform", required=True, choices=("x86_64", "aarch64", "armv7l"), help="the gateway's CPU")
-    bundle.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
-                        help="the gateway's Python version, e.g. 3.11 (default: this one)")
+    bundle.add_argument(
+        "--python",
+        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+        help="the gateway's Python version, e.g. 3.11 (default: this one)",
+    )
     bundle.add_argument("--out", required=True, help="the bundle file to write (.tar.gz)")
-    bundle.add_argument("--with", dest="extras", default=None,
-                        help="comma-separated extras: tflite, sklearn, secure (default: what the config's trainer "
-                             "and security section need)")
+    bundle.add_argument(
+        "--with",
+        dest="extras",
+        default=None,
+        help="comma-separated extras: tflite, sklearn, secure (default: what the config's trainer "
+        "and security section need)",
+    )
     bundle.add_argument("--no-data", action="store_true", help="leave the data file out")
     bundle.set_defaults(func=_bundle)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -104,8 +124,10 @@ def _check(args: argparse.Namespace) -> int:
         group = tm.group_of(cfg.node_id)
         if group is None or group.path != cfg.group:
             where = "no group" if group is None else f"group {'/'.join(group.path) or '(root)'}"
-            problems.append(f"group: the node says {'/'.join(cfg.group) or '(root)'}, the topic map admits "
-                            f"{cfg.node_id!r} to {where}")
+            problems.append(
+                f"group: the node says {'/'.join(cfg.group) or '(root)'}, the topic map admits "
+                f"{cfg.node_id!r} to {where}"
+            )
     if spec is not None:
         x, y, problem = checked_data(spec, x, y, cfg.min_samples)
     else:
@@ -115,12 +137,19 @@ def _check(args: argparse.Namespace) -> int:
         notes.append(f"{problem}: the store fills as readings arrive; the node takes part once it holds enough")
     elif problem:
         problems.append(f"data: {problem}")
-    print(f"{cfg.file}: node {cfg.node_id} in {cfg.federation}/{'/'.join(cfg.group) or '(root)'}, trainer "
-          f"{cfg.trainer}, broker {cfg.broker.host}:{cfg.broker.port}")
+    print(
+        f"{cfg.file}: node {cfg.node_id} in {cfg.federation}/{'/'.join(cfg.group) or '(root)'}, trainer "
+        f"{cfg.trainer}, broker {cfg.broker.host}:{cfg.broker.port}"
+    )
     print(f"  data ({cfg.data.kind}): {source.describe()}")
-    print(f"  {len(x)} samples x {x.shape[1] if x.ndim == 2 else '?'} features"
-          + (f"; model {spec.kind} with {spec.features} features" if spec is not None else
-             " (add --topic-map FED.yaml to check them against the federation's model)"))
+    print(
+        f"  {len(x)} samples x {x.shape[1] if x.ndim == 2 else '?'} features"
+        + (
+            f"; model {spec.kind} with {spec.features} features"
+            if spec is not None
+            else " (add --topic-map FED.yaml to check them against the federation's model)"
+        )
+    )
     if cfg.serve is not None:
         print(f"  serve: {describe_serving(cfg.serve)}")
     for note in notes:
@@ -146,8 +175,13 @@ def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, 
 def _broker_files(key: str, b: BrokerSettings) -> Dict[str, Optional[str]]:
     files = {f"{key}.password_file": b.password_file}
     if b.tls is not None:
-        files.update({f"{key}.tls.ca_file": b.tls.ca_file, f"{key}.tls.cert_file": b.tls.cert_file,
-                      f"{key}.tls.key_file": b.tls.key_file})
+        files.update(
+            {
+                f"{key}.tls.ca_file": b.tls.ca_file,
+                f"{key}.tls.cert_file": b.tls.cert_file,
+                f"{key}.tls.key_file": b.tls.key_file,
+            }
+        )
     return files
 
 
@@ -167,8 +201,10 @@ def _run(args: argparse.Namespace) -> int:
     agents = [_agent(path) for path in args.config]
     stop_all = lambda *_: [a.stop() for a in agents]  # noqa: E731
     signal.signal(signal.SIGTERM, stop_all)
-    threads = [threading.Thread(target=a.run, kwargs={"exit_when_done": args.exit_when_done}, name=a.cfg.node_id)
-               for a in agents[1:]]
+    threads = [
+        threading.Thread(target=a.run, kwargs={"exit_when_done": args.exit_when_done}, name=a.cfg.node_id)
+        for a in agents[1:]
+    ]
     for t in threads:
         t.start()
     try:
@@ -186,9 +222,17 @@ def _enrol(args: argparse.Namespace) -> int:
     from fedmq.node.enrol import EnrolmentFailed, enrol_device
 
     try:
-        path = enrol_device(federation=args.federation, host=args.host, port=args.port, ca_file=args.ca,
-                            token=args.token, node_id=args.node_id, out=args.out, data=args.data,
-                            main_port=args.main_port)
+        path = enrol_device(
+            federation=args.federation,
+            host=args.host,
+            port=args.port,
+            ca_file=args.ca,
+            token=args.token,
+            node_id=args.node_id,
+            out=args.out,
+            data=args.data,
+            main_port=args.main_port,
+        )
     except EnrolmentFailed as exc:
         print(f"fedmq node enrol: {exc}", file=sys.stderr)
         return 1
@@ -207,11 +251,20 @@ def _bundle(args: argparse.Namespace) -> int:
     else:
         extras = [e.strip() for e in args.extras.split(",") if e.strip()]
     try:
-        build(args.config, args.platform, args.python, args.out, extras, include_data=not args.no_data,
-              log=lambda m: print(f"fedmq node bundle: {m}", flush=True))
+        build(
+            args.config,
+            args.platform,
+            args.python,
+            args.out,
+            extras,
+            include_data=not args.no_data,
+            log=lambda m: print(f"fedmq node bundle: {m}", flush=True),
+        )
     except BundleError as exc:
         print(f"fedmq node bundle: {exc}", file=sys.stderr)
         return 2
-    print(f"fedmq node bundle: wrote {args.out}; on the gateway: tar xzf {os.path.basename(args.out)} && "
-          f"sudo ./fedmq-node-{cfg.node_id}/install.sh")
+    print(
+        f"fedmq node bundle: wrote {args.out}; on the gateway: tar xzf {os.path.basename(args.out)} && "
+        f"sudo ./fedmq-node-{cfg.node_id}/install.sh"
+    )
     return 0

@@ -14,9 +14,24 @@ from fedmq.shared.topicmap.loader import LEVEL_FIX, read_broker, read_data_ref, 
 from fedmq.shared.topicmap.reader import load_file
 from fedmq.shared.topics import level_problem
 
-NODE_KEYS = ("node_id", "federation", "group", "broker", "data", "trainer", "max_message_bytes", "max_payload_bytes", "seed",
-             "cache_dir", "security", "min_samples", "simulate_delay_s",
-             "simulate_straggler", "simulate_attack", "serve")
+NODE_KEYS = (
+    "node_id",
+    "federation",
+    "group",
+    "broker",
+    "data",
+    "trainer",
+    "max_message_bytes",
+    "max_payload_bytes",
+    "seed",
+    "cache_dir",
+    "security",
+    "min_samples",
+    "simulate_delay_s",
+    "simulate_straggler",
+    "simulate_attack",
+    "serve",
+)
 
 
 @dataclass(frozen=True)
@@ -61,34 +76,93 @@ def load_node_config(file: str) -> NodeConfig:
         r.raise_if_any()
     node_id = r.value(m, "node_id", "", str, "", check=level_problem, fix=LEVEL_FIX)
     federation = r.value(m, "federation", "", str, "", check=level_problem, fix=LEVEL_FIX)
-    group = r.value(m, "group", "", str, "", check=_group_problem,
-                    fix="a slash-separated group path from the topic map, e.g. home1/kitchen ('' for the root)")
+    group = r.value(
+        m,
+        "group",
+        "",
+        str,
+        "",
+        check=_group_problem,
+        fix="a slash-separated group path from the topic map, e.g. home1/kitchen ('' for the root)",
+    )
     base = os.path.dirname(os.path.abspath(file))
     broker = read_broker(r, m.get("broker"), "broker", r.line_of(m, "broker"), base)
     data_ref = read_data_ref(r, m.get("data"), "data", r.line_of(m, "data"), base)
     trainer = r.value(m, "trainer", "", str, "auto", choices=trainer_names())
     max_bytes = r.value(m, "max_message_bytes", "", int, Limits.max_message_bytes, minimum=1024)
-    max_payload = r.value(m, "max_payload_bytes", "", int, None, minimum=1024,
-                          fix="the largest MQTT payload this device or its broker takes, e.g. 131072")
+    max_payload = r.value(
+        m,
+        "max_payload_bytes",
+        "",
+        int,
+        None,
+        minimum=1024,
+        fix="the largest MQTT payload this device or its broker takes, e.g. 131072",
+    )
     seed = r.value(m, "seed", "", int, 0, minimum=0)
     cache_dir = os.path.join(base, r.value(m, "cache_dir", "", str, ".fedmq-cache"))
     security = read_security(r, m.get("security"), r.line_of(m, "security"), file, ("keys", "signing_key"))
     live = data_ref is not None and getattr(source_class(data_ref.kind), "live", False)
-    min_samples = r.value(m, "min_samples", "", int, 10 if live else 1, minimum=1,
-                          fix="the fewest samples this node trains on, e.g. min_samples: 50")
-    delay = r.value(m, "simulate_delay_s", "", float, 0.0, minimum=0.0, maximum=3600.0,
-                    fix="seconds to sleep before each training, to emulate a slow device (testing only)")
-    straggler = r.value(m, "simulate_straggler", "", float, 0.0, minimum=0.0, maximum=1.0,
-                        fix="the chance per round that this node has time for only part of its epochs (testing only)")
-    attack = r.mapping(m.get("simulate_attack"), "simulate_attack", r.line_of(m, "simulate_attack"),
-                       ("scale", "samples")) if m.get("simulate_attack") is not None else None
-    simulate_attack = None if attack is None else (
-        r.value(attack, "scale", "simulate_attack", float, 1.0),
-        r.value(attack, "samples", "simulate_attack", int, None, minimum=1))
+    min_samples = r.value(
+        m,
+        "min_samples",
+        "",
+        int,
+        10 if live else 1,
+        minimum=1,
+        fix="the fewest samples this node trains on, e.g. min_samples: 50",
+    )
+    delay = r.value(
+        m,
+        "simulate_delay_s",
+        "",
+        float,
+        0.0,
+        minimum=0.0,
+        maximum=3600.0,
+        fix="seconds to sleep before each training, to emulate a slow device (testing only)",
+    )
+    straggler = r.value(
+        m,
+        "simulate_straggler",
+        "",
+        float,
+        0.0,
+        minimum=0.0,
+        maximum=1.0,
+        fix="the chance per round that this node has time for only part of its epochs (testing only)",
+    )
+    attack = (
+        r.mapping(m.get("simulate_attack"), "simulate_attack", r.line_of(m, "simulate_attack"), ("scale", "samples"))
+        if m.get("simulate_attack") is not None
+        else None
+    )
+    simulate_attack = (
+        None
+        if attack is None
+        else (
+            r.value(attack, "scale", "simulate_attack", float, 1.0),
+            r.value(attack, "samples", "simulate_attack", int, None, minimum=1),
+        )
+    )
     serve = read_serve(r, m.get("serve"), r.line_of(m, "serve"), base, node_id, data_ref)
     r.raise_if_any()
-    return NodeConfig(file=file, node_id=node_id, federation=federation,
-                      group=tuple(group.split("/")) if group else (), broker=broker, data=data_ref,
-                      trainer=trainer, max_message_bytes=max_bytes, max_payload_bytes=max_payload, seed=seed, cache_dir=cache_dir, security=security,
-                      min_samples=min_samples,
-                      simulate_delay_s=delay, simulate_straggler=straggler, simulate_attack=simulate_attack, serve=serve)
+    return NodeConfig(
+        file=file,
+        node_id=node_id,
+        federation=federation,
+        group=tuple(group.split("/")) if group else (),
+        broker=broker,
+        data=data_ref,
+        trainer=trainer,
+        max_message_bytes=max_bytes,
+        max_payload_bytes=max_payload,
+        seed=seed,
+        cache_dir=cache_dir,
+        security=security,
+        min_samples=min_samples,
+        simulate_delay_s=delay,
+        simulate_straggler=straggler,
+        simulate_attack=simulate_attack,
+        serve=serve,
+    )

@@ -18,7 +18,6 @@ from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import BrokerSettings, TlsSettings
 from fedmq.shared.topics import Topics
 
-
 REFUSALS_BEFORE_GIVING_UP = 2
 
 

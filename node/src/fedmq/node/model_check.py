@@ -54,21 +54,30 @@ def check_model(data: bytes, steps: int = 30, seed: int = 0) -> CheckReport:
             & report.add(not get_in and bool(get_out), "get_weights() -> named tensors")
             & report.add(bool(set_out), "set_weights(...) returns an output (a signature without outputs is pruned)")):
         return report
-    report.weights = {n: (tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name) for n, d in sorted(get_out.items())}
+    report.weights = {
+        n: (tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name) for n, d in sorted(get_out.items())
+    }
     same = {n: (tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name) for n, d in set_in.items()}
-    if not report.add(same == report.weights, "set_weights takes exactly the tensors get_weights returns (names, shapes, dtypes)"):
+    if not report.add(
+        same == report.weights, "set_weights takes exactly the tensors get_weights returns (names, shapes, dtypes)"
+    ):
         return report
     report.add(all(dt == "float32" for _, dt in report.weights.values()), "every weight is float32")
     x_sig = [int(v) for v in train_in["x"]["shape_signature"]]
     y_sig = [int(v) for v in train_in["y"]["shape_signature"]]
-    if not report.add(len(x_sig) == 2 and len(y_sig) == 2 and x_sig[0] == -1 and y_sig[0] == -1,
-                      f"x and y have a dynamic batch dimension (signatures {x_sig} and {y_sig})"):
+    if not report.add(
+        len(x_sig) == 2 and len(y_sig) == 2 and x_sig[0] == -1 and y_sig[0] == -1,
+        f"x and y have a dynamic batch dimension (signatures {x_sig} and {y_sig})",
+    ):
         return report
     rng = np.random.default_rng(seed)
     features, width = int(x_sig[1]), int(y_sig[1])
     x = rng.normal(size=(16, features)).astype(np.float32)
-    y = (np.eye(width, dtype=np.float32)[rng.integers(0, width, 16)] if width > 1
-         else rng.integers(0, 2, (16, 1)).astype(np.float32))
+    y = (
+        np.eye(width, dtype=np.float32)[rng.integers(0, width, 16)]
+        if width > 1
+        else rng.integers(0, 2, (16, 1)).astype(np.float32)
+    )
     try:
         w0 = model.get_weights()
         first = model.train_step(x, y)
@@ -76,7 +85,9 @@ def check_model(data: bytes, steps: int = 30, seed: int = 0) -> CheckReport:
             last = model.train_step(x, y)
         changed = max(float(np.max(np.abs(model.get_weights()[n] - w0[n]))) for n in w0)
         report.add(changed > 0, f"training changes the weights (largest change {changed:.3g})")
-        report.add(np.isfinite(last) and last < first, f"training lowers the loss ({first:.4f} -> {last:.4f} in {steps} steps)")
+        report.add(
+            np.isfinite(last) and last < first, f"training lowers the loss ({first:.4f} -> {last:.4f} in {steps} steps)"
+        )
         model.set_weights(w0)
         restored = all(np.array_equal(model.get_weights()[n], w0[n]) for n in w0)
         report.add(restored, "set_weights restores get_weights' values exactly")
@@ -89,7 +100,9 @@ def check_model(data: bytes, steps: int = 30, seed: int = 0) -> CheckReport:
         model.train_step(np.concatenate([x[:5]] * 2), np.concatenate([y[:5]] * 2))
         twice = model.get_weights()
         gap = max(float(np.max(np.abs(once[n] - twice[n]))) for n in once)
-        report.add(gap < 1e-5, f"the batch size is dynamic, not folded in (same step for a batch and its double: {gap:.2g})")
+        report.add(
+            gap < 1e-5, f"the batch size is dynamic, not folded in (same step for a batch and its double: {gap:.2g})"
+        )
         out = model.infer(x[:3])
         report.add(out.shape[0] == 3, f"infer works for another batch size (output {out.shape})")
     except (ValueError, RuntimeError) as exc:

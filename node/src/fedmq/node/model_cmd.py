@@ -25,27 +25,37 @@ def register(sub: "argparse._SubParsersAction") -> None:
     check.add_argument("file", help="the .tflite file")
     check.add_argument("--steps", type=int, default=30, help="train steps on the random batch (default 30)")
     check.set_defaults(func=_check)
-    ex = msub.add_parser("export", help="write the global model as a self-contained file",
-                         description="Write the global model (weights, layout, feature scaling and feature names) "
-                                     "as one file usable away from fedmq: from a checkpoint directory, a .fmq model "
-                                     "file (a node keeps <cache_dir>/global-model-<node id>.fmq), or the broker's retained "
-                                     "model (--from-broker NODE.yaml, verified with that node's keys).",
-                         epilog="examples:\n  fedmq model export checkpoints/ -o occupancy.npz\n"
-                                "  fedmq model export --from-broker node.yaml -o occupancy.npz\n"
-                                "  fedmq model export checkpoints/ --format tflite -o occupancy.tflite",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex = msub.add_parser(
+        "export",
+        help="write the global model as a self-contained file",
+        description="Write the global model (weights, layout, feature scaling and feature names) "
+        "as one file usable away from fedmq: from a checkpoint directory, a .fmq model "
+        "file (a node keeps <cache_dir>/global-model-<node id>.fmq), or the broker's retained "
+        "model (--from-broker NODE.yaml, verified with that node's keys).",
+        epilog="examples:\n  fedmq model export checkpoints/ -o occupancy.npz\n"
+        "  fedmq model export --from-broker node.yaml -o occupancy.npz\n"
+        "  fedmq model export checkpoints/ --format tflite -o occupancy.tflite",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ex.add_argument("source", nargs="?", help="a checkpoint directory or a .fmq model file")
     ex.add_argument("--from-broker", metavar="NODE.yaml", help="fetch the retained global model with this node config")
     ex.add_argument("-o", "--output", required=True, help="the file to write")
-    ex.add_argument("--format", default="npz", choices=exporters(),
-                    help="npz (numpy arrays + JSON; default) or tflite (with FILE.json beside it)")
+    ex.add_argument(
+        "--format",
+        default="npz",
+        choices=exporters(),
+        help="npz (numpy arrays + JSON; default) or tflite (with FILE.json beside it)",
+    )
     ex.add_argument("--feature-names", metavar="A,B,...", help="name the features (checkpoints do not know them)")
     ex.set_defaults(func=_export)
-    pr = msub.add_parser("predict", help="predict every row of a CSV file with an exported model",
-                         description="Predict every row of DATA.csv (a header row; the model's feature columns by "
-                                     "name when the export names them, else every column but the label, in order). "
-                                     "Writes CSV: prediction, confidence and class probabilities. With a label "
-                                     "column, prints the accuracy or RMSE to stderr.")
+    pr = msub.add_parser(
+        "predict",
+        help="predict every row of a CSV file with an exported model",
+        description="Predict every row of DATA.csv (a header row; the model's feature columns by "
+        "name when the export names them, else every column but the label, in order). "
+        "Writes CSV: prediction, confidence and class probabilities. With a label "
+        "column, prints the accuracy or RMSE to stderr.",
+    )
     pr.add_argument("model", help="an .npz or .tflite export, a .fmq model file or a checkpoint directory")
     pr.add_argument("data", help="the CSV file")
     pr.add_argument("-o", "--output", help="write the predictions here (default: standard output)")
@@ -79,7 +89,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     if bool(args.source) == bool(args.from_broker):
-        print("fedmq model export: name either a SOURCE (checkpoint directory or .fmq file) or --from-broker "
-              "NODE.yaml", file=sys.stderr)
+        print(
+            "fedmq model export: name either a SOURCE (checkpoint directory or .fmq file) or --from-broker NODE.yaml",
+            file=sys.stderr,
+        )
         return 2
     return run_export(args)

@@ -22,8 +22,7 @@ from typing import Callable, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from fedmq.shared.plugins import plugins
-from fedmq.shared.saved_model import (ModelFileError, Predictions, SavedModel, as_tflite_kind, from_envelope,
-                                      read_model)
+from fedmq.shared.saved_model import ModelFileError, Predictions, SavedModel, as_tflite_kind, from_envelope, read_model
 
 EXPORTERS = "fedmq.model_exporters"
 FETCH_WAIT_S = 15.0  # for the broker to accept the connection

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 from typing import Optional
+
 from fedmq.shared.files import write_atomic
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -20,8 +20,17 @@ Send = Callable[[SecAggMessage], None]
 class SecureClient:
     """One node's secure aggregation in one round of its group."""
 
-    def __init__(self, node: str, federation: str, group: Tuple[str, ...], session: Tuple[int, int, int], frac_bits: int,
-                 send: Send, send_masked: Callable[[np.ndarray], None], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        node: str,
+        federation: str,
+        group: Tuple[str, ...],
+        session: Tuple[int, int, int],
+        frac_bits: int,
+        send: Send,
+        send_masked: Callable[[np.ndarray], None],
+        log: logging.Logger,
+    ) -> None:
         self.node, self.session, self.frac_bits = node, session, frac_bits
         self.send, self.send_masked, self.log = send, send_masked, log
         self.ctx = masks.context(federation, "/".join(group), *session)
@@ -70,7 +79,9 @@ class SecureClient:
             if n == self.node:
                 self.held[n] = (b[i], s[i])
             else:
-                sealed[n] = crypto.seal(self._share_key(n), share_plaintext(self.node, n, b[i], s[i]), self._aad(self.node, n))
+                sealed[n] = crypto.seal(
+                    self._share_key(n), share_plaintext(self.node, n, b[i], s[i]), self._aad(self.node, n)
+                )
         self.send(SecAggMessage("shares", *self.session, sealed=sealed))
 
     def _on_deliver(self, msg: SecAggMessage) -> None:
@@ -101,9 +112,19 @@ class SecureClient:
         if self.unmasked or self.u2 is None or not self.masked_sent:
             return
         if self.node not in survivors or not survivors <= set(self.u2) or len(survivors) < self.threshold:
-            raise ValueError("survivors must include this node, be among those that shared keys, and reach the threshold")
+            raise ValueError(
+                "survivors must include this node, be among those that shared keys, and reach the threshold"
+            )
         dropped = set(self.u2) - survivors
         self.unmasked = True
-        self.send(SecAggMessage("unmask", *self.session, b_shares={n: self.held[n][0] for n in survivors},
-                                s_shares={n: self.held[n][1] for n in dropped}))
-        self.log.info("round %d: sent unmasking shares (%d survivors, %d dropped)", self.session[0], len(survivors), len(dropped))
+        self.send(
+            SecAggMessage(
+                "unmask",
+                *self.session,
+                b_shares={n: self.held[n][0] for n in survivors},
+                s_shares={n: self.held[n][1] for n in dropped},
+            )
+        )
+        self.log.info(
+            "round %d: sent unmasking shares (%d survivors, %d dropped)", self.session[0], len(survivors), len(dropped)
+        )

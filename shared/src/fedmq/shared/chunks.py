@@ -119,7 +119,9 @@ class Reassembler:
             p = _Pending(count=count, total=total, started=now)
             self._open(key, p)
         elif (p.count, p.total) != (count, total):
-            raise ChunkError(f"chunk {index} says {count} chunks / {total} bytes, earlier ones said {p.count} / {p.total}")
+            raise ChunkError(
+                f"chunk {index} says {count} chunks / {total} bytes, earlier ones said {p.count} / {p.total}"
+            )
         data = chunk[HEADER_LEN:]
         if index in p.parts:
             return None  # a QoS 1 redelivery

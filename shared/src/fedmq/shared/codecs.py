@@ -274,7 +274,8 @@ def _decode_topk(params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
             val = bitpack.int4_unpack(val, idx.size)
         except bitpack.BitpackError as exc:
             raise CodecError(f"codec topk: @val: {exc}") from None
-    elif val.ndim != 1 or val.shape != idx.shape or (val.dtype != np.int8 if values == "int8" else val.dtype.kind != "f"):
+    elif val.ndim != 1 or val.shape != idx.shape or (
+            val.dtype != np.int8 if values == "int8" else val.dtype.kind != "f"):
         raise CodecError(f"codec topk: @val must be flat {'int8' if values == 'int8' else 'float'}, one per index")
     if values in LEVELS:
         scale = wire["@val@scale"]
@@ -354,8 +355,10 @@ class UpdateEncoder:
         else:  # no arithmetic: no float64 copies
             values = {k: np.asarray(weights[k]) for k in start}
         if c.error_feedback:
-            values = {k: v + self.residual[k] if k in self.residual and self.residual[k].shape == v.shape else v
-                      for k, v in values.items()}
+            values = {
+                k: v + self.residual[k] if k in self.residual and self.residual[k].shape == v.shape else v
+                for k, v in values.items()
+            }
         wire, seen = compress(c, values)
         if c.error_feedback:
             self.residual = {k: values[k] - seen[k] for k in values}

@@ -10,9 +10,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from fedmq.shared.topicmap.model import ModelSpec
-
 from fedmq.shared.messages import MAX_PROBLEM_CHARS
+from fedmq.shared.topicmap.model import ModelSpec
 
 
 def normalise_labels(spec: ModelSpec, y: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -183,6 +183,37 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     truncation, sizes that do not add up, a bad checksum, unknown dtypes, NaN or Inf
     (``require_finite``), or a message over ``max_bytes``.
     """
+    kind, hlen, blen = _check_frame(data, max_bytes)
+    header = _parse_header(bytes(data[PREFIX_LEN : PREFIX_LEN + hlen]))
+    fed = _check_text(header.get("federation"), "federation")
+    sender = _check_text(header.get("sender"), "sender")
+    rnd, attempt, mver = header.get("round"), header.get("attempt", 0), header.get("model_version")
+    for what, v in (("round", rnd), ("attempt", attempt), ("model_version", mver)):
+        if not (_is_int(v) and 0 <= v < 2**53):
+            raise EnvelopeError(f"header: {what} must be a non-negative integer")
+    codec = header.get("codec", "raw")
+    if codec not in CODECS:
+        raise EnvelopeError(f"header: unknown codec {codec!r} (protocol 1.1 knows {', '.join(CODECS)})")
+    try:
+        codec_params = check_params(codec, header.get("codec_params", {}))
+    except CodecError as exc:
+        raise EnvelopeError(f"header: {exc}") from None
+    samples = header.get("samples", 0)
+    if not (_is_num(samples) and 0 <= samples < 2**53):
+        raise EnvelopeError("header: samples must be a finite number >= 0")
+    metrics, meta = _check_metrics(header.get("metrics", {})), header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise EnvelopeError("header: meta must be an object")
+    tensors = _read_tensors(data, header.get("tensors"), PREFIX_LEN + hlen, PREFIX_LEN + hlen + blen, require_finite)
+    return Envelope(
+        kind=Kind(kind), federation=fed, round=rnd, attempt=attempt, sender=sender,
+        model_version=mver, tensors=tensors, samples=samples, codec=codec, codec_params=codec_params,
+        metrics=metrics, meta=meta,
+    )
+
+
+def _check_frame(data: bytes, max_bytes: Optional[int]) -> Tuple[int, int, int]:
+    """(kind, header length, body length) of a frame whose fixed prefix, sizes and checksum hold."""
     n = len(data)
     if max_bytes is not None and n > max_bytes:
         raise EnvelopeError(f"message is {n} bytes, over the limit of {max_bytes}", "over size limit")
@@ -205,12 +236,14 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     (crc,) = struct.unpack_from("<I", data, n - CRC_LEN)
     if zlib.crc32(memoryview(data)[: n - CRC_LEN]) & 0xFFFFFFFF != crc:
         raise EnvelopeError("checksum mismatch (corrupted message)", "bad checksum")
+    return kind, hlen, blen
+
+
+def _parse_header(raw: bytes) -> Dict[str, Any]:
+    """The JSON header as an object with known fields only (no duplicate keys, NaN or Infinity)."""
     try:
-        header = json.loads(
-            bytes(data[PREFIX_LEN : PREFIX_LEN + hlen]).decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates,
+                            parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise EnvelopeError(f"header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -218,58 +251,29 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     unknown = set(header) - HEADER_FIELDS
     if unknown:
         raise EnvelopeError(f"header: unknown fields {sorted(unknown)}")
-    fed = _check_text(header.get("federation"), "federation")
-    sender = _check_text(header.get("sender"), "sender")
-    rnd, attempt, mver = header.get("round"), header.get("attempt", 0), header.get("model_version")
-    for what, v in (("round", rnd), ("attempt", attempt), ("model_version", mver)):
-        if not (_is_int(v) and 0 <= v < 2**53):
-            raise EnvelopeError(f"header: {what} must be a non-negative integer")
-    codec = header.get("codec", "raw")
-    if codec not in CODECS:
-        raise EnvelopeError(f"header: unknown codec {codec!r} (protocol 1.1 knows {', '.join(CODECS)})")
-    try:
-        codec_params = check_params(codec, header.get("codec_params", {}))
-    except CodecError as exc:
-        raise EnvelopeError(f"header: {exc}") from None
-    samples = header.get("samples", 0)
-    if not (_is_num(samples) and 0 <= samples < 2**53):
-        raise EnvelopeError("header: samples must be a finite number >= 0")
-    metrics = header.get("metrics", {})
+    return header
+
+
+def _check_metrics(metrics: Any) -> Dict[str, float]:
+    """At most 256 finite numbers by name."""
     if not (isinstance(metrics, dict) and len(metrics) <= 256):
         raise EnvelopeError("header: metrics must be an object of at most 256 entries")
     for k, v in metrics.items():
         if not _is_num(v):
             raise EnvelopeError(f"header: metric {k!r} must be a finite number")
-    meta = header.get("meta", {})
-    if not isinstance(meta, dict):
-        raise EnvelopeError("header: meta must be an object")
-    specs = header.get("tensors")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _read_tensors(data: bytes, specs: Any, offset: int, end: int, require_finite: bool) -> Dict[str, np.ndarray]:
+    """The tensors the header's specs describe, read (without copying, when aligned) from the body
+    ``data[offset:end]``, which they must cover exactly."""
     if not (isinstance(specs, list) and len(specs) <= MAX_TENSORS):
         raise EnvelopeError(f"header: tensors must be a list of at most {MAX_TENSORS}")
     tensors: Dict[str, np.ndarray] = {}
-    offset = PREFIX_LEN + hlen
-    end = offset + blen
     for i, spec in enumerate(specs):
-        if not (isinstance(spec, dict) and set(spec) == {"name", "dtype", "shape"}):
-            raise EnvelopeError(f"tensor #{i}: needs exactly name, dtype, shape")
-        name = _check_text(spec["name"], "tensor name", MAX_NAME_LEN)
+        name, dt, shape, count = _tensor_spec(spec, i, end - offset)
         if name in tensors:
             raise EnvelopeError(f"tensor {name!r} appears twice")
-        dt = DTYPES.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
-        if dt is None:
-            raise EnvelopeError(f"tensor {name!r}: unknown dtype {spec['dtype']!r}")
-        shape = spec["shape"]
-        if not (isinstance(shape, list) and len(shape) <= MAX_NDIM):
-            raise EnvelopeError(f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} dimensions")
-        count = 1
-        for d in shape:
-            if not (_is_int(d) and 0 <= d):
-                raise EnvelopeError(f"tensor {name!r}: bad dimension {d!r}")
-            count *= d
-            # Python ints do not overflow, but stop as soon as the claim exceeds the body.
-            if count * dt.itemsize > end - offset:
-                raise EnvelopeError(f"tensor {name!r}: shape {shape} needs more bytes than the body holds")
-        nbytes = count * dt.itemsize
         arr = np.frombuffer(data, dtype=dt, count=count, offset=offset).reshape(shape)
         if not arr.flags.aligned:  # a sender that did not pad: numpy is many times slower on unaligned data
             arr = arr.copy()
@@ -277,12 +281,30 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
         if require_finite and dt.kind == "f" and count and not np.isfinite(arr).all():
             raise EnvelopeError(f"tensor {name!r} contains NaN or Inf", "NaN or Inf")
         tensors[name] = arr
-        offset += nbytes
+        offset += count * dt.itemsize
     if offset != end:
         raise EnvelopeError(f"body has {end - offset} bytes not described by any tensor")
-    return Envelope(
-        kind=Kind(kind), federation=fed, round=rnd, attempt=attempt, sender=sender,
-        model_version=mver, tensors=tensors, samples=samples, codec=codec, codec_params=codec_params,
-        metrics={k: float(v) for k, v in metrics.items()}, meta=meta,
-    )
+    return tensors
+
+
+def _tensor_spec(spec: Any, i: int, room: int) -> Tuple[str, np.dtype, List[int], int]:
+    """(name, dtype, shape, element count) of tensor spec ``i``, whose bytes must fit in ``room``."""
+    if not (isinstance(spec, dict) and set(spec) == {"name", "dtype", "shape"}):
+        raise EnvelopeError(f"tensor #{i}: needs exactly name, dtype, shape")
+    name = _check_text(spec["name"], "tensor name", MAX_NAME_LEN)
+    dt = DTYPES.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
+    if dt is None:
+        raise EnvelopeError(f"tensor {name!r}: unknown dtype {spec['dtype']!r}")
+    shape = spec["shape"]
+    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM):
+        raise EnvelopeError(f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} dimensions")
+    count = 1
+    for d in shape:
+        if not (_is_int(d) and 0 <= d):
+            raise EnvelopeError(f"tensor {name!r}: bad dimension {d!r}")
+        count *= d
+        # Python ints do not overflow, but stop as soon as the claim exceeds the body.
+        if count * dt.itemsize > room:
+            raise EnvelopeError(f"tensor {name!r}: shape {shape} needs more bytes than the body holds")
+    return name, dt, shape, count
 

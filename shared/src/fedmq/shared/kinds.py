@@ -16,7 +16,11 @@ def spec_problem(kind: str, classes: list, hidden: list, options: dict) -> str:
         if out not in HEADS:
             return f"options.output must be one of {', '.join(HEADS)}, not {out!r}"
         want = {"softmax": "at least 2", "logistic": "exactly 2", "linear": "no"}[out]
-        if (out == "softmax" and len(classes) < 2) or (out == "logistic" and len(classes) != 2) or (out == "linear" and classes):
+        if (
+            (out == "softmax" and len(classes) < 2)
+            or (out == "logistic" and len(classes) != 2)
+            or (out == "linear" and classes)
+        ):
             return f"a tflite model with a {out} output needs {want} classes"
         for key, low, high in (("momentum", 0.0, 0.999), ("l2", 0.0, 1.0)):
             v = options.get(key, 0.0)

@@ -20,14 +20,14 @@ import numpy as np
 from fedmq.shared.kinds import LAYERED_KINDS, MODEL_KINDS, spec_problem
 from fedmq.shared.topicmap.model import ModelSpec
 
-
 Weights = Dict[str, np.ndarray]
 EVAL_CHUNK = 4096  # samples evaluated at once
 Layer = Tuple[np.ndarray, np.ndarray]
 
 
 def head(spec: ModelSpec) -> str:
-    """The output layer and loss: ``softmax`` (cross-entropy), ``logistic`` (binary cross-entropy) or ``linear`` (MSE)."""
+    """The output layer and loss: ``softmax`` (cross-entropy), ``logistic`` (binary cross-entropy) or
+    ``linear`` (MSE)."""
     if spec.kind == "tflite":
         return str(spec.options.get("output", "softmax"))
     if not spec.is_classifier:
@@ -67,8 +67,10 @@ def to_layers(spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> List[Layer]
     """Named weights -> [(W (in, out), b (out,)), ...] as float64."""
     if spec.kind in LAYERED_KINDS:
         n = len(spec.hidden) + 1
-        return [(np.asarray(weights[f"layers.{i}.weight"], np.float64), np.asarray(weights[f"layers.{i}.bias"], np.float64))
-                for i in range(n)]
+        return [
+            (np.asarray(weights[f"layers.{i}.weight"], np.float64), np.asarray(weights[f"layers.{i}.bias"], np.float64))
+            for i in range(n)
+        ]
     coef = np.asarray(weights["coef"], np.float64)
     w = coef.reshape(-1, 1) if coef.ndim == 1 else coef.T
     return [(w, np.asarray(weights["intercept"], np.float64))]
@@ -82,7 +84,7 @@ def from_layers(spec: ModelSpec, layers: List[Layer], dtype: type = np.float32) 
             out[f"layers.{i}.weight"] = np.asarray(w, dtype)
             out[f"layers.{i}.bias"] = np.asarray(b, dtype)
         return out
-    (w, b), = layers
+    ((w, b),) = layers
     coef = w[:, 0] if spec.kind == "sgd_regressor" else w.T
     return {"coef": np.ascontiguousarray(coef, dtype), "intercept": np.asarray(b, dtype)}
 
@@ -112,7 +114,9 @@ def class_index(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
     """Map labels to their position in ``spec.classes``; raises ValueError for unknown labels."""
     lookup = {str(c): i for i, c in enumerate(spec.classes)}
     try:
-        return np.fromiter((lookup[str(v.item() if hasattr(v, "item") else v)] for v in y), dtype=np.int64, count=len(y))
+        return np.fromiter(
+            (lookup[str(v.item() if hasattr(v, "item") else v)] for v in y), dtype=np.int64, count=len(y)
+        )
     except KeyError as exc:
         raise ValueError(f"label {exc.args[0]} is not one of the model's classes {list(spec.classes)}") from None
 
@@ -141,8 +145,12 @@ def raw_scores(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray
     layers = to_layers(spec, weights)
     if not len(x):
         return np.zeros((0, layers[-1][1].size))
-    return np.concatenate([forward(layers, np.asarray(x[i:i + EVAL_CHUNK], np.float64))[-1]  # bounded memory
-                           for i in range(0, len(x), EVAL_CHUNK)])
+    return np.concatenate(
+        [
+            forward(layers, np.asarray(x[i : i + EVAL_CHUNK], np.float64))[-1]  # bounded memory
+            for i in range(0, len(x), EVAL_CHUNK)
+        ]
+    )
 
 
 def evaluate(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
@@ -174,7 +182,9 @@ def spec_from_meta(meta: object) -> ModelSpec:
         raise ValueError("features must be a positive integer")
     if not isinstance(classes, list) or not all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes):
         raise ValueError("classes must be a list of integers or strings")
-    if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= 1_000_000 for h in hidden):
+    if not isinstance(hidden, list) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and 0 < h <= 1_000_000 for h in hidden
+    ):
         raise ValueError("hidden must be a list of positive integers")
     if not isinstance(options, dict) or not all(isinstance(v, (int, float, str, bool)) for v in options.values()):
         raise ValueError("options must map names to scalars")
@@ -183,7 +193,9 @@ def spec_from_meta(meta: object) -> ModelSpec:
         raise ValueError(problem)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError("seed must be an integer")
-    return ModelSpec(kind=kind, features=features, classes=tuple(classes), hidden=tuple(hidden), seed=seed, options=options)
+    return ModelSpec(
+        kind=kind, features=features, classes=tuple(classes), hidden=tuple(hidden), seed=seed, options=options
+    )
 
 
 def check_weights(spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
@@ -197,4 +209,3 @@ def check_weights(spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
         if t.dtype.kind != "f":
             raise ValueError(f"tensor {name!r} has dtype {t.dtype}, expected a float type")
-

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fedmq.shared import chunks
 from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
@@ -287,17 +287,21 @@ class MqttLink:
             return f"TLS handshake failed: {exc}"
         return "TCP and TLS work, the MQTT connection failed (see the broker's log)"
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
+                       props: object) -> None:
         quick = time.monotonic() - self._connected_at < QUICK_DROP_S
         self._quick_drops = self._quick_drops + 1 if quick else 0
         if self._closing:
             pass
         elif getattr(reason, "value", None) == SESSION_TAKEN_OVER or self._quick_drops >= 3:
-            self.log.error("the broker dropped us %s: most likely another client is using our client id %s (two "
-                           "processes running with the same id take each other's connection over: stop one of them)",
-                           "(session taken over)" if getattr(reason, "value", None) == SESSION_TAKEN_OVER else
-                           f"right after connecting, {self._quick_drops} times in a row",
-                           self.client._client_id.decode(errors="replace"))
+            self.log.error(
+                "the broker dropped us %s: most likely another client is using our client id %s (two "
+                "processes running with the same id take each other's connection over: stop one of them)",
+                "(session taken over)"
+                if getattr(reason, "value", None) == SESSION_TAKEN_OVER
+                else f"right after connecting, {self._quick_drops} times in a row",
+                self.client._client_id.decode(errors="replace"),
+            )
         elif self.connected.is_set():
             self.log.warning("lost the broker (%s); reconnecting with backoff", reason)
         self.connected.clear()

@@ -22,8 +22,16 @@ import numpy as np
 from fedmq.shared import __version__
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind, decode, encode
 from fedmq.shared.files import write_atomic
-from fedmq.shared.models import (Weights, check_weights, class_probabilities, from_layers, head, raw_scores,
-                                 spec_from_meta, to_layers)
+from fedmq.shared.models import (
+    Weights,
+    check_weights,
+    class_probabilities,
+    from_layers,
+    head,
+    raw_scores,
+    spec_from_meta,
+    to_layers,
+)
 from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap.model import ModelSpec
 
@@ -130,7 +138,8 @@ def from_envelope(env: Envelope, *, saved_at: Optional[float] = None, feature_na
     weights = {k: np.asarray(v, np.float32) for k, v in env.tensors.items()}
     check_weights(spec, weights)
     names = env.meta.get("feature_names", list(feature_names))
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) not in (0, spec.features):
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+            or len(names) not in (0, spec.features):
         raise ValueError(f"feature_names must be a list of {spec.features} strings")
     stamp = env.meta.get("saved_at", time.time()) if saved_at is None else saved_at
     if not isinstance(stamp, (int, float)) or isinstance(stamp, bool) or not np.isfinite(stamp):
@@ -139,8 +148,17 @@ def from_envelope(env: Envelope, *, saved_at: Optional[float] = None, feature_na
     sha = env.meta.get("file_sha256", file.get("sha256", "") if isinstance(file, dict) else "")
     if not isinstance(sha, str) or (sha and not re.fullmatch(r"[0-9a-f]{64}", sha)):
         raise ValueError("file_sha256 must be a SHA-256 in hex")
-    return SavedModel(spec, weights, Scaling.from_meta(env.meta.get("scaling"), spec.features), env.federation,
-                      env.model_version, env.round, tuple(names), float(stamp), sha)
+    return SavedModel(
+        spec,
+        weights,
+        Scaling.from_meta(env.meta.get("scaling"), spec.features),
+        env.federation,
+        env.model_version,
+        env.round,
+        tuple(names),
+        float(stamp),
+        sha,
+    )
 
 
 def current_snapshot(directory: str) -> Optional[str]:
@@ -168,8 +186,10 @@ def read_model(path: str) -> SavedModel:
     if os.path.isdir(path):
         snapshot = current_snapshot(path)
         if snapshot is None:
-            raise ModelFileError(f"{path}: no checkpoint in this directory (no {CURRENT} and no {STATE}); name a "
-                                 "checkpoint directory, a .fmq model file or an .npz export")
+            raise ModelFileError(
+                f"{path}: no checkpoint in this directory (no {CURRENT} and no {STATE}); name a "
+                "checkpoint directory, a .fmq model file or an .npz export"
+            )
         path = os.path.join(snapshot, MODEL)
     try:
         with open(path, "rb") as fh:
@@ -181,8 +201,9 @@ def read_model(path: str) -> SavedModel:
             return _from_npz(path)
         return from_envelope(decode(data))
     except (EnvelopeError, ValueError, KeyError) as exc:
-        raise ModelFileError(f"{path}: not a fedmq model ({exc}); name a checkpoint directory, a .fmq model "
-                             "file or an .npz export") from None
+        raise ModelFileError(
+            f"{path}: not a fedmq model ({exc}); name a checkpoint directory, a .fmq model file or an .npz export"
+        ) from None
 
 
 def _from_npz(path: str) -> SavedModel:
@@ -191,6 +212,13 @@ def _from_npz(path: str) -> SavedModel:
         if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"meta.format is not {EXPORT_FORMAT!r}")
         tensors = {k: z[k] for k in z.files if k != "meta" and not k.startswith("scaling.")}
-    env = Envelope(kind=Kind.MODEL, federation=str(meta.get("federation", "")), round=int(meta.get("round", 0)),
-                   sender="export", model_version=int(meta.get("model_version", 0)), tensors=tensors, meta=meta)
+    env = Envelope(
+        kind=Kind.MODEL,
+        federation=str(meta.get("federation", "")),
+        round=int(meta.get("round", 0)),
+        sender="export",
+        model_version=int(meta.get("model_version", 0)),
+        tensors=tensors,
+        meta=meta,
+    )
     return from_envelope(env)

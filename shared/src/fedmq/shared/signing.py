@@ -179,7 +179,8 @@ class Auth:
         try:
             fresh = KeyRing.from_file(self.keys_path)
         except (OSError, ValueError, TypeError) as exc:
-            raise SignatureError("unreadable keys", f"{self.keys_path}: {exc}; still using the keys read before") from None
+            raise SignatureError("unreadable keys",
+                                 f"{self.keys_path}: {exc}; still using the keys read before") from None
         self._stamp = stamp
         dropped = sorted(set(self.keyring.keys) - set(fresh.keys))
         self.keyring.keys = fresh.keys  # the nonces seen stay
@@ -187,16 +188,25 @@ class Auth:
 
     def seal(self, env: "Envelope") -> bytes:
         """Encode and sign an envelope as this party."""
-        return sign(self.key, encode(env), federation=env.federation, round_=env.round, signer=self.identity,
-                    kind=int(env.kind))
+        return sign(
+            self.key, encode(env), federation=env.federation, round_=env.round, signer=self.identity, kind=int(env.kind)
+        )
 
     def check(self, payload: bytes, envelope: bytes, env: "Envelope", signer: str, *, fresh: bool = True) -> None:
         """Verify that ``signer`` signed this envelope (raises SignatureError)."""
-        self.keyring.verify(payload, federation=env.federation, round_=env.round, signer=signer, kind=int(env.kind),
-                            envelope=envelope, fresh=fresh)
+        self.keyring.verify(
+            payload,
+            federation=env.federation,
+            round_=env.round,
+            signer=signer,
+            kind=int(env.kind),
+            envelope=envelope,
+            fresh=fresh,
+        )
 
-    def check_any(self, payload: bytes, envelope: bytes, env: "Envelope", signers: Tuple[str, ...], *,
-                  fresh: bool = True) -> None:
+    def check_any(
+        self, payload: bytes, envelope: bytes, env: "Envelope", signers: Tuple[str, ...], *, fresh: bool = True
+    ) -> None:
         """Verify that one of ``signers`` signed this envelope (raises the last signer's SignatureError)."""
         error = SignatureError("unknown signer", "no signer allowed")
         for signer in signers:
@@ -216,8 +226,17 @@ def seal(env: Envelope, auth: Optional[Auth]) -> bytes:
 Signers = Union[Sequence[str], Callable[[Envelope], Sequence[str]]]
 
 
-def open_envelope(payload: bytes, *, federation: str, kind: Kind, max_bytes: int, auth: Optional[Auth],
-                  signers: Signers, sender: Optional[str] = None, fresh: bool = True) -> Envelope:
+def open_envelope(
+    payload: bytes,
+    *,
+    federation: str,
+    kind: Kind,
+    max_bytes: int,
+    auth: Optional[Auth],
+    signers: Signers,
+    sender: Optional[str] = None,
+    fresh: bool = True,
+) -> Envelope:
     """The one way a received envelope is opened: decoded within ``max_bytes``, of ``kind`` and this
     ``federation``, from ``sender`` where the topic names one, and, where the federation signs, signed by one of
     ``signers`` (or of those ``signers(env)`` names); ``fresh`` refuses a replayed nonce (retained models are
@@ -234,4 +253,3 @@ def open_envelope(payload: bytes, *, federation: str, kind: Kind, max_bytes: int
     if auth is not None:
         auth.check_any(payload, raw, env, tuple(signers(env) if callable(signers) else signers), fresh=fresh)
     return env
-

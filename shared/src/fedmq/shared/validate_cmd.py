@@ -70,8 +70,12 @@ def render_tree(tm: TopicMap) -> List[str]:
         f"updates    {_codec_line(tm)}; model down as {tm.compression.model}",
         f"scaling    {_scaling_line(tm)}",
         f"strategy   {_strategy_line(tm)}",
-        "transport  " + (f"chunks over {tm.transport.max_payload_bytes} bytes (timeout {tm.transport.chunk_timeout_s:g}s)"
-                         if tm.transport.max_payload_bytes else "no payload cap (no chunking)"),
+        "transport  "
+        + (
+            f"chunks over {tm.transport.max_payload_bytes} bytes (timeout {tm.transport.chunk_timeout_s:g}s)"
+            if tm.transport.max_payload_bytes
+            else "no payload cap (no chunking)"
+        ),
         "tree",
     ]
     lines.extend(_group_lines(tm.root, ""))
@@ -104,10 +108,13 @@ def _strategy_line(tm: TopicMap) -> str:
 
 def _codec_line(tm: TopicMap) -> str:
     c = tm.compression.update
-    detail = {"int8": f", {'one scale per tensor' if not c.block else f'a scale per {c.block} values'}",
-              "topk": f", {c.fraction:.2%} of the entries ({c.index} indices, {c.values} values)"}.get(c.name, "")
-    return (f"{c.name}{detail}" + (", as deltas" if c.delta else "")
-            + (" with error feedback" if c.error_feedback else ""))
+    detail = {
+        "int8": f", {'one scale per tensor' if not c.block else f'a scale per {c.block} values'}",
+        "topk": f", {c.fraction:.2%} of the entries ({c.index} indices, {c.values} values)",
+    }.get(c.name, "")
+    return (
+        f"{c.name}{detail}" + (", as deltas" if c.delta else "") + (" with error feedback" if c.error_feedback else "")
+    )
 
 
 def _group_lines(g: Group, indent: str) -> List[str]:

@@ -43,7 +43,8 @@ def own_data(path: str, label_column: str, seed: int, test_size: float = 0.2) ->
 
 
 def dirichlet_split(y: np.ndarray, n_nodes: int, alpha: float, seed: int, min_size: int = 20) -> List[np.ndarray]:
-    """Indices per node: for every class, shares drawn from Dirichlet(alpha); redrawn until each node has ``min_size``."""
+    """Indices per node: for every class, shares drawn from Dirichlet(alpha); redrawn until each node has
+    ``min_size``."""
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     for _ in range(1000):

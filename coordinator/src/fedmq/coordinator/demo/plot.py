@@ -36,15 +36,17 @@ def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[floa
 
 
 def plot_smart_home(report: Dict[str, Any], path: str) -> None:
-    """Per task: the federated, personalised, central and local-only model of every home on its held-out days, side by side."""
+    """Per task: the federated, personalised, central and local-only model of every home on its held-out
+    days, side by side."""
     tasks = list(report["comparison"].items())
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), dpi=110, squeeze=False)
     for ax, (task, comp) in zip(axes[0], tasks):
         homes = list(comp["homes"])
         labels = [f"{h}\n{comp['homes'][h]['train_samples']} samples" for h in homes] + ["overall"]
         width = 0.2
-        for i, (kind, color) in enumerate((("federated", "tab:blue"), ("personalised", "tab:green"),
-                                           ("central", "tab:gray"), ("local", "tab:orange"))):
+        for i, (kind, color) in enumerate(
+            (("federated", "tab:blue"), ("personalised", "tab:green"), ("central", "tab:gray"), ("local", "tab:orange"))
+        ):
             values = [comp["homes"][h][kind] if comp["homes"][h][kind] is not None else 0.0 for h in homes]
             values.append(comp["overall"][kind])
             ax.bar([j + (i - 1.5) * width for j in range(len(labels))], values, width, label=kind, color=color)

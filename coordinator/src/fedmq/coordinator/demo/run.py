@@ -16,19 +16,19 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
 
 from fedmq.broker.process import MosquittoProcess
-from fedmq.coordinator.demo.dataset import digits, own_data, synthetic
-from fedmq.shared.data import DataError
 from fedmq.broker.provision import client_config, provision
+from fedmq.coordinator.demo.dataset import digits, own_data, synthetic
 from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
 from fedmq.coordinator.demo.monitoring import announce, metrics_flag, start_dashboard
 from fedmq.coordinator.demo.plot import plot_rounds
 from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
+from fedmq.shared.data import DataError
 from fedmq.shared.identities import MONITOR
 from fedmq.shared.mqtt import MqttLink
 from fedmq.shared.topicmap import TlsSettings, load_topic_map
@@ -62,11 +62,9 @@ def _raise_interrupt(*_: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 when every round was applied."""
-    if args.nodes < 1 or args.groups < 1 or args.groups > args.nodes or args.rounds < 1:
-        print("fedmq demo: need --nodes >= --groups >= 1 and --rounds >= 1", file=sys.stderr)
-        return 2
-    if args.homes < 1 or args.days <= 0:
-        print("fedmq demo: need --homes >= 1 and --days > 0", file=sys.stderr)
+    problem = _argument_problem(args)
+    if problem:
+        print(f"fedmq demo: {problem}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = None
@@ -85,25 +83,29 @@ def run(args: argparse.Namespace) -> int:
             from fedmq.coordinator.demo.smart_home import run_smart_home
 
             return run_smart_home(args, workdir, procs)
-        parts, training = None, None
-        if args.dataset == "synthetic":
-            parts, test = synthetic(1.0, 1.0, args.nodes, args.seed)
-            train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-            training = {"learning_rate": 0.01, "local_epochs": 20, "batch_size": 10}
-        elif args.data:
-            try:
-                train, test = own_data(args.data, args.label_column, args.seed)
-            except (DataError, ValueError) as exc:
-                print(f"fedmq demo: --data: {exc}", file=sys.stderr)
-                return 2
-        else:
-            train, test = digits(args.seed)
-        layout = write_federation(workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds,
-                                  alpha=args.alpha, seed=args.seed, model=args.model, port=1,
-                                  deadline_s=args.deadline, trainer=args.trainer, parts=parts,
-                                  training={**(training or {}), **_round_overrides(args)},
-                                  extra={**_transport_sections(args), **({"scaling": "federated"} if args.data else {})},
-                                  node_extras=_node_extras(args))
+        try:
+            train, test, parts, training = _dataset(args)
+        except (DataError, ValueError) as exc:
+            print(f"fedmq demo: --data: {exc}", file=sys.stderr)
+            return 2
+        layout = write_federation(
+            workdir,
+            train,
+            test,
+            nodes=args.nodes,
+            groups=args.groups,
+            rounds=args.rounds,
+            alpha=args.alpha,
+            seed=args.seed,
+            model=args.model,
+            port=1,
+            deadline_s=args.deadline,
+            trainer=args.trainer,
+            parts=parts,
+            training={**(training or {}), **_round_overrides(args)},
+            extra={**_transport_sections(args), **({"scaling": "federated"} if args.data else {})},
+            node_extras=_node_extras(args),
+        )
         security_dir = None
         if args.secure:
             security_dir = os.path.join(workdir, "security")
@@ -116,11 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fedmq demo: Mosquitto on {broker.host}:{broker.port}"
               + (" (mutual TLS, ACL, no anonymous access; signed updates and models)" if security_dir else "")
               + f"; {args.nodes} nodes in {args.groups} homes, {args.rounds} rounds, model {args.model}, "
-              + ("Synthetic(1,1), a device per node" if args.dataset == "synthetic" else
-                 f"{args.data} ({len(train[0])} training and {len(test[0])} held-out samples, federated scaling) "
-                 f"split non-IID (Dirichlet alpha={args.alpha})" if args.data else
-                 f"digits split non-IID (Dirichlet alpha={args.alpha})")
-              + f", {args.compression} updates", flush=True)
+              + _data_line(args, train, test) + f", {args.compression} updates", flush=True)
         topics = Topics("demo")
         watch = load_topic_map(layout.topic_map).broker
         if security_dir:  # an identity of its own: one connection per identity (client id = user name)
@@ -129,37 +127,29 @@ def run(args: argparse.Namespace) -> int:
         watcher.subscribe(topics.metrics())
         watcher.start()
         metrics = metrics_flag(args.metrics)
-        coordinator = procs.spawn(["coordinator", "run", layout.topic_map, "--fresh", "--quiet", *metrics],
-                                  os.path.join(workdir, "logs", "coordinator.log"))
+        coordinator = procs.spawn(
+            ["coordinator", "run", layout.topic_map, "--fresh", "--quiet", *metrics],
+            os.path.join(workdir, "logs", "coordinator.log"),
+        )
         board = start_dashboard(args.dashboard, layout.topic_map, security_dir)
         announce(board, metrics)
         for node, cfg in zip(layout.node_ids, layout.node_configs):
             procs.spawn(["node", "run", cfg, "--exit-when-done"], os.path.join(workdir, "logs", f"{node}.log"))
-        print(f"fedmq demo: started the coordinator and {args.nodes} nodes (logs in {os.path.join(workdir, 'logs')})", flush=True)
-        rounds = collect_rounds(watcher, {topics.metrics(): "demo"}, {"demo": coordinator}, args.rounds,
-                                args.deadline)["demo"]
+        print(
+            f"fedmq demo: started the coordinator and {args.nodes} nodes (logs in {os.path.join(workdir, 'logs')})",
+            flush=True,
+        )
+        rounds = collect_rounds(watcher, {topics.metrics(): "demo"}, {"demo": coordinator}, args.rounds, args.deadline)[
+            "demo"
+        ]
         procs.stop_all()
         if len(rounds) < args.rounds:
-            print(f"fedmq demo: only {len(rounds)} of {args.rounds} rounds completed; see "
-                  f"{os.path.join(workdir, 'logs', 'coordinator.log')}", file=sys.stderr)
-        baseline = centralised_accuracy(args.model, train, test, args.seed, standardise=bool(args.data))
-        final = rounds[-1]["accuracy"] if rounds else None
-        elapsed = time.monotonic() - t0
-        print(f"fedmq demo: final federated accuracy {final if final is None else f'{final:.4f}'}; "
-              f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
-        report = {"rounds": [report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
-                  "nodes": args.nodes, "groups": args.groups, "model": args.model, "alpha": args.alpha,
-                  "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2), "dataset": args.data or args.dataset,
-                  "compression": args.compression}
-        plot_path = args.plot or (os.path.splitext(args.report)[0] + ".png" if args.report else
-                                  os.path.join(args.workdir or ".", "fedmq-demo.png"))
-        if rounds:
-            plot_rounds(rounds, plot_path, baseline, f"fedmq demo: {args.nodes} nodes, {args.groups} homes, {args.model}")
-            print(f"fedmq demo: plot written to {plot_path}")
-        if args.report:
-            with open(args.report, "w", encoding="utf-8") as fh:
-                json.dump(report, fh, indent=1)
-            print(f"fedmq demo: report written to {args.report}")
+            print(
+                f"fedmq demo: only {len(rounds)} of {args.rounds} rounds completed; see "
+                f"{os.path.join(workdir, 'logs', 'coordinator.log')}",
+                file=sys.stderr,
+            )
+        _results(args, rounds, train, test, time.monotonic() - t0)
         return 0 if len(rounds) == args.rounds else 1
     except KeyboardInterrupt:
         print("fedmq demo: interrupted; stopping everything", file=sys.stderr)
@@ -174,6 +164,63 @@ def run(args: argparse.Namespace) -> int:
             broker.stop()
         if tmp is not None:
             tmp.cleanup()
+
+
+def _argument_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the demo's numeric options, or ''."""
+    if args.nodes < 1 or args.groups < 1 or args.groups > args.nodes or args.rounds < 1:
+        return "need --nodes >= --groups >= 1 and --rounds >= 1"
+    if args.homes < 1 or args.days <= 0:
+        return "need --homes >= 1 and --days > 0"
+    return ""
+
+
+Split = Tuple[np.ndarray, np.ndarray]
+
+
+def _dataset(args: argparse.Namespace) -> Tuple[Split, Split, Optional[List[Split]], Optional[Dict[str, Any]]]:
+    """(training set, held-out set, per-node parts if the data set comes split, training overrides)."""
+    if args.dataset == "synthetic":
+        parts, test = synthetic(1.0, 1.0, args.nodes, args.seed)
+        train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        return train, test, parts, {"learning_rate": 0.01, "local_epochs": 20, "batch_size": 10}
+    if args.data:
+        train, test = own_data(args.data, args.label_column, args.seed)
+        return train, test, None, None
+    train, test = digits(args.seed)
+    return train, test, None, None
+
+
+def _data_line(args: argparse.Namespace, train: Split, test: Split) -> str:
+    """How the demo's data is made and split, for its first line."""
+    if args.dataset == "synthetic":
+        return "Synthetic(1,1), a device per node"
+    if args.data:
+        return (f"{args.data} ({len(train[0])} training and {len(test[0])} held-out samples, federated scaling) "
+                f"split non-IID (Dirichlet alpha={args.alpha})")
+    return f"digits split non-IID (Dirichlet alpha={args.alpha})"
+
+
+def _results(args: argparse.Namespace, rounds: List[Dict[str, Any]], train: Split, test: Split,
+             elapsed: float) -> None:
+    """Print the final accuracy beside the centralised baseline; write the plot and the JSON report."""
+    baseline = centralised_accuracy(args.model, train, test, args.seed, standardise=bool(args.data))
+    final = rounds[-1]["accuracy"] if rounds else None
+    print(f"fedmq demo: final federated accuracy {final if final is None else f'{final:.4f}'}; "
+          f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
+    report = {"rounds": [report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,
+              "nodes": args.nodes, "groups": args.groups, "model": args.model, "alpha": args.alpha,
+              "trainer": args.trainer, "seed": args.seed, "seconds": round(elapsed, 2),
+              "dataset": args.data or args.dataset, "compression": args.compression}
+    plot_path = args.plot or (os.path.splitext(args.report)[0] + ".png" if args.report
+                              else os.path.join(args.workdir or ".", "fedmq-demo.png"))
+    if rounds:
+        plot_rounds(rounds, plot_path, baseline, f"fedmq demo: {args.nodes} nodes, {args.groups} homes, {args.model}")
+        print(f"fedmq demo: plot written to {plot_path}")
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"fedmq demo: report written to {args.report}")
 
 
 def _transport_sections(args: argparse.Namespace) -> Dict[str, Any]:
@@ -198,8 +245,11 @@ def _transport_sections(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _round_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     """The rounds section's settings from the demo's options."""
-    out: Dict[str, Any] = {"fraction": args.fraction, "quorum": args.quorum,
-                           "min_nodes": max(1, min(args.nodes // 2, math.ceil(args.fraction * args.nodes)))}
+    out: Dict[str, Any] = {
+        "fraction": args.fraction,
+        "quorum": args.quorum,
+        "min_nodes": max(1, min(args.nodes // 2, math.ceil(args.fraction * args.nodes))),
+    }
     if args.stragglers:  # a round where every selected node straggled is tried again, not fatal
         out.update(on_quorum_failure="retry", max_retries=20)
     return out
@@ -215,9 +265,14 @@ def _node_extras(args: argparse.Namespace) -> List[Dict[str, Any]]:
         except ValueError:
             raise SystemExit(f"fedmq demo: --slow must be N:SECONDS, e.g. 3:2.0, not {args.slow!r}") from None
     attackers, attack = _attack(args)
-    return [{**({"simulate_straggler": args.stragglers} if args.stragglers else {}),
-             **({"simulate_delay_s": slow_s} if i < slow_count else {}),
-             **({"simulate_attack": attack} if i >= args.nodes - attackers else {})} for i in range(args.nodes)]
+    return [
+        {
+            **({"simulate_straggler": args.stragglers} if args.stragglers else {}),
+            **({"simulate_delay_s": slow_s} if i < slow_count else {}),
+            **({"simulate_attack": attack} if i >= args.nodes - attackers else {}),
+        }
+        for i in range(args.nodes)
+    ]
 
 
 def _attack(args: argparse.Namespace) -> "tuple[int, Dict[str, Any]]":
@@ -231,8 +286,8 @@ def _attack(args: argparse.Namespace) -> "tuple[int, Dict[str, Any]]":
         if len(parts) > 3 or not 0 < count <= args.nodes or (samples is not None and samples < 1):
             raise ValueError
     except (ValueError, IndexError):
-        raise SystemExit(f"fedmq demo: --attack must be N:SCALE or N:SCALE:SAMPLES with 1 <= N <= --nodes, e.g. "
-                         f"2:-10:10000, not {args.attack!r}") from None
+        raise SystemExit(
+            f"fedmq demo: --attack must be N:SCALE or N:SCALE:SAMPLES with 1 <= N <= --nodes, e.g. "
+            f"2:-10:10000, not {args.attack!r}"
+        ) from None
     return count, {"scale": scale, **({"samples": samples} if samples else {})}
-
-

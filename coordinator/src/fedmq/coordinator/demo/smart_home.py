@@ -24,9 +24,9 @@ from fedmq.broker.process import MosquittoProcess
 from fedmq.coordinator.checkpoint import MODEL, current_dir
 from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
 from fedmq.coordinator.sim.homes import Simulation
-from fedmq.node.serve.discovery import PER_NODE
 from fedmq.coordinator.sim.publish import Publisher
 from fedmq.coordinator.sim.scenario import TASKS, node_config, width, write_yaml
+from fedmq.node.serve.discovery import PER_NODE
 from fedmq.shared.datacheck import normalise_labels
 from fedmq.shared.envelope import decode
 from fedmq.shared.messages import MessageError, Status

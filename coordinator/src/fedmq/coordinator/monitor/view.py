@@ -121,12 +121,15 @@ def summary_line(view: Dict[str, Any]) -> str:
         return (f"waiting for nodes ({r.get('online', 0)} ready, {r.get('min_nodes', '?')} needed) before round "
                 f"{r.get('round', 0) + 1}{of}")
     if state == "running" and r.get("mode") == "async":
-        return f"async: model version {r.get('model_version')}{of}, {r.get('buffered')} of {r.get('buffer_size')} buffered"
+        return (f"async: model version {r.get('model_version')}{of}, "
+                f"{r.get('buffered')} of {r.get('buffer_size')} buffered")
     if state == "running":
         left = max(0.0, float(r.get("deadline_at", 0)) - time.time())
         task = " (feature statistics)" if r.get("task") == "stats" else ""
-        return (f"round {r.get('round')}{of}{task}: {r.get('answered')} of {r.get('selected')} updates in, "
-                f"deadline in {left:.0f} s")
+        return (
+            f"round {r.get('round')}{of}{task}: {r.get('answered')} of {r.get('selected')} updates in, "
+            f"deadline in {left:.0f} s"
+        )
     return "no round state yet (is the coordinator running?)"
 
 

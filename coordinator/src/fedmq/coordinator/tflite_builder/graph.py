@@ -69,7 +69,9 @@ class Subgraph:
     inputs: List[int] = field(default_factory=list)
     outputs: List[int] = field(default_factory=list)
 
-    def tensor(self, name: str, signature: Sequence[int], type: int = TensorType.FLOAT32, data: Optional[bytes] = None) -> int:
+    def tensor(
+        self, name: str, signature: Sequence[int], type: int = TensorType.FLOAT32, data: Optional[bytes] = None
+    ) -> int:
         """Add a tensor; returns its index."""
         self.tensors.append(TensorDef(f"{name}:{len(self.tensors)}", tuple(signature), type, data))
         return len(self.tensors) - 1
@@ -89,8 +91,16 @@ class Subgraph:
         """Shape signature of tensor ``t`` (-1 = dynamic batch)."""
         return self.tensors[t].signature
 
-    def op(self, code: int, inputs: Sequence[int], out: Optional[Sequence[int]] = None, *, out_type: int = TensorType.FLOAT32,
-           options: Optional[Tuple[str, Dict[str, Any]]] = None, name: str = "") -> int:
+    def op(
+        self,
+        code: int,
+        inputs: Sequence[int],
+        out: Optional[Sequence[int]] = None,
+        *,
+        out_type: int = TensorType.FLOAT32,
+        options: Optional[Tuple[str, Dict[str, Any]]] = None,
+        name: str = "",
+    ) -> int:
         """Append an op with one output of shape ``out`` (or none when ``out`` is None); returns the output."""
         outputs = [] if out is None else [self.tensor(name or f"op{code}", out, out_type)]
         self.ops.append(OpDef(code, list(inputs), outputs, options or OPTIONS.get(code)))

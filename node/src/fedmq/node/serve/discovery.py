@@ -94,11 +94,14 @@ def _prediction(ha: HomeAssistant, spec: ModelSpec) -> Tuple[str, str, Dict[str,
     if spec.is_classifier:
         return "sensor", "prediction", {**common, "device_class": "enum", "options": [str(c) for c in spec.classes],
                                         "value_template": "{{ value_json.value }}"}
-    payload = {**common, "state_class": "measurement", "value_template": "{{ value_json.value | round(3) if value_json.value is not none else none }}",
-               **({"unit_of_measurement": ha.unit} if ha.unit else {})}
+    payload = {
+        **common,
+        "state_class": "measurement",
+        "value_template": "{{ value_json.value | round(3) if value_json.value is not none else none }}",
+        **({"unit_of_measurement": ha.unit} if ha.unit else {}),
+    }
     return "sensor", "prediction", _with_class(payload, ha)
 
 
 def _with_class(payload: Dict[str, Any], ha: HomeAssistant) -> Dict[str, Any]:
     return {**payload, **({"device_class": ha.device_class} if ha.device_class else {})}
-

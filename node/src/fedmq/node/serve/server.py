@@ -30,7 +30,6 @@ from fedmq.shared.datacheck import normalise_labels
 from fedmq.shared.mqtt import authenticate
 from fedmq.shared.saved_model import SavedModel
 
-
 RESCORE_S = 3600.0  # how often the served model is scored (and personalised) again on the recent data
 RETRY_S = 5.0  # ... while it has no score yet (no data yet)
 MAX_QUEUED = 100  # messages kept while the home broker is away (the newest state is retained anyway)

@@ -1,5 +1,5 @@
-"""Numpy-only trainer for ``softmax_regression``, ``mlp``, ``sgd_regressor`` (linear regression) and ``tflite`` models: mini-batch SGD with
-optional momentum and L2, on softmax cross-entropy, binary cross-entropy or MSE.
+"""Numpy-only trainer for ``softmax_regression``, ``mlp``, ``sgd_regressor`` (linear regression) and
+``tflite`` models: mini-batch SGD with optional momentum and L2, on softmax cross-entropy, binary cross-entropy or MSE.
 
 Needs nothing but numpy, for gateways where scikit-learn is too heavy. For ``tflite`` models it runs
 exactly the SGD the generated .tflite file runs, so it is also the reference the TFLite trainer is
@@ -25,8 +25,17 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def sgd_step(layers: List[Layer], x: np.ndarray, target: np.ndarray, lr: float, *, kind: str = "softmax",
-             l2: float = 0.0, momentum: float = 0.0, velocity: Optional[List[Layer]] = None) -> float:
+def sgd_step(
+    layers: List[Layer],
+    x: np.ndarray,
+    target: np.ndarray,
+    lr: float,
+    *,
+    kind: str = "softmax",
+    l2: float = 0.0,
+    momentum: float = 0.0,
+    velocity: Optional[List[Layer]] = None,
+) -> float:
     """One SGD step on a batch, in place; returns the batch's mean loss before the step.
 
     ``kind`` is the head: softmax (cross-entropy), logistic (binary cross-entropy) or linear (MSE,
@@ -90,8 +99,16 @@ class NumpyDenseTrainer(Trainer):
 
     def step(self, x: np.ndarray, target: np.ndarray, lr: float) -> float:
         """One SGD step on one batch of (features, targets as from ``targets``)."""
-        return sgd_step(self.layers, np.asarray(x, np.float64), np.asarray(target, np.float64), lr, kind=self.kind,
-                        l2=self.l2, momentum=self.momentum, velocity=self.velocity)
+        return sgd_step(
+            self.layers,
+            np.asarray(x, np.float64),
+            np.asarray(target, np.float64),
+            lr,
+            kind=self.kind,
+            l2=self.l2,
+            momentum=self.momentum,
+            velocity=self.velocity,
+        )
 
     def fit(self, x: np.ndarray, y: np.ndarray, params: TrainParams, rng: np.random.Generator) -> Dict[str, float]:
         """Shuffled mini-batch SGD for ``local_epochs`` epochs."""

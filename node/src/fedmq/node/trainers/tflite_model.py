@@ -39,13 +39,16 @@ class TfliteModel:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One step of the model's own optimiser on one batch; the loss before the step."""
-        return float(np.asarray(self.runners["train"](x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"]))
+        return float(
+            np.asarray(self.runners["train"](x=np.asarray(x, np.float32), y=np.asarray(y, np.float32))["loss"])
+        )
 
     def train_prox_step(self, x: np.ndarray, y: np.ndarray, mu: float, anchor: Mapping[str, np.ndarray]) -> float:
         """One step followed by FedProx's proximal step towards ``anchor``, momentum kept; the loss before."""
         feeds = {f"anchor.{k}": np.ascontiguousarray(v, np.float32) for k, v in anchor.items()}
-        out = self.runners["train_prox"](x=np.asarray(x, np.float32), y=np.asarray(y, np.float32),
-                                         mu=np.asarray([mu], np.float32), **feeds)
+        out = self.runners["train_prox"](
+            x=np.asarray(x, np.float32), y=np.asarray(y, np.float32), mu=np.asarray([mu], np.float32), **feeds
+        )
         return float(np.asarray(out["loss"]))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -96,8 +99,10 @@ class TfliteTrainer(Trainer):
         inside = "train_prox" in self.model.runners
         if mu and not inside and not self._warned:
             self._warned = True
-            log.warning("this model file has no train_prox signature (built by an older coordinator): FedProx "
-                        "runs outside the graph, which resets the optimiser's momentum at every step")
+            log.warning(
+                "this model file has no train_prox signature (built by an older coordinator): FedProx "
+                "runs outside the graph, which resets the optimiser's momentum at every step"
+            )
         losses = []
         for _ in range(params.local_epochs):
             order = rng.permutation(len(xs))

@@ -51,7 +51,9 @@ def agree(sk: object, peer_public: bytes, context: bytes) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))  # type: ignore[attr-defined]
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"fedmq-secagg/1 " + context).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"fedmq-secagg/1 " + context).derive(
+        shared
+    )
 
 
 def expand(seed: bytes, size: int) -> np.ndarray:

@@ -105,7 +105,9 @@ def _ids(value: object) -> Dict[str, Any]:
 
 def share_plaintext(sender: str, receiver: str, b_share: int, s_share: int) -> bytes:
     """What a node seals for a peer: the peer's shares of the sender's two secrets."""
-    return json.dumps({"from": sender, "to": receiver, "b": shamir.to_text(b_share), "s": shamir.to_text(s_share)}).encode()
+    return json.dumps(
+        {"from": sender, "to": receiver, "b": shamir.to_text(b_share), "s": shamir.to_text(s_share)}
+    ).encode()
 
 
 def open_plaintext(data: bytes, sender: str, receiver: str) -> Tuple[int, int]:

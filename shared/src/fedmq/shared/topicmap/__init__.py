@@ -19,6 +19,21 @@ from fedmq.shared.topicmap.model import (
 )
 
 __all__ = [
-    "BrokerSettings", "Compression", "ConfigIssue", "DataRef", "Group", "Limits", "ModelSpec", "Privacy", "RoundPolicy", "SecuritySettings", "Strategy",
-    "TlsSettings", "TopicMap", "TopicMapError", "Transport", "load_topic_map", "parse_topic_map",
+    "BrokerSettings",
+    "Compression",
+    "ConfigIssue",
+    "DataRef",
+    "Group",
+    "Limits",
+    "ModelSpec",
+    "Privacy",
+    "RoundPolicy",
+    "SecuritySettings",
+    "Strategy",
+    "TlsSettings",
+    "TopicMap",
+    "TopicMapError",
+    "Transport",
+    "load_topic_map",
+    "parse_topic_map",
 ]

@@ -6,16 +6,31 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from fedmq.shared import data as data_sources
-from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
-from fedmq.shared.topicmap.model import (
-    BrokerSettings, Compression, DataRef, Group, Limits, ModelSpec, RoundPolicy, SecuritySettings, TlsSettings,
-    TopicMap, Transport, SCALING_MODES, ScalingPolicy, AsyncSettings, Monitoring,
-    Privacy, SecureAggregation, Strategy,
-)
 from fedmq.shared.codecs import CODECS, TOPK_INDEX, TOPK_VALUES, Codec
 from fedmq.shared.files import unreadable
+from fedmq.shared.kinds import CLASSIFIER_KINDS, MODEL_KINDS, NEEDS_HIDDEN, spec_problem
 from fedmq.shared.plugins import plugins
 from fedmq.shared.topicmap.errors import ConfigIssue
+from fedmq.shared.topicmap.model import (
+    SCALING_MODES,
+    AsyncSettings,
+    BrokerSettings,
+    Compression,
+    DataRef,
+    Group,
+    Limits,
+    ModelSpec,
+    Monitoring,
+    Privacy,
+    RoundPolicy,
+    ScalingPolicy,
+    SecureAggregation,
+    SecuritySettings,
+    Strategy,
+    TlsSettings,
+    TopicMap,
+    Transport,
+)
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
 from fedmq.shared.topicmap.yamlsrc import load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
@@ -172,14 +187,19 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
     """Read a ``broker:`` section (shared by topic maps and node configs)."""
     if value is None:
         return BrokerSettings()
-    m = r.mapping(value, path, line, ("host", "port", "keepalive_s", "tls", "username", "password_file", "topic_prefix"))
+    m = r.mapping(value, path, line,
+                  ("host", "port", "keepalive_s", "tls", "username", "password_file", "topic_prefix"))
     tls = None
     if m is not None and "tls" in m:
-        t = r.mapping(m["tls"], join_path(path, "tls"), r.line_of(m, "tls"), ("ca_file", "cert_file", "key_file"), ("ca_file",))
+        t = r.mapping(
+            m["tls"], join_path(path, "tls"), r.line_of(m, "tls"), ("ca_file", "cert_file", "key_file"), ("ca_file",)
+        )
         tp = join_path(path, "tls")
-        tls = TlsSettings(ca_file=_beside(base_dir, r.value(t, "ca_file", tp, str, "")),
-                          cert_file=_beside(base_dir, r.value(t, "cert_file", tp, str, None)),
-                          key_file=_beside(base_dir, r.value(t, "key_file", tp, str, None)))
+        tls = TlsSettings(
+            ca_file=_beside(base_dir, r.value(t, "ca_file", tp, str, "")),
+            cert_file=_beside(base_dir, r.value(t, "cert_file", tp, str, None)),
+            key_file=_beside(base_dir, r.value(t, "key_file", tp, str, None)),
+        )
     return BrokerSettings(
         host=r.value(m, "host", path, str, "127.0.0.1"),
         port=r.value(m, "port", path, int, 1883, minimum=1, maximum=65535),
@@ -187,8 +207,15 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
         tls=tls,
         username=r.value(m, "username", path, str, None),
         password_file=_beside(base_dir, r.value(m, "password_file", path, str, None)),
-        topic_prefix=r.value(m, "topic_prefix", path, str, "", check=prefix_problem,
-                             fix="topic levels each followed by '/', e.g. 'tenant-42/' ('' for none)"),
+        topic_prefix=r.value(
+            m,
+            "topic_prefix",
+            path,
+            str,
+            "",
+            check=prefix_problem,
+            fix="topic levels each followed by '/', e.g. 'tenant-42/' ('' for none)",
+        ),
     )
 
 
@@ -210,7 +237,9 @@ def read_data_ref(r: Reader, value: Any, path: str, line: Optional[int], base_di
 
 
 def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
-    m = r.mapping(value, "model", line, ("kind", "features", "classes", "hidden", "seed", "options"), ("kind", "features"))
+    m = r.mapping(
+        value, "model", line, ("kind", "features", "classes", "hidden", "seed", "options"), ("kind", "features")
+    )
     kind = r.value(m, "kind", "model", str, "softmax_regression", choices=MODEL_KINDS)
     features = r.value(m, "features", "model", int, 1, minimum=1, maximum=10_000_000)
     classes = r.value(m, "classes", "model", list, [])
@@ -219,49 +248,86 @@ def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
     if kind == "tflite":
         problem = spec_problem(kind, classes or [], hidden or [], options or {})
         if problem and m is not None:
-            r.error(r.line_of(m, "options") if "options" in (problem.split()[0]) else m.line, "model", problem,
-                    "see docs/topic-map.md, model kind tflite")
+            r.error(
+                r.line_of(m, "options") if "options" in (problem.split()[0]) else m.line,
+                "model",
+                problem,
+                "see docs/topic-map.md, model kind tflite",
+            )
     elif kind in CLASSIFIER_KINDS:
         if m is not None and len(classes) < 2:
-            r.error(r.line_of(m, "classes") if "classes" in m else m.line, "model.classes",
-                    f"a {kind} needs at least two class labels", "list every label, e.g. classes: [0, 1, 2]")
+            r.error(
+                r.line_of(m, "classes") if "classes" in m else m.line,
+                "model.classes",
+                f"a {kind} needs at least two class labels",
+                "list every label, e.g. classes: [0, 1, 2]",
+            )
         for i, c in enumerate(classes):
             if isinstance(c, bool) or not isinstance(c, (int, str)):
-                r.error(r.item_line(classes, i), f"model.classes[{i}]", f"labels must be integers or strings, not {c!r}",
-                        "write each label as an integer or a string")
+                r.error(
+                    r.item_line(classes, i),
+                    f"model.classes[{i}]",
+                    f"labels must be integers or strings, not {c!r}",
+                    "write each label as an integer or a string",
+                )
         if len(set(map(str, classes))) != len(classes):
             r.error(r.line_of(m, "classes"), "model.classes", "duplicate class labels", "list each label once")
     elif classes:
         r.error(r.line_of(m, "classes"), "model.classes", f"a {kind} has no classes", "remove model.classes")
     for i, h in enumerate(hidden):
         if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            r.error(r.item_line(hidden, i), f"model.hidden[{i}]", f"layer size must be a positive integer, not {h!r}",
-                    "e.g. hidden: [32, 16]")
+            r.error(
+                r.item_line(hidden, i),
+                f"model.hidden[{i}]",
+                f"layer size must be a positive integer, not {h!r}",
+                "e.g. hidden: [32, 16]",
+            )
     if kind in NEEDS_HIDDEN and m is not None and not hidden:
         r.error(m.line, "model.hidden", f"a {kind} needs hidden layer sizes", "add e.g. hidden: [32]")
     if kind not in NEEDS_HIDDEN and kind != "tflite" and hidden:
-        r.error(r.line_of(m, "hidden"), "model.hidden", f"a {kind} has no hidden layers", "remove model.hidden or use kind: mlp")
+        r.error(
+            r.line_of(m, "hidden"),
+            "model.hidden",
+            f"a {kind} has no hidden layers",
+            "remove model.hidden or use kind: mlp",
+        )
     for k, v in (options or {}).items():
         if not isinstance(v, (int, float, str, bool)):
-            r.error(r.line_of(options, k), f"model.options.{k}", "must be a scalar", "use a number, string or true/false")
-    return ModelSpec(kind=kind, features=features, classes=tuple(classes), hidden=tuple(h for h in hidden if isinstance(h, int)),
-                     seed=r.value(m, "seed", "model", int, 0, minimum=0), options=dict(options or {}))
+            r.error(
+                r.line_of(options, k), f"model.options.{k}", "must be a scalar", "use a number, string or true/false"
+            )
+    return ModelSpec(
+        kind=kind,
+        features=features,
+        classes=tuple(classes),
+        hidden=tuple(h for h in hidden if isinstance(h, int)),
+        seed=r.value(m, "seed", "model", int, 0, minimum=0),
+        options=dict(options or {}),
+    )
 
 
 def _limits(r: Reader, value: Any, line: Optional[int]) -> Limits:
     if value is None:
         return Limits()
     d = Limits()
-    keys = ("max_message_bytes", "max_samples", "max_update_norm", "max_messages_per_node_s", "message_burst",
-            "max_tracked_nodes")
+    keys = (
+        "max_message_bytes",
+        "max_samples",
+        "max_update_norm",
+        "max_messages_per_node_s",
+        "message_burst",
+        "max_tracked_nodes",
+    )
     m = r.mapping(value, "limits", line, keys)
     return Limits(
-        max_message_bytes=r.value(m, "max_message_bytes", "limits", int, d.max_message_bytes,
-                                  minimum=1024, maximum=256 * 1024 * 1024),
+        max_message_bytes=r.value(
+            m, "max_message_bytes", "limits", int, d.max_message_bytes, minimum=1024, maximum=256 * 1024 * 1024
+        ),
         max_samples=r.value(m, "max_samples", "limits", int, d.max_samples, minimum=1),
         max_update_norm=r.value(m, "max_update_norm", "limits", float, None, minimum=0.0),
-        max_messages_per_node_s=r.value(m, "max_messages_per_node_s", "limits", float, d.max_messages_per_node_s,
-                                        minimum=0.01),
+        max_messages_per_node_s=r.value(
+            m, "max_messages_per_node_s", "limits", float, d.max_messages_per_node_s, minimum=0.01
+        ),
         message_burst=r.value(m, "message_burst", "limits", int, d.message_burst, minimum=1),
         max_tracked_nodes=r.value(m, "max_tracked_nodes", "limits", int, d.max_tracked_nodes, minimum=1),
     )
@@ -276,16 +342,23 @@ def _compression(r: Reader, value: Any, line: Optional[int]) -> Compression:
     name = r.value(m, "update", p, str, "raw", choices=CODECS)
     lossy = name in ("int8", "topk")
     delta = r.value(m, "delta", p, bool, lossy)
-    codec = Codec(name=name, delta=delta,
-                  block=r.value(m, "int8_block", p, int, 0, minimum=0, maximum=1 << 20),
-                  fraction=r.value(m, "topk_fraction", p, float, 0.01, minimum=1e-6, maximum=1.0),
-                  error_feedback=r.value(m, "error_feedback", p, bool, lossy and delta),
-                  index=r.value(m, "topk_index", p, str, Codec.index, choices=TOPK_INDEX),
-                  values=r.value(m, "topk_values", p, str, Codec.values, choices=TOPK_VALUES))
+    codec = Codec(
+        name=name,
+        delta=delta,
+        block=r.value(m, "int8_block", p, int, 0, minimum=0, maximum=1 << 20),
+        fraction=r.value(m, "topk_fraction", p, float, 0.01, minimum=1e-6, maximum=1.0),
+        error_feedback=r.value(m, "error_feedback", p, bool, lossy and delta),
+        index=r.value(m, "topk_index", p, str, Codec.index, choices=TOPK_INDEX),
+        values=r.value(m, "topk_values", p, str, Codec.values, choices=TOPK_VALUES),
+    )
     problem = codec.problem()
     if problem:
-        r.error(r.line_of(m, "delta") or r.line_of(m, "update") or line, "compression", problem,
-                "set compression.delta: true, or drop error_feedback")
+        r.error(
+            r.line_of(m, "delta") or r.line_of(m, "update") or line,
+            "compression",
+            problem,
+            "set compression.delta: true, or drop error_feedback",
+        )
     model = r.value(m, "model", p, str, "raw", choices=("raw", "float16"))
     return Compression(update=codec, model=model)
 
@@ -295,17 +368,37 @@ def _transport(r: Reader, value: Any, line: Optional[int], limits: Limits) -> Tr
         return Transport()
     m = r.mapping(value, "transport", line, ("max_payload_bytes", "chunk_timeout_s"))
     return Transport(
-        max_payload_bytes=r.value(m, "max_payload_bytes", "transport", int, None, minimum=1024,
-                                  maximum=limits.max_message_bytes,
-                                  fix="use a broker's payload cap such as 131072 (AWS IoT Core), at most "
-                                      "limits.max_message_bytes"),
-        chunk_timeout_s=r.value(m, "chunk_timeout_s", "transport", float, 60.0, minimum=1.0))
+        max_payload_bytes=r.value(
+            m,
+            "max_payload_bytes",
+            "transport",
+            int,
+            None,
+            minimum=1024,
+            maximum=limits.max_message_bytes,
+            fix="use a broker's payload cap such as 131072 (AWS IoT Core), at most limits.max_message_bytes",
+        ),
+        chunk_timeout_s=r.value(m, "chunk_timeout_s", "transport", float, 60.0, minimum=1.0),
+    )
 
 
 # the section's own keys; any other key is a parameter of the chosen components, which the coordinator's
 # check (an entry point in TOPIC_MAP_CHECKS) validates
-STRATEGY_KEYS = ("aggregator", "bucket_size", "clip_norm", "weight_cap", "proximal_mu", "server_optimizer",
-                 "server_lr", "privacy", "mode", "partial_work", "async", "edge_rounds", "secure")
+STRATEGY_KEYS = (
+    "aggregator",
+    "bucket_size",
+    "clip_norm",
+    "weight_cap",
+    "proximal_mu",
+    "server_optimizer",
+    "server_lr",
+    "privacy",
+    "mode",
+    "partial_work",
+    "async",
+    "edge_rounds",
+    "secure",
+)
 MAX_EDGE_ROUNDS = 100
 
 
@@ -316,13 +409,20 @@ def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strat
     p, d = "strategy", Strategy()
     privacy = None
     if m is not None and "privacy" in m:
-        pm = r.mapping(m["privacy"], "strategy.privacy", r.line_of(m, "privacy"),
-                       ("mode", "noise_multiplier", "clip_norm", "delta"), ("clip_norm",))
+        pm = r.mapping(
+            m["privacy"],
+            "strategy.privacy",
+            r.line_of(m, "privacy"),
+            ("mode", "noise_multiplier", "clip_norm", "delta"),
+            ("clip_norm",),
+        )
         q, dp = "strategy.privacy", Privacy()
-        privacy = Privacy(mode=r.value(pm, "mode", q, str, dp.mode, choices=("central", "local")),
-                          noise_multiplier=r.value(pm, "noise_multiplier", q, float, dp.noise_multiplier, minimum=0.0),
-                          clip_norm=r.value(pm, "clip_norm", q, float, dp.clip_norm, minimum=1e-12),
-                          delta=r.value(pm, "delta", q, float, dp.delta, minimum=1e-12, maximum=0.5))
+        privacy = Privacy(
+            mode=r.value(pm, "mode", q, str, dp.mode, choices=("central", "local")),
+            noise_multiplier=r.value(pm, "noise_multiplier", q, float, dp.noise_multiplier, minimum=0.0),
+            clip_norm=r.value(pm, "clip_norm", q, float, dp.clip_norm, minimum=1e-12),
+            delta=r.value(pm, "delta", q, float, dp.delta, minimum=1e-12, maximum=0.5),
+        )
     s = Strategy(
         aggregator=r.value(m, "aggregator", p, str, d.aggregator),
         bucket_size=r.value(m, "bucket_size", p, int, d.bucket_size, minimum=1, maximum=1000),
@@ -337,7 +437,8 @@ def _strategy(r: Reader, value: Any, line: Optional[int], codec: Codec) -> Strat
         mode=r.value(m, "mode", p, str, d.mode, choices=("sync", "async")),
         asynchronous=_async(r, m),
         edge_rounds=_edge_rounds(r, m),
-        secure=_secure(r, m))
+        secure=_secure(r, m),
+    )
     _check_combinations(r, m, s, codec)
     return s
 
@@ -346,10 +447,17 @@ def _bound(r: Reader, m: Optional[dict], key: str, privacy: bool, number: str) -
     """``clip_norm`` or ``weight_cap``: ``auto`` (the default, adaptive), ``none`` (off) or a fixed number; as
     the Strategy fields ``<key>`` (the number) and ``<clip|weight>_auto``. Privacy fixes both itself."""
     auto_field = "clip_auto" if key == "clip_norm" else "weight_auto"
-    value = r.value(m, key, "strategy", (float, str), "auto",
-                    check=lambda v: None if not isinstance(v, str) or v in ("auto", "none")
-                    else f"must be auto, none or {number}, not {v!r}",
-                    fix=f"write strategy.{key}: auto (the default), none, or {number}")
+    value = r.value(
+        m,
+        key,
+        "strategy",
+        (float, str),
+        "auto",
+        check=lambda v: (
+            None if not isinstance(v, str) or v in ("auto", "none") else f"must be auto, none or {number}, not {v!r}"
+        ),
+        fix=f"write strategy.{key}: auto (the default), none, or {number}",
+    )
     if isinstance(value, float) and value <= 0:
         r.error(r.line_of(m, key), f"strategy.{key}", f"must be positive, not {value}", f"use auto, none or {number}")
     fixed = value if isinstance(value, float) and value > 0 else None
@@ -360,19 +468,27 @@ def _async(r: Reader, m: Optional[dict]) -> AsyncSettings:
     d, q = AsyncSettings(), "strategy.async"
     if m is None or "async" not in m:
         return d
-    am = r.mapping(m["async"], q, r.line_of(m, "async"), ("buffer_size", "max_staleness", "staleness_exponent", "flush_s"))
-    return AsyncSettings(buffer_size=r.value(am, "buffer_size", q, int, d.buffer_size, minimum=1),
-                         max_staleness=r.value(am, "max_staleness", q, int, d.max_staleness, minimum=0),
-                         staleness_exponent=r.value(am, "staleness_exponent", q, float, d.staleness_exponent, minimum=0.0),
-                         flush_s=r.value(am, "flush_s", q, float, d.flush_s, minimum=0.0, maximum=3600.0))
+    am = r.mapping(
+        m["async"], q, r.line_of(m, "async"), ("buffer_size", "max_staleness", "staleness_exponent", "flush_s")
+    )
+    return AsyncSettings(
+        buffer_size=r.value(am, "buffer_size", q, int, d.buffer_size, minimum=1),
+        max_staleness=r.value(am, "max_staleness", q, int, d.max_staleness, minimum=0),
+        staleness_exponent=r.value(am, "staleness_exponent", q, float, d.staleness_exponent, minimum=0.0),
+        flush_s=r.value(am, "flush_s", q, float, d.flush_s, minimum=0.0, maximum=3600.0),
+    )
 
 
 def _edge_rounds(r: Reader, m: Optional[dict]) -> Tuple[int, ...]:
     value = r.value(m, "edge_rounds", "strategy", list, [])
     bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EDGE_ROUNDS]
     if bad:
-        r.error(r.line_of(m, "edge_rounds"), "strategy.edge_rounds", f"entries must be integers from 1 to "
-                f"{MAX_EDGE_ROUNDS}, not {bad[0]!r}", "one count per level below the root, e.g. [3] or [2, 2]")
+        r.error(
+            r.line_of(m, "edge_rounds"),
+            "strategy.edge_rounds",
+            f"entries must be integers from 1 to {MAX_EDGE_ROUNDS}, not {bad[0]!r}",
+            "one count per level below the root, e.g. [3] or [2, 2]",
+        )
         return ()
     return tuple(value)
 
@@ -384,53 +500,126 @@ def _secure(r: Reader, m: Optional[dict]) -> Optional[SecureAggregation]:
     if m["secure"] is True:
         return d
     sm = r.mapping(m["secure"], q, r.line_of(m, "secure"), ("threshold", "frac_bits", "phase_s"))
-    return SecureAggregation(threshold=r.value(sm, "threshold", q, float, d.threshold, minimum=0.51, maximum=1.0),
-                             frac_bits=r.value(sm, "frac_bits", q, int, d.frac_bits, minimum=8, maximum=30),
-                             phase_s=r.value(sm, "phase_s", q, float, d.phase_s, minimum=0.1, maximum=3600.0))
+    return SecureAggregation(
+        threshold=r.value(sm, "threshold", q, float, d.threshold, minimum=0.51, maximum=1.0),
+        frac_bits=r.value(sm, "frac_bits", q, int, d.frac_bits, minimum=8, maximum=30),
+        phase_s=r.value(sm, "phase_s", q, float, d.phase_s, minimum=0.1, maximum=3600.0),
+    )
 
 
 def _check_combinations(r: Reader, m: Optional[dict], s: Strategy, codec: Codec) -> None:
     """Refuse strategy parts that do not compose, naming the key to change."""
     refused = [
-        (s.mode == "async" and s.robust, "aggregator", "a robust rule needs one round's set of updates; async "
-         "mode applies a buffer of changes trained from different models", "use aggregator: fedavg with mode: async"),
-        (s.mode == "async" and s.privacy is not None, "privacy", "the privacy accountant counts sampled rounds, "
-         "which async mode does not have", "use mode: sync with privacy"),
-        (s.mode == "async" and s.secure is not None, "secure", "secure aggregation masks one round's cohort; "
-         "async mode has none", "use mode: sync with secure"),
-        (s.mode == "async" and any(n > 1 for n in s.edge_rounds), "edge_rounds", "edge schedules are rounds; "
-         "async mode has none", "drop edge_rounds or use mode: sync"),
-        (s.robust and any(n > 1 for n in s.edge_rounds), "edge_rounds", "after several edge aggregations a group "
-         "sends one edge model, not its nodes' updates, so a robust rule at the root has nothing to screen",
-         "use aggregator: fedavg with edge_rounds"),
-        (s.privacy is not None and any(n > 1 for n in s.edge_rounds), "edge_rounds", "the privacy accounting "
-         "assumes one clipped change per node per round", "drop edge_rounds with privacy"),
-        (s.privacy is not None and s.robust, "aggregator", "differential privacy is accounted for the mean of "
-         "clipped changes, not for a robust rule", "use aggregator: fedavg with privacy"),
-        (s.privacy is not None and s.clip_norm is not None, "clip_norm", "privacy.clip_norm already bounds every "
-         "change", "drop strategy.clip_norm"),
-        (s.privacy is not None and s.weight_cap is not None, "weight_cap", "with privacy every update weighs 1",
-         "drop strategy.weight_cap"),
-        (s.clip_auto and s.mode == "async", "clip_norm", "the adaptive bound tracks the change norms of whole "
-         "rounds, which async mode does not have", "set strategy.clip_norm to a number (or none, unbounded)"),
-        (s.clip_auto and any(n > 1 for n in s.edge_rounds), "clip_norm", "the adaptive bound is calibrated on the "
-         "nodes' own updates in the first round, and edge rounds send edge models instead",
-         "set strategy.clip_norm to a number (or none, unbounded)"),
-        (s.clip_auto and s.secure is not None, "clip_norm", "secure aggregation hides every update's norm, so an "
-         "adaptive bound has nothing to track", "set strategy.clip_norm to a number: nodes clip to it and every "
-         "group checks its unmasked sum against it"),
-        (s.secure is not None and codec.name != "raw", "secure", "secure aggregation encodes updates in its own "
-         f"finite field; the update codec {codec.name!r} cannot be masked", "use compression.update: raw with secure"),
-        (s.secure is not None and s.robust, "secure", "a robust rule needs every update in the clear; secure "
-         "aggregation reveals only sums", "use aggregator: fedavg with secure"),
+        (
+            s.mode == "async" and s.robust,
+            "aggregator",
+            "a robust rule needs one round's set of updates; async "
+            "mode applies a buffer of changes trained from different models",
+            "use aggregator: fedavg with mode: async",
+        ),
+        (
+            s.mode == "async" and s.privacy is not None,
+            "privacy",
+            "the privacy accountant counts sampled rounds, which async mode does not have",
+            "use mode: sync with privacy",
+        ),
+        (
+            s.mode == "async" and s.secure is not None,
+            "secure",
+            "secure aggregation masks one round's cohort; async mode has none",
+            "use mode: sync with secure",
+        ),
+        (
+            s.mode == "async" and any(n > 1 for n in s.edge_rounds),
+            "edge_rounds",
+            "edge schedules are rounds; async mode has none",
+            "drop edge_rounds or use mode: sync",
+        ),
+        (
+            s.robust and any(n > 1 for n in s.edge_rounds),
+            "edge_rounds",
+            "after several edge aggregations a group "
+            "sends one edge model, not its nodes' updates, so a robust rule at the root has nothing to screen",
+            "use aggregator: fedavg with edge_rounds",
+        ),
+        (
+            s.privacy is not None and any(n > 1 for n in s.edge_rounds),
+            "edge_rounds",
+            "the privacy accounting assumes one clipped change per node per round",
+            "drop edge_rounds with privacy",
+        ),
+        (
+            s.privacy is not None and s.robust,
+            "aggregator",
+            "differential privacy is accounted for the mean of clipped changes, not for a robust rule",
+            "use aggregator: fedavg with privacy",
+        ),
+        (
+            s.privacy is not None and s.clip_norm is not None,
+            "clip_norm",
+            "privacy.clip_norm already bounds every change",
+            "drop strategy.clip_norm",
+        ),
+        (
+            s.privacy is not None and s.weight_cap is not None,
+            "weight_cap",
+            "with privacy every update weighs 1",
+            "drop strategy.weight_cap",
+        ),
+        (
+            s.clip_auto and s.mode == "async",
+            "clip_norm",
+            "the adaptive bound tracks the change norms of whole rounds, which async mode does not have",
+            "set strategy.clip_norm to a number (or none, unbounded)",
+        ),
+        (
+            s.clip_auto and any(n > 1 for n in s.edge_rounds),
+            "clip_norm",
+            "the adaptive bound is calibrated on the "
+            "nodes' own updates in the first round, and edge rounds send edge models instead",
+            "set strategy.clip_norm to a number (or none, unbounded)",
+        ),
+        (
+            s.clip_auto and s.secure is not None,
+            "clip_norm",
+            "secure aggregation hides every update's norm, so an adaptive bound has nothing to track",
+            "set strategy.clip_norm to a number: nodes clip to it and every group checks its unmasked sum against it",
+        ),
+        (
+            s.secure is not None and codec.name != "raw",
+            "secure",
+            "secure aggregation encodes updates in its own "
+            f"finite field; the update codec {codec.name!r} cannot be masked",
+            "use compression.update: raw with secure",
+        ),
+        (
+            s.secure is not None and s.robust,
+            "secure",
+            "a robust rule needs every update in the clear; secure aggregation reveals only sums",
+            "use aggregator: fedavg with secure",
+        ),
     ]
     for failed, key, why, fix in refused:
         if failed:
             r.error(r.line_of(m, key), f"strategy.{key}", why, fix)
 
 
-POLICY_KEYS = ("rounds", "fraction", "min_nodes", "max_nodes", "deadline_s", "quorum", "on_quorum_failure",
-               "max_retries", "local_epochs", "batch_size", "learning_rate", "hop_margin_s", "wait_for_nodes_s", "seed")
+POLICY_KEYS = (
+    "rounds",
+    "fraction",
+    "min_nodes",
+    "max_nodes",
+    "deadline_s",
+    "quorum",
+    "on_quorum_failure",
+    "max_retries",
+    "local_epochs",
+    "batch_size",
+    "learning_rate",
+    "hop_margin_s",
+    "wait_for_nodes_s",
+    "seed",
+)
 
 
 def _policy(r: Reader, value: Any, line: Optional[int], root: Group) -> RoundPolicy:
@@ -439,8 +628,12 @@ def _policy(r: Reader, value: Any, line: Optional[int], root: Group) -> RoundPol
     p = "rounds"
     quorum = r.value(m, "quorum", p, (int, float), d.quorum, minimum=0)
     if isinstance(quorum, float) and not 0 < quorum <= 1:
-        r.error(r.line_of(m, "quorum"), "rounds.quorum", f"a fractional quorum must be in (0, 1], not {quorum}",
-                "use a fraction of the selected nodes such as 0.8, or a node count such as 4")
+        r.error(
+            r.line_of(m, "quorum"),
+            "rounds.quorum",
+            f"a fractional quorum must be in (0, 1], not {quorum}",
+            "use a fraction of the selected nodes such as 0.8, or a node count such as 4",
+        )
     if isinstance(quorum, int) and quorum < 1:
         r.error(r.line_of(m, "quorum"), "rounds.quorum", "a quorum count must be at least 1", "use 1 or more")
     policy = RoundPolicy(
@@ -470,29 +663,46 @@ def _check_policy_fits(r: Reader, m: Optional[dict], policy: RoundPolicy, root: 
     if m is None:
         m = {}
     if policy.max_nodes is not None and policy.max_nodes < policy.min_nodes:
-        r.error(r.line_of(m, "max_nodes"), "rounds.max_nodes",
-                f"max_nodes ({policy.max_nodes}) is below min_nodes ({policy.min_nodes})", "raise max_nodes or lower min_nodes")
+        r.error(
+            r.line_of(m, "max_nodes"),
+            "rounds.max_nodes",
+            f"max_nodes ({policy.max_nodes}) is below min_nodes ({policy.min_nodes})",
+            "raise max_nodes or lower min_nodes",
+        )
     if isinstance(policy.quorum, int):
         cap = policy.max_nodes
         if cap is not None and policy.quorum > cap:
-            r.error(r.line_of(m, "quorum"), "rounds.quorum",
-                    f"quorum {policy.quorum} is above max_nodes {cap}: no round could ever close",
-                    f"use a quorum of at most {cap}, or a fraction such as 0.8")
+            r.error(
+                r.line_of(m, "quorum"),
+                "rounds.quorum",
+                f"quorum {policy.quorum} is above max_nodes {cap}: no round could ever close",
+                f"use a quorum of at most {cap}, or a fraction such as 0.8",
+            )
     edge_margin = policy.hop_margin_s * max((len(g.path) for g in root.walk()), default=0)
     if edge_margin >= policy.deadline_s:
-        r.error(r.line_of(m, "deadline_s"), "rounds.deadline_s",
-                f"deadline {policy.deadline_s}s leaves no time for {edge_margin}s of hop margins in a tree this deep",
-                "raise deadline_s or lower hop_margin_s")
+        r.error(
+            r.line_of(m, "deadline_s"),
+            "rounds.deadline_s",
+            f"deadline {policy.deadline_s}s leaves no time for {edge_margin}s of hop margins in a tree this deep",
+            "raise deadline_s or lower hop_margin_s",
+        )
     if root.has_patterns:
         return  # the tree admits nodes by pattern: its size is not known before they arrive
     total = len(root.named_nodes())
     if policy.min_nodes > total:
-        r.error(r.line_of(m, "min_nodes"), "rounds.min_nodes",
-                f"min_nodes {policy.min_nodes} is above the {total} nodes the tree names", f"use at most {total}, or add nodes")
+        r.error(
+            r.line_of(m, "min_nodes"),
+            "rounds.min_nodes",
+            f"min_nodes {policy.min_nodes} is above the {total} nodes the tree names",
+            f"use at most {total}, or add nodes",
+        )
     if isinstance(policy.quorum, int) and policy.quorum > total:
-        r.error(r.line_of(m, "quorum"), "rounds.quorum",
-                f"quorum {policy.quorum} is above the {total} nodes the tree names: no round could ever close",
-                f"use a quorum of at most {total}, or a fraction such as 0.8")
+        r.error(
+            r.line_of(m, "quorum"),
+            "rounds.quorum",
+            f"quorum {policy.quorum} is above the {total} nodes the tree names: no round could ever close",
+            f"use a quorum of at most {total}, or a fraction such as 0.8",
+        )
 
 
 GROUP_KEYS = ("nodes", "admit", "edge", "groups", "broker", "workers")
@@ -503,8 +713,15 @@ def _tree(r: Reader, value: Any, federation: str, line: Optional[int]) -> Group:
     return _group(r, value, federation, (), "tree", line, seen_nodes)
 
 
-def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: str, line: Optional[int],
-           seen_nodes: Dict[str, str]) -> Group:
+def _group(
+    r: Reader,
+    value: Any,
+    name: str,
+    path: Tuple[str, ...],
+    key_path: str,
+    line: Optional[int],
+    seen_nodes: Dict[str, str],
+) -> Group:
     if value is None:
         value = {}
     m = r.mapping(value, key_path, line, GROUP_KEYS)
@@ -519,23 +736,40 @@ def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: st
             r.error(nline, f"{key_path}.nodes[{i}]", f"node id {n!r} {problem}", LEVEL_FIX)
             continue
         if n in seen_nodes:
-            r.error(nline, f"{key_path}.nodes[{i}]", f"node {n!r} is already named in group {seen_nodes[n]}",
-                    "give every node a unique id across the whole federation")
+            r.error(
+                nline,
+                f"{key_path}.nodes[{i}]",
+                f"node {n!r} is already named in group {seen_nodes[n]}",
+                "give every node a unique id across the whole federation",
+            )
             continue
         seen_nodes[n] = where
         nodes.append(n)
-    admit = r.string_list(m, "admit", key_path, check=_pattern_problem,
-                          fix="a glob such as 'kitchen-*' made of allowed id characters, '*', '?' and '[...]'")
+    admit = r.string_list(
+        m,
+        "admit",
+        key_path,
+        check=_pattern_problem,
+        fix="a glob such as 'kitchen-*' made of allowed id characters, '*', '?' and '[...]'",
+    )
     edge = r.value(m, "edge", key_path, bool, False)
     if edge and not path:
-        r.error(r.line_of(m, "edge"), f"{key_path}.edge", "the root group cannot be an edge group",
-                "set edge: true on a child group instead")
+        r.error(
+            r.line_of(m, "edge"),
+            f"{key_path}.edge",
+            "the root group cannot be an edge group",
+            "set edge: true on a child group instead",
+        )
     site_broker = None
     if m is not None and "broker" in m:
         site_broker = read_broker(r, m["broker"], f"{key_path}.broker", r.line_of(m, "broker"), os.path.dirname(r.file))
         if not edge:
-            r.error(r.line_of(m, "broker"), f"{key_path}.broker", "a group with its own (site) broker needs edge: true",
-                    "add edge: true: the site's edge aggregator runs next to the site broker")
+            r.error(
+                r.line_of(m, "broker"),
+                f"{key_path}.broker",
+                "a group with its own (site) broker needs edge: true",
+                "add edge: true: the site's edge aggregator runs next to the site broker",
+            )
     children: List[Group] = []
     groups = r.value(m, "groups", key_path, dict, {})
     for child_name, child_value in (groups or {}).items():
@@ -546,17 +780,33 @@ def _group(r: Reader, value: Any, name: str, path: Tuple[str, ...], key_path: st
             r.error(cline, cpath, f"group name {child_name!r} {problem}", LEVEL_FIX)
             continue
         if len(path) + 1 > MAX_DEPTH:
-            r.error(cline, cpath, f"the tree is more than {MAX_DEPTH} groups deep",
-                    "flatten the tree: homes, buildings and regions need a handful of levels")
+            r.error(
+                cline,
+                cpath,
+                f"the tree is more than {MAX_DEPTH} groups deep",
+                "flatten the tree: homes, buildings and regions need a handful of levels",
+            )
             continue
         children.append(_group(r, child_value, child_name, path + (child_name,), cpath, cline, seen_nodes))
     workers = r.value(m, "workers", key_path, int, 1, minimum=1, maximum=64)
     if workers > 1 and (not edge or children):
-        r.error(r.line_of(m, "workers"), f"{key_path}.workers",
-                "a group split over several workers must be an edge group without child groups",
-                "set edge: true and move the child groups elsewhere, or use workers: 1")
-    return Group(name=name, path=path, nodes=tuple(nodes), admit=tuple(admit), edge=bool(edge),
-                 children=tuple(children), line=line, broker=site_broker, workers=workers)
+        r.error(
+            r.line_of(m, "workers"),
+            f"{key_path}.workers",
+            "a group split over several workers must be an edge group without child groups",
+            "set edge: true and move the child groups elsewhere, or use workers: 1",
+        )
+    return Group(
+        name=name,
+        path=path,
+        nodes=tuple(nodes),
+        admit=tuple(admit),
+        edge=bool(edge),
+        children=tuple(children),
+        line=line,
+        broker=site_broker,
+        workers=workers,
+    )
 
 
 def _pattern_problem(p: Any) -> Optional[str]:
@@ -564,4 +814,3 @@ def _pattern_problem(p: Any) -> Optional[str]:
         return "must be a non-empty string"
     bare = p.replace("*", "x").replace("?", "x").replace("[", "x").replace("]", "x").replace("!", "x")
     return level_problem(bare)
-

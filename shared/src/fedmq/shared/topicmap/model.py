@@ -155,12 +155,14 @@ class Strategy:
     ``krum``, ``multi_krum`` and any plugged in), over the means of shuffled buckets of ``bucket_size``
     updates. ``params`` holds the other keys of the section, the parameters of the chosen rule and server
     optimizer (``trim_fraction``, ``byzantine``, ``server_momentum``, ...): the coordinator's components
-    declare and check them (fedmq.coordinator.strategy). Every update's change is clipped to ``clip_norm`` (``clip_auto``: to the
+    declare and check them (fedmq.coordinator.strategy). Every update's change is clipped to ``clip_norm``
+    (``clip_auto``: to the
     previous round's median change norm) and its weight capped at ``weight_cap`` (``weight_auto``: twice the
     median sample count the nodes report); see fedmq.coordinator.strategy.bounds. ``proximal_mu`` is FedProx's
     mu, sent to nodes with each round. The server optimizer treats the aggregated change as a
     pseudo-gradient (Reddi et al. 2021): ``fedavg`` applies it, ``fedavgm`` with momentum, ``fedadam``,
-    ``fedyogi`` and ``fedadagrad`` adaptively, at rate ``server_lr``. ``mode`` is ``sync`` (rounds) or ``async`` (FedBuff,
+    ``fedyogi`` and ``fedadagrad`` adaptively, at rate ``server_lr``. ``mode`` is ``sync`` (rounds) or
+    ``async`` (FedBuff,
     ``asynchronous``); ``edge_rounds`` HierFAVG's schedule per level; ``secure`` secure aggregation.
     """
 
