@@ -9,6 +9,7 @@ weights, the ``max_staleness + 1`` newest models needed to turn them into change
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Set, Tuple
@@ -16,12 +17,16 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
-from fedmq.coordinator.group import GroupAggregator, GroupResult
+from fedmq.coordinator.group import GroupAggregator, GroupResult, Publish
+from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.strategy.bounds import Bounds
 from fedmq.coordinator.strategy.clipping import clip_update
+from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
 from fedmq.shared.envelope import Envelope, Kind
 from fedmq.shared.messages import Control
+from fedmq.shared.signing import Auth
+from fedmq.shared.topicmap import Group, TopicMap
 
 
 def staleness_weight(staleness: int, exponent: float) -> float:
@@ -41,8 +46,9 @@ class _Buffer:
 class AsyncGroup(GroupAggregator):
     """Buffers staleness-weighted changes for one group in async mode (same checks as a round's group)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, tm: TopicMap, group: Group, membership: Membership, publish: Publish, rejections: Rejections,
+                 *, auth: Optional[Auth] = None, worker: int = 0, log: Optional[logging.Logger] = None) -> None:
+        super().__init__(tm, group, membership, publish, rejections, auth=auth, worker=worker, log=log)
         self.settings = self.tm.strategy.asynchronous
         self.session: Optional[Control] = None
         self.buffer = _Buffer()
@@ -119,7 +125,8 @@ class AsyncGroup(GroupAggregator):
             tensors, reason, detail = None, "unknown model version", \
                 f"no model {env.model_version} here (have {sorted(self.models)})"
         measured = tensors is not None and (limits.max_update_norm is not None or bound is not None)
-        norm = codecs.norm(tensors, base) if measured else 0.0  # only when something bounds it: per-message cost
+        # measured only when something bounds it: a per-message cost
+        norm = codecs.norm(tensors, base) if measured and tensors is not None else 0.0
         if self._refused(topic, [
             ((node, env.model_version) in self.seen, "duplicate",
              f"{node} already sent a change trained from model version {env.model_version}"),

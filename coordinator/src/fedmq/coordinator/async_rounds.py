@@ -16,10 +16,7 @@ from fedmq.shared.messages import Control
 class AsyncDriver(RoundDriver):
     """Runs a federation in async mode from the root group (an ``AsyncGroup``)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.session: Optional[Control] = None
-        self.root.on_root_close = self._on_buffer
+    session: Optional[Control] = None  # the open async session, once enough nodes are online
 
     def tick(self, now: float) -> None:
         """Open the session once enough nodes are online (as the first synchronous round would start)."""
@@ -39,7 +36,7 @@ class AsyncDriver(RoundDriver):
                       "versions stale", len(online), a.buffer_size, a.max_staleness)
         self.root.start(self.session)
 
-    def _on_buffer(self, session: Control, result: GroupResult) -> None:
+    def _on_root_close(self, session: Control, result: GroupResult) -> None:
         if result.sums.weight <= 0:
             return
         change = {k: v / result.sums.weight for k, v in result.sums.sums.items()}

@@ -9,16 +9,20 @@ behind it (or, when updates are changes, the change from the parent's model), li
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from fedmq.coordinator.aggregate import MetricSums, WeightedSum
-from fedmq.coordinator.group import GroupAggregator, GroupResult
+from fedmq.coordinator.group import GroupAggregator, GroupResult, Publish
+from fedmq.coordinator.rejections import Rejections
+from fedmq.coordinator.tree import Membership
 from fedmq.shared.envelope import Envelope, Kind
 from fedmq.shared.messages import Control
-from fedmq.shared.signing import seal
+from fedmq.shared.signing import Auth, seal
+from fedmq.shared.topicmap import Group, TopicMap
 
 ModelKey = Tuple[Tuple[str, ...], int]  # (group path, () for the global model; version)
 
@@ -26,8 +30,10 @@ ModelKey = Tuple[Tuple[str, ...], int]  # (group path, () for the global model; 
 class ScheduledGroup(GroupAggregator):
     """A group that runs ``edge_rounds`` aggregations per round of its parent."""
 
-    def __init__(self, *args, edge_rounds: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, tm: TopicMap, group: Group, membership: Membership, publish: Publish, rejections: Rejections,
+                 *, edge_rounds: int, auth: Optional[Auth] = None, worker: int = 0,
+                 log: Optional[logging.Logger] = None) -> None:
+        super().__init__(tm, group, membership, publish, rejections, auth=auth, worker=worker, log=log)
         self.edge_rounds = edge_rounds
         self.models: Dict[ModelKey, Dict[str, np.ndarray]] = {}
         self.parent: Optional[Control] = None

@@ -103,6 +103,12 @@ class GroupAggregator:
         # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
         self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
+    def attach(self, on_root_close: Callable[[Control, GroupResult], None]) -> None:
+        """Where the root group hands each closed round: the round driver, once."""
+        if not self.is_root or self.on_root_close is not None:
+            raise ValueError(f"group {self.label} cannot take a round driver")
+        self.on_root_close = on_root_close
+
     @property
     def label(self) -> str:
         """Group path for log lines."""

@@ -41,19 +41,19 @@ class ProcessMetrics:
         self.topics = Topics(tm.federation, tm.broker.topic_prefix)
         self.groups = [group_label(p) for p in groups]
         self.registry = r = CollectorRegistry(auto_describe=True)
-        fed = {"labelnames": ["federation"], "registry": r}
+        fed: Dict[str, Any] = {"labelnames": ["federation"], "registry": r}
         self.rounds_applied = Counter("fedmq_rounds_applied", "Rounds (async: model versions) applied", **fed)
         self.round_duration = Histogram("fedmq_round_duration_seconds", "From a round's start to its model applied",
                                         buckets=DURATION_BUCKETS, **fed)
         self.round = Gauge("fedmq_round", "The last round applied", **fed)
         self.rounds_target = Gauge("fedmq_rounds_target", "Rounds the federation runs (rounds.rounds)", **fed)
         self.model_version = Gauge("fedmq_model_version", "Version of the global model", **fed)
-        quality = {"labelnames": ["federation", "source"], "registry": r}
+        quality: Dict[str, Any] = {"labelnames": ["federation", "source"], "registry": r}
         self.accuracy = Gauge("fedmq_model_accuracy_ratio", "Accuracy (r2 for regressors) of the global model; "
                               "source: held_out (the evaluation set) or node_training_data (the nodes' own data "
                               "before training)", **quality)
         self.loss = Gauge("fedmq_model_loss", "Loss of the global model (source as for accuracy)", **quality)
-        per_group = {"labelnames": ["federation", "group"], "registry": r}
+        per_group: Dict[str, Any] = {"labelnames": ["federation", "group"], "registry": r}
         self.received = Counter("fedmq_updates_received", "Updates that reached the group's aggregator", **per_group)
         self.accepted = Counter("fedmq_updates_accepted", "Updates counted in the group's aggregate", **per_group)
         self.online = Gauge("fedmq_nodes_online", "Nodes whose retained status is online", **per_group)

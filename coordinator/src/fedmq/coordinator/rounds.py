@@ -132,8 +132,9 @@ class RoundDriver:
         self.optimizer.restore(self.state.optimizer)
         privacy = tm.strategy.privacy
         self.accountant = Accountant(privacy) if privacy is not None and privacy.noise_multiplier > 0 else None
-        for event in self.state.dp_events if self.accountant is not None else ():  # spent before a restart
-            self.accountant.compose(event)
+        if self.accountant is not None:
+            for event in self.state.dp_events:  # spent before a restart
+                self.accountant.compose(event)
         self.population = 0
         self.attempt_count = 0
         self.starts = 0  # round starts by this process
@@ -148,7 +149,7 @@ class RoundDriver:
         self.finished = False
         self.bytes_model = 0
         self.model_file = build_model_file(tm, initial_weights(tm.model))  # stable hash across restarts
-        root.on_root_close = self._on_root_close
+        root.attach(self._on_root_close)  # the root group hands every closed round (or buffer) to us
 
     @property
     def next_round(self) -> int:

@@ -83,18 +83,19 @@ class CoordinatorService:
         asynchronous = tm.strategy.mode == "async"
         self.groups: Dict[GroupPath, GroupAggregator] = {}
         for g in served_groups(tm, edge):
-            common = dict(auth=self.auth, worker=worker)
             schedule = tm.strategy.edge_rounds_at(len(g.path))
             if asynchronous:
-                agg: GroupAggregator = AsyncGroup(tm, g, self.membership, self._publish, self.rejections, **common)
+                agg: GroupAggregator = AsyncGroup(tm, g, self.membership, self._publish, self.rejections,
+                                                  auth=self.auth, worker=worker)
             elif schedule > 1:
                 agg = ScheduledGroup(
-                    tm, g, self.membership, self._publish, self.rejections, edge_rounds=schedule, **common
-                )
+                    tm, g, self.membership, self._publish, self.rejections, edge_rounds=schedule, auth=self.auth,
+                    worker=worker)
                 for depth in range(1, len(g.path)):  # ancestors' models: edge rounds may start from one
                     self.link.subscribe(self.topics.group_model(g.path[:depth]))
             else:
-                agg = GroupAggregator(tm, g, self.membership, self._publish, self.rejections, **common)
+                agg = GroupAggregator(tm, g, self.membership, self._publish, self.rejections, auth=self.auth,
+                                      worker=worker)
             self.groups[g.path] = agg
         self.metrics_address = metrics_address or tm.monitoring.address
         self.metrics = self._metrics(self.metrics_address)
@@ -191,7 +192,7 @@ class CoordinatorService:
                 held = checkpoint.lock(self.tm.checkpoint_dir)
             except checkpoint.CheckpointError as exc:
                 raise CheckpointFailed(str(exc)) from None
-        if self.metrics is not None:
+        if self.metrics is not None and self.metrics_address is not None:
             self.metrics.serve(self.metrics_address)
         try:
             self._serve(until_finished)

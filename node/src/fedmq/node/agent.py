@@ -424,6 +424,7 @@ class NodeAgent:
         if ctl.task == "stats":
             self._send_stats(ctl)
             return
+        assert ctl.train is not None  # a training start always carries its parameters (checked on decode)
         self.pending = None
         if self.cfg.simulate_delay_s:
             time.sleep(self.cfg.simulate_delay_s)

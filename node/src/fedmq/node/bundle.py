@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from importlib.resources import files
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -137,7 +137,7 @@ def _pip(args: List[str], what: str) -> None:
         raise BundleError(f"{what} failed:\n" + "\n".join(lines[-15:]))
 
 
-def fetch_wheels(p: Plan, wheels: str, log=print) -> None:  # type: ignore[no-untyped-def]
+def fetch_wheels(p: Plan, wheels: str, log: Callable[[str], None] = print) -> None:
     """Build fedmq's own wheels and download every dependency's wheel for the target."""
     log("building the fedmq-shared and fedmq-node wheels...")
     _pip(
@@ -272,8 +272,9 @@ fi
 
 
 def build(
-    config_file: str, platform: str, python: str, out: str, extras: List[str], include_data: bool = True, log=print
-) -> Plan:  # type: ignore[no-untyped-def]
+    config_file: str, platform: str, python: str, out: str, extras: List[str], include_data: bool = True,
+    log: Callable[[str], None] = print,
+) -> Plan:
     """Write the bundle ``out`` (.tar.gz); returns the plan it followed."""
     from fedmq.node.config import load_node_config
 

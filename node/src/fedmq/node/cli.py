@@ -199,7 +199,11 @@ def _agent(path: str) -> NodeAgent:
 
 def _run(args: argparse.Namespace) -> int:
     agents = [_agent(path) for path in args.config]
-    stop_all = lambda *_: [a.stop() for a in agents]  # noqa: E731
+
+    def stop_all(*_: object) -> None:
+        for a in agents:
+            a.stop()
+
     signal.signal(signal.SIGTERM, stop_all)
     threads = [
         threading.Thread(target=a.run, kwargs={"exit_when_done": args.exit_when_done}, name=a.cfg.node_id)
@@ -245,7 +249,7 @@ def _bundle(args: argparse.Namespace) -> int:
 
     cfg = load_node_config(args.config)
     if args.extras is None:
-        extras = [t for t in ("tflite", "sklearn") if cfg.trainer == t]
+        extras: List[str] = [t for t in ("tflite", "sklearn") if cfg.trainer == t]
         if cfg.security.signing_key or cfg.security.keys:
             extras.append("secure")
     else:

@@ -73,7 +73,7 @@ def load_node_config(file: str) -> NodeConfig:
     data, r = load_file(file)
     m = r.mapping(data, "", 1, NODE_KEYS, required=("node_id", "federation", "data"))
     if m is None:
-        r.raise_if_any()
+        r.stop()
     node_id = r.value(m, "node_id", "", str, "", check=level_problem, fix=LEVEL_FIX)
     federation = r.value(m, "federation", "", str, "", check=level_problem, fix=LEVEL_FIX)
     group = r.value(
@@ -147,6 +147,7 @@ def load_node_config(file: str) -> NodeConfig:
     )
     serve = read_serve(r, m.get("serve"), r.line_of(m, "serve"), base, node_id, data_ref)
     r.raise_if_any()
+    assert data_ref is not None  # data is required: its absence is an issue raised just above
     return NodeConfig(
         file=file,
         node_id=node_id,

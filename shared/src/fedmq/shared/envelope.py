@@ -187,7 +187,7 @@ def decode(data: bytes, *, max_bytes: Optional[int] = None, require_finite: bool
     header = _parse_header(bytes(data[PREFIX_LEN : PREFIX_LEN + hlen]))
     fed = _check_text(header.get("federation"), "federation")
     sender = _check_text(header.get("sender"), "sender")
-    rnd, attempt, mver = header.get("round"), header.get("attempt", 0), header.get("model_version")
+    rnd, attempt, mver = header.get("round", -1), header.get("attempt", 0), header.get("model_version", -1)
     for what, v in (("round", rnd), ("attempt", attempt), ("model_version", mver)):
         if not (_is_int(v) and 0 <= v < 2**53):
             raise EnvelopeError(f"header: {what} must be a non-negative integer")

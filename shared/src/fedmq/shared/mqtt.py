@@ -317,4 +317,4 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self.bytes_in += len(msg.payload)
         # A full inbox blocks paho's thread: TCP back-pressure, never a silent drop.
-        self.inbox.put(Message(msg.topic, msg.payload, bool(msg.retain)))
+        self.inbox.put(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))

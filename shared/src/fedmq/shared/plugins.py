@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from typing import List
 
 
 def plugins(group: str) -> List[EntryPoint]:
     """The entry points of ``group`` in every installed distribution (Python 3.9's API and later ones)."""
-    eps = entry_points()
-    return list(eps.select(group=group) if hasattr(eps, "select") else eps.get(group, []))
+    if sys.version_info >= (3, 10):
+        return list(entry_points(group=group))
+    return list(entry_points().get(group, []))

@@ -98,7 +98,7 @@ class SavedModel:
 
     def export_npz(self, path: str) -> None:
         """Write the self-contained .npz export (plain arrays and a JSON string: no pickles)."""
-        arrays = {name: np.asarray(t, np.float32) for name, t in self.weights.items()}
+        arrays: Dict[str, Any] = {name: np.asarray(t, np.float32) for name, t in self.weights.items()}
         if self.scaling is not None:
             arrays["scaling.mean"] = np.asarray(self.scaling.mean, np.float64)
             arrays["scaling.scale"] = np.asarray(self.scaling.scale, np.float64)

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from fedmq.shared.envelope import Envelope, EnvelopeRefused, Kind, Rejected, decode, encode
 
@@ -42,7 +42,7 @@ def _message(federation: str, round_: int, signer: str, kind: int, envelope: byt
         bytes([kind]) + hashlib.sha256(envelope).digest() + nonce
 
 
-def load_signing_key(path: str):  # type: ignore[no-untyped-def]
+def load_signing_key(path: str) -> Any:
     """An Ed25519 private key from a PEM file."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -67,7 +67,7 @@ def new_signing_key(path: str) -> str:
     return public_b64(key)
 
 
-def public_b64(key) -> str:  # type: ignore[no-untyped-def]
+def public_b64(key: Any) -> str:
     """The raw 32-byte public key of a private key, base64."""
     from cryptography.hazmat.primitives import serialization
 
@@ -75,7 +75,7 @@ def public_b64(key) -> str:  # type: ignore[no-untyped-def]
     return base64.b64encode(raw).decode()
 
 
-def sign(key, envelope: bytes, *, federation: str, round_: int, signer: str, kind: int) -> bytes:  # type: ignore[no-untyped-def]
+def sign(key: Any, envelope: bytes, *, federation: str, round_: int, signer: str, kind: int) -> bytes:
     """``envelope`` with a signature trailer."""
     nonce = os.urandom(NONCE_LEN)
     sig = key.sign(_message(federation, round_, signer, kind, envelope, nonce))

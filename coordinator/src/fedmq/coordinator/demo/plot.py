@@ -11,11 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _series(rounds: List[Dict[str, Any]], key: str) -> List[float]:
+    """One figure per round; NaN (a gap in the line) where a round has none."""
+    return [float("nan") if r.get(key) is None else float(r[key]) for r in rounds]
+
+
 def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[float] = None, title: str = "") -> None:
     """Accuracy (left axis) and loss (right axis) per round; the centralised accuracy as a dashed line."""
     xs = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    ax.plot(xs, [r.get("accuracy") for r in rounds], "o-", color="tab:blue", label="federated accuracy")
+    ax.plot(xs, _series(rounds, "accuracy"), "o-", color="tab:blue", label="federated accuracy")
     if baseline is not None:
         ax.axhline(baseline, color="tab:blue", linestyle="--", alpha=0.6, label=f"centralised accuracy {baseline:.3f}")
     ax.set_xlabel("round")
@@ -24,7 +29,7 @@ def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[floa
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(xs, [r.get("loss") for r in rounds], "s-", color="tab:red", label="loss")
+    ax2.plot(xs, _series(rounds, "loss"), "s-", color="tab:red", label="loss")
     ax2.set_ylabel("loss", color="tab:red")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()

@@ -134,7 +134,7 @@ def compare(spec: ModelSpec, federated: Tuple[Dict[str, np.ndarray], Optional[Sc
     everything = (np.concatenate([t[0] for t in train.values()]), np.concatenate([t[1] for t in train.values()]))
     central = _fit(spec, everything, seed)
     global_model = SavedModel(spec, federated[0], federated[1], "demo", 0)
-    rows = {}
+    rows: Dict[str, Dict[str, Any]] = {}
     for home, data in test.items():
         local = _fit(spec, train[home], seed) if len(train[home][0]) else None
         mine = personalise(global_model, *train[home], Personalise(), seed, learning_rate, PERIOD_S)[0]
@@ -204,9 +204,9 @@ def run_smart_home(args: argparse.Namespace, workdir: str, procs: Processes) -> 
                 watcher.subscribe(topics.status((h,), "+"))
         watcher.start()
         try:
-            for home in names:  # one gateway process per home, running both nodes
-                procs.spawn(["node", "run", configs["occupancy"][home], configs["forecast"][home], "--exit-when-done"],
-                            os.path.join(workdir, "logs", f"{home}-gw.log"))
+            for name in names:  # one gateway process per home, running both nodes
+                procs.spawn(["node", "run", configs["occupancy"][name], configs["forecast"][name], "--exit-when-done"],
+                            os.path.join(workdir, "logs", f"{name}-gw.log"))
             up = _wait_for_gateways(watcher, 2 * homes, 60)
             print(f"fedmq demo: {up} gateway nodes online; publishing the sensor history...", flush=True)
             with Publisher(broker) as pub:

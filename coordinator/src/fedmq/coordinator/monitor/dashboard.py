@@ -42,7 +42,8 @@ class Dashboard:
         host, _, port = listen.rpartition(":")
         self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(self))
         self.server.daemon_threads = True
-        self.url = "http://%s:%d/" % self.server.server_address[:2]
+        bound_host, bound_port = self.server.server_address[:2]
+        self.url = f"http://{bound_host!s}:{bound_port}/"
         self.feeder = threading.Thread(target=self._feed, name="fedmq-dashboard-feed", daemon=True)
         self.feeder.start()
 

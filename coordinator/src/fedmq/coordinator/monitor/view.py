@@ -80,7 +80,7 @@ class FederationView:
         status = Status.decode(msg.payload)
         if status.node != parsed[1]:
             raise MessageError(f"status names {status.node!r}")
-        entry = {"node": status.node, "group": "/".join(parsed[0]), "state": status.state}
+        entry: Dict[str, Any] = {"node": status.node, "group": "/".join(parsed[0]), "state": status.state}
         if status.state == "online":
             entry.update(samples=status.samples, trainer=status.trainer, source=status.source, live=status.live,
                          problem=status.problem, last_seen=status.last_seen or None, last_round=status.last_round,

@@ -10,14 +10,14 @@ from fedmq.shared.codecs import Decoded, Sparse
 
 
 def clip_update(tensors: Mapping[str, Decoded], reference: Optional[Mapping[str, np.ndarray]], bound: float,
-                norm: float) -> Mapping[str, Decoded]:
+                norm: float) -> Dict[str, Decoded]:
     """The update with its change scaled down to L2 norm ``bound`` if ``norm`` (the change's norm, which the
     caller has from ``codecs.norm``) is larger; otherwise the update as it is.
 
     ``reference`` is None when the tensors already are a change (``compression.delta``); otherwise the
     change is ``tensors - reference`` and the clipped update is ``reference + scaled change``."""
     if norm <= bound:
-        return tensors
+        return dict(tensors)
     scale = bound / norm
     out: Dict[str, Decoded] = {}
     for k, t in tensors.items():

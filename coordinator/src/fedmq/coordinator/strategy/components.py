@@ -59,7 +59,7 @@ C = TypeVar("C", bound=Component)
 class Registry(Generic[C]):
     """Components of one family (``what``: the topic-map key that names one), built in or plugged in."""
 
-    def __init__(self, what: str, package: str, group: str, base: Type[C]) -> None:
+    def __init__(self, what: str, package: str, group: str, base: type) -> None:
         self.what, self.package, self.group, self.base = what, package, group, base
         self._loaded: Dict[str, Type[C]] = {}
 

@@ -34,7 +34,8 @@ def flatten(tensors: Mapping[str, Decoded], shapes: Shapes) -> np.ndarray:
 
 def unflatten(vec: np.ndarray, shapes: Shapes, dtype: type = np.float64) -> Dict[str, np.ndarray]:
     """Named tensors of ``shapes`` from a flat vector."""
-    out, offset = {}, 0
+    out: Dict[str, np.ndarray] = {}
+    offset = 0
     for name, shape in shapes.items():
         n = math.prod(shape)
         out[name] = vec[offset:offset + n].reshape(shape).astype(dtype)

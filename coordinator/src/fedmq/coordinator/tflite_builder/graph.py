@@ -78,7 +78,8 @@ class Subgraph:
 
     def const(self, value: Any, dtype: type = np.float32, name: str = "const") -> int:
         """A constant tensor holding ``value``."""
-        arr = np.array(value, dtype=dtype, order="C")  # np.ascontiguousarray would turn scalars into shape (1,)
+        # np.ascontiguousarray would turn scalars into shape (1,)
+        arr: np.ndarray = np.array(value, dtype=dtype, order="C")
         return self.tensor(name, arr.shape, _NP_TYPES[arr.dtype], arr.astype(arr.dtype.newbyteorder("<")).tobytes())
 
     def input(self, name: str, signature: Sequence[int]) -> int:
@@ -227,11 +228,11 @@ def serialise(subgraphs: List[Subgraph], signatures: List[Signature], descriptio
         maps = []
         for names in (s.inputs, s.outputs):
             entries = []
-            for n, t in names.items():
+            for n, index in names.items():
                 ns = b.CreateString(n)
                 FTensorMap.TensorMapStart(b)
                 FTensorMap.TensorMapAddName(b, ns)
-                FTensorMap.TensorMapAddTensorIndex(b, t)
+                FTensorMap.TensorMapAddTensorIndex(b, index)
                 entries.append(FTensorMap.TensorMapEnd(b))
             maps.append(_offset_vector(b, entries))
         key = b.CreateString(s.key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from fedmq.shared.topicmap.loader import read_broker
 from fedmq.shared.topicmap.model import BrokerSettings, DataRef
@@ -119,7 +119,7 @@ def _read_personalise(r: Reader, value: Any, line: Optional[int]) -> Optional[Pe
 def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str) -> Optional[HomeAssistant]:
     if value is False:
         return None
-    m = {} if value is True else r.mapping(value, "serve.homeassistant", line, (
+    m: Optional[Dict[str, Any]] = {} if value is True else r.mapping(value, "serve.homeassistant", line, (
         "discovery_prefix", "device_id", "device_name", "name", "device_class", "unit", "positive_class"))
     p = "serve.homeassistant"
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "gateway"

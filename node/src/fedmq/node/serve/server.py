@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set, cast
 
 import paho.mqtt.client as mqtt
 
@@ -128,13 +128,13 @@ class Server:
         with self._lock:
             offered, self._offered = self._offered, None
         due = time.monotonic() - self._scored_at >= (RESCORE_S if self.scores else RETRY_S)
-        if offered is None and (self.received is None or not due):
-            return
-        self._prepare(offered or self.received)
+        model = offered if offered is not None else self.received if due else None
+        if model is not None:
+            self._prepare(model)
 
     def _prepare(self, offered: SavedModel) -> None:
         self._scored_at = time.monotonic()
-        served, scores = offered, {}
+        served, scores = offered, cast(Dict[str, float], {})
         try:
             x, y = self.source.load()
             if self.cfg.personalise is not None and len(x):

@@ -128,12 +128,12 @@ def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], 
         rows = int(keep.sum())
         if not rows:
             continue
-        j = 0
+        c = 0
         for f in features:
             signal = col.get(f.signal)
             for column in _columns(f, None if signal is None else signal[lo:end], t[lo:end], tz):
-                x[done:done + rows, j] = column[start - lo:][keep]
-                j += 1
+                x[done:done + rows, c] = column[start - lo:][keep]
+                c += 1
         done += rows
     return x, y[ok], t[ok]
 

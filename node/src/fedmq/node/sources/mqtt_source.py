@@ -168,8 +168,12 @@ class MqttSource(DataSource):
         is (in memory, no broker and no store): for baselines and tests."""
         times: List[int] = []
         rows: List[np.ndarray] = []
-        ingest = Ingest(self.signals, Sampler(self.signals, self.period_s, self.options["max_age_s"],
-                                              lambda t, v: (times.append(t), rows.append(v))),
+
+        def keep(t: int, v: np.ndarray) -> None:
+            times.append(t)
+            rows.append(v)
+
+        ingest = Ingest(self.signals, Sampler(self.signals, self.period_s, self.options["max_age_s"], keep),
                         self.options["clock_topic"])
         for topic, payload in messages:
             ingest.feed(topic, payload)
@@ -287,7 +291,7 @@ class MqttSource(DataSource):
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         assert self.ingest is not None
         try:
-            self.ingest.feed(msg.topic, msg.payload)
+            self.ingest.feed(msg.topic, bytes(msg.payload))
         except Exception:  # never let one reading stop the stream
             self.ingest.bad["internal error"] += 1
             self.log.exception("data: error on a reading from %s", msg.topic)
@@ -379,7 +383,8 @@ def _read_label(r: Reader, value: Any, path: str, line: Optional[int], signals: 
 
 
 def _read_store(r: Reader, value: Any, path: str, line: Optional[int], base_dir: str) -> Dict[str, Any]:
-    m = r.mapping(value, path, line, ("path", "max_age_days", "max_rows")) if value is not None else {}
+    m: Optional[Dict[str, Any]] = r.mapping(value, path, line, ("path", "max_age_days", "max_rows")) \
+        if value is not None else {}
     p = r.value(m, "path", path, str, "fedmq-store.sqlite")
     return {"path": os.path.normpath(os.path.join(os.path.abspath(base_dir), p)),
             "max_age_days": r.value(m, "max_age_days", path, float, 30.0, minimum=0.001, maximum=3650.0),

@@ -58,7 +58,7 @@ def parse_topic_map(text: str, file: str = "<topic map>") -> TopicMap:
 def _build(data: Any, r: Reader, state_dir: Optional[str] = None) -> TopicMap:
     top = r.mapping(data, "", 1, TOP_KEYS, required=("federation", "model", "tree"))
     if top is None:
-        r.raise_if_any()
+        r.stop()
     federation = r.value(top, "federation", "", str, "", check=level_problem, fix=LEVEL_FIX)
     broker = read_broker(r, top.get("broker"), "broker", r.line_of(top, "broker"), os.path.dirname(r.file))
     model = _model(r, top.get("model"), r.line_of(top, "model"))
@@ -196,7 +196,7 @@ def read_broker(r: Reader, value: Any, path: str, line: Optional[int], base_dir:
         )
         tp = join_path(path, "tls")
         tls = TlsSettings(
-            ca_file=_beside(base_dir, r.value(t, "ca_file", tp, str, "")),
+            ca_file=_beside(base_dir, r.value(t, "ca_file", tp, str, "")) or "",
             cert_file=_beside(base_dir, r.value(t, "cert_file", tp, str, None)),
             key_file=_beside(base_dir, r.value(t, "key_file", tp, str, None)),
         )
@@ -728,7 +728,7 @@ def _group(
     where = "/".join(path) or "(root)"
     nodes: List[str] = []
     for i, n in enumerate(r.value(m, "nodes", key_path, list, [])):
-        nline = r.item_line(m["nodes"], i)
+        nline = r.item_line(m["nodes"] if m is not None else None, i)
         problem = level_problem(n) if not isinstance(n, (int, float)) or isinstance(n, bool) else None
         if isinstance(n, (int, float)) and not isinstance(n, bool):
             n = str(n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple, Type, Union
 
 from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
 from fedmq.shared.topicmap.yamlsrc import LineDict, LineList
@@ -28,6 +28,10 @@ class Reader:
     def error(self, line: Optional[int], path: str, message: str, fix: str = "") -> None:
         """Record one issue."""
         self.issues.append(ConfigIssue(self.file, line, path, message, fix))
+
+    def stop(self) -> NoReturn:
+        """Raise ``TopicMapError`` with the issues so far (reading cannot go on)."""
+        raise TopicMapError(self.issues)
 
     def raise_if_any(self) -> None:
         """Raise ``TopicMapError`` if any issue was recorded."""

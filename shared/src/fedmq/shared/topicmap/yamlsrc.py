@@ -66,8 +66,8 @@ def load_yaml(raw: bytes, file: str) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TopicMapError([ConfigIssue(file, line, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        raise TopicMapError([ConfigIssue(file, bad_line, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
                                          "save the file as UTF-8")]) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader

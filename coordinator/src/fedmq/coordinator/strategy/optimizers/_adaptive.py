@@ -5,6 +5,7 @@ optimizer says how ``v`` follows the squared change."""
 from __future__ import annotations
 
 import abc
+from typing import ClassVar, Tuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ TAU = Param("tau", float, 1e-3, 1e-12, None, "adaptivity: added to sqrt(v)")
 class Adaptive(ServerOptimizer, abc.ABC):
     """``m = b1 * m + (1 - b1) * d``; ``v = second_moment(v, d^2)``; step ``m / (sqrt(v) + tau)``."""
 
-    params = (BETA1, BETA2, TAU)
+    params: ClassVar[Tuple[Param, ...]] = (BETA1, BETA2, TAU)
     slots = ("m", "v")
 
     def __init__(self, server_lr: float = 1.0, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
