@@ -6,7 +6,7 @@ in ``fedmq node check``, and on the coordinator's evaluation set when it loads i
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -24,10 +24,10 @@ def normalise_labels(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=object) if any(isinstance(v, str) for v in out) else np.asarray(out)
 
 
-def _integral(v: object) -> str:
+def _integral(v: Any) -> str:
     """The key of a label: ``9``, ``9.0`` and ``"9.0"`` are all ``"9"``."""
     try:
-        f = float(v)  # type: ignore[arg-type]
+        f = float(v)
     except (TypeError, ValueError, OverflowError):
         return str(v)
     return str(int(f)) if f.is_integer() else str(v)

@@ -78,11 +78,12 @@ class Scaling:
         for name, v in (("mean", mean), ("scale", scale)):
             if not isinstance(v, list) or len(v) != features or not all(_finite(e) for e in v):
                 raise ValueError(f"scaling.{name} must be {features} finite numbers")
-        if not all(float(s) > 0 for s in scale):  # type: ignore[union-attr]
+        assert isinstance(mean, list) and isinstance(scale, list)  # checked just above
+        if not all(float(s) > 0 for s in scale):
             raise ValueError("scaling.scale must be positive")
         if not _finite(samples) or float(samples) < 0:
             raise ValueError("scaling.samples must be a number >= 0")
-        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in scale), float(samples))  # type: ignore[union-attr]
+        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in scale), float(samples))
 
 
 def _finite(v: Any) -> bool:

@@ -79,7 +79,10 @@ class Home:
         """Hours of the day someone is home: [(from, to), ...], jittered per day."""
         if day not in self.day_plan:
             weekday = (START + dt.timedelta(days=day)).weekday()
-            j = lambda s=0.8: float(self.rng.normal(0, s))  # noqa: E731
+
+            def j(s: float = 0.8) -> float:
+                return float(self.rng.normal(0, s))
+
             kind, weekend = self.household, weekday >= 5
             if self.rng.random() < 0.08:  # ill, or a day off: at home all day
                 self.day_plan[day] = [(0, 24)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
@@ -23,34 +23,34 @@ def new_keypair() -> Tuple[object, bytes]:
     return sk, public_bytes(sk)
 
 
-def private_bytes(sk: object) -> bytes:
+def private_bytes(sk: Any) -> bytes:
     """Raw bytes of an X25519 private key (what is secret-shared)."""
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    return sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())  # type: ignore[attr-defined]
+    return sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def public_bytes(sk: object) -> bytes:
+def public_bytes(sk: Any) -> bytes:
     """Raw public bytes of an X25519 private key."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    return sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)  # type: ignore[attr-defined]
+    return sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def private_key(raw: bytes) -> object:
+def private_key(raw: bytes) -> Any:
     """An X25519 private key from its raw bytes."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     return X25519PrivateKey.from_private_bytes(raw)
 
 
-def agree(sk: object, peer_public: bytes, context: bytes) -> bytes:
+def agree(sk: Any, peer_public: bytes, context: bytes) -> bytes:
     """A 32-byte key both sides derive: HKDF-SHA256 of the X25519 shared secret, bound to ``context``."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))  # type: ignore[attr-defined]
+    shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"fedmq-secagg/1 " + context).derive(
         shared
     )

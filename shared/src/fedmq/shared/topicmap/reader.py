@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple, Type, Union
+from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple, Type, Union, cast
 
 from fedmq.shared.topicmap.errors import ConfigIssue, TopicMapError
 from fedmq.shared.topicmap.yamlsrc import LineDict, LineList
@@ -69,7 +69,7 @@ class Reader:
             if key not in value:
                 self.error(getattr(value, "line", line), join_path(path, key), "missing required key",
                            f"add '{key}:' under {path or 'the top level'}")
-        return value  # type: ignore[return-value]
+        return cast(LineDict, value)  # a plain dict where the YAML came from code, not a file
 
     def value(self, mapping: Optional[dict], key: str, path: str, kinds: Union[Type, Tuple[Type, ...]],
               default: Any = _MISSING, *, minimum: Optional[float] = None, maximum: Optional[float] = None,

@@ -70,7 +70,7 @@ def load_yaml(raw: bytes, file: str) -> Any:
         raise TopicMapError([ConfigIssue(file, bad_line, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})",
                                          "save the file as UTF-8")]) from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+        return yaml.load(text, Loader=_Loader)  # safe: _Loader derives from SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
