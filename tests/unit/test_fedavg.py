@@ -51,9 +51,9 @@ def test_weighted_sum_is_sample_weighted_mean():
     s = WeightedSum()
     s.add({"w": np.array([1.0, 2.0], np.float32)}, 1)
     s.add({"w": np.array([3.0, 6.0], np.float32)}, 3)
-    np.testing.assert_allclose(s.mean()["w"], [2.5, 5.0])
+    np.testing.assert_allclose(s.finish(None)["w"], [2.5, 5.0])
     with pytest.raises(ValueError):
-        WeightedSum().mean()
+        WeightedSum().finish(None)
 
 
 def test_weighted_sum_memory_does_not_grow_with_updates():
@@ -61,7 +61,7 @@ def test_weighted_sum_memory_does_not_grow_with_updates():
     for i in range(200):
         s.add({"w": np.full(1000, i, np.float32)}, 1)
     assert len(s.sums) == 1 and s.sums["w"].nbytes == 8000
-    assert s.mean()["w"][0] == pytest.approx(99.5)
+    assert s.finish(None)["w"][0] == pytest.approx(99.5)
 
 
 def test_metric_sums_merge_through_wire_format():
@@ -105,7 +105,7 @@ def test_hierarchical_equals_flat_through_group_aggregators():
     res = result["res"]
     assert sorted(res.nodes) == nodes
     expected = flat_fedavg(updates)
-    got = res.sums.mean()
+    got = res.sums.finish(None)
     for k in expected:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-6)
 
@@ -224,7 +224,7 @@ def test_split_group_workers_close_together_and_the_parent_refuses_double_counti
     res = closed["res"]
     assert sorted(res.nodes) == ["n1", "n2", "n3"]
     expected = flat_fedavg(updates)
-    for k, v in res.sums.mean().items():
+    for k, v in res.sums.finish(None).items():
         np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-6)
     # A node counted by one worker's partial must not count again in another's.
     root.start(
@@ -277,3 +277,36 @@ def test_split_group_workers_close_together_and_the_parent_refuses_double_counti
     root.on_partial("big", encode(again), t)
     root.on_partial("big", encode(stranger), t)
     assert rej.total["bad node list"] == 1 and rej.total["unexpected partial"] == 1
+
+
+def test_accumulators_hand_on_what_their_parent_merges_and_finish_to_the_mean_change():
+    """A child's to_partial merged into its parent equals adding the updates there (weighted sums and stacks),
+    and finish gives the weighted mean change from the reference."""
+    from fedmq.coordinator.aggregate import UpdateStack
+
+    shapes = {"w": (2,)}
+    updates = [({"w": np.array([1.0, 2.0])}, 1.0), ({"w": np.array([3.0, 6.0])}, 3.0)]
+    reference = {"w": np.array([1.0, 1.0], np.float32)}
+    for make in (WeightedSum, lambda: UpdateStack(shapes)):
+        flat, child, parent = make(), make(), make()
+        for t, w in updates:
+            flat.add(t, w)
+            child.add(t, w)
+        parent.merge(child.to_partial(), child.weight)
+        assert parent.weight == flat.weight == 4.0
+        np.testing.assert_allclose(parent.finish(reference)["w"], [1.5, 4.0])  # (1*[0,1] + 3*[2,5]) / 4
+        np.testing.assert_allclose(flat.finish(None)["w"], [2.5, 5.0])
+
+
+def test_private_mean_divides_by_the_number_selected_and_noises_only_in_central_mode():
+    from fedmq.coordinator.strategy.privacy import PrivateMean
+    from fedmq.shared.topicmap import Privacy
+
+    local = PrivateMean(Privacy(mode="local", clip_norm=1.0), selected=4, shapes={"w": (2,)})
+    local.add({"w": np.array([1.0, 1.0])}, 1.0)
+    local.add({"w": np.array([3.0, 1.0])}, 1.0)
+    np.testing.assert_allclose(local.finish(None)["w"], [1.0, 0.5])  # two answered, four selected
+    central = PrivateMean(Privacy(mode="central", clip_norm=1.0, noise_multiplier=1.0), selected=4,
+                          shapes={"w": (10_000,)})
+    central.add({"w": np.zeros(10_000)}, 1.0)
+    assert np.std(central.finish(None)["w"]) == pytest.approx(0.25, rel=0.05)  # N(0, 1) over 4

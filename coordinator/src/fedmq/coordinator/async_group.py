@@ -181,7 +181,7 @@ class AsyncGroup(GroupAggregator):
             return
         b = self._buffer()
         b.nodes.extend(nodes)
-        b.sums.add_sums(env.tensors, env.samples)
+        b.sums.merge(env.tensors, env.samples)
         b.metrics.merge_wire({k: v for k, v in env.metrics.items() if k != "bytes_up"})
         b.bytes_up += len(payload) + env.metrics.get("bytes_up", 0.0)
         self._maybe_flush()

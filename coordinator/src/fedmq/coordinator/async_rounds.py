@@ -39,7 +39,7 @@ class AsyncDriver(RoundDriver):
     def _on_root_close(self, session: Control, result: GroupResult) -> None:
         if result.sums.weight <= 0:
             return
-        change = {k: v / result.sums.weight for k, v in result.sums.sums.items()}
+        change = result.sums.finish(None)  # the buffer holds changes
         summary = self._summary(result)
         summary["staleness"] = round(result.metrics.sums.get("staleness", 0.0) / max(1, len(result.nodes)), 3)
         self._apply(change, summary)

@@ -101,7 +101,7 @@ class ScheduledGroup(GroupAggregator):
         self.bytes_up += result.bytes_up
         self.contributors.extend(n for n in result.nodes if n not in self.contributors)
         if result.sums.weight > 0:
-            mean = {k: v / result.sums.weight for k, v in result.sums.sums.items()}
+            mean = result.sums.finish(None)
             if self.tm.compression.update.delta:
                 if self.model is None:
                     self.log.error("round %d: the model this edge round started from never arrived; "

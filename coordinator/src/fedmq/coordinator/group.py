@@ -16,12 +16,13 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from fedmq.coordinator.aggregate import MetricSums, UpdateStack, WeightedSum
+from fedmq.coordinator.aggregate import Accumulator, MetricSums, UpdateStack, WeightedSum
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.secure_session import SecureSession
 from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy.bounds import Bounds
 from fedmq.coordinator.strategy.clipping import clip_update
+from fedmq.coordinator.strategy.privacy import PrivateMean
 from fedmq.coordinator.strategy.vectors import flatten, size, unflatten
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
@@ -43,7 +44,7 @@ MAX_WEIGHTED_VALUE = 1e100
 class GroupResult:
     """What a group hands upwards when it closes."""
 
-    sums: WeightedSum
+    sums: Accumulator  # a WeightedSum, or at the root under DP a PrivateMean around one
     nodes: List[str]
     metrics: MetricSums
     bytes_up: float
@@ -57,7 +58,7 @@ class _Round:
     close_at: float
     direct: Set[str]
     children: Set[Tuple[str, int]]  # (child group, worker) partials expected; one worker unless split
-    sums: WeightedSum = field(default_factory=WeightedSum)
+    sums: Accumulator = field(default_factory=WeightedSum)
     metrics: MetricSums = field(default_factory=MetricSums)
     nodes: List[str] = field(default_factory=list)
     answered: Set[str] = field(default_factory=set)  # by this worker, or, split, by any worker of the group
@@ -181,6 +182,7 @@ class GroupAggregator:
             direct=direct,
             children=children,
             shapes=shapes,
+            sums=self._accumulator(ctl),
             stack=UpdateStack(shapes) if (self.tm.strategy.robust or calibrating) and not stats else None,
             secure=secure,
             bounds=bounds,
@@ -191,6 +193,14 @@ class GroupAggregator:
         for kind, sender, payload, topic in early:  # what arrived before this start, now that it is known
             (self.on_update if kind == Kind.UPDATE else self.on_partial)(sender, payload, topic)
         self._maybe_close()
+
+    def _accumulator(self, ctl: Control) -> Accumulator:
+        """What this group sums a round into: a weighted sum; at the root of a training round under
+        differential privacy, the private mean around one."""
+        privacy = self.tm.strategy.privacy
+        if self.is_root and privacy is not None and ctl.task == "train":
+            return PrivateMean(privacy, len(ctl.selected), self.shapes)
+        return WeightedSum()
 
     def relay_close(self, parent: Control) -> None:
         """The parent closed a round: tell our nodes, and drop it if it is still open here. A close of any
@@ -375,7 +385,7 @@ class GroupAggregator:
             if problem:
                 self.rejections.reject("secure sum out of bounds", self.topics.update(self.group.path, "+"), problem)
             else:
-                r.sums.add_sums(unflatten(vec[:-1], r.shapes), float(vec[-1]))
+                r.sums.merge(unflatten(vec[:-1], r.shapes), float(vec[-1]))
                 r.nodes.extend(nodes)
             r.metrics.merge({"secagg_dropped": float(len(r.direct) - len(nodes))}, {})
         r.answered = set(r.direct)  # nothing more will come from them this round
@@ -583,12 +593,12 @@ class GroupAggregator:
         ):
             return
         if r.stack is not None and rows is not None:
-            r.stack.add_rows(*rows)
+            r.stack.merge({"@rows": rows[0], "@row_weights": rows[1]}, env.samples)
         assert norms is not None
         r.reported.add(key)
         r.nodes.extend(nodes)
         r.norms.extend(norms)
-        r.sums.add_sums(env.tensors, env.samples)
+        r.sums.merge(env.tensors, env.samples)
         r.metrics.merge_wire({k: v for k, v in env.metrics.items() if k != "bytes_up"})
         r.bytes_up += len(payload) + env.metrics.get("bytes_up", 0.0)
         self._maybe_close()
@@ -651,9 +661,9 @@ class GroupAggregator:
         """Publish ``result`` as this group's partial aggregate for the parent's round ``ctl``."""
         metrics = result.metrics.to_wire()
         metrics["bytes_up"] = result.bytes_up
-        tensors = dict(result.sums.sums)
+        tensors = result.sums.to_partial()
         if result.stack is not None and result.stack.rows:  # robust: the root needs every update, not only the sums
-            tensors["@rows"], tensors["@row_weights"] = result.stack.arrays()
+            tensors.update(result.stack.to_partial())
         env = Envelope(
             kind=Kind.PARTIAL,
             federation=self.tm.federation,

@@ -20,9 +20,9 @@ from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy.optimizer import make_optimizer
-from fedmq.coordinator.strategy.privacy import Accountant, gaussian_noise
+from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
-from fedmq.coordinator.strategy.vectors import flatten, unflatten
+from fedmq.coordinator.strategy.vectors import flatten
 from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind
@@ -315,28 +315,19 @@ class RoundDriver:
         s = self.tm.strategy
         delta = self.tm.compression.update.delta  # then updates (and sums) are changes, else weights
         shapes = expected_shapes(self.tm.model)
+        reference = None if delta else self.weights
         if result.stack is not None:  # a robust rule, or a calibration round of the adaptive norm bound
             rows, weights = result.stack.arrays()
             rows = rows.astype(np.float64)
             if update_bounds.calibrating(s, update_bounds.Bounds.from_wire(ctl.bounds), False):
-                reference = None if delta else flatten(self.weights, shapes).astype(np.float64)
-                rows = update_bounds.clip_rows(rows, reference, result.norms)
+                flat_reference = None if delta else flatten(self.weights, shapes).astype(np.float64)
+                rows = update_bounds.clip_rows(rows, flat_reference, result.norms)
+            flat = None  # the weighted mean of the rows
             if self.rule is not None:  # on the means of shuffled buckets when bucket_size > 1
                 rng = np.random.default_rng([self.tm.policy.seed, ctl.round, 7])
                 flat = self.rule.aggregate(*buckets(rows, weights, s.bucket_size, rng))
-            else:
-                flat = (rows * weights[:, None]).sum(axis=0) / weights.sum()
-            agg = unflatten(flat, shapes)
-            return agg if delta else {k: agg[k] - self.weights[k] for k in agg}
-        sums, weight = result.sums.sums, result.sums.weight
-        if not delta:  # sums of changes: DP's sensitivity is bounded for changes, not weights
-            sums = {k: v - weight * self.weights[k].astype(np.float64) for k, v in sums.items()}
-        if s.privacy is not None:
-            if s.privacy.mode == "central":
-                noise = gaussian_noise(shapes, s.privacy.noise_multiplier * s.privacy.clip_norm)
-                sums = {k: v + noise[k] for k, v in sums.items()}
-            weight = float(len(ctl.selected))  # fixed before training: the count of answers stays private
-        return {k: v / weight for k, v in sums.items()}
+            return result.stack.change(rows, weights, reference, flat)
+        return result.sums.finish(reference)  # under DP the private mean: noised, over the number selected
 
     def _on_root_close(self, ctl: Control, result: GroupResult) -> None:
         p = self.tm.policy
@@ -398,7 +389,7 @@ class RoundDriver:
         already trained under another one, checkpoint, and publish the model with it."""
         try:
             new = Scaling.from_means(
-                {k: v / result.sums.weight for k, v in result.sums.sums.items()}, result.sums.weight
+                result.sums.finish(None), result.sums.weight
             )
             Scaling.from_meta(new.to_meta(), self.tm.model.features)  # finite, positive: checked as nodes check it
         except ValueError as exc:
