@@ -36,6 +36,35 @@ def observer(security):
             "password": password}
 
 
+def _secured(tmp_path, paths, secure):
+    """Every broker with the federation's CA, mutual TLS (or passwords) and the ACL; the bridges log in as the
+    edges. Returns (provisioning directory, each edge's credential arguments, the observer's credentials)."""
+    edge_args = {}
+    security = str(tmp_path / "pki")
+    provision(load_topic_map(paths["topic_map"]), security)
+    ca = {"ca_file": os.path.join(security, "ca.crt")}
+
+    def secure_map(fed):
+        fed["broker"].update(client_config(security, "coordinator", auth=secure)["broker"])
+        for g in GROUPS:
+            fed["tree"]["groups"][g]["broker"]["tls"] = dict(ca)
+
+    rewrite_yaml(paths["topic_map"], secure_map)
+    for g, nodes in GROUPS.items():
+        for n in nodes:
+            rewrite_yaml(
+                paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"])
+            )
+        edge = client_config(security, edge_id((g,)), auth=secure)["broker"]
+        edge_args[g] = (
+            ["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]]
+            if secure == "mtls"
+            else ["--username", edge["username"], "--password-file", edge["password_file"]]
+        )
+    me = observer(security)
+    return security, edge_args, me
+
+
 @pytest.mark.parametrize("secure,prefix", [(None, ""), (None, "cloud/tenant-7/"), ("mtls", "cloud/"), ("password", "")],
                          ids=["plain", "remapped", "mutual-tls-remapped", "passwords-over-tls"])
 def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path, secure, prefix):
@@ -53,30 +82,7 @@ def test_federation_across_bridged_site_brokers_sends_only_partials_up(tmp_path,
     for g, nodes in GROUPS.items():  # nodes talk to their site's broker
         for n in nodes:
             rewrite_yaml(paths[n], lambda cfg, g=g: cfg["broker"].update(port=site_ports[g]))
-    security, edge_args = None, {g: [] for g in GROUPS}
-    if secure:  # every broker with the federation's CA, mutual TLS and the ACL; bridges log in as the edges
-        security = str(tmp_path / "pki")
-        provision(load_topic_map(paths["topic_map"]), security)
-        ca = {"ca_file": os.path.join(security, "ca.crt")}
-
-        def secure_map(fed):
-            fed["broker"].update(client_config(security, "coordinator", auth=secure)["broker"])
-            for g in GROUPS:
-                fed["tree"]["groups"][g]["broker"]["tls"] = dict(ca)
-
-        rewrite_yaml(paths["topic_map"], secure_map)
-        for g, nodes in GROUPS.items():
-            for n in nodes:
-                rewrite_yaml(
-                    paths[n], lambda cfg, n=n: cfg["broker"].update(client_config(security, n, auth=secure)["broker"])
-                )
-            edge = client_config(security, edge_id((g,)), auth=secure)["broker"]
-            edge_args[g] = (
-                ["--cert", edge["tls"]["cert_file"], "--key", edge["tls"]["key_file"]]
-                if secure == "mtls"
-                else ["--username", edge["username"], "--password-file", edge["password_file"]]
-            )
-        me = observer(security)
+    security, edge_args, me = _secured(tmp_path, paths, secure) if secure else (None, {g: [] for g in GROUPS}, None)
     tm = load_topic_map(paths["topic_map"])
     auth = secure or "mtls"
     cloud = MosquittoProcess(str(tmp_path / "cloud"), port=cloud_port, security_dir=security, auth=auth).start()

@@ -310,3 +310,31 @@ def test_private_mean_divides_by_the_number_selected_and_noises_only_in_central_
                           shapes={"w": (10_000,)})
     central.add({"w": np.zeros(10_000)}, 1.0)
     assert np.std(central.finish(None)["w"]) == pytest.approx(0.25, rel=0.05)  # N(0, 1) over 4
+
+
+ASYNC = """\
+federation: f
+model: {kind: softmax_regression, features: 2, classes: [0, 1]}
+strategy: {mode: async, clip_norm: 5.0, async: {buffer_size: 10, flush_s: 0.5}}
+tree:
+  groups:
+    home: {nodes: [n1, n2]}
+"""
+
+
+def test_an_async_group_drops_its_buffer_when_the_session_ends_instead_of_failing():
+    """The federation's last 'done' can reach a group holding changes not yet forwarded: they have no model to
+    go to, and forwarding them must not take the coordinator down."""
+    from fedmq.coordinator.async_group import AsyncGroup
+
+    tm = parse_topic_map(ASYNC)
+    sent = []
+    group = AsyncGroup(tm, tm.groups()[("home",)], Membership(tm), lambda t, p, r: sent.append(t),
+                       Rejections(__import__("logging").getLogger("test")))
+    group.start(Control(type="async", round=0, attempt=1, model_version=0, train=TrainParams(1, 8, 0.1)))
+    group.buffer.nodes.append("n1")  # a change buffered, waiting for flush_s
+    group.buffer.first_at = time.time() - 10
+    group.relay_close(Control(type="done", round=3, attempt=1))
+    group.tick(time.time())
+    assert group.session is None and not group.buffer.nodes
+    assert not any("_partial" in t for t in sent)

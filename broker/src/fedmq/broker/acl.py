@@ -88,27 +88,7 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
     for path, group in tm.groups().items():
         if not group.edge:
             continue
-        rules: List[str] = []
-        for p in _served(tm, path):
-            rules += [
-                f"topic read {t.leaves(p, 'update')}",
-                f"topic readwrite {t.leaves(p, 'partial')}",
-                f"topic read {t.status_filter(p)}",
-                f"topic readwrite {t.control(p)}",
-                f"topic read {t.leaves(p, 'secagg')}",
-                *_aggregator_writes(t, p),
-            ]
-            rules += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
-        rules += [
-            f"topic read {t.control(path[:-1])}",
-            f"topic write {t.partial(path[:-1], path[-1])}",
-            f"topic read {t.model()}",
-        ]
-        if group.workers > 1:  # its workers tell each other which nodes they have aggregated
-            rules += [f"topic readwrite {t.leaves(path, 'progress')}"]
-        if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
-            rules += [f"topic write {t.status_filter(p)}" for p in tm.site_groups(path)]
-            rules += [f"topic read {t.files_filter()}"]
+        rules = _edge_rules(tm, t, path)
         for worker in range(group.workers):  # each worker process is a user of its own, with the same rights
             if edge_id(path, worker) not in revoked:  # a revoked edge keeps no user (and so no right)
                 lines += [f"user {edge_id(path, worker)}", *rules, ""]
@@ -123,6 +103,33 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
             "",
         ]
     return lines
+
+
+def _edge_rules(tm: TopicMap, t: Topics, path: GroupPath) -> List[str]:
+    """The rights of the edge aggregator of group ``path`` (each of its workers gets the same)."""
+    group = tm.groups()[path]
+    rules: List[str] = []
+    for p in _served(tm, path):
+        rules += [
+            f"topic read {t.leaves(p, 'update')}",
+            f"topic readwrite {t.leaves(p, 'partial')}",
+            f"topic read {t.status_filter(p)}",
+            f"topic readwrite {t.control(p)}",
+            f"topic read {t.leaves(p, 'secagg')}",
+            *_aggregator_writes(t, p),
+        ]
+        rules += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
+    rules += [
+        f"topic read {t.control(path[:-1])}",
+        f"topic write {t.partial(path[:-1], path[-1])}",
+        f"topic read {t.model()}",
+    ]
+    if group.workers > 1:  # its workers tell each other which nodes they have aggregated
+        rules += [f"topic readwrite {t.leaves(path, 'progress')}"]
+    if group.broker is not None:  # a site: its bridge logs in as this edge, forwards statuses, fetches files
+        rules += [f"topic write {t.status_filter(p)}" for p in tm.site_groups(path)]
+        rules += [f"topic read {t.files_filter()}"]
+    return rules
 
 
 def _aggregator_writes(t: Topics, path: GroupPath) -> List[str]:

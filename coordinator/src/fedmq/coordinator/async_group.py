@@ -75,9 +75,10 @@ class AsyncGroup(GroupAggregator):
         self.publish(self.topics.control(self.group.path), parent.encode(), True)
 
     def relay_close(self, parent: Control) -> None:
-        """A 'done' from the parent ends the session here too."""
+        """A 'done' from the parent ends the session here too: what is still buffered has no model to go to."""
         if parent.type == "done":
             self.session = None
+            self.buffer = _Buffer()
         self.publish(self.topics.control(self.group.path), parent.encode(), True)
 
     def tick(self, now: float) -> None:
@@ -197,8 +198,9 @@ class AsyncGroup(GroupAggregator):
 
     def _flush(self) -> None:
         b, s = self.buffer, self.session
-        assert s is not None
         self.buffer = _Buffer()
+        if s is None:  # the session ended (done) while changes were buffered: nothing takes them any more
+            return
         result = GroupResult(sums=b.sums, nodes=b.nodes, metrics=b.metrics, bytes_up=b.bytes_up)
         for observe in self.observers:
             observe(self.group.path, s, result)

@@ -166,16 +166,7 @@ def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[We
     model_path = os.path.join(snapshot, MODEL)
     where = state_path
     try:
-        with open(state_path, encoding="utf-8") as fh:
-            body = json.load(fh)
-        if not isinstance(body, dict):
-            raise ValueError("not a JSON object")
-        for key in ("rounds_done", "model_version"):
-            v = body.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{key} must be a whole number >= 0, not {v!r}")
-        if not isinstance(body.get("history", []), list):
-            raise ValueError("history must be a list")
+        body = _read_state(state_path)
         where = model_path
         with open(model_path, "rb") as fh:
             env = decode(fh.read())
@@ -205,6 +196,21 @@ def load(directory: str, federation: str, spec: ModelSpec) -> Optional["tuple[We
         raise CheckpointError(f"{where}: unusable checkpoint ({exc}); move {directory} away or run with "
                               "--fresh") from None
     return {k: v.copy() for k, v in env.tensors.items()}, state
+
+
+def _read_state(path: str) -> Dict[str, Any]:
+    """A snapshot's state.json, its round and model counts and its history checked."""
+    with open(path, encoding="utf-8") as fh:
+        body = json.load(fh)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    for key in ("rounds_done", "model_version"):
+        v = body.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{key} must be a whole number >= 0, not {v!r}")
+    if not isinstance(body.get("history", []), list):
+        raise ValueError("history must be a list")
+    return body
 
 
 def _positive(value: Any) -> Optional[float]:

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from fedmq.coordinator.metrics import ProcessMetrics
 
 log = logging.getLogger("fedmq.coordinator")
+GROUP_KINDS = ("update", "partial", "secagg", "progress")  # <group>/_<kind>/<sender>: on_<kind> of that group
 PROGRESS_S = 0.5  # the round's progress is published at most this often
 
 
@@ -114,22 +115,7 @@ class CoordinatorService:
             )
             if self.metrics is not None and self.driver.state.rounds_done and tm.checkpoint_dir:
                 self.metrics.checkpoint_written(checkpoint.written_at(tm.checkpoint_dir))
-        status_groups = tm.groups() if edge is None else self.groups
-        t = self.topics
-        for path, agg in self.groups.items():
-            if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
-                self.link.subscribe(f"$share/{share_name(tm.federation, path, share_key)}/{t.leaves(path, 'update')}")
-                self.link.subscribe(t.leaves(path, "progress"))
-            else:
-                self.link.subscribe(t.leaves(path, "update"))
-            self.link.subscribe(t.leaves(path, "partial"))
-            if tm.strategy.secure is not None:
-                self.link.subscribe(t.leaves(path, "secagg"))
-            if path:
-                self.link.subscribe(t.control(path[:-1]))
-        for path in status_groups:
-            self.link.subscribe(t.status_filter(path))
-        self.link.subscribe(self.topics.model())
+        self._subscribe(tm.groups() if edge is None else self.groups, share_key)
         self.enrolment: Optional[Enrolment] = None
         if edge is None and tm.security.dir:
             self.enrolment = Enrolment(tm, self._publish, self.rejections, self._enrolled)
@@ -225,6 +211,26 @@ class CoordinatorService:
                 self._publish_progress()  # "done", for monitors
             self.link.stop()
 
+    def _subscribe(self, status_groups: Iterable[GroupPath], share_key: str) -> None:
+        """What this process listens to: its groups' updates (shared between a split group's workers),
+        partials, secure aggregation and parent control, the statuses of ``status_groups``, the model."""
+        t = self.topics
+        for path, agg in self.groups.items():
+            if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
+                share = share_name(self.tm.federation, path, share_key)
+                self.link.subscribe(f"$share/{share}/{t.leaves(path, 'update')}")
+                self.link.subscribe(t.leaves(path, "progress"))
+            else:
+                self.link.subscribe(t.leaves(path, "update"))
+            self.link.subscribe(t.leaves(path, "partial"))
+            if self.tm.strategy.secure is not None:
+                self.link.subscribe(t.leaves(path, "secagg"))
+            if path:
+                self.link.subscribe(t.control(path[:-1]))
+        for path in status_groups:
+            self.link.subscribe(t.status_filter(path))
+        self.link.subscribe(t.model())
+
     def _handle(self, msg: Message) -> None:
         """Dispatch one message; an internal error drops it (counted), a failed federation stops the service."""
         try:
@@ -290,22 +296,7 @@ class CoordinatorService:
         if self.enrolment is not None and msg.topic.startswith(t.enrol_request("")):
             self.enrolment.handle(msg.topic.rsplit("/", 1)[1], msg.payload, msg.topic)
             return
-        parsed = t.parse_last(msg.topic, "update")
-        if parsed and parsed[0] in self.groups:
-            self.groups[parsed[0]].on_update(parsed[1], msg.payload, msg.topic)
-            return
-        parsed = t.parse_last(msg.topic, "partial")
-        if parsed and parsed[0] in self.groups:
-            self.groups[parsed[0]].on_partial(parsed[1], msg.payload, msg.topic)
-            return
-        parsed = t.parse_last(msg.topic, "secagg")
-        if parsed and parsed[0] in self.groups:
-            if not parsed[1].startswith("_"):  # not our own messages to the nodes
-                self.groups[parsed[0]].on_secagg(parsed[1], msg.payload, msg.topic)
-            return
-        parsed = t.parse_last(msg.topic, "progress")
-        if parsed and parsed[0] in self.groups:
-            self.groups[parsed[0]].on_progress(parsed[1], msg.payload, msg.topic)
+        if self._to_group(msg):
             return
         parsed = t.parse_last(msg.topic, "status")
         if parsed:
@@ -315,6 +306,17 @@ class CoordinatorService:
             return
         if t.parse_group(msg.topic, "control") is not None:
             self._on_parent_control(msg)
+
+    def _to_group(self, msg: Message) -> bool:
+        """Hand an update, partial, secure-aggregation or progress message to the group it is for; False if
+        the message is none of these for a group served here."""
+        for kind in GROUP_KINDS:
+            parsed = self.topics.parse_last(msg.topic, kind)
+            if parsed and parsed[0] in self.groups:
+                if not (kind == "secagg" and parsed[1].startswith("_")):  # not our own messages to the nodes
+                    getattr(self.groups[parsed[0]], f"on_{kind}")(parsed[1], msg.payload, msg.topic)
+                return True
+        return False
 
     @staticmethod
     def _sent_not_kept(topic: str) -> bool:

@@ -97,18 +97,7 @@ class Reassembler:
 
     def add(self, topic: str, chunk: bytes, now: Optional[float] = None) -> Optional[Tuple[str, bytes]]:
         """Take one chunk received on a chunk topic; return (message topic, message) when one is complete."""
-        base = base_topic(topic)
-        if base is None:
-            raise ChunkError(f"{topic} is not a chunk topic (…{SUFFIX}<index>)")
-        if len(chunk) < HEADER_LEN:
-            raise ChunkError(f"chunk of {len(chunk)} bytes is shorter than its {HEADER_LEN}-byte header")
-        magic, version, reserved, digest, index, count, total = HEADER.unpack_from(chunk, 0)
-        if magic != MAGIC or version != VERSION or reserved != b"\0\0\0":
-            raise ChunkError(f"not a version {VERSION} chunk")
-        if total > self.max_message_bytes:
-            raise ChunkError(f"chunked message of {total} bytes is over the limit of {self.max_message_bytes}")
-        if not (0 < count <= max(1, total) and index < count) or int(topic[len(base) + len(SUFFIX):]) != index:
-            raise ChunkError(f"chunk {index} of {count} for {total} bytes is inconsistent with its topic")
+        base, digest, index, count, total = self._header(topic, chunk)
         now = time.monotonic() if now is None else now
         key = (base, digest)
         if key in self.completed:
@@ -142,6 +131,22 @@ class Reassembler:
         while len(self.completed) > 1024:
             self.completed.popitem(last=False)
         return base, whole
+
+    def _header(self, topic: str, chunk: bytes) -> Tuple[str, bytes, int, int, int]:
+        """(message topic, digest, index, count, total bytes) of a chunk whose header and topic agree."""
+        base = base_topic(topic)
+        if base is None:
+            raise ChunkError(f"{topic} is not a chunk topic (…{SUFFIX}<index>)")
+        if len(chunk) < HEADER_LEN:
+            raise ChunkError(f"chunk of {len(chunk)} bytes is shorter than its {HEADER_LEN}-byte header")
+        magic, version, reserved, digest, index, count, total = HEADER.unpack_from(chunk, 0)
+        if magic != MAGIC or version != VERSION or reserved != b"\0\0\0":
+            raise ChunkError(f"not a version {VERSION} chunk")
+        if total > self.max_message_bytes:
+            raise ChunkError(f"chunked message of {total} bytes is over the limit of {self.max_message_bytes}")
+        if not (0 < count <= max(1, total) and index < count) or int(topic[len(base) + len(SUFFIX):]) != index:
+            raise ChunkError(f"chunk {index} of {count} for {total} bytes is inconsistent with its topic")
+        return base, digest, index, count, total
 
     def opens_set(self, topic: str, chunk: bytes) -> bool:
         """True if this chunk would open a new set (the first chunk seen of a message): what a rate limit

@@ -253,22 +253,42 @@ def _decode_topk(params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
     names |= {"@val@scale"} if values in LEVELS else set()
     if set(wire) != names:
         raise CodecError(f"codec topk: tensors {sorted(wire)} must be exactly {sorted(names)}")
-    val = wire["@val"]
     total = sum(math.prod(s) for s in shapes.values())
+    idx = _topk_indices(index, wire, total)
+    val = _topk_values(values, wire, idx)
+    if idx.size and (idx[0] < 0 or idx[-1] >= total or (np.diff(idx) <= 0).any()):
+        raise CodecError(f"codec topk: indices must be strictly increasing and within [0, {total})")
+    out: Dict[str, Decoded] = {}
+    offset = 0
+    for t, shape in shapes.items():
+        size = math.prod(shape)
+        lo, hi = np.searchsorted(idx, [offset, offset + size])
+        out[t] = Sparse(idx[lo:hi] - offset, val[lo:hi], tuple(shape))
+        offset += size
+    return out
+
+
+def _topk_indices(index: str, wire: Mapping[str, np.ndarray], total: int) -> np.ndarray:
+    """The kept entries' flat indices from their ``index`` encoding (not yet checked for order and range)."""
     if index == "gap8":
         gaps = wire["@gap"]
         if gaps.dtype != np.uint8 or gaps.ndim != 1 or gaps.size > total or (gaps.size and gaps.min() == 0):
             raise CodecError("codec topk: @gap must be flat uint8 gaps of at least 1, no more than the model's size")
-        idx = np.cumsum(gaps, dtype=np.int64) - 1
-    elif index == "ef":
+        return np.cumsum(gaps, dtype=np.int64) - 1
+    if index == "ef":
         try:
-            idx = bitpack.ef_decode(wire["@hi"], wire["@lo"], total)
+            return bitpack.ef_decode(wire["@hi"], wire["@lo"], total)
         except bitpack.BitpackError as exc:
             raise CodecError(f"codec topk: @hi/@lo: {exc}") from None
-    else:
-        idx = wire["@idx"]
-        if idx.dtype != np.int32 or idx.ndim != 1 or idx.size > total:
-            raise CodecError("codec topk: @idx must be flat int32, no longer than the model's size")
+    idx = wire["@idx"]
+    if idx.dtype != np.int32 or idx.ndim != 1 or idx.size > total:
+        raise CodecError("codec topk: @idx must be flat int32, no longer than the model's size")
+    return idx
+
+
+def _topk_values(values: str, wire: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """The kept entries' values (one per index) from their ``values`` encoding."""
+    val = wire["@val"]
     if values == "int4":
         try:
             val = bitpack.int4_unpack(val, idx.size)
@@ -282,16 +302,7 @@ def _decode_topk(params: Mapping[str, Any], wire: Mapping[str, np.ndarray],
         if scale.dtype != np.float32 or scale.shape != (1,) or not scale[0] >= 0:  # "not >=" also catches NaN
             raise CodecError("codec topk: @val@scale must be one non-negative float32")
         val = (val * np.float64(scale[0])).astype(np.float32)
-    if idx.size and (idx[0] < 0 or idx[-1] >= total or (np.diff(idx) <= 0).any()):
-        raise CodecError(f"codec topk: indices must be strictly increasing and within [0, {total})")
-    out: Dict[str, Decoded] = {}
-    offset = 0
-    for t, shape in shapes.items():
-        size = math.prod(shape)
-        lo, hi = np.searchsorted(idx, [offset, offset + size])
-        out[t] = Sparse(idx[lo:hi] - offset, val[lo:hi], tuple(shape))
-        offset += size
-    return out
+    return val
 
 
 def check_params(name: str, params: Any) -> Dict[str, Any]:

@@ -160,30 +160,35 @@ class Control:
         if kind in ("start", "async"):
             msg.bounds = _bounds(obj.get("bounds"))
             msg.model_version = _int(obj, "model_version")
-            train = obj.get("train")
-            if not isinstance(train, dict):
-                raise MessageError("train must be an object")
-            def optional(key: str, default: Optional[float]) -> Optional[float]:
-                return _num(train, key) if key in train else default
-
-            clip = optional("dp_clip_norm", None)
-            if clip == 0:
-                raise MessageError("dp_clip_norm must be > 0")
-            msg.train = TrainParams(
-                local_epochs=_int(train, "local_epochs", 1),
-                batch_size=_int(train, "batch_size", 1),
-                learning_rate=_num(train, "learning_rate"),
-                proximal_mu=optional("proximal_mu", 0.0) or 0.0,
-                dp_clip_norm=clip,
-                dp_noise_multiplier=optional("dp_noise_multiplier", 0.0) or 0.0,
-                partial_work=train.get("partial_work", False) is True,
-            )
+            msg.train = _train(obj.get("train"))
         elif kind == "close":
             outcome = obj.get("outcome")
             if outcome not in ("applied", "retry", "failed"):
                 raise MessageError("outcome must be applied, retry or failed")
             msg.outcome = outcome
         return msg
+
+
+def _train(train: Any) -> TrainParams:
+    """A start's ``train``: the round's training parameters (the optional ones absent in 1.1 messages)."""
+    if not isinstance(train, dict):
+        raise MessageError("train must be an object")
+
+    def optional(key: str, default: Optional[float]) -> Optional[float]:
+        return _num(train, key) if key in train else default
+
+    clip = optional("dp_clip_norm", None)
+    if clip == 0:
+        raise MessageError("dp_clip_norm must be > 0")
+    return TrainParams(
+        local_epochs=_int(train, "local_epochs", 1),
+        batch_size=_int(train, "batch_size", 1),
+        learning_rate=_num(train, "learning_rate"),
+        proximal_mu=optional("proximal_mu", 0.0) or 0.0,
+        dp_clip_norm=clip,
+        dp_noise_multiplier=optional("dp_noise_multiplier", 0.0) or 0.0,
+        partial_work=train.get("partial_work", False) is True,
+    )
 
 
 def _bounds(value: Any) -> Optional[Dict[str, float]]:

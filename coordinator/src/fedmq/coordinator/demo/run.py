@@ -24,7 +24,7 @@ import yaml
 from fedmq.broker.process import MosquittoProcess
 from fedmq.broker.provision import client_config, provision
 from fedmq.coordinator.demo.dataset import digits, own_data, synthetic
-from fedmq.coordinator.demo.federation import HIDDEN, secure_federation, set_port, write_federation
+from fedmq.coordinator.demo.federation import HIDDEN, DemoLayout, secure_federation, set_port, write_federation
 from fedmq.coordinator.demo.monitoring import announce, metrics_flag, start_dashboard
 from fedmq.coordinator.demo.plot import plot_rounds
 from fedmq.coordinator.demo.processes import Processes, collect_rounds, report_row
@@ -89,43 +89,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"fedmq demo: --data: {exc}", file=sys.stderr)
             return 2
         layout = write_federation(
-            workdir,
-            train,
-            test,
-            nodes=args.nodes,
-            groups=args.groups,
-            rounds=args.rounds,
-            alpha=args.alpha,
-            seed=args.seed,
-            model=args.model,
-            port=1,
-            deadline_s=args.deadline,
-            trainer=args.trainer,
-            parts=parts,
+            workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds, alpha=args.alpha,
+            seed=args.seed, model=args.model, port=1, deadline_s=args.deadline, trainer=args.trainer, parts=parts,
             training={**(training or {}), **_round_overrides(args)},
             extra={**_transport_sections(args), **({"scaling": "federated"} if args.data else {})},
-            node_extras=_node_extras(args),
-        )
-        security_dir = None
-        if args.secure:
-            security_dir = os.path.join(workdir, "security")
-            provision(load_topic_map(layout.topic_map), security_dir)
-        broker = MosquittoProcess(os.path.join(workdir, "broker"), security_dir=security_dir).start()
-        if security_dir:
-            secure_federation(layout, security_dir, broker.port)
-        else:
-            set_port(layout, broker.port)
+            node_extras=_node_extras(args))
+        security_dir = os.path.join(workdir, "security") if args.secure else None
+        broker = _broker(workdir, layout, security_dir)
         print(f"fedmq demo: Mosquitto on {broker.host}:{broker.port}"
               + (" (mutual TLS, ACL, no anonymous access; signed updates and models)" if security_dir else "")
               + f"; {args.nodes} nodes in {args.groups} homes, {args.rounds} rounds, model {args.model}, "
               + _data_line(args, train, test) + f", {args.compression} updates", flush=True)
         topics = Topics("demo")
-        watch = load_topic_map(layout.topic_map).broker
-        if security_dir:  # an identity of its own: one connection per identity (client id = user name)
-            watch = replace(watch, tls=TlsSettings(**client_config(security_dir, MONITOR)["broker"]["tls"]))
-        watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", watch, persistent=False)
-        watcher.subscribe(topics.metrics())
-        watcher.start()
+        watcher = _watch(layout.topic_map, security_dir, topics.metrics())
         metrics = metrics_flag(args.metrics)
         coordinator = procs.spawn(
             ["coordinator", "run", layout.topic_map, "--fresh", "--quiet", *metrics],
@@ -164,6 +140,31 @@ def run(args: argparse.Namespace) -> int:
             broker.stop()
         if tmp is not None:
             tmp.cleanup()
+
+
+def _broker(workdir: str, layout: DemoLayout, security_dir: Optional[str]) -> MosquittoProcess:
+    """The demo's private Mosquitto, started; with ``security_dir`` the federation is provisioned first
+    (mutual TLS, ACL, signing keys) and the configurations point at it either way."""
+    if security_dir:
+        provision(load_topic_map(layout.topic_map), security_dir)
+    broker = MosquittoProcess(os.path.join(workdir, "broker"), security_dir=security_dir).start()
+    if security_dir:
+        secure_federation(layout, security_dir, broker.port)
+    else:
+        set_port(layout, broker.port)
+    return broker
+
+
+def _watch(topic_map: str, security_dir: Optional[str], topic: str) -> MqttLink:
+    """A started link that receives ``topic`` (the round summaries), as the monitor where the broker is secured
+    (an identity of its own: one connection per identity, the client id being the user name)."""
+    watch = load_topic_map(topic_map).broker
+    if security_dir:
+        watch = replace(watch, tls=TlsSettings(**client_config(security_dir, MONITOR)["broker"]["tls"]))
+    watcher = MqttLink(f"fedmq-demo-watch-{os.getpid()}", watch, persistent=False)
+    watcher.subscribe(topic)
+    watcher.start()
+    return watcher
 
 
 def _argument_problem(args: argparse.Namespace) -> str:

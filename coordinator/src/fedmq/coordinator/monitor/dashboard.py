@@ -80,56 +80,66 @@ class Dashboard:
 
 
 def _handler(board: Dashboard) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fedmq-dashboard"
+    """The request handler class serving ``board``."""
+    return type("DashboardHandler", (_Handler,), {"board": board})
 
-        def log_message(self, fmt: str, *args: object) -> None:
-            log.debug("%s " + fmt, self.address_string(), *args)
 
-        def do_GET(self) -> None:  # the standard library's name
-            path = self.path.split("?", 1)[0]
-            if path in ("/", "/index.html"):
-                self._send(200, "text/html; charset=utf-8", board.page)
-            elif path == "/state":
-                self._send(200, "application/json", board.state())
-            elif path == "/events":
-                self._events()
-            else:
-                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+class _Handler(BaseHTTPRequestHandler):
+    """The page, its state as JSON, and server-sent events whenever the state changes."""
 
-        def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+    server_version = "fedmq-dashboard"
+    board: Dashboard
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def do_GET(self) -> None:  # the standard library's name
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            self._send(200, "text/html; charset=utf-8", self.board.page)
+        elif path == "/state":
+            self._send(200, "application/json", self.board.state())
+        elif path == "/events":
+            self._events()
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def _send(self, code: int, kind: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _events(self) -> None:
+        if not self.board.clients.acquire(blocking=False):
+            self._send(503, "text/plain; charset=utf-8", b"too many dashboard clients\n")
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            self._stream()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page was closed
+        finally:
+            self.board.clients.release()
 
-        def _events(self) -> None:
-            if not board.clients.acquire(blocking=False):
-                self._send(503, "text/plain; charset=utf-8", b"too many dashboard clients\n")
-                return
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                seen: Optional[int] = None
+    def _stream(self) -> None:
+        """The state on every change, a keepalive comment when nothing changed for KEEPALIVE_S."""
+        board = self.board
+        seen: Optional[int] = None
+        last_sent = time.monotonic()
+        while not board.stopping.is_set():
+            if seen != board.view.version:
+                seen = board.view.version
+                self.wfile.write(b"data: " + board.state() + b"\n\n")
+                self.wfile.flush()
                 last_sent = time.monotonic()
-                while not board.stopping.is_set():
-                    if seen != board.view.version:
-                        seen = board.view.version
-                        self.wfile.write(b"data: " + board.state() + b"\n\n")
-                        self.wfile.flush()
-                        last_sent = time.monotonic()
-                    elif time.monotonic() - last_sent >= KEEPALIVE_S:
-                        self.wfile.write(b": keepalive\n\n")
-                        self.wfile.flush()
-                        last_sent = time.monotonic()
-                    board.wait_change(seen, 1.0)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the page was closed
-            finally:
-                board.clients.release()
-
-    return Handler
+            elif time.monotonic() - last_sent >= KEEPALIVE_S:
+                self.wfile.write(b": keepalive\n\n")
+                self.wfile.flush()
+                last_sent = time.monotonic()
+            board.wait_change(seen, 1.0)

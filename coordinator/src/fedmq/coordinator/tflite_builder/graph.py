@@ -157,6 +157,65 @@ class Signature:
     outputs: Dict[str, int]
 
 
+def _subgraph(b: Any, g: Subgraph, buffers: List[int], code_index: Dict[int, int]) -> int:
+    """One subgraph table: its tensors (``buffers``: the buffer index of each), operators, inputs, outputs."""
+    tensor_offsets = []
+    for t, buf in zip(g.tensors, buffers):
+        name = b.CreateString(t.name)
+        shape = _int_vector(b, [1 if d < 0 else d for d in t.signature])
+        sig = _int_vector(b, t.signature) if any(d < 0 for d in t.signature) else None
+        FTensor.TensorStart(b)
+        FTensor.TensorAddShape(b, shape)
+        if sig is not None:
+            FTensor.TensorAddShapeSignature(b, sig)
+        FTensor.TensorAddType(b, t.type)
+        FTensor.TensorAddBuffer(b, buf)
+        FTensor.TensorAddName(b, name)
+        tensor_offsets.append(FTensor.TensorEnd(b))
+    op_offsets = []
+    for op in g.ops:
+        opt = _options(b, op.options) if op.options else None
+        ins, outs = _int_vector(b, op.inputs), _int_vector(b, op.outputs)
+        FOperator.OperatorStart(b)
+        FOperator.OperatorAddOpcodeIndex(b, code_index[op.code])
+        FOperator.OperatorAddInputs(b, ins)
+        FOperator.OperatorAddOutputs(b, outs)
+        if opt is not None:
+            FOperator.OperatorAddBuiltinOptionsType(b, opt[0])
+            FOperator.OperatorAddBuiltinOptions(b, opt[1])
+        op_offsets.append(FOperator.OperatorEnd(b))
+    tensors, ops = _offset_vector(b, tensor_offsets), _offset_vector(b, op_offsets)
+    ins, outs, name = _int_vector(b, g.inputs), _int_vector(b, g.outputs), b.CreateString(g.name)
+    FSubGraph.SubGraphStart(b)
+    FSubGraph.SubGraphAddTensors(b, tensors)
+    FSubGraph.SubGraphAddInputs(b, ins)
+    FSubGraph.SubGraphAddOutputs(b, outs)
+    FSubGraph.SubGraphAddOperators(b, ops)
+    FSubGraph.SubGraphAddName(b, name)
+    return FSubGraph.SubGraphEnd(b)
+
+
+def _signature(b: Any, s: Signature) -> int:
+    """One signature table: its named inputs and outputs and the subgraph it runs."""
+    maps = []
+    for names in (s.inputs, s.outputs):
+        entries = []
+        for n, index in names.items():
+            ns = b.CreateString(n)
+            FTensorMap.TensorMapStart(b)
+            FTensorMap.TensorMapAddName(b, ns)
+            FTensorMap.TensorMapAddTensorIndex(b, index)
+            entries.append(FTensorMap.TensorMapEnd(b))
+        maps.append(_offset_vector(b, entries))
+    key = b.CreateString(s.key)
+    FSignatureDef.SignatureDefStart(b)
+    FSignatureDef.SignatureDefAddInputs(b, maps[0])
+    FSignatureDef.SignatureDefAddOutputs(b, maps[1])
+    FSignatureDef.SignatureDefAddSignatureKey(b, key)
+    FSignatureDef.SignatureDefAddSubgraphIndex(b, s.subgraph)
+    return FSignatureDef.SignatureDefEnd(b)
+
+
 def serialise(subgraphs: List[Subgraph], signatures: List[Signature], description: str = "fedmq") -> bytes:
     """The .tflite flatbuffer of these subgraphs and signatures."""
     b = flatbuffers.Builder(1 << 16)
@@ -180,42 +239,7 @@ def serialise(subgraphs: List[Subgraph], signatures: List[Signature], descriptio
         if vec is not None:
             FBuffer.BufferAddData(b, vec)
         buffer_offsets.append(FBuffer.BufferEnd(b))
-    graph_offsets = []
-    for g, bidx in zip(subgraphs, tensor_buffers):
-        tensor_offsets = []
-        for t, buf in zip(g.tensors, bidx):
-            name = b.CreateString(t.name)
-            shape = _int_vector(b, [1 if d < 0 else d for d in t.signature])
-            sig = _int_vector(b, t.signature) if any(d < 0 for d in t.signature) else None
-            FTensor.TensorStart(b)
-            FTensor.TensorAddShape(b, shape)
-            if sig is not None:
-                FTensor.TensorAddShapeSignature(b, sig)
-            FTensor.TensorAddType(b, t.type)
-            FTensor.TensorAddBuffer(b, buf)
-            FTensor.TensorAddName(b, name)
-            tensor_offsets.append(FTensor.TensorEnd(b))
-        op_offsets = []
-        for op in g.ops:
-            opt = _options(b, op.options) if op.options else None
-            ins, outs = _int_vector(b, op.inputs), _int_vector(b, op.outputs)
-            FOperator.OperatorStart(b)
-            FOperator.OperatorAddOpcodeIndex(b, code_index[op.code])
-            FOperator.OperatorAddInputs(b, ins)
-            FOperator.OperatorAddOutputs(b, outs)
-            if opt is not None:
-                FOperator.OperatorAddBuiltinOptionsType(b, opt[0])
-                FOperator.OperatorAddBuiltinOptions(b, opt[1])
-            op_offsets.append(FOperator.OperatorEnd(b))
-        tensors, ops = _offset_vector(b, tensor_offsets), _offset_vector(b, op_offsets)
-        ins, outs, name = _int_vector(b, g.inputs), _int_vector(b, g.outputs), b.CreateString(g.name)
-        FSubGraph.SubGraphStart(b)
-        FSubGraph.SubGraphAddTensors(b, tensors)
-        FSubGraph.SubGraphAddInputs(b, ins)
-        FSubGraph.SubGraphAddOutputs(b, outs)
-        FSubGraph.SubGraphAddOperators(b, ops)
-        FSubGraph.SubGraphAddName(b, name)
-        graph_offsets.append(FSubGraph.SubGraphEnd(b))
+    graph_offsets = [_subgraph(b, g, bidx, code_index) for g, bidx in zip(subgraphs, tensor_buffers)]
     code_offsets = []
     for c in codes:
         FOperatorCode.OperatorCodeStart(b)
@@ -223,25 +247,7 @@ def serialise(subgraphs: List[Subgraph], signatures: List[Signature], descriptio
         FOperatorCode.OperatorCodeAddBuiltinCode(b, c)
         FOperatorCode.OperatorCodeAddVersion(b, 1)
         code_offsets.append(FOperatorCode.OperatorCodeEnd(b))
-    sig_offsets = []
-    for s in signatures:
-        maps = []
-        for names in (s.inputs, s.outputs):
-            entries = []
-            for n, index in names.items():
-                ns = b.CreateString(n)
-                FTensorMap.TensorMapStart(b)
-                FTensorMap.TensorMapAddName(b, ns)
-                FTensorMap.TensorMapAddTensorIndex(b, index)
-                entries.append(FTensorMap.TensorMapEnd(b))
-            maps.append(_offset_vector(b, entries))
-        key = b.CreateString(s.key)
-        FSignatureDef.SignatureDefStart(b)
-        FSignatureDef.SignatureDefAddInputs(b, maps[0])
-        FSignatureDef.SignatureDefAddOutputs(b, maps[1])
-        FSignatureDef.SignatureDefAddSignatureKey(b, key)
-        FSignatureDef.SignatureDefAddSubgraphIndex(b, s.subgraph)
-        sig_offsets.append(FSignatureDef.SignatureDefEnd(b))
+    sig_offsets = [_signature(b, s) for s in signatures]
     vecs = [_offset_vector(b, v) for v in (code_offsets, graph_offsets, buffer_offsets, sig_offsets)]
     desc = b.CreateString(description)
     FModel.ModelStart(b)

@@ -32,7 +32,7 @@ from fedmq.shared.topicmap.model import (
     Transport,
 )
 from fedmq.shared.topicmap.reader import Reader, join_path, load_file
-from fedmq.shared.topicmap.yamlsrc import load_yaml
+from fedmq.shared.topicmap.yamlsrc import LineDict, load_yaml
 from fedmq.shared.topics import level_problem, prefix_problem
 
 TOP_KEYS = ("federation", "broker", "model", "rounds", "limits", "evaluation", "checkpoint", "security", "compression",
@@ -236,6 +236,27 @@ def read_data_ref(r: Reader, value: Any, path: str, line: Optional[int], base_di
     return DataRef(kind=kind, path=options.pop("path", ""), options=options)
 
 
+def _classes(r: Reader, m: Optional[LineDict], kind: str, classes: List[Any]) -> None:
+    """A classifier's labels: at least two, integers or strings, each once."""
+    if m is not None and len(classes) < 2:
+        r.error(
+            r.line_of(m, "classes") if "classes" in m else m.line,
+            "model.classes",
+            f"a {kind} needs at least two class labels",
+            "list every label, e.g. classes: [0, 1, 2]",
+        )
+    for i, c in enumerate(classes):
+        if isinstance(c, bool) or not isinstance(c, (int, str)):
+            r.error(
+                r.item_line(classes, i),
+                f"model.classes[{i}]",
+                f"labels must be integers or strings, not {c!r}",
+                "write each label as an integer or a string",
+            )
+    if len(set(map(str, classes))) != len(classes):
+        r.error(r.line_of(m, "classes"), "model.classes", "duplicate class labels", "list each label once")
+
+
 def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
     m = r.mapping(
         value, "model", line, ("kind", "features", "classes", "hidden", "seed", "options"), ("kind", "features")
@@ -255,23 +276,7 @@ def _model(r: Reader, value: Any, line: Optional[int]) -> ModelSpec:
                 "see docs/topic-map.md, model kind tflite",
             )
     elif kind in CLASSIFIER_KINDS:
-        if m is not None and len(classes) < 2:
-            r.error(
-                r.line_of(m, "classes") if "classes" in m else m.line,
-                "model.classes",
-                f"a {kind} needs at least two class labels",
-                "list every label, e.g. classes: [0, 1, 2]",
-            )
-        for i, c in enumerate(classes):
-            if isinstance(c, bool) or not isinstance(c, (int, str)):
-                r.error(
-                    r.item_line(classes, i),
-                    f"model.classes[{i}]",
-                    f"labels must be integers or strings, not {c!r}",
-                    "write each label as an integer or a string",
-                )
-        if len(set(map(str, classes))) != len(classes):
-            r.error(r.line_of(m, "classes"), "model.classes", "duplicate class labels", "list each label once")
+        _classes(r, m, kind, classes)
     elif classes:
         r.error(r.line_of(m, "classes"), "model.classes", f"a {kind} has no classes", "remove model.classes")
     for i, h in enumerate(hidden):
@@ -713,19 +718,9 @@ def _tree(r: Reader, value: Any, federation: str, line: Optional[int]) -> Group:
     return _group(r, value, federation, (), "tree", line, seen_nodes)
 
 
-def _group(
-    r: Reader,
-    value: Any,
-    name: str,
-    path: Tuple[str, ...],
-    key_path: str,
-    line: Optional[int],
-    seen_nodes: Dict[str, str],
-) -> Group:
-    if value is None:
-        value = {}
-    m = r.mapping(value, key_path, line, GROUP_KEYS)
-    where = "/".join(path) or "(root)"
+def _named_nodes(r: Reader, m: Optional[LineDict], key_path: str, where: str, seen_nodes: Dict[str, str]
+                 ) -> List[str]:
+    """A group's ``nodes``: valid ids, each named once in the whole tree (``seen_nodes``: id -> group)."""
     nodes: List[str] = []
     for i, n in enumerate(r.value(m, "nodes", key_path, list, [])):
         nline = r.item_line(m["nodes"] if m is not None else None, i)
@@ -745,6 +740,22 @@ def _group(
             continue
         seen_nodes[n] = where
         nodes.append(n)
+    return nodes
+
+
+def _group(
+    r: Reader,
+    value: Any,
+    name: str,
+    path: Tuple[str, ...],
+    key_path: str,
+    line: Optional[int],
+    seen_nodes: Dict[str, str],
+) -> Group:
+    if value is None:
+        value = {}
+    m = r.mapping(value, key_path, line, GROUP_KEYS)
+    nodes = _named_nodes(r, m, key_path, "/".join(path) or "(root)", seen_nodes)
     admit = r.string_list(
         m,
         "admit",
