@@ -168,21 +168,14 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
         for n in by_node.values():
             assert n["state"] == "online" and n["trainer"] == "numpy" and n["samples"] > 0 and n["version"]
             assert n["protocol"] and n["last_seen"] > time.time() - 120
-        text = subprocess.run(
-            [sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir", sec],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        def status() -> str:
+            return subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"],
+                                   "--security-dir", sec], capture_output=True, text=True, timeout=60).stdout
+
+        text = status()
         assert "done: 3 of 3 rounds" in text and "home1" in text and "b2" in text and "(held-out)" in text
         stop([nodes[0]])  # a1 goes away: its last will shows
-        text = subprocess.run(
-            [sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"], "--security-dir", sec],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        assert "a1: offline" in text
+        assert "a1: offline" in status()
     finally:
         stop(nodes)
         monitor.loop_stop()

@@ -239,39 +239,13 @@ def test_split_group_workers_close_together_and_the_parent_refuses_double_counti
         )
     )
     w0 = decode(first[1])
-    overlap = Envelope(
-        Kind.PARTIAL,
-        "f",
-        2,
-        "big",
-        0,
-        dict(w0.tensors),
-        samples=w0.samples,
-        attempt=4,
-        meta={"nodes": ["n1"], "worker": 0},
-    )
-    again = Envelope(
-        Kind.PARTIAL,
-        "f",
-        2,
-        "big",
-        0,
-        dict(w0.tensors),
-        samples=w0.samples,
-        attempt=4,
-        meta={"nodes": ["n1"], "worker": 1},
-    )
-    stranger = Envelope(
-        Kind.PARTIAL,
-        "f",
-        2,
-        "big",
-        0,
-        dict(w0.tensors),
-        samples=w0.samples,
-        attempt=4,
-        meta={"nodes": ["n2"], "worker": 5},
-    )
+
+    def forged(nodes, worker):
+        """Worker 0's partial again, claiming other nodes or another worker."""
+        return Envelope(Kind.PARTIAL, "f", 2, "big", 0, dict(w0.tensors), samples=w0.samples, attempt=4,
+                        meta={"nodes": nodes, "worker": worker})
+
+    overlap, again, stranger = forged(["n1"], 0), forged(["n1"], 1), forged(["n2"], 5)
     t = topics.partial((), "big")
     root.on_partial("big", encode(overlap), t)
     root.on_partial("big", encode(again), t)
