@@ -35,6 +35,18 @@ def check_strategy(r: Reader, raw: Any, tm: TopicMap) -> None:
                     f"did you mean '{close[0]}'?" if close else f"strategy keys: {', '.join(STRATEGY_KEYS)}; "
                     f"parameters: {', '.join(sorted(known))}")
             continue
-        param = known[key][1]
+        component, param = known[key]
         r.value(m, key, "strategy", param.kind, param.default, minimum=param.minimum, maximum=param.maximum,
-                fix=f"{param.help} ({known[key][0]})" if param.help else "")
+                fix=_fix(component, param))
+
+
+def _fix(component: str, param: Param) -> str:
+    """What a parameter is and takes: 'trim_fraction of trimmed_mean (the fraction cut at each end): a number
+    from 0 to 0.49'."""
+    kind = {int: "an integer", float: "a number"}.get(param.kind, param.kind.__name__)
+    if param.minimum is not None and param.maximum is not None:
+        kind += f" from {param.minimum:g} to {param.maximum:g}"
+    elif param.minimum is not None:
+        kind += f" >= {param.minimum:g}"
+    about = f" ({param.help})" if param.help else ""
+    return f"{param.name} of {component}{about}: {kind}"
