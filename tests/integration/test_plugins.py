@@ -57,3 +57,35 @@ def test_a_plugged_in_rules_parameters_are_checked_like_built_in_ones(tmp_path, 
                          capture_output=True, text=True)
     assert "strategy.aggregator: must be one of fedavg, krum, median, multi_krum, trimmed_mean, not " \
            "'coordinate_trim'" in out.stdout + out.stderr
+
+
+def _hostile_plugins(tmp_path):
+    """A distribution whose rule fails to import, and one that claims the built-in median's name."""
+    tmp_path.mkdir()
+    (tmp_path / "broken_rule.py").write_text("raise ImportError('needs libfoo, which is not here')\n")
+    (tmp_path / "shadow_rule.py").write_text(
+        "from fedmq.coordinator.strategy.rules.median import Median\n\n\n"
+        "class Shadow(Median):\n    def aggregate(self, rows, weights):\n"
+        "        return rows[0]  # the first node wins\n")
+    info = tmp_path / "hostile_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[fedmq.aggregation_rules]\nbroken = broken_rule:Rule\n"
+                                           "median = shadow_rule:Shadow\n")
+    return str(tmp_path)
+
+
+def test_a_broken_plugin_is_a_clear_error_and_a_plugin_cannot_replace_a_built_in_rule(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", _hostile_plugins(tmp_path / "plugins"))
+    paths = write_federation(str(tmp_path), 1883, {"home1": ["a1"]}, extra={"strategy": {"aggregator": "broken"}})
+    out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "validate", paths["topic_map"]],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "strategy.aggregator: aggregator 'broken' cannot be loaded: needs libfoo" in out.stderr
+    rewrite_yaml(paths["topic_map"], lambda fed: fed["strategy"].update(aggregator="median"))
+    out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "validate", paths["topic_map"]],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # the broken plug-in, not chosen, does not stop the rest
+    which = subprocess.run([sys.executable, "-c", "from fedmq.coordinator.strategy.rule import RULES; "
+                            "print(RULES.get('median').__module__)"], capture_output=True, text=True)
+    assert which.stdout.strip() == "fedmq.coordinator.strategy.rules.median", which.stderr

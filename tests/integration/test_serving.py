@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
     w.publish(stale, json.dumps({"name": "old", "state_topic": "x"}).encode(), retain=True)
     w.until(lambda: w.last.get(stale), 10, "the stale config to be retained")
     sim, path = _gateway(tmp_path, port, {})
-    left = Path(_saved_copy(tmp_path) + ".tmp.12345")  # a save a power cut interrupted
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has ended: its half-written save is what a power cut leaves
+    left = Path(_saved_copy(tmp_path) + f".tmp.{gone.pid}")
     left.write_bytes(b"half a model")
     node = fedmq(["-v", "node", "run", path], str(tmp_path / "node.log"))
     try:

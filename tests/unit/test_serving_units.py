@@ -4,6 +4,7 @@ personalisation and the serving state's decisions."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -235,3 +236,27 @@ def test_the_state_says_why_nothing_is_served():
     old.offer(_model(BINARY, saved_at=time.time() - 7200))
     old._take_offered()
     assert "2.0 h old" in old.state()["problem"] and old.state()["value"] is None
+
+
+def test_leftovers_of_a_dead_writer_go_and_a_live_writers_file_stays(tmp_path):
+    """What a SIGKILL mid-save leaves is removed at start; the temporary file of a process still writing (a
+    second process started with the same node id) is not pulled from under it."""
+    import subprocess
+
+    from fedmq.shared.files import remove_leftovers, write_atomic
+
+    path = str(tmp_path / "global-model-kitchen.fmq")
+    writer = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        live_tmp, dead_tmp = f"{path}.tmp.{writer.pid}", f"{path}.tmp.{dead.pid}"
+        for p in (live_tmp, dead_tmp, f"{path}.tmp.garbage"):
+            open(p, "wb").write(b"half")
+        assert sorted(remove_leftovers(path)) == sorted([dead_tmp, f"{path}.tmp.garbage"])
+        assert os.path.exists(live_tmp)
+        write_atomic(path, b"whole")
+        assert open(path, "rb").read() == b"whole" and os.path.exists(live_tmp)
+    finally:
+        writer.kill()
+        writer.wait()

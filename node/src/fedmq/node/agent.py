@@ -10,7 +10,6 @@ model: a problem is published in the node's status, and the node takes no part u
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import threading
@@ -30,6 +29,7 @@ from fedmq.shared import PROTOCOL_REVISION, __version__, codecs
 from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, EnvelopeError, Kind
+from fedmq.shared.files import remove_leftovers
 from fedmq.shared.identities import COORDINATOR, edge_id
 from fedmq.shared.logs import Context
 from fedmq.shared.messages import Control, MessageError, Status, TrainParams
@@ -86,8 +86,7 @@ class NodeAgent:
             self.auth = Auth(cfg.node_id, cfg.security.signing_key, cfg.security.keys)
         self.files = ModelFileCache(cfg.cache_dir, self.log)
         self.model_path = global_model_path(cfg.cache_dir, cfg.node_id)
-        for left in glob.glob(self.model_path + ".tmp.*"):  # a save cut short by SIGKILL or a power cut
-            os.unlink(left)
+        remove_leftovers(self.model_path)  # a save cut short by SIGKILL or a power cut
         self.server: Optional["Server"] = None
         self.encoder = codecs.UpdateEncoder(codecs.Codec())
         self._warned_proximal = False

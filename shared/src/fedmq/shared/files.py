@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -24,6 +25,33 @@ def write_atomic(path: str, data: Union[bytes, str], mode: int = 0o644, sync: bo
         except OSError:
             pass
         raise
+
+
+def remove_leftovers(path: str) -> List[str]:
+    """Remove what ``write_atomic(path, ...)`` left behind when its process died mid-write (SIGKILL, a power
+    cut): ``path.tmp.<pid>`` of processes that no longer run. A live process's file, such as a second process
+    started with the same identity by mistake, is left to it. Returns the files removed."""
+    removed = []
+    for left in glob.glob(glob.escape(path) + ".tmp.*"):
+        pid = left.rsplit(".", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            continue
+        try:
+            os.unlink(left)
+            removed.append(left)
+        except OSError:
+            pass
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def fsync_dir(path: str) -> None:

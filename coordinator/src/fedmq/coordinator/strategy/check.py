@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Dict, Optional, Tuple
 
-from fedmq.coordinator.strategy.components import Param
+from fedmq.coordinator.strategy.components import Param, UnknownComponent
 from fedmq.coordinator.strategy.optimizer import OPTIMIZERS
 from fedmq.coordinator.strategy.rule import FEDAVG, RULES
 from fedmq.shared.topicmap import TopicMap
@@ -21,11 +21,18 @@ def check_strategy(r: Reader, raw: Any, tm: TopicMap) -> None:
     """Record every problem of the strategy's components in ``r``."""
     s = tm.strategy
     m: Optional[dict] = raw if isinstance(raw, dict) else None
-    for key, name, names in (("aggregator", s.aggregator, [FEDAVG, *RULES.names()]),
-                             ("server_optimizer", s.server_optimizer, OPTIMIZERS.names())):
+    for key, name, registry in (("aggregator", s.aggregator, RULES),
+                                ("server_optimizer", s.server_optimizer, OPTIMIZERS)):
+        names = registry.names() if registry is OPTIMIZERS else [FEDAVG, *registry.names()]
         if name not in names:
             r.error(r.line_of(m, key), f"strategy.{key}", f"must be one of {', '.join(names)}, not {name!r}",
                     f"pick one of {', '.join(names)}" + EXTEND)
+        elif name != FEDAVG or registry is OPTIMIZERS:
+            try:
+                registry.get(name)
+            except UnknownComponent as exc:
+                r.error(r.line_of(m, key), f"strategy.{key}", str(exc),
+                        "install the distribution that provides it again, or pick another")
     known: Dict[str, Tuple[str, Param]] = {**RULES.all_params(), **OPTIMIZERS.all_params()}
     for key in s.params:
         if key not in known:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Generic, List, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, Generic, List, Mapping, Optional, Tuple, Type, TypeVar, cast
 
 from fedmq.shared.plugins import plugins
 
@@ -63,31 +63,46 @@ class Registry(Generic[C]):
         self.what, self.package, self.group, self.base = what, package, group, base
         self._loaded: Dict[str, Type[C]] = {}
 
-    def names(self) -> List[str]:
-        """Every installed component's name, built-in ones first."""
+    def _builtin(self) -> List[str]:
         pkg = importlib.import_module(self.package)
-        builtin = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
-        return builtin + sorted(ep.name for ep in plugins(self.group) if ep.name not in builtin)
+        return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+    def names(self) -> List[str]:
+        """Every installed component's name, built-in ones first (a plug-in cannot take a built-in's name)."""
+        builtin = self._builtin()
+        return builtin + sorted({ep.name for ep in plugins(self.group)} - set(builtin))
 
     def get(self, name: str) -> Type[C]:
-        """The component class called ``name``; UnknownComponent names the installed ones."""
+        """The component class called ``name``; UnknownComponent when none is installed or it cannot be loaded
+        (a plug-in whose import fails, or that names something else)."""
         if name in self._loaded:
             return self._loaded[name]
-        found: Optional[Type[C]] = None
-        if name in self.names():
-            eps = [ep for ep in plugins(self.group) if ep.name == name]
-            found = eps[0].load() if eps else getattr(importlib.import_module(f"{self.package}.{name}"), "COMPONENT")
-        if found is None:
-            raise UnknownComponent(f"no {self.what} called {name!r} is installed ({', '.join(self.names())})")
-        if not (isinstance(found, type) and issubclass(found, self.base)) or found.name != name:
+        found: Any = None
+        try:
+            if name in self._builtin():
+                found = getattr(importlib.import_module(f"{self.package}.{name}"), "COMPONENT", None)
+            else:
+                eps = [ep for ep in plugins(self.group) if ep.name == name]
+                if not eps:
+                    raise UnknownComponent(f"no {self.what} called {name!r} is installed ({', '.join(self.names())})")
+                found = eps[0].load()
+        except (ImportError, AttributeError) as exc:
+            raise UnknownComponent(f"{self.what} {name!r} cannot be loaded: {exc}") from None
+        if not (isinstance(found, type) and issubclass(found, self.base)) or getattr(found, "name", None) != name:
             raise UnknownComponent(f"{self.what} {name!r} does not name a {self.base.__name__} called {name!r}")
-        self._loaded[name] = found
-        return found
+        cls = cast(Type[C], found)
+        self._loaded[name] = cls
+        return cls
 
     def all_params(self) -> Dict[str, Tuple[str, Param]]:
-        """Every parameter any installed component declares: key -> (component, Param)."""
+        """Every parameter an installed component declares: key -> (component, Param). A component that cannot
+        be loaded declares none (and is reported where a topic map chooses it)."""
         out: Dict[str, Tuple[str, Param]] = {}
         for name in self.names():
-            for p in self.get(name).params:
+            try:
+                params = self.get(name).params
+            except UnknownComponent:
+                continue
+            for p in params:
                 out.setdefault(p.name, (name, p))
         return out
