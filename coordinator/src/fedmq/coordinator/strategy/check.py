@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Dict, Optional, Tuple
 
-from fedmq.coordinator.strategy.components import Param, UnknownComponent
+from fedmq.coordinator.strategy.components import Param, Registry, UnknownComponent
 from fedmq.coordinator.strategy.optimizer import OPTIMIZERS
 from fedmq.coordinator.strategy.rule import FEDAVG, RULES
 from fedmq.shared.topicmap import TopicMap
@@ -21,13 +21,15 @@ def check_strategy(r: Reader, raw: Any, tm: TopicMap) -> None:
     """Record every problem of the strategy's components in ``r``."""
     s = tm.strategy
     m: Optional[dict] = raw if isinstance(raw, dict) else None
-    for key, name, registry in (("aggregator", s.aggregator, RULES),
-                                ("server_optimizer", s.server_optimizer, OPTIMIZERS)):
-        names = registry.names() if registry is OPTIMIZERS else [FEDAVG, *registry.names()]
+    chosen: Tuple[Tuple[str, str, Registry[Any], Tuple[str, ...]], ...] = (
+        ("aggregator", s.aggregator, RULES, (FEDAVG,)),  # fedavg: the streaming sum, not a rule over rows
+        ("server_optimizer", s.server_optimizer, OPTIMIZERS, ()))
+    for key, name, registry, streaming in chosen:
+        names = [*streaming, *registry.names()]
         if name not in names:
             r.error(r.line_of(m, key), f"strategy.{key}", f"must be one of {', '.join(names)}, not {name!r}",
                     f"pick one of {', '.join(names)}" + EXTEND)
-        elif name != FEDAVG or registry is OPTIMIZERS:
+        elif name not in streaming:
             try:
                 registry.get(name)
             except UnknownComponent as exc:
