@@ -7,6 +7,7 @@ import os
 import subprocess
 import uuid
 
+import numpy as np
 import pytest
 import yaml
 
@@ -108,3 +109,43 @@ def test_a_full_disk_under_the_brokers_persistence_loses_no_round(tmp_path, tiny
         stop(nodes)
         broker.stop()
     assert checkpoint_state(tmp_path / "ckpt")["rounds_done"] == 4
+
+
+def test_a_snapshot_cut_off_by_a_full_disk_never_counts_as_the_one_before(tiny_fs):
+    """Free space runs out at every step of a save in turn (after the snapshot's files, at its rename, at
+    CURRENT): whatever step fails, the directory keeps only committed snapshots, and the next save's "one
+    before" is the snapshot CURRENT named, not one that was renamed into place and never committed."""
+    from fedmq.coordinator import checkpoint
+    from fedmq.shared.topicmap import ModelSpec
+
+    spec = ModelSpec(kind="softmax_regression", features=40, classes=(0, 1, 2))
+    weights = {"coef": np.zeros((3, 40)), "intercept": np.zeros(3)}
+    directory = str(tiny_fs / "ckpt")
+    state = checkpoint.RoundState()
+    failures = 0
+    for free_pages in range(0, 8):
+        state.rounds_done += 1
+        state.model_version += 1
+        committed = checkpoint.current_dir(directory) if os.path.isdir(directory) else None
+        filler = fill(tiny_fs)
+        with open(filler, "r+b") as fh:  # leave exactly this many pages free
+            fh.truncate(max(0, os.path.getsize(filler) - free_pages * 4096))
+        try:
+            checkpoint.save(directory, "f", spec, weights, state)
+        except checkpoint.CheckpointError:
+            failures += 1
+            assert checkpoint.current_dir(directory) == committed
+        finally:
+            os.unlink(filler)
+        snapshots = {d for d in os.listdir(directory) if d.startswith("s")}
+        current = os.path.basename(checkpoint.current_dir(directory) or "")
+        assert current in snapshots or not snapshots
+        assert len(snapshots) <= 2
+        # what else is there was current before: its state file is complete and older than the current one
+        for d in snapshots - {current}:
+            assert os.path.exists(os.path.join(directory, d, "state.json")) and d < current
+        checkpoint.save(directory, "f", spec, weights, state)  # room again: the next save succeeds
+        previous = {d for d in os.listdir(directory) if d.startswith("s")} - {
+            os.path.basename(checkpoint.current_dir(directory) or "")}
+        assert previous <= ({current} if current else set()), (free_pages, previous, current)
+    assert failures >= 2  # the loop did reach the failing steps

@@ -174,6 +174,11 @@ def test_the_monitor_reads_statuses_progress_and_summaries_and_nothing_else(tmp_
 
         text = status()
         assert "done: 3 of 3 rounds" in text and "home1" in text and "b2" in text and "(held-out)" in text
+        # without --security-dir the topic map's credentials are the coordinator's: refused, with the fix
+        for command in ("status", "dashboard"):
+            r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", command, paths["topic_map"]],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and "--security-dir" in r.stderr and "coordinator" in r.stderr, r.stderr
         stop([nodes[0]])  # a1 goes away: its last will shows
         assert "a1: offline" in status()
     finally:

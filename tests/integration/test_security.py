@@ -497,3 +497,33 @@ def test_an_audit_log_names_a_node_probing_the_acl(tmp_path):
     refused = re.search(r"a1: (\d+) refused", out.stdout)
     assert refused and int(refused.group(1)) >= 3, out.stdout
     assert t.model() in out.stdout and t.update(("home2",), "b1") in out.stdout
+
+
+def test_a_revoked_node_leaves_selection_at_once_and_status_says_so(tmp_path):
+    """After 'fedmq broker revoke' of a node (here in the edge group), the root and the edge reload keys.json:
+    the node is selected no more, rounds do not wait out their deadline for it (also once its process is
+    gone and its retained status still says online), and 'fedmq status' shows it revoked."""
+    import json
+    import subprocess
+    import sys
+
+    paths, tm, sec, broker, procs = edge_federation(tmp_path, rounds=400)
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: any(r["updates"] == 4 for r in c.rounds), 40, "a round with every node")
+            revoke(tm, sec, "b2")
+            wait_for(lambda: "b2" not in c.service.presence.online(), 20, "b2 out of the online nodes")
+            procs[3].send_signal(signal.SIGKILL)  # gone, its retained status still "online"
+            done = len(c.rounds)
+            # deadline_s is 8: five rounds that each waited for b2 would take 40 s
+            wait_for(lambda: len(c.rounds) >= done + 5, 30, "five rounds without the revoked node")
+            assert "b2" not in c.service.driver.selected
+            assert all(r["updates"] == 3 for r in c.rounds[done + 1:]), c.rounds[done:]
+            out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "status", paths["topic_map"],
+                                  "--security-dir", sec, "--json"], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            states = {n["node"]: n["state"] for n in json.loads(out.stdout)["nodes"]}
+            assert states["b2"] == "revoked" and states["a1"] == "online", states
+    finally:
+        stop(procs)
+        broker.stop()

@@ -27,7 +27,6 @@ from fedmq.shared.topicmap import ModelSpec
 
 OPTIMIZER = "optimizer.fmq"
 MOMENTS = ("m", "v")  # the server optimizer's tensors are named "<moment>/<model tensor>"
-KEEP = 2  # snapshots kept: the current one and the one before
 LOCK = ".lock"  # held (flock) by the coordinator that owns the directory; it holds that coordinator's pid
 
 
@@ -61,6 +60,7 @@ def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, sta
     name = f"s{state.rounds_done:06d}-v{state.model_version:06d}-{time.time_ns()}"
     tmp = os.path.join(directory, f".new-{os.getpid()}")
     where = tmp
+    before = _committed(directory)
     try:
         os.makedirs(directory, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -89,10 +89,11 @@ def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, sta
         fsync_dir(directory)
     except (OSError, ValueError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)  # renamed but never named in CURRENT
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CheckpointError(f"{where}: cannot write the checkpoint ({reason}); check that {directory} is a "
                               "writable directory with free space") from None
-    _prune(directory, name)
+    _prune(directory, {name, before} - {None})
     return os.path.join(directory, name)
 
 
@@ -124,11 +125,21 @@ def lock(directory: str) -> IO[str]:
     return fh
 
 
-def _prune(directory: str, current: str) -> None:
-    """Remove snapshots older than the last ``KEEP`` and leftovers of interrupted saves."""
-    snapshots = sorted(d for d in os.listdir(directory) if d.startswith("s") and d.count("-") == 2)
-    for d in snapshots[:-KEEP]:
-        if d != current:
+def _committed(directory: str) -> Optional[str]:
+    """The name of the snapshot ``CURRENT`` names now, None when there is none (or it cannot be read)."""
+    try:
+        snapshot = current_snapshot(directory) if os.path.isdir(directory) else None
+    except ModelFileError:
+        return None
+    return os.path.basename(snapshot) if snapshot and snapshot != directory else None
+
+
+def _prune(directory: str, keep: "set[str]") -> None:
+    """Keep the snapshots in ``keep`` (the new current one and the one current before it: both committed)
+    and remove every other one, among them a snapshot renamed into place but never named in ``CURRENT`` (a
+    full disk or a kill between the two steps), and the leftovers of interrupted saves."""
+    for d in os.listdir(directory):
+        if d.startswith("s") and d.count("-") == 2 and d not in keep:
             shutil.rmtree(os.path.join(directory, d), ignore_errors=True)
     for d in os.listdir(directory):
         if d.startswith(".new-") and d != f".new-{os.getpid()}":

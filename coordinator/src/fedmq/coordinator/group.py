@@ -240,6 +240,15 @@ class GroupAggregator:
         if r is not None and node in r.direct and node not in r.answered:
             self.log.info("round %d: node %s went offline before answering", r.ctl.round, node)
 
+    def revoked(self, node: str) -> None:
+        """A node's credentials were revoked: an open round stops waiting for its update, which would be
+        refused anyway (a secure session treats it as a dropout instead)."""
+        r = self.current
+        if r is not None and r.secure is None and node in r.direct and node not in r.answered:
+            r.direct.discard(node)
+            self.log.warning("round %d: node %s is revoked; not waiting for its update", r.ctl.round, node)
+            self._maybe_close()
+
     # --- incoming ----------------------------------------------------------------------------------
 
     def _signer(self, kind: Kind, sender: str, env: Envelope) -> str:

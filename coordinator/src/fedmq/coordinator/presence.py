@@ -1,11 +1,13 @@
-"""Which nodes are online, from their retained status messages and last wills, and which of them have a
-data problem (their status names it; each is logged once, when it appears and when it is solved)."""
+"""Which nodes are online, from their retained status messages and last wills, which of them have a
+data problem (their status names it; each is logged once, when it appears and when it is solved), and
+which are revoked (the federation signs and their key is gone from keys.json: whatever their retained
+status says, they are never selected)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
@@ -20,8 +22,9 @@ class Presence:
     """Online / offline state of every admitted node."""
 
     def __init__(self, membership: Membership, rejections: Rejections, max_nodes: int = 100_000,
-                 log: Optional[logging.Logger] = None) -> None:
+                 log: Optional[logging.Logger] = None, trusted: Optional[Callable[[str], bool]] = None) -> None:
         self.membership = membership
+        self.trusted = trusted or (lambda node: True)  # False for a revoked node
         self.rejections = rejections
         self.max_nodes = max_nodes
         self.log = log or logging.getLogger("fedmq.presence")
@@ -87,8 +90,13 @@ class Presence:
             self.log.info("node %s: data problem solved (was: %s)", node, before)
 
     def online(self) -> List[str]:
-        """Ids of the nodes currently online."""
-        return sorted(n for n, s in self.state.items() if s == "online")
+        """Ids of the nodes currently online (a revoked node is not, whatever its retained status says: it
+        may no longer publish its last will)."""
+        return sorted(n for n, s in self.state.items() if s == "online" and self.trusted(n))
+
+    def revoked(self) -> List[str]:
+        """Ids of the nodes heard of whose credentials are revoked."""
+        return sorted(n for n in self.state if not self.trusted(n))
 
     def ready(self) -> List[str]:
         """Online nodes without a data problem: the ones a round may select."""

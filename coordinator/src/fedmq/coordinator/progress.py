@@ -14,6 +14,7 @@ from fedmq.shared.topicmap.model import GroupPath
 if TYPE_CHECKING:
     from fedmq.coordinator.rounds import RoundDriver
 
+MAX_REVOKED_SHOWN = 200  # the round state stays small however many devices were ever revoked
 
 
 def round_state(driver: "RoundDriver", groups: Mapping[GroupPath, GroupAggregator]) -> Dict[str, Any]:
@@ -22,6 +23,9 @@ def round_state(driver: "RoundDriver", groups: Mapping[GroupPath, GroupAggregato
     deadline; in async mode the changes buffered towards the next model version."""
     out: Dict[str, Any] = {"v": 1, "round": driver.state.rounds_done, "rounds_total": driver.tm.policy.rounds,
                            "model_version": driver.state.model_version, "timestamp": round(time.time(), 3)}
+    revoked = driver.presence.revoked()
+    if revoked:
+        out["revoked"] = revoked[:MAX_REVOKED_SHOWN]
     root = groups[()]
     if driver.finished:
         return {**out, "state": "done"}

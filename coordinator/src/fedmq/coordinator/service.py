@@ -68,7 +68,8 @@ class CoordinatorService:
         self.topics = tm.topics()
         self.rejections = Rejections(log)
         self.membership = Membership(tm)
-        self.presence = Presence(self.membership, self.rejections, tm.limits.max_tracked_nodes, log)
+        self.presence = Presence(self.membership, self.rejections, tm.limits.max_tracked_nodes, log,
+                                 trusted=self._trusted if self.auth is not None else None)
         self.limiter = RateLimiter(tm.limits.max_messages_per_node_s, tm.limits.message_burst,
                                    tm.limits.max_tracked_nodes)
         self.retained: Dict[str, bytes] = {}  # last payload of every retained topic we own, for republishing
@@ -255,7 +256,13 @@ class CoordinatorService:
         if self.metrics is not None:
             self.metrics.refresh()
         if self.auth is not None:
-            reload_keys(self.auth, log)
+            for party in reload_keys(self.auth, log):  # a revoked node's open round waits for it no longer
+                for agg in self.groups.values():
+                    agg.revoked(party)
+
+    def _trusted(self, node: str) -> bool:
+        """Whether ``node`` still has a key in keys.json (where the federation signs)."""
+        return self.auth is None or node in self.auth.keyring.keys
 
     def _publish_progress(self) -> None:
         """The round's progress on ``_round`` (retained) when it changed, looked at most every ``PROGRESS_S``."""

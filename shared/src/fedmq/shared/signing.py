@@ -90,16 +90,18 @@ def split(payload: bytes) -> Tuple[bytes, Optional[bytes], Optional[bytes]]:
     return payload, None, None
 
 
-def reload_keys(auth: "Auth", log: "logging.Logger") -> None:
-    """``auth.reload()``, logging what changed: a revoked party's messages are refused from now on."""
+def reload_keys(auth: "Auth", log: "logging.Logger") -> List[str]:
+    """``auth.reload()``, logging what changed: a revoked party's messages are refused from now on. Returns
+    the parties dropped."""
     try:
         dropped = auth.reload()
     except SignatureError as exc:
         log.error("%s", exc)
-        return
+        return []
     if dropped:
         log.warning("keys reloaded from %s: no longer accepting messages signed by %s", auth.keys_path,
                     ", ".join(dropped))
+    return dropped
 
 
 class KeyRing:

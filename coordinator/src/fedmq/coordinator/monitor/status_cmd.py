@@ -57,9 +57,19 @@ def _common(p: argparse.ArgumentParser) -> None:
 def monitor_broker(tm: TopicMap, security_dir: Optional[str], identity: str = MONITOR) -> BrokerSettings:
     """The broker settings an observer connects with: ``identity``'s certificate or password from the security
     directory when given (``monitor`` for fedmq status, ``dashboard`` for the dashboard: each identity holds
-    one connection at a time), else the topic map's."""
+    one connection at a time), else the topic map's ``security.dir`` when it has one. The topic map's own
+    credentials are the coordinator's: a broker binds client ids to user names, so logging in with them
+    would disconnect the running coordinator; MonitorIdentityError says what to pass instead."""
+    security_dir = security_dir or tm.security.dir
     if not security_dir:
-        return tm.broker
+        b = tm.broker
+        if b.username or (b.tls is not None and b.tls.cert_file):
+            raise MonitorIdentityError(
+                f"the topic map logs in as {b.username or 'the certificate ' + str(b.tls.cert_file if b.tls else '')}"
+                f", the coordinator's identity: watching with it would disconnect the running coordinator; pass "
+                f"--security-dir DIR (the directory 'fedmq broker provision' wrote) to connect as the read-only "
+                f"{identity} identity")
+        return b
     from fedmq.broker.provision import client_config
 
     b = tm.broker
@@ -67,6 +77,10 @@ def monitor_broker(tm: TopicMap, security_dir: Optional[str], identity: str = MO
     if b.tls is not None and b.tls.cert_file:
         return replace(b, tls=TlsSettings(**own["broker"]["tls"]))
     return replace(b, username=own["broker"]["username"], password_file=own["broker"]["password_file"])
+
+
+class MonitorIdentityError(ValueError):
+    """Watching would log in with the coordinator's own identity; the message names the option to use."""
 
 
 def open_view(tm: TopicMap, broker: BrokerSettings) -> "tuple[MqttLink, FederationView]":
@@ -135,7 +149,7 @@ def _status(args: argparse.Namespace) -> int:
     tm = load_topic_map(args.topic_map)
     try:
         link, view = open_view(tm, monitor_broker(tm, args.security_dir))
-    except ConnectionError as exc:
+    except (ConnectionError, MonitorIdentityError) as exc:
         print(f"fedmq status: {exc}", file=sys.stderr)
         return 2
     try:

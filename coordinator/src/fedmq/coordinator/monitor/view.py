@@ -96,13 +96,17 @@ class FederationView:
         open problems."""
         with self._lock:
             nodes = [dict(n) for n in sorted(self.nodes.values(), key=lambda n: (n["group"], n["node"]))]
+            revoked = self.round.get("revoked")
+            for n in nodes:  # the coordinator no longer trusts it, whatever its retained status says
+                if isinstance(revoked, list) and n["node"] in revoked:
+                    n["state"] = "revoked"
             return {"federation": self.tm.federation, "version": self.version, "time": round(time.time(), 3),
                     "groups": ["/".join(p) for p in self.groups], "nodes": nodes, "round": dict(self.round),
                     "last": dict(self.last), "history": list(self.history), "problems": self._problems(nodes)}
 
     def _problems(self, nodes: List[Dict[str, Any]]) -> List[str]:
         out = [f"{n['node']}: {n['problem']}" for n in nodes if n.get("problem") and n["state"] == "online"]
-        out += [f"{n['node']}: offline" for n in nodes if n["state"] == "offline"]
+        out += [f"{n['node']}: {n['state']}" for n in nodes if n["state"] in ("offline", "revoked")]
         rejected = self.last.get("rejected")
         if isinstance(rejected, dict) and rejected:
             out.append("last round rejected " + ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items())))
