@@ -312,3 +312,39 @@ def test_an_async_group_drops_its_buffer_when_the_session_ends_instead_of_failin
     group.tick(time.time())
     assert group.session is None and not group.buffer.nodes
     assert not any("_partial" in t for t in sent)
+
+
+def test_a_signed_update_held_before_its_round_starts_is_counted_then_and_its_replay_refused(tmp_path):
+    """A restarted aggregator's session hands it updates before the retained start: held, their signatures
+    checked at once, their nonces remembered only when they count (not taken for their own replay)."""
+    import json
+
+    from fedmq.shared.signing import Auth, new_signing_key
+
+    keys = {p: new_signing_key(str(tmp_path / f"{p}.sign")) for p in ("coordinator", "h1", "h2")}
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    tm = parse_topic_map(MAP)
+    rej = Rejections(__import__("logging").getLogger("test"))
+    sent = []
+    agg = GroupAggregator(tm, tm.groups()[("home",)], Membership(tm), lambda *a: sent.append(a), rej,
+                          auth=Auth("coordinator", str(tmp_path / "coordinator.sign"), str(tmp_path / "keys.json")))
+    t = Topics("f").update(("home",), "h1")
+
+    def signed(node):
+        env = Envelope(kind=Kind.UPDATE, federation="f", round=1, sender=node, model_version=0,
+                       tensors=initial_weights(tm.model), samples=5, attempt=1)
+        return Auth(node, str(tmp_path / f"{node}.sign"), str(tmp_path / "keys.json")).seal(env)
+
+    early = signed("h1")
+    agg.on_update("h1", early, t)  # before the start: held
+    forged = bytearray(signed("h2"))
+    forged[-1] ^= 1
+    agg.on_update("h2", bytes(forged), t)  # a bad signature is refused at once, not held
+    assert len(agg.early) == 1 and dict(rej.total) == {"bad signature": 1}
+    agg.start(Control("start", 1, attempt=1, model_version=0, deadline_at=time.time() + 30, selected=["h1", "h2"],
+                      train=TrainParams(1, 8, 0.1)))
+    assert agg.current is not None and agg.current.answered == {"h1"}, dict(rej.total)
+    agg.on_update("h1", early, t)  # the same message again: a replay
+    agg.on_update("h2", signed("h2"), t)
+    assert dict(rej.total) == {"bad signature": 1, "replayed nonce": 1}
+    assert [m for m in sent if m[0] == Topics("f").partial((), "home")]  # both in: closed

@@ -109,7 +109,7 @@ class AsyncGroup(GroupAggregator):
              f"(strategy.async.max_staleness {self.settings.max_staleness})"),
         ]):
             return None
-        return env
+        return env if self._first_time(payload, topic, sender) else None
 
     def on_update(self, node: str, payload: bytes, topic: str) -> None:
         """A node's change: check it, weight it by its staleness, buffer it."""

@@ -265,7 +265,8 @@ class GroupAggregator:
         return edge_id(child.path, worker if valid else 0)
 
     def _decode(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
-        """The envelope if it is well-formed, from ``sender``, and for the open round; else None (rejected)."""
+        """The envelope if it is well-formed, from ``sender``, for the open round and not a replay; else None
+        (rejected, or held until its round starts: its nonce is remembered only when it is counted)."""
         env = self._open(payload, topic, kind, sender)
         if env is None:
             return None
@@ -288,7 +289,19 @@ class GroupAggregator:
         if env.model_version != r.ctl.model_version:
             self.rejections.reject("wrong model version", topic, f"{env.model_version}, expected {r.ctl.model_version}")
             return None
-        return env
+        return env if self._first_time(payload, topic, sender) else None
+
+    def _first_time(self, payload: bytes, topic: str, sender: str) -> bool:
+        """Where the federation signs, remember a message's nonce as it is counted; False (rejected) for a
+        replay."""
+        if self.auth is None:
+            return True
+        try:
+            self.auth.keyring.remember(payload, sender)
+            return True
+        except Rejected as exc:
+            self.rejections.reject(exc.reason, topic, str(exc))
+            return False
 
     def _open(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
         """The envelope if it decodes, is of ``kind`` and this federation, and comes (signed) from ``sender``."""
@@ -301,6 +314,7 @@ class GroupAggregator:
                 auth=self.auth,
                 max_bytes=self.tm.limits.max_message_bytes,
                 signers=lambda env: (self._signer(kind, sender, env),),
+                fresh=False,  # replays are refused once the round is known (_decode)
             )
         except Rejected as exc:
             self.rejections.reject(exc.reason, topic, str(exc))

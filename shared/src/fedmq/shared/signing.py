@@ -136,14 +136,22 @@ class KeyRing:
             key.verify(sig, _message(federation, round_, signer, kind, env, nonce))
         except InvalidSignature:
             raise SignatureError("bad signature", f"not signed by {signer!r} for round {round_}") from None
-        if not fresh:
-            return env
+        if fresh:
+            self.remember(payload, signer)
+        return env
+
+    def remember(self, payload: bytes, signer: str) -> None:
+        """Record the nonce of a message whose signature was verified; SignatureError if it was seen before
+        (a replay). A receiver that holds a message for later verifies it at once and remembers it when it
+        counts it, so the held message is not taken for its own replay."""
+        nonce = split(payload)[1]
+        if nonce is None:
+            raise SignatureError("missing signature", f"nothing signed by {signer!r}")
         if nonce in self.seen:
             raise SignatureError("replayed nonce", f"a message from {signer!r} seen before")
         self.seen[nonce] = None
         while len(self.seen) > self.max_nonces:
             self.seen.popitem(last=False)
-        return env
 
 
 def _stamp(path: str) -> Tuple[int, int]:
