@@ -184,3 +184,45 @@ def test_flapping_node_link_still_completes_rounds(broker, tmp_path):
         proxy.close()
     log = (tmp_path / "b1.log").read_text()
     assert log.count("connected to") >= 3 and log.count("update sent") >= 5  # it keeps completing rounds
+
+
+@pytest.mark.parametrize("when", ["before-updates", "after-counting"])
+def test_an_edge_sigkilled_mid_round_and_restarted_closes_the_round_with_every_node(broker, tmp_path, when):
+    """SIGKILL the edge aggregator of home2 mid-round, before its nodes' updates reach it (they wait in its
+    session and arrive before the retained model and start) or after it counted two of them (gone with the
+    process), and start it again: the round still closes with all six nodes (quorum 0.5 would apply it
+    without them), because the restarted edge holds updates until the model has come, and nodes answer a
+    start relayed by another edge process again."""
+    import yaml
+
+    paths = write_federation(str(tmp_path), broker.port, SIX, rounds=2, deadline_s=40, edge=["home2"], quorum=0.5)
+    slow = {"before-updates": {"b1": 4, "b2": 4, "b3": 4}, "after-counting": {"b3": 8}}[when]
+    for node, delay in slow.items():
+        cfg = yaml.safe_load(open(paths[node]))
+        cfg["simulate_delay_s"] = delay
+        yaml.safe_dump(cfg, open(paths[node], "w"))
+    procs = list(start_nodes(paths, [n for ns in SIX.values() for n in ns], tmp_path).values())
+    edge = fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2"], str(tmp_path / "edge1.log"))
+    try:
+        with InThreadCoordinator(paths["topic_map"]) as c:
+            wait_for(lambda: c.service.groups[()].current is not None, 30, "round 1 started")
+            trained = ("b1", "b2") if when == "after-counting" else ()
+            if when == "before-updates":  # killed once it relayed the start; the updates come while it is away
+                watch = MqttLink("watch", BrokerSettings(host="127.0.0.1", port=broker.port), persistent=False)
+                watch.subscribe(Topics(FED).control(("home2",)))
+                watch.start()
+                wait_for(lambda: watch.get(timeout=0.2) is not None, 30, "home2's start")
+                watch.stop()
+            for n in trained:
+                wait_for(lambda: "round 1: trained" in (tmp_path / f"{n}.log").read_text(), 30, f"{n}'s update")
+            time.sleep(1.0)  # the edge counts them (in memory)
+            edge.send_signal(signal.SIGKILL)
+            edge.wait(10)
+            for n in ("b1", "b2", "b3") if when == "before-updates" else ():
+                wait_for(lambda: "round 1: trained" in (tmp_path / f"{n}.log").read_text(), 30, f"{n}'s update")
+            edge = fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2"], str(tmp_path / "edge2.log"))
+            wait_for(lambda: len(c.rounds) >= 2, 90, "both rounds")
+            assert [r["updates"] for r in c.rounds] == [6, 6], c.rounds
+        assert "no reference model" not in (tmp_path / "edge2.log").read_text()
+    finally:
+        stop(procs + [edge])

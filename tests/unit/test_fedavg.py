@@ -346,5 +346,5 @@ def test_a_signed_update_held_before_its_round_starts_is_counted_then_and_its_re
     assert agg.current is not None and agg.current.answered == {"h1"}, dict(rej.total)
     agg.on_update("h1", early, t)  # the same message again: a replay
     agg.on_update("h2", signed("h2"), t)
-    assert dict(rej.total) == {"bad signature": 1, "replayed nonce": 1}
+    assert dict(rej.total) == {"bad signature": 1, "duplicate": 1}
     assert [m for m in sent if m[0] == Topics("f").partial((), "home")]  # both in: closed

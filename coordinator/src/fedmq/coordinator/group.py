@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -97,10 +98,12 @@ class GroupAggregator:
         self.current: Optional[_Round] = None
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
+        self.opened = secrets.randbits(48) or 1  # this process, in the starts it relays (a node resends on a new one)
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
         self.model_version = -1
         # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
         self.early: Deque[Tuple[Kind, str, bytes, str]] = deque(maxlen=max(64, 4 * len(group.nodes) + 16))
+        self.waiting: Deque[Tuple[str, bytes, str]] = deque(maxlen=self.early.maxlen)  # updates awaiting the model
         # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
         self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
@@ -116,9 +119,13 @@ class GroupAggregator:
         return "/".join(self.group.path) or "(root)"
 
     def set_model(self, version: int, tensors: Dict[str, np.ndarray]) -> None:
-        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds."""
+        """The newest global model (float64 tensors): what nodes train from, the reference for norm bounds.
+        Updates held until it came are taken now."""
         self.reference = tensors
         self.model_version = version
+        waiting, self.waiting = list(self.waiting), deque(maxlen=self.waiting.maxlen)
+        for node, payload, topic in waiting:
+            self.on_update(node, payload, topic)
 
     # --- round lifecycle -------------------------------------------------------------------------
 
@@ -156,6 +163,7 @@ class GroupAggregator:
             secure=parent.secure,
             task=parent.task,
             bounds=parent.bounds,
+            opened=self.opened,
         )
         stats = ctl.task == "stats"
         bounds = Bounds.from_wire(ctl.bounds)
@@ -265,8 +273,8 @@ class GroupAggregator:
         return edge_id(child.path, worker if valid else 0)
 
     def _decode(self, payload: bytes, topic: str, kind: Kind, sender: str) -> Optional[Envelope]:
-        """The envelope if it is well-formed, from ``sender``, for the open round and not a replay; else None
-        (rejected, or held until its round starts: its nonce is remembered only when it is counted)."""
+        """The envelope if it is well-formed, from ``sender``, and for the open round; else None (rejected, or
+        held until its round starts). Its nonce is remembered when it counts (``_first_time``)."""
         env = self._open(payload, topic, kind, sender)
         if env is None:
             return None
@@ -289,7 +297,7 @@ class GroupAggregator:
         if env.model_version != r.ctl.model_version:
             self.rejections.reject("wrong model version", topic, f"{env.model_version}, expected {r.ctl.model_version}")
             return None
-        return env if self._first_time(payload, topic, sender) else None
+        return env
 
     def _first_time(self, payload: bytes, topic: str, sender: str) -> bool:
         """Where the federation signs, remember a message's nonce as it is counted; False (rejected) for a
@@ -379,7 +387,7 @@ class GroupAggregator:
                     "secure aggregation updates carry exactly one tensor, @masked",
                 ),
             ],
-        ):
+        ) or not self._first_time(payload, topic, node):
             return
         assert masked is not None
         problem = r.secure.on_masked(node, masked)
@@ -469,8 +477,10 @@ class GroupAggregator:
             and not codec.delta
             and reference is None
             and (bounded or (limits.max_update_norm is not None and not r.stats))
-        ):
-            tensors, reason, detail = None, "no reference model", "bounding needs the global model, not received yet"
+        ):  # bounding needs the global model: a restarted edge may hear the start and updates before it
+            self.waiting.append((node, payload, topic))
+            self.log.info("round %d: holding %s's update until the global model arrives", r.ctl.round, node)
+            return
         if tensors is not None and not r.stats and (limits.max_update_norm is not None or bounded):
             norm = codecs.norm(tensors, reference)
         if self._refused(
@@ -480,7 +490,7 @@ class GroupAggregator:
                 (node in r.answered, "duplicate", f"{node} already answered round {r.ctl.round}"),
                 *self._update_checks(env, tensors, reason, detail, norm),
             ],
-        ):
+        ) or not self._first_time(payload, topic, node):
             return
         r.answered.add(node)
         r.nodes.append(node)
@@ -613,7 +623,7 @@ class GroupAggregator:
                 (bool(row_problem), "bad update rows", row_problem),
                 (norms is None, "bad update norms", "meta.norms must list one finite norm >= 0 per node"),
             ],
-        ):
+        ) or not self._first_time(payload, topic, child):
             return
         if r.stack is not None and rows is not None:
             r.stack.merge({"@rows": rows[0], "@row_weights": rows[1]}, env.samples)
@@ -662,6 +672,9 @@ class GroupAggregator:
         r = self.current
         assert r is not None
         self.current = None
+        for _node, _payload, topic in self.waiting:  # the model never came in time: counted, not silent
+            self.rejections.reject("no reference model", topic, "the global model did not arrive before the close")
+        self.waiting.clear()
         self.log.info("round %d: closing (%s) with %d of %d nodes", r.ctl.round, why, len(r.nodes), len(r.ctl.selected))
         self._closed(
             r.ctl,

@@ -214,8 +214,10 @@ class CoordinatorService:
 
     def _subscribe(self, status_groups: Iterable[GroupPath], share_key: str) -> None:
         """What this process listens to: its groups' updates (shared between a split group's workers),
-        partials, secure aggregation and parent control, the statuses of ``status_groups``, the model."""
+        partials, secure aggregation and parent control, the statuses of ``status_groups``. The model comes
+        first: a restarted edge gets the retained model before the retained start of the round it reopens."""
         t = self.topics
+        self.link.subscribe(t.model())
         for path, agg in self.groups.items():
             if agg.group.workers > 1:  # the broker hands each update to one of the group's workers
                 share = share_name(self.tm.federation, path, share_key)
@@ -230,7 +232,6 @@ class CoordinatorService:
                 self.link.subscribe(t.control(path[:-1]))
         for path in status_groups:
             self.link.subscribe(t.status_filter(path))
-        self.link.subscribe(t.model())
 
     def _handle(self, msg: Message) -> None:
         """Dispatch one message; an internal error drops it (counted), a failed federation stops the service."""

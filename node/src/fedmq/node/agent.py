@@ -95,6 +95,7 @@ class NodeAgent:
         self.answered: Set[Tuple[int, int, int]] = set()  # (round, attempt, model version)
         # the last update sent, to send again if the broker lost it with our session: (key, topic, payload)
         self.last_update: Optional[Tuple[Tuple[int, int, int], str, bytes]] = None
+        self._opened = 0  # the aggregator process that opened the round last_update answers
         self._sessions_lost_seen = 0
         self.rounds_done = 0
         self.last_round = 0  # the last round this node trained (sent an update for)
@@ -343,7 +344,7 @@ class NodeAgent:
         self.finished.clear()
         key = (ctl.round, ctl.attempt, ctl.model_version)
         if self.cfg.node_id in ctl.selected and key in self.answered:
-            self._resend_if_lost(key)
+            self._resend_if_lost(key, ctl.opened)
             return
         if self.cfg.node_id not in ctl.selected:
             return
@@ -358,15 +359,20 @@ class NodeAgent:
             self._secure_start(ctl)
         self._train_if_ready()
 
-    def _resend_if_lost(self, key: Tuple[int, int, int]) -> None:
+    def _resend_if_lost(self, key: Tuple[int, int, int], opened: int = 0) -> None:
         """The round we answered is still open (its start came again, as the retained control does after a
-        reconnect): if the broker lost our session since, it may have lost our update too: send it again
-        (a duplicate is refused by the aggregator, a lost one now counts)."""
-        if self.link.sessions_lost == self._sessions_lost_seen:
+        reconnect): if the broker lost our session since, it may have lost our update too, and if another
+        aggregator process opened the round since (the one we answered was killed and restarted), what it
+        counted is gone: send it again (a duplicate is refused by the aggregator, a lost one now counts)."""
+        lost = self.link.sessions_lost != self._sessions_lost_seen
+        reopened = bool(opened and self._opened and opened != self._opened)
+        if not (lost or reopened):
             return
         self._sessions_lost_seen = self.link.sessions_lost
         if self.last_update is not None and self.last_update[0] == key:
-            self.log.warning("round %d: the broker lost our session; sending our update again", key[0])
+            self._opened = opened or self._opened
+            why = "the broker lost our session" if lost else "its aggregator restarted"
+            self.log.warning("round %d: %s; sending our update again", key[0], why)
             self.link.publish(self.last_update[1], self.last_update[2])
 
     def _train_async(self) -> None:
@@ -509,6 +515,7 @@ class NodeAgent:
             topic = self.topics.update(self.cfg.group, self.cfg.node_id)
             self.link.publish(topic, payload)
             self.last_update = ((ctl.round, ctl.attempt, ctl.model_version), topic, payload)
+            self._opened = ctl.opened
         except PayloadTooLarge as exc:
             self.log.error("round %d: %s", ctl.round, exc)
             return

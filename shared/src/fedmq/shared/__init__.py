@@ -2,4 +2,4 @@
 
 __version__ = "0.2.0"
 PROTOCOL_VERSION = 1  # the major version: the "v" of envelopes and the "v1" level of topics
-PROTOCOL_REVISION = "1.7"  # what this release speaks and understands (docs/protocol.md, "Revisions")
+PROTOCOL_REVISION = "1.8"  # what this release speaks and understands (docs/protocol.md, "Revisions")

@@ -87,7 +87,9 @@ class Control:
     whose model topic carries ``model_version``: HierFAVG edge rounds; absent means the global model) and
     ``secure`` (secure aggregation parameters), ``task``: ``stats`` asks for feature statistics
     instead of training (federated scaling), and ``bounds``: ``weight`` (the largest weight an update counts
-    with) and ``norm`` (the L2 norm its change is clipped to), each present only when set.
+    with) and ``norm`` (the L2 norm its change is clipped to), each present only when set; ``opened``, the
+    id of the aggregator process that opened the round in the group (a node that answered a process that
+    since restarted sends its update again: what the killed process had counted is gone).
     async: ``round`` (model versions applied), ``attempt`` (the session), ``model_version`` and ``train``:
     every node trains on the newest model it has, once per model version (FedBuff).
     close: ``round``, ``attempt``, ``outcome`` (``applied``, ``retry`` or ``failed``).
@@ -106,6 +108,7 @@ class Control:
     secure: Optional[Dict[str, Any]] = None
     task: str = "train"  # start only: "train", or "stats" (send feature statistics, see fedmq.shared.scaling)
     bounds: Optional[Dict[str, float]] = None  # start and async: {"weight": cap, "norm": clip}, either may be absent
+    opened: int = 0  # start only: which aggregator process opened the round in this group (0: not said)
 
     def encode(self) -> bytes:
         """JSON bytes of this message."""
@@ -120,6 +123,8 @@ class Control:
             d.pop("outcome")
         if self.task == "train":
             d.pop("task")
+        if not self.opened or self.type != "start":
+            d.pop("opened")
         for k in ("model_group", "secure", "bounds"):
             if d[k] is None:
                 d.pop(k)
@@ -157,6 +162,7 @@ class Control:
             if task not in TASKS:
                 raise MessageError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
             msg.task = task
+            msg.opened = _int(obj, "opened") if "opened" in obj else 0
         if kind in ("start", "async"):
             msg.bounds = _bounds(obj.get("bounds"))
             msg.model_version = _int(obj, "model_version")
