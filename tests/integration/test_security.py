@@ -527,3 +527,44 @@ def test_a_revoked_node_leaves_selection_at_once_and_status_says_so(tmp_path):
     finally:
         stop(procs)
         broker.stop()
+
+
+def test_retained_messages_a_node_leaves_on_its_chunk_topics_are_cleared(secured, tmp_path):
+    """A node may publish retained messages on its own update and chunk topics (its ACL allows the topics,
+    Mosquitto cannot refuse retain there): the coordinator clears each one it hears, so the broker neither
+    keeps them nor replays them to the next subscriber."""
+    paths, tm, sec, broker = secured
+    cfg = yaml.safe_load(open(paths["topic_map"]))
+    cfg["broker"].update(port=broker.port, **client_config(sec, "coordinator")["broker"])
+    yaml.safe_dump(cfg, open(paths["topic_map"], "w"))
+    t = Topics(FED)
+    node = raw_client(broker, sec, "a1")
+    topics = [f"{t.update(('home1',), 'a1')}/_chunk/x{i}" for i in range(6)] + [
+        f"{t.update(('home1',), 'a1')}/_chunk/{i}" for i in range(3)] + [t.update(("home1",), "a1")]
+    sent = [node.publish(topic, b"\1" * 200_000, qos=1, retain=True) for topic in topics]
+    wait_for(lambda: all(m.mid in node.acks for m in sent), 20, "the PUBACKs")
+    assert all(node.acks[m.mid].value in (0, 0x10) for m in sent)  # the broker took them
+    node.loop_stop()
+
+    probe = intruder(broker, sec)  # reads everything, as its own user
+
+    def kept() -> list:
+        probe.got.clear()
+        probe.unsubscribe(f"{t.group(('home1',))}/#")
+        probe.subscribe(f"{t.group(('home1',))}/#", qos=1)
+        time.sleep(1.0)  # retained messages come right after the subscription
+        return list(probe.got)
+
+    assert len(kept()) == len(topics)
+    from fedmq.coordinator.service import CoordinatorService
+
+    service = CoordinatorService(load_topic_map(paths["topic_map"]))
+    runner = threading.Thread(target=service.run, kwargs={"until_finished": False}, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: service.rejections.total["retained message"] >= len(topics), 20, "every one refused")
+        wait_for(lambda: kept() == [], 20, "the broker to forget them")
+    finally:
+        service.stop()
+        runner.join(10)
+        probe.loop_stop()

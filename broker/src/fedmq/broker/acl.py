@@ -75,6 +75,7 @@ def _rules(tm: TopicMap, t: Topics, nodes: Dict[str, GroupPath], revoked: Set[st
     for path in tm.groups():
         lines += [f"topic write {t.control(path)}", f"topic write {t.leaves(path, 'partial')}"]
         lines += _aggregator_writes(t, path)
+        lines += _clearing(t, path)
     # the observers (fedmq status, fedmq dashboard): statuses, round progress and summaries; they write nothing
     observing = [
         f"topic read {t.metrics()}",
@@ -117,6 +118,7 @@ def _edge_rules(tm: TopicMap, t: Topics, path: GroupPath) -> List[str]:
             f"topic readwrite {t.control(p)}",
             f"topic read {t.leaves(p, 'secagg')}",
             *_aggregator_writes(t, p),
+            *_clearing(t, p),
         ]
         rules += [f"topic read {t.group_model(p[:depth])}" for depth in range(1, len(p))]
     rules += [
@@ -130,6 +132,15 @@ def _edge_rules(tm: TopicMap, t: Topics, path: GroupPath) -> List[str]:
         rules += [f"topic write {t.status_filter(p)}" for p in tm.site_groups(path)]
         rules += [f"topic read {t.files_filter()}"]
     return rules
+
+
+def _clearing(t: Topics, path: GroupPath) -> List[str]:
+    """Write on the group's update and secure-aggregation topics (and their chunks): nothing may stay retained
+    there, and an aggregator clears what a node leaves retained (an empty retained message), so the broker
+    neither keeps it nor replays it. Messages it could forge there are refused by signatures where the
+    federation signs, and it aggregates them anyway."""
+    return [f"topic write {t.leaves(path, 'update')}", f"topic write {t.leaves(path, 'secagg')}",
+            f"topic write {chunk_filter(t.leaves(path, 'secagg'))}"]
 
 
 def _aggregator_writes(t: Topics, path: GroupPath) -> List[str]:

@@ -55,6 +55,13 @@ def base_topic(topic: str) -> Optional[str]:
     return head if sep and index.isdigit() else None
 
 
+def owner_topic(topic: str) -> str:
+    """The topic whose rights cover ``topic``: the part before ``/_chunk/`` (whatever follows it, a chunk
+    index or not), else ``topic`` itself."""
+    head, sep, _ = topic.rpartition(SUFFIX)
+    return head if sep else topic
+
+
 def split(payload: bytes, max_payload: int) -> List[bytes]:
     """Chunk frames for ``payload`` such that each is at most ``max_payload`` bytes."""
     if max_payload < HEADER_LEN + MIN_CHUNK_PAYLOAD:

@@ -180,7 +180,7 @@ class MqttLink:
             if not msg.payload:
                 continue  # a retained message being cleared; fedmq never sends empty messages otherwise
             base = chunks.base_topic(msg.topic)
-            if msg.retain and self.no_retain is not None and self.no_retain(base or msg.topic):
+            if msg.retain and self.no_retain is not None and self.no_retain(chunks.owner_topic(msg.topic)):
                 self.on_reject("retained message", msg.topic, "nothing may stay retained here; clearing it")
                 self._send(msg.topic, b"", 1, True)  # the broker forgets it: no replay to the next subscriber
                 continue
