@@ -212,6 +212,12 @@ DEFAULT_PERSISTENCE = "/var/lib/fedmq/mosquitto"  # fedmq-mosquitto.service's, u
 
 
 def _render(args: argparse.Namespace) -> int:
+    from fedmq.broker.dropin import refusal, stdout_file
+
+    problem = refusal(args.out or stdout_file())
+    if problem:
+        print(f"fedmq broker render: {problem}", file=sys.stderr)
+        return 2
     _, text = _config(args)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
@@ -223,8 +229,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedmq.broker.dropin import refusal
+
     federation, text = _config(args)
     out = args.out or os.path.abspath(f"mosquitto-{federation}.conf")
+    problem = refusal(out)
+    if problem:
+        print(f"fedmq broker run: {problem}", file=sys.stderr)
+        return 2
     with open(out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"running mosquitto with {out} (Ctrl-C stops it)", file=sys.stderr)
