@@ -225,7 +225,25 @@ def _render(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    for note in _render_notes(args):
+        print(f"fedmq broker render: note: {note}", file=sys.stderr)
     return 0
+
+
+def _render_notes(args: argparse.Namespace) -> "list[str]":
+    """What a Mosquitto started by hand with the rendered config would lack: its persistence directory, and,
+    started as root, the rights of the user it drops to (``mosquitto``) on the files it names."""
+    notes = []
+    persistence = args.persistence_dir or DEFAULT_PERSISTENCE
+    if persistence != "none" and not os.path.isdir(persistence):
+        notes.append(f"the persistence directory {persistence} does not exist: fedmq-mosquitto.service makes it "
+                     "(StateDirectory); to run this config by hand, create it for the user Mosquitto runs as, or "
+                     "use 'fedmq broker run', which makes one beside the topic map")
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and (args.security or args.pid_file):
+        notes.append("started as root, Mosquitto drops to the user 'mosquitto' before it opens the security "
+                     "files and writes its pid file: run it as the user that owns them (provision --owner, "
+                     "fedmq-mosquitto.service) or use 'fedmq broker run', which runs it as you")
+    return notes
 
 
 def _run(args: argparse.Namespace) -> int:
