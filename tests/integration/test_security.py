@@ -249,7 +249,7 @@ def test_nodes_refuse_a_model_not_signed_by_the_coordinator(tmp_path):
         broker.stop()
 
 
-def test_enrolment_with_one_time_tokens(tmp_path):
+def test_enrolment_with_one_time_tokens(tmp_path, monkeypatch):
     import numpy as np
 
     from fedhelp import blobs
@@ -287,13 +287,12 @@ def test_enrolment_with_one_time_tokens(tmp_path):
     try:
         with InThreadCoordinator(paths["topic_map"]) as c:
             wait_for(lambda: len(c.rounds) >= 1, 30, "round 1")
-            cfg = enrol_device(
-                token=tokens[0],
-                node_id="garage-door-1",
-                out=str(tmp_path / "device"),
-                data=str(tmp_path / "garage.npz"),
-                **common,
-            )
+            monkeypatch.chdir(tmp_path)  # fedmq node enrol --data garage.npz --out device, run where they are
+            with pytest.raises(EnrolmentFailed, match="no such file"):
+                enrol_device(token=tokens[0], node_id="garage-door-1", out="device", data="missing.npz", **common)
+            cfg = str(tmp_path / enrol_device(token=tokens[0], node_id="garage-door-1", out="device",
+                                              data="garage.npz", **common))
+            monkeypatch.chdir(tmp_path / "device")  # node.yaml's data path does not depend on where it runs
             assert yaml.safe_load(open(cfg))["group"] == "garage"
             nodes["garage-door-1"] = fedmq_node(cfg, tmp_path / "device.log")
             wait_for(lambda: any(r["updates"] == 5 for r in c.rounds), 30, "a round with the enrolled device")

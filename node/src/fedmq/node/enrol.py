@@ -38,10 +38,14 @@ def _log_in(link: MqttLink, timeout: float) -> bool:
 
 def enrol_device(*, federation: str, host: str, port: int, ca_file: str, token: str, node_id: str, out: str,
                  data: Optional[str] = None, main_port: Optional[int] = None, timeout: float = 30.0) -> str:
-    """Enrol and write the credentials and node.yaml into ``out``; returns the node.yaml path."""
+    """Enrol and write the credentials and node.yaml into ``out``; returns the node.yaml path. node.yaml names
+    ``data`` by its absolute path (node.yaml's paths are read relative to node.yaml, not to where this ran);
+    a ``data`` file that does not exist is refused before the token is spent."""
     token_id, _, secret = token.partition(".")
     if not token_id or not secret:
         raise EnrolmentFailed("a token looks like <id>.<secret>")
+    if data is not None and not os.path.isfile(data):
+        raise EnrolmentFailed(f"--data {data}: no such file (the token is not spent); name the device's NPZ file")
     topics = Topics(federation)
     link = MqttLink(f"fedmq-enrol-{token_id}", BrokerSettings(host=host, port=port, tls=TlsSettings(ca_file=ca_file)),
                     persistent=False)
@@ -77,7 +81,7 @@ def enrol_device(*, federation: str, host: str, port: int, ca_file: str, token: 
            "broker": {"host": host, "port": main_port or port,
                       "tls": {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}},
            "security": {"keys": "keys.json", "signing_key": "client.sign"},
-           "data": {"kind": "npz", "path": data or "data.npz"}}
+           "data": {"kind": "npz", "path": os.path.abspath(data) if data else "data.npz"}}
     path = os.path.join(out, "node.yaml")
     with open(path, "w", encoding="utf-8") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
