@@ -60,3 +60,20 @@ def test_gateway_node_joins_a_round_and_explains_missing_sklearn(gateway_venv, b
                            capture_output=True, text=True)
     assert "pip install 'fedmq-node[sklearn]'" in probe.stderr
     assert sys.executable  # the test venv itself is untouched
+
+
+@pytest.mark.slow
+def test_a_gateway_without_the_secure_extra_is_told_before_it_runs(gateway_venv, tmp_path):
+    """Signatures need the cryptography package (fedmq-node[secure]): 'node check' and 'node run' both say
+    so, with the pip command, instead of a traceback at the first signed message."""
+    paths = write_federation(str(tmp_path), 1883, {"g": ["gw1"]}, rounds=1, checkpoint=False)
+    (tmp_path / "keys.json").write_text("{}")
+    (tmp_path / "gw1.sign").write_text("not read")
+    cfg = yaml.safe_load(open(paths["gw1"]))
+    cfg["security"] = {"keys": str(tmp_path / "keys.json"), "signing_key": str(tmp_path / "gw1.sign")}
+    yaml.safe_dump(cfg, open(paths["gw1"], "w"))
+    fedmq = str(gateway_venv / "bin" / "fedmq")
+    for command in ("check", "run"):
+        r = subprocess.run([fedmq, "node", command, paths["gw1"]], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert "pip install 'fedmq-node[secure]'" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -16,6 +16,7 @@ from fedmq.node.config import NodeConfig, load_node_config
 from fedmq.node.serve.config import describe_serving
 from fedmq.shared.data import DataError, DataSource, open_source
 from fedmq.shared.datacheck import checked_data
+from fedmq.shared.extras import MissingExtra, require
 from fedmq.shared.files import unreadable
 from fedmq.shared.logs import add_log_format
 from fedmq.shared.topicmap.model import BrokerSettings
@@ -163,13 +164,25 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _file_problems(cfg: NodeConfig, source: DataSource) -> List[Tuple[str, str, str]]:
-    """(key, file, why) for every file the configuration names that cannot be read."""
+    """(key, file, why) for every file the configuration names that cannot be read, and every package its
+    settings need that is not installed (with the extra that installs it)."""
     files: Dict[str, Optional[str]] = {f"data.{k}": v for k, v in source.files().items()}
     files.update({"security.keys": cfg.security.keys, "security.signing_key": cfg.security.signing_key})
     files.update(_broker_files("broker", cfg.broker))
     if cfg.serve is not None:
         files.update(_broker_files("serve.broker", cfg.serve.broker))
-    return unreadable(files)
+    return unreadable(files) + _missing_packages(cfg)
+
+
+def _missing_packages(cfg: NodeConfig) -> List[Tuple[str, str, str]]:
+    """Signatures (security.signing_key / keys) need the ``cryptography`` package: fedmq-node[secure]."""
+    if not (cfg.security.signing_key or cfg.security.keys):
+        return []
+    try:
+        require("cryptography.hazmat.primitives.asymmetric.ed25519", "fedmq-node", "secure", "signing updates")
+    except MissingExtra as exc:
+        return [("security", cfg.security.signing_key or cfg.security.keys or "", str(exc))]
+    return []
 
 
 def _broker_files(key: str, b: BrokerSettings) -> Dict[str, Optional[str]]:
