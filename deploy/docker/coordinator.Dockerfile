@@ -8,8 +8,9 @@ RUN useradd --system --uid 1883 --home-dir /var/lib/fedmq --create-home fedmq \
     && mkdir -p /checkpoints && chown fedmq:fedmq /checkpoints
 COPY shared /src/shared
 COPY broker /src/broker
+COPY node /src/node
 COPY coordinator /src/coordinator
-RUN pip install --no-cache-dir /src/shared /src/broker "/src/coordinator${EXTRAS:+[$EXTRAS]}" && rm -rf /src
+RUN pip install --no-cache-dir /src/shared /src/broker /src/node "/src/coordinator${EXTRAS:+[$EXTRAS]}" && rm -rf /src
 USER fedmq
 WORKDIR /var/lib/fedmq
 VOLUME ["/config", "/security", "/checkpoints"]

@@ -57,3 +57,16 @@ def test_documented_coordinator_install_is_lean_and_names_missing_extras(coordin
         timeout=60,
     )
     assert build.returncode == 2 and "pip install 'fedmq-coordinator[tflite]'" in build.stderr
+    # the coordinator host is where models are exported: fedmq model export is there, tflite names its extra
+    from fedmq.coordinator import checkpoint
+    from fedmq.shared.models import initial_weights
+    from fedmq.shared.topicmap import ModelSpec
+
+    spec = ModelSpec("softmax_regression", 4, (0, 1))
+    checkpoint.save(str(tmp_path / "ckpt"), "f", spec, initial_weights(spec), checkpoint.RoundState(1, 1))
+    out = subprocess.run([fedmq, "model", "export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "m.npz")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and (tmp_path / "m.npz").exists(), out.stderr
+    out = subprocess.run([fedmq, "model", "export", str(tmp_path / "ckpt"), "--format", "tflite", "-o",
+                          str(tmp_path / "m.tflite")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "pip install 'fedmq-coordinator[tflite]'" in out.stderr, out.stderr

@@ -59,6 +59,12 @@ def test_gateway_node_joins_a_round_and_explains_missing_sklearn(gateway_venv, b
                             "make_trainer('sklearn', ModelSpec('sgd_classifier', 4, (0, 1)))"],
                            capture_output=True, text=True)
     assert "pip install 'fedmq-node[sklearn]'" in probe.stderr
+    # a gateway exports npz; asked for tflite it says where that exporter comes from
+    model = str(tmp_path / ".fedmq-cache" / "global-model-gw1.fmq")
+    assert os.path.exists(model), os.listdir(tmp_path)
+    r = subprocess.run([str(gateway_venv / "bin" / "fedmq"), "model", "export", model, "--format", "tflite", "-o",
+                        str(tmp_path / "m.tflite")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "pip install 'fedmq-coordinator[tflite]'" in r.stderr, r.stderr
     assert sys.executable  # the test venv itself is untouched
 
 

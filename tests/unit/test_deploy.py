@@ -71,10 +71,21 @@ def test_compose_file():
     assert mounted["/config"] == "./config" and "/checkpoints" in mounted and mounted["/security"] == "./security"
     tm = load_topic_map(os.path.join(DEPLOY, "compose", "config", "federation.yaml"))
     assert tm.broker.host == "mosquitto" and tm.checkpoint_dir == "/checkpoints"
-    # a finished federation (exit 0) stays stopped; the coordinator starts once Mosquitto answers
-    assert services["coordinator"]["restart"] == "on-failure"
+    # a finished federation (exit 0) stays stopped, a configuration error (exit 2) is not retried forever;
+    # the coordinator starts once Mosquitto answers
+    assert services["coordinator"]["restart"] == "on-failure:3"
     assert services["coordinator"]["depends_on"] == {"mosquitto": {"condition": "service_healthy"}}
-    assert "1883" in " ".join(services["mosquitto"]["healthcheck"]["test"])
+    port = str(tm.broker.port)
+    assert port != "1883" and port in " ".join(services["mosquitto"]["healthcheck"]["test"])
+    # the federation's port is published, the home broker's 1883 is not; so are the metrics
+    assert f"{port}:{port}" in services["mosquitto"]["ports"]
+    assert not any(p.split(":")[0] == "1883" for s in services.values() for p in s.get("ports", []))
+    assert tm.monitoring.address is not None
+    metrics_port = tm.monitoring.address.rsplit(":", 1)[1]
+    assert f"{metrics_port}:{metrics_port}" in services["coordinator"]["ports"]
+    # the build context (the repository root) leaves the virtual environment and git out
+    ignored = open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8").read().split()
+    assert ".venv" in ignored and ".git" in ignored
 
 
 def test_compose_tls_paths_are_the_containers(tmp_path):
@@ -83,7 +94,7 @@ def test_compose_tls_paths_are_the_containers(tmp_path):
     compose = yaml.safe_load(open(os.path.join(DEPLOY, "compose", "docker-compose.yml"), encoding="utf-8"))
     text = open(os.path.join(DEPLOY, "compose", "config", "federation.yaml"), encoding="utf-8").read()
     tls_text = text.replace("\n  # tls:", "\n  tls:").replace("\n  #       key", "\n          key")
-    tls_text = tls_text.replace("\n# security:", "\nsecurity:")
+    tls_text = tls_text.replace("\n# security:", "\nsecurity:").replace("\n#            dir", "\n           dir")
     tm_file = tmp_path / "federation.yaml"
     tm_file.write_text(tls_text)
     tm = load_topic_map(str(tm_file))
@@ -113,6 +124,19 @@ def test_compose_tls_paths_are_the_containers(tmp_path):
     ]
     assert files and all(f.startswith("/security/") for f in files), files
     assert "persistence_location /mosquitto/data/" in conf
+    # enrolment in containers: the coordinator writes the security directory, reads Mosquitto's pid file
+    # from a volume it mounts and shares Mosquitto's process namespace to signal it
+    coordinator = compose["services"]["coordinator"]
+    pid_file = next(ln.split()[1] for ln in conf.splitlines() if ln.startswith("pid_file "))
+    assert tm.security.broker_pid_file == pid_file and tm.security.dir == "/security"
+    volumes = {v.split(":")[1]: v for v in coordinator["volumes"]}
+    assert not volumes["/security"].endswith(":ro")
+    assert any(pid_file.startswith(target + "/") and source.split(":")[0] in compose["volumes"]
+               for target, source in volumes.items())
+    assert coordinator["pid"] == "service:mosquitto"
+    enrol = next(ln.split()[1] for ln in conf.splitlines() if ln.startswith("listener ") and
+                 ln.split()[1] != str(tm.broker.port))
+    assert f"{enrol}:{enrol}" in compose["services"]["mosquitto"]["ports"]
 
 
 def compose_text():

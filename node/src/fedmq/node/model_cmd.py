@@ -43,8 +43,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ex.add_argument(
         "--format",
         default="npz",
-        choices=exporters(),
-        help="npz (numpy arrays + JSON; default) or tflite (with FILE.json beside it)",
+        help=f"npz (numpy arrays + JSON; default) or tflite (with FILE.json beside it; installed here: "
+        f"{', '.join(exporters())})",
     )
     ex.add_argument("--feature-names", metavar="A,B,...", help="name the features (checkpoints do not know them)")
     ex.set_defaults(func=_export)

@@ -183,6 +183,8 @@ def _label(text: str) -> str:
 def run_export(args: argparse.Namespace) -> int:
     """``fedmq model export``."""
     try:
+        if args.format != "npz":
+            _exporter(args.format)  # a format this installation cannot write is said before any work
         model = fetch_from_broker(args.from_broker) if args.from_broker else read_model(args.source)
         if args.feature_names:
             names = tuple(n.strip() for n in args.feature_names.split(","))
