@@ -26,7 +26,7 @@ def test_every_process_logs_why_and_stops_on_sigterm_while_the_broker_is_unreach
              "node": fedmq(["node", "run", paths["a1"]], logs["node"])}
     try:
         for name, log in logs.items():
-            wait_for(lambda: "attempt 2: connection refused" in log_of(log), 60, f"{name} to log two refused attempts")
+            wait_for(lambda: "attempt 1: connection refused" in log_of(log), 60, f"{name} to log the refused attempt")
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
         for name, p in procs.items():
@@ -36,7 +36,7 @@ def test_every_process_logs_why_and_stops_on_sigterm_while_the_broker_is_unreach
 
 
 def test_a_wrong_ca_and_a_wrong_password_are_named(tmp_path):
-    paths = write_federation(str(tmp_path), 1, {"home1": ["a1", "a2"]})
+    paths = write_federation(str(tmp_path), 1, {"home1": ["a1", "a2", "a3"]})
     sec = str(tmp_path / "sec")
     provision(load_topic_map(paths["topic_map"]), sec)
     broker = MosquittoProcess(str(tmp_path / "mosquitto"), security_dir=sec, auth="password").start()
@@ -57,8 +57,17 @@ def test_a_wrong_ca_and_a_wrong_password_are_named(tmp_path):
             procs.append(fedmq(["node", "run", paths[node]], logs[node]))
         wait_for(lambda: "TLS verification failed" in log_of(logs["a1"]), 60, "the wrong CA to be named")
         assert "check that" in log_of(logs["a1"]) and "ca.crt is the CA" in log_of(logs["a1"])
-        wait_for(lambda: log_of(logs["a2"]).count("refused the connection") >= 2, 60, "refused logins to be logged")
+        wait_for(lambda: "refused the connection of user 'a2'" in log_of(logs["a2"]), 60, "the refused login named")
         assert "Bad user name or password" in log_of(logs["a2"]) or "Not authorized" in log_of(logs["a2"])
+        assert "broker.password_file" in log_of(logs["a2"])
+        # said once: the broker refuses it again and again (its log counts the attempts), the node says no more
+        wait_for(lambda: log_of(broker.config.log_file).count("not authorised") >= 3, 60, "three refused logins")
+        assert log_of(logs["a2"]).count("refused the connection") == 1, log_of(logs["a2"])
+        # a node speaking plain TCP to the TLS port is told so at its first attempt
+        rewrite_yaml(paths["a3"], lambda cfg: cfg["broker"].update(host="127.0.0.1", port=broker.port))
+        logs["a3"] = str(tmp_path / "a3.log")
+        procs.append(fedmq(["node", "run", paths["a3"]], logs["a3"]))
+        wait_for(lambda: "the port speaks TLS and this client does not" in log_of(logs["a3"]), 30, "plain TCP named")
     finally:
         stop(procs)
         broker.stop()

@@ -24,6 +24,7 @@ from fedmq.shared.topicmap.model import BrokerSettings
 SESSION_EXPIRY_S = 3600
 PACKET_OVERHEAD = 512  # fixed header, topic and properties of one PUBLISH, generously
 QUICK_DROP_S = 3.0  # a connection lost this soon after it was made counts as a quick drop
+REFUSAL_REMINDER = 50  # a broker refusing us the same way is said once, then every this many refusals
 SESSION_TAKEN_OVER = 142  # MQTT v5 DISCONNECT reason: another connection with the same client id
 
 
@@ -112,6 +113,7 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         self._fails = 0
+        self._refused_now = False  # the attempt that ends now had its CONNACK refused (said in _on_connect)
         self._connected_at = 0.0
         self._quick_drops = 0  # connections lost within QUICK_DROP_S of being made, in a row
         c.on_disconnect = self._on_disconnect
@@ -229,7 +231,13 @@ class MqttLink:
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
-            self.log.error("broker %s:%s refused the connection: %s", self.broker.host, self.broker.port, reason)
+            self._refused_now = True
+            if str(reason) != self.last_refusal or self.refusals % REFUSAL_REMINDER == 0:  # once, then seldom
+                self.log.error("broker %s:%s refused the connection of %s: %s; check the user and its password "
+                               "(broker.username, broker.password_file) or certificate (broker.tls.cert_file) "
+                               "against the broker's users (a revoked identity is refused like this); retrying "
+                               "with backoff, this is said again every %d refusals", self.broker.host,
+                               self.broker.port, self._identity(), reason, REFUSAL_REMINDER)
             self.last_refusal = str(reason)
             self.refusals += 1
             return
@@ -247,11 +255,19 @@ class MqttLink:
                 client.publish(self.birth[0], self.birth[1], qos=1, retain=True)
             self.connected.set()
 
+    def _identity(self) -> str:
+        """Who we log in as, for messages: the user name, or the client certificate."""
+        if self.broker.username:
+            return f"user {self.broker.username!r}"
+        if self.broker.tls is not None and self.broker.tls.cert_file:
+            return f"the certificate {self.broker.tls.cert_file}"
+        return "an anonymous client"
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """A connection attempt that failed before any CONNACK (refused, timed out, TLS verification):
-        logged with its reason, the first few times and then every 10th, while paho backs off."""
+        logged with its reason once, and then every 10th time, while paho backs off (up to 16 s apart)."""
         self._fails += 1
-        if self._fails <= 3 or self._fails % 10 == 0:
+        if self._fails == 1 or self._fails % 10 == 0:
             reason = self._diagnose()
             self.log.warning("cannot reach the broker at %s:%s (attempt %d: %s); retrying with backoff",
                              self.broker.host, self.broker.port, self._fails, reason)
@@ -268,7 +284,20 @@ class MqttLink:
             return "connection refused: is Mosquitto running on that port?"
         except OSError as exc:
             return exc.strerror or str(exc)
-        return "TCP works, the MQTT connection failed: is it a TLS port?"
+        return self._speaks_tls()
+
+    def _speaks_tls(self) -> str:
+        """For a plain-TCP client whose MQTT connection failed: whether the port expects TLS."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with socket.create_connection((self.broker.host, self.broker.port), timeout=3) as sock:
+                with ctx.wrap_socket(sock):
+                    return ("the port speaks TLS and this client does not: set broker.tls (ca_file, and cert_file "
+                            "and key_file where the broker wants client certificates) in the configuration")
+        except (ssl.SSLError, OSError):
+            return "TCP works, the MQTT connection failed (see the broker's log)"
 
     def _diagnose_tls(self, sock: socket.socket) -> str:
         """The TLS handshake's own error, e.g. the broker's certificate failing verification against our CA."""
@@ -291,8 +320,11 @@ class MqttLink:
                        props: object) -> None:
         quick = time.monotonic() - self._connected_at < QUICK_DROP_S
         self._quick_drops = self._quick_drops + 1 if quick else 0
-        if self._closing:
+        refused, self._refused_now = self._refused_now, False
+        if self._closing or refused:
             pass
+        elif not self.connected.is_set():
+            self._on_connect_fail(client, userdata)  # dropped before any CONNACK: e.g. plain TCP to a TLS port
         elif getattr(reason, "value", None) == SESSION_TAKEN_OVER or self._quick_drops >= 3:
             self.log.error(
                 "the broker dropped us %s: most likely another client is using our client id %s (two "
