@@ -108,8 +108,17 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
     port = local_broker.port
     w = Watcher(port)
     stale = f"{PREFIX}/sensor/{DEVICE}/home1-gw_local_rmse/config"  # announced when the model was a regressor
-    w.publish(stale, json.dumps({"name": "old", "state_topic": "x"}).encode(), retain=True)
-    w.until(lambda: w.last.get(stale), 10, "the stale config to be retained")
+    w.publish(stale, json.dumps({"name": "old", "state_topic": "x", "unique_id": f"fedmq_{FED}_home1-gw_local_rmse"}
+                                ).encode(), retain=True)
+    # announced before serve.homeassistant.device_id changed: the same unique id, which Home Assistant would
+    # refuse to take twice
+    moved = f"{PREFIX}/sensor/old_gateway/home1-gw_samples/config"
+    w.publish(moved, json.dumps({"name": "old", "state_topic": "x", "unique_id": f"fedmq_{FED}_home1-gw_samples"}
+                                ).encode(), retain=True)
+    foreign = f"{PREFIX}/sensor/old_gateway/home1-gw_samples_x/config"  # someone else's: left alone
+    w.publish(foreign, json.dumps({"name": "x", "state_topic": "x", "unique_id": "zigbee2mqtt_x"}).encode(),
+              retain=True)
+    w.until(lambda: w.last.get(stale) and w.last.get(moved) and w.last.get(foreign), 10, "the old configs retained")
     sim, path = _gateway(tmp_path, port, {})
     gone = subprocess.Popen(["true"])
     gone.wait()  # a process that has ended: its half-written save is what a power cut leaves
@@ -136,7 +145,8 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
 
         # discovery: one device, six entities with unique ids, availability bound to the node
         configs = w.until(lambda: (lambda c: c if len(c) == 6 else None)(
-            {t: json.loads(p) for t, p in w.last.items() if t.startswith(PREFIX + "/") and p and t != stale}),
+            {t: json.loads(p) for t, p in w.last.items() if t.startswith(PREFIX + "/") and p and t not in (
+                stale, moved, foreign)}),
             10, "six discovery configs")
         def retained_now() -> dict:  # what the broker retains: a new subscriber's view
             fresh = Watcher(port)
@@ -150,6 +160,8 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
                 fresh.stop()
 
         wait_for(lambda: stale not in retained_now(), 20, "the entity the configuration no longer has to be removed")
+        wait_for(lambda: moved not in retained_now(), 20, "the entity announced under the old device id removed")
+        assert foreign in retained_now()
         by_id = {c["object_id"]: (t, c) for t, c in configs.items()}
         assert set(by_id) == {
             f"home1-gw_{e}"
@@ -167,6 +179,10 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
             assert c["device"]["sw_version"] and c["device"]["model"] == "fedmq gateway"
             if c["object_id"] != "home1-gw_prediction":
                 assert c["entity_category"] == "diagnostic" and len(c["availability"]) == 1
+                assert c["name"].startswith("Occupancy ")  # apart from another node's on the same gateway
+        # every key a config's templates read is in every state (Home Assistant warns of a missing one)
+        read = {k for c in configs.values() for k in re.findall(r"value_json\.(\w+)", json.dumps(c))} - {"get"}
+        assert all(read <= set(s) for s in w.states), read - set(w.states[0])
 
         # Home Assistant restarted: its birth message (not retained) makes the node announce every entity again
         before = {t: w.count[t] for t in configs}
@@ -215,6 +231,26 @@ def test_serving_stops_and_says_why_when_the_model_is_too_old_or_an_input_goes_m
         _publish(port, list(sim.run(3 * 3600)))
         w.until(lambda: w.state().get("value") is not None, 30, "serving again once the input is back")
         assert read_model(_saved_copy(tmp_path)).model_version == 8
+    finally:
+        stop([node])
+        w.stop()
+
+
+def test_a_new_gateway_shows_in_home_assistant_before_its_first_model(local_broker, tmp_path):
+    """No global model yet: the gateway announces its diagnostics, whose data problem says it waits for the
+    first model, and its state carries every key the templates read."""
+    w = Watcher(local_broker.port)
+    sim, path = _gateway(tmp_path, local_broker.port, {})
+    os.unlink(_saved_copy(tmp_path))
+    node = fedmq(["node", "run", path], str(tmp_path / "node.log"))
+    try:
+        problem = f"{PREFIX}/sensor/{DEVICE}/home1-gw_data_problem/config"
+        config = w.until(lambda: w.last.get(problem), 30, "the data problem entity")
+        state = w.until(lambda: w.state() or None, 30, "a state")
+        assert "waiting for the federation's first global model" in state["problem"]
+        read = set(re.findall(r"value_json\.(\w+)", config.decode())) - {"get"}
+        assert read <= set(state) and state["model_version"] is None
+        assert not any("_prediction/" in t for t in w.last)  # its kind is not known before the model
     finally:
         stop([node])
         w.stop()

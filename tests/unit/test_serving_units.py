@@ -153,19 +153,39 @@ def test_discovery_follows_home_assistants_schema():
     assert len(configs) == 6 and len({c["unique_id"] for c in configs.values()}) == 6
     pred = configs["homeassistant/binary_sensor/gw_1/kitchen-gw_prediction/config"]
     assert pred["device_class"] == "occupancy" and pred["payload_on"] == "ON"
+    assert "icon" not in pred  # the device class's own (state-dependent) icon
     assert pred["device"] == {"identifiers": ["fedmq_gw_1"], "name": "Kitchen gateway", "manufacturer": "fedmq",
                               "model": "fedmq gateway", "sw_version": pred["device"]["sw_version"]}
-    assert pred["json_attributes_topic"] == "fedmq/k/state"
-    assert all(discovery.owned(ha, "kitchen-gw", t) for t in configs)
-    assert not discovery.owned(ha, "kitchen", "homeassistant/sensor/gw_1/kitchen-gw_samples/config")
-    # node kitchen_gw's
-    assert not discovery.owned(ha, "kitchen", "homeassistant/sensor/gw_1/kitchen_gw_samples/config")
-    assert not discovery.owned(ha, "kitchen-gw", "homeassistant/sensor/gw_2/kitchen-gw_samples/config")
+    assert pred["json_attributes_topic"] == "fedmq/k/state" and "timestamp" not in pred["json_attributes_template"]
+    # names of diagnostics carry the node's name: two nodes on one gateway do not share entity names
+    names = [c["name"] for c in configs.values()]
+    assert len(set(names)) == 6 and all(n.startswith("Occupancy") for n in names), names
+
+    def owned(node, topic, config):
+        return discovery.owned(ha, node, "fed", topic, json.dumps(config).encode())
+
+    assert all(owned("kitchen-gw", t, c) for t, c in configs.items())
+    samples = configs["homeassistant/sensor/gw_1/kitchen-gw_samples/config"]
+    # the same entity announced under an earlier device id is the node's too (removed when it moves)
+    assert owned("kitchen-gw", "homeassistant/sensor/gw_2/kitchen-gw_samples/config", samples)
+    assert not owned("kitchen", "homeassistant/sensor/gw_1/kitchen-gw_samples/config", samples)
+    assert not owned("kitchen", "homeassistant/sensor/gw_1/kitchen_gw_samples/config", samples)  # node kitchen_gw's
+    assert not owned("kitchen-gw", "homeassistant/sensor/gw_2/kitchen-gw_samples/config",
+                     {**samples, "unique_id": "someone_else"})
     temp = HomeAssistant(device_id="gw_1", name="Temperature", device_class="temperature", unit="°C")
     reg = discovery.configs(temp, "t", "fed", REGRESSOR, "s", "a")
     p = reg["homeassistant/sensor/gw_1/t_prediction/config"]
     assert p["unit_of_measurement"] == "°C" and p["state_class"] == "measurement" and p["device_class"] == "temperature"
+    assert p["suggested_display_precision"] == 1
     assert reg["homeassistant/sensor/gw_1/t_local_rmse/config"]["unit_of_measurement"] == "°C"
+    # before the first model: the diagnostics, so a new gateway shows with "waiting for the first model"
+    waiting = discovery.configs(ha, "kitchen-gw", "fed", None, "s", "a")
+    assert {t.rsplit("/", 2)[1] for t in waiting} == {"kitchen-gw_model_version", "kitchen-gw_last_round",
+                                                     "kitchen-gw_samples", "kitchen-gw_data_problem"}
+    # what Home Assistant refuses is left out of the config (and said by node check and the serving node)
+    wrong = HomeAssistant(device_id="g", name="n", device_class="temperature", unit="C")
+    p = discovery.configs(wrong, "n", "fed", BINARY, "s", "a")["homeassistant/binary_sensor/g/n_prediction/config"]
+    assert "device_class" not in p and p["icon"] == "mdi:brain"
     enum = discovery.configs(HomeAssistant(device_id="g"), "n", "fed", MULTI, "s", "a")[
         "homeassistant/sensor/g/n_prediction/config"
     ]
@@ -260,3 +280,33 @@ def test_leftovers_of_a_dead_writer_go_and_a_live_writers_file_stays(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_home_assistants_rules_for_device_classes_and_units():
+    from fedmq.node.serve import ha_rules
+
+    assert ha_rules.problems("occupancy", None, BINARY) == []
+    assert "not a binary_sensor class" in ha_rules.problems("temperature", None, BINARY)[0]
+    assert ha_rules.problems("temperature", "°C", REGRESSOR) == []
+    assert any("deprecated" in p and "'°C'" in p for p in ha_rules.problems("temperature", "C", REGRESSOR))
+    assert "takes the units" in ha_rules.problems("temperature", "W", REGRESSOR)[0]
+    assert "not a numeric sensor class" in ha_rules.problems("occupancy", None, REGRESSOR)[0]
+    assert "enum sensor" in ha_rules.problems("occupancy", None, MULTI)[0]
+    assert ha_rules.problems("occupancy", None, None) == [] and ha_rules.problems("power", None, None) == []
+    assert "neither" in ha_rules.problems("tempreature", None, None)[0]
+
+
+def test_node_check_refuses_what_home_assistant_would_refuse(tmp_path):
+    """A two-class model with a sensor's device class, and a deprecated unit: node check says so (exit 2)."""
+    import subprocess
+    import sys
+
+    node = _node_yaml(tmp_path, {"homeassistant": {"device_class": "temperature", "unit": "C"}})
+    fed = tmp_path / "fed.yaml"
+    fed.write_text(yaml.safe_dump({"federation": "f", "model": {"kind": "softmax_regression", "features": 1,
+                                                                "classes": [0, 1]},
+                                   "tree": {"nodes": ["gw1"]}}))
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "node", "check", node, "--topic-map", str(fed)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "not a binary_sensor class" in r.stderr and "deprecated" in r.stderr and "'°C'" in r.stderr

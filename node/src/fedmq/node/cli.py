@@ -13,6 +13,7 @@ import numpy as np
 
 from fedmq.node.agent import NodeAgent
 from fedmq.node.config import NodeConfig, load_node_config
+from fedmq.node.serve import ha_rules
 from fedmq.node.serve.config import describe_serving
 from fedmq.shared.data import DataError, DataSource, open_source
 from fedmq.shared.datacheck import checked_data
@@ -129,6 +130,9 @@ def _check(args: argparse.Namespace) -> int:
                 f"group: the node says {'/'.join(cfg.group) or '(root)'}, the topic map admits "
                 f"{cfg.node_id!r} to {where}"
             )
+    ha = cfg.serve.homeassistant if cfg.serve is not None else None
+    if ha is not None:  # what Home Assistant would refuse (checked against the model's kind with --topic-map)
+        problems += [f"serve.homeassistant: {p}" for p in ha_rules.problems(ha.device_class, ha.unit, spec)]
     if spec is not None:
         x, y, problem = checked_data(spec, x, y, cfg.min_samples)
     else:

@@ -128,7 +128,7 @@ def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str
     return HomeAssistant(
         discovery_prefix=r.value(m, "discovery_prefix", p, str, "homeassistant", check=_topic_problem),
         device_id=device_id,
-        device_name=r.value(m, "device_name", p, str, f"fedmq gateway {device_id}"),
+        device_name=r.value(m, "device_name", p, str, device_id),
         name=r.value(m, "name", p, str, node_id),
         device_class=r.value(m, "device_class", p, str, None),
         unit=r.value(m, "unit", p, str, None),

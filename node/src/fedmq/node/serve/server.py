@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Set, cast
 
 import paho.mqtt.client as mqtt
 
-from fedmq.node.serve import discovery
+from fedmq.node.serve import discovery, ha_rules
 from fedmq.node.serve.config import Personalise, ServeConfig
 from fedmq.node.serve.personalise import DEFAULT_LR, personalise, score
 from fedmq.node.serve.predictors import Predictor, make_predictor
@@ -64,6 +64,7 @@ class Server:
         self.last_state: Dict[str, Any] = {}
         self.announced: Set[str] = set()
         self.seen_configs: Set[str] = set()  # retained configs of ours found on the broker
+        self.said: Set[str] = set()  # configuration problems already logged
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -171,7 +172,10 @@ class Server:
     def state(self) -> Dict[str, Any]:
         """The state JSON: the prediction, or ``value: null`` and the ``problem``; and the model's health."""
         model, now = self.model, time.time()
-        out: Dict[str, Any] = {"value": None, "problem": None, "timestamp": iso(now)}
+        # every key a discovery config reads is always there (null when unknown): no template warnings
+        out: Dict[str, Any] = {"value": None, "problem": None, "timestamp": iso(now), "model_version": None,
+                               "round": None, "model_received": None, "personalised": False,
+                               "local_accuracy": None, "local_rmse": None}
         if model is not None:
             accuracy = "local_accuracy" if model.spec.is_classifier else "local_rmse"
             out.update(model_version=model.model_version, round=model.round, model_received=iso(model.saved_at),
@@ -213,15 +217,21 @@ class Server:
     # --- the home broker and Home Assistant ------------------------------------------------------
 
     def announce(self) -> None:
-        """Publish this node's discovery configs (retained), and empty ones for entities it no longer has."""
-        ha, model = self.cfg.homeassistant, self.model
-        if ha is None or model is None:
+        """Publish this node's discovery configs (retained), and empty ones for entities it no longer has;
+        before the first model, its diagnostics (they say it waits for one)."""
+        ha = self.cfg.homeassistant
+        if ha is None:
             return
         with self._announcing:
-            self._announce(ha, model)
+            self._announce(ha, self.model)
 
-    def _announce(self, ha: Any, model: SavedModel) -> None:
-        current = discovery.configs(ha, self.node_id, self.federation, model.spec, self.state_topic,
+    def _announce(self, ha: Any, model: Optional[SavedModel]) -> None:
+        spec = model.spec if model is not None else None
+        for problem in ha_rules.problems(ha.device_class, ha.unit, spec):
+            if problem not in self.said:
+                self.said.add(problem)
+                self.log.error("Home Assistant: serve.homeassistant: %s (announced without it)", problem)
+        current = discovery.configs(ha, self.node_id, self.federation, spec, self.state_topic,
                                     self.availability_topic)
         for topic in (self.announced | self.seen_configs) - set(current):
             self.client.publish(topic, b"", qos=1, retain=True)
@@ -241,8 +251,8 @@ class Server:
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         ha = self.cfg.homeassistant
         if ha is not None:
-            client.subscribe([(f"{ha.discovery_prefix}/status", 1),
-                              (f"{ha.discovery_prefix}/+/{ha.device_id}/+/config", 1)])
+            # every device id: a config announced under the gateway's earlier device_id is found and removed
+            client.subscribe([(f"{ha.discovery_prefix}/status", 1), (f"{ha.discovery_prefix}/+/+/+/config", 1)])
         self.announce()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -254,9 +264,8 @@ class Server:
                 self.log.info("Home Assistant is online: announcing the entities again")
                 self.announce()
             return
-        if msg.payload and msg.retain and discovery.owned(ha, self.node_id, msg.topic) \
-                and msg.topic not in self.announced:
+        if msg.payload and msg.retain and msg.topic not in self.announced \
+                and discovery.owned(ha, self.node_id, self.federation, msg.topic, msg.payload):
             with self._announcing:  # not between an announcement's read and its clearing of seen_configs
                 self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
-            if self.model is not None:  # else the announcement that follows the first model removes it
-                self.announce()
+            self.announce()
