@@ -128,6 +128,11 @@ def test_metrics_names_follow_prometheus_conventions_and_the_grafana_dashboard_u
     assert not re.search(r'node="', text)  # no per-node series unless asked
     assert 'fedmq_updates_received_total{federation="f",group="home1"} 1.0' in text  # a rejected update arrived
     assert 'fedmq_model_accuracy_ratio{federation="f",source="held_out"} 0.5' in text
+    assert "_created" not in text  # no creation-time series beside the counters
+    assert re.search(r'fedmq_build_info\{.*protocol="[0-9.]+".*version="[0-9.]+"', text), text
+    # every reason has a series from the start, at 0 until its first rejection
+    assert 'fedmq_messages_rejected_total{federation="f",reason="bad signature"} 0.0' in text
+    assert 'fedmq_messages_rejected_total{federation="f",reason="duplicate"} 1.0' in text
     board = json.load(open(os.path.join(ROOT, "deploy", "grafana", "fedmq-dashboard.json")))
     used = {n for p in board["panels"] for t in p["targets"] for n in re.findall(r"fedmq_[a-z_]+", t["expr"])}
     base = {re.sub(r"_(bucket|count|sum|created)$", "", n) for n in names}
@@ -160,3 +165,24 @@ def test_json_logs_carry_node_group_and_round():
         "fedmq.group.site/b2", logging.WARNING, "", 1, "rejected x: duplicate", (), None
     )
     assert json.loads(JsonFormatter().format(group))["group"] == "site/b2"
+
+
+def test_every_reason_counted_in_the_code_is_in_the_fixed_vocabulary():
+    """The rejection counter starts every reason at 0, so the reasons the code counts must all be listed."""
+    from fedmq.coordinator.rejections import REASONS
+
+    found = set()
+    for pkg in ("coordinator", "shared"):
+        for base, _, files in os.walk(os.path.join(ROOT, pkg, "src")):
+            for name in files:
+                if name.endswith(".py"):
+                    text = open(os.path.join(base, name), encoding="utf-8").read()
+                    found |= set(re.findall(r'reject\(\s*"([^"]+)"', text))
+                    found |= set(re.findall(r'SignatureError\(\s*"([^"]+)"', text))
+                    found |= set(re.findall(r'(?:EnvelopeError|EnvelopeRefused)\([^()]*(?:\([^()]*\)[^()]*)*, "([^"]+)"\)',
+                                            text))
+                    if name in ("group.py", "async_group.py", "edge_schedule.py"):  # (failed, reason, detail) checks
+                        found |= set(re.findall(r'\(\s*[^,()]+,\s*"([a-z][a-z ]+)",\s*(?:f?"|\()', text))
+                        found |= set(re.findall(r'(?m)^\s+"([a-z][a-z ]+)",\n\s+(?:f?"|\()', text))
+    found -= {"unreadable keys"}  # a keys.json problem is logged, never counted as a message's rejection
+    assert found and found <= set(REASONS), found - set(REASONS)

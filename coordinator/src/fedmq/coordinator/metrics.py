@@ -15,7 +15,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from fedmq.coordinator.group import GroupResult
+from fedmq.coordinator.rejections import REASONS
 from fedmq.coordinator.tree import Membership
+from fedmq.shared import PROTOCOL_REVISION, __version__
 from fedmq.shared.messages import Control
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.loader import address_problem
@@ -35,7 +37,9 @@ class ProcessMetrics:
 
     def __init__(self, tm: TopicMap, membership: Membership, groups: Sequence[Tuple[str, ...]], *,
                  per_node: bool = False) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+
+        disable_created_metrics()  # no <counter>_created series beside every counter
 
         self.tm, self.membership, self.per_node = tm, membership, per_node
         self.topics = Topics(tm.federation, tm.broker.topic_prefix)
@@ -71,6 +75,10 @@ class ProcessMetrics:
                                    labelnames=["federation", "node"], registry=r) if per_node else None
         self.f = tm.federation
         self.rounds_target.labels(self.f).set(tm.policy.rounds)
+        Info("fedmq_build", "fedmq's version and protocol revision", registry=r).info(
+            {"version": __version__, "protocol": PROTOCOL_REVISION})
+        for reason in REASONS:  # a fixed vocabulary: every series from 0, so rates and alerts see the first one
+            self.rejected.labels(self.f, reason)
         for metric in (self.rounds_applied, self.round_duration, self.round, self.model_version, self.bytes_up,
                        self.bytes_down, self.dropouts):
             metric.labels(self.f)

@@ -7,6 +7,21 @@ from collections import Counter
 from typing import Callable, Dict, List
 
 
+# Every reason a coordinator or edge counts (docs/operations.md), so each has a series from the start; enrolment
+# refusals are counted as "enrol: <reason>".
+REASONS = (
+    "malformed", "bad checksum", "NaN or Inf", "over size limit", "wrong kind", "wrong federation",
+    "sender mismatch", "missing signature", "unknown signer", "bad signature", "replayed nonce",
+    "wrong shape or dtype", "wrong codec", "bad chunk", "incomplete chunks", "bad sample count",
+    "update norm too large", "no reference model", "bad update norms", "bad update rows", "secure sum out of bounds",
+    "bad secure aggregation message", "malformed secure aggregation message", "rate limit", "unknown node",
+    "unselected node", "duplicate", "stale round", "wrong model version", "too stale", "unknown model version",
+    "unexpected partial", "bad node list", "values too large", "malformed status", "malformed control",
+    "malformed progress", "malformed model", "too many nodes", "retained message", "internal error",
+    "enrol: malformed",
+)
+
+
 class Rejections:
     """Counts rejected messages by reason, in total and since the last ``take_round``."""
 
