@@ -54,6 +54,14 @@ def test_the_dashboard_follows_a_running_federation_in_chromium(broker, tmp_path
             assert early != page.inner_text("#round")
             assert int(page.get_attribute("#accuracy-chart", "data-points")) == 6
             assert "held-out" in page.inner_text("#acc-source")
+            assert page.query_selector("#loss-axis") is not None  # loss on an axis of its own
+            assert "round 1" in page.inner_html("#bytes-chart") and "up (updates)" in page.inner_text("body")
+            # the first paint needs no event stream: a page whose stream never connects shows the state
+            still = browser.new_page()
+            still.route("**/events", lambda route: route.abort())
+            still.goto(url)
+            assert still.inner_text("#round").startswith("done: 6 of 6"), still.inner_text("#round")
+            assert still.query_selector('#tree [data-node="b2"]') is not None
             shot = os.environ.get("FEDMQ_DASHBOARD_SCREENSHOT", str(tmp_path / "dashboard.png"))
             page.screenshot(path=shot)
             browser.close()

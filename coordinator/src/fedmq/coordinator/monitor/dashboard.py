@@ -23,6 +23,7 @@ from fedmq.shared.topicmap.model import BrokerSettings
 log = logging.getLogger("fedmq.dashboard")
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 MAX_CLIENTS = 32
+INITIAL_STATE = b"null/*initial state*/"  # in dashboard.html, replaced by the state when the page is served
 
 
 class Dashboard:
@@ -57,6 +58,11 @@ class Dashboard:
     def state(self) -> bytes:
         """The view as JSON bytes."""
         return json.dumps(self.view.snapshot(), separators=(",", ":")).encode()
+
+    def page_now(self) -> bytes:
+        """The page with the current state in it, so its first paint shows the federation before the event
+        stream delivers (a slow link, a screenshot). ``<`` is escaped: the JSON cannot end its script element."""
+        return self.page.replace(INITIAL_STATE, self.state().replace(b"<", b"\\u003c"), 1)
 
     def wait_change(self, seen: int, timeout: float) -> int:
         """Block until the view's version differs from ``seen`` (or ``timeout``); the version now."""
@@ -96,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # the standard library's name
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
-            self._send(200, "text/html; charset=utf-8", self.board.page)
+            self._send(200, "text/html; charset=utf-8", self.board.page_now())
         elif path == "/state":
             self._send(200, "application/json", self.board.state())
         elif path == "/events":
