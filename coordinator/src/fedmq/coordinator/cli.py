@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from typing import TYPE_CHECKING, Any, Dict
@@ -142,16 +143,25 @@ def _edge_broker(broker: "BrokerSettings", args: argparse.Namespace) -> "BrokerS
     return broker
 
 
-def format_round(s: Dict[str, Any]) -> str:
+def quality(s: Dict[str, Any], regressor: bool = False) -> str:
+    """``accuracy 0.9012`` for a classifier; for a regressor ``r2 0.81`` (held-out) or ``rmse 0.4213`` (the
+    square root of the nodes' mean squared error); ``-`` when the round has none."""
+    acc, loss = s.get("accuracy"), s.get("loss")
+    if regressor and acc is None and loss is not None:
+        return f"rmse {math.sqrt(max(0.0, loss)):.4f}"
+    name = "r2" if regressor else "accuracy"
+    return f"{name} {'-' if acc is None else f'{acc:.4f}'}"
+
+
+def format_round(s: Dict[str, Any], regressor: bool = False) -> str:
     """One human-readable line per round."""
-    acc = s.get("accuracy")
     loss = s.get("loss")
     source = {"held_out": " (held-out)", "node_training_data": " (nodes' data)"}.get(s.get("accuracy_source", ""), "")
     total = f" of {s['rounds_total']}" if "rounds_total" in s else ""
     eta = s.get("eta_s")
     return (
-        f"round {s['round']:>3}{total}  accuracy {acc if acc is None else f'{acc:.4f}'}{source}  loss "
-        f"{loss if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
+        f"round {s['round']:>3}{total}  {quality(s, regressor)}{source}  loss "
+        f"{'-' if loss is None else f'{loss:.4f}'}  updates {s['updates']:>3}"
         + (f"/{s['selected']:<3}" if "selected" in s else f" staleness {s.get('staleness', 0):.1f}")
         + f"  up {s['bytes_up']:>9,} B  down {s['bytes_down']:>9,} B  {s['seconds']:.2f} s"
         + (f"  rejected {s['rejected']}" if s.get("rejected") else "")
@@ -194,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     def on_round(summary: Dict[str, Any]) -> None:
         rounds.append(summary)
         if not args.quiet:
-            print(format_round(summary), flush=True)
+            print(format_round(summary, not tm.model.is_classifier), flush=True)
 
     try:
         service = CoordinatorService(tm, fresh=args.fresh, on_round=on_round, metrics_address=args.metrics)

@@ -215,9 +215,14 @@ class RoundDriver:
             )
         elif time.monotonic() - self.last_wait_log > 5:
             self.last_wait_log = time.monotonic()
-            self.log.warning(
-                "waiting for nodes: %d online, %d needed%s", len(able), p.min_nodes, self._problem_note(online)
-            )
+            named = len(self.tm.root.named_nodes())
+            if len(able) >= p.min_nodes:  # enough, but the first round gives every named node a moment
+                self.log.warning("waiting for nodes: %d of the %d named nodes ready; the first round starts once "
+                                 "all are, or after %.0f s of waiting%s", len(able), named,
+                                 min(p.wait_for_nodes_s, 10.0), self._problem_note(online))
+            else:
+                self.log.warning("waiting for nodes: %d ready, at least %d needed (rounds.min_nodes)%s", len(able),
+                                 p.min_nodes, self._problem_note(online))
 
     def _problem_note(self, online: List[str]) -> str:
         """', N more online with data problems: node (reason), ...' or ''."""

@@ -39,7 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
             print(f"fedmq: skipping command {ep.name!r}: {exc}", file=sys.stderr)
             continue
         register(sub)
+    _verbose_anywhere(parser)
     return parser
+
+
+def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after any command's name too (``fedmq node run -v NODE.yaml``), as ``--log-format`` is: every
+    subcommand's parser counts it into ``verbose_after``, which adds to the top-level ``-v``."""
+    for action in parser._actions:  # argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if "-v" not in child._option_string_actions:
+                    child.add_argument("-v", "--verbose", action="count", dest="verbose_after",
+                                       default=argparse.SUPPRESS, help="more log output (-vv for debug)")
+                _verbose_anywhere(child)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -49,7 +62,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else EXIT_CONFIG
-    setup_logging(args.verbose + getattr(args, "default_verbosity", 0), args.log_format)
+    verbosity = args.verbose + getattr(args, "verbose_after", 0) + getattr(args, "default_verbosity", 0)
+    setup_logging(verbosity, args.log_format)
     try:
         return int(args.func(args) or 0)
     except TopicMapError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Mapping
+from typing import Any, Collection, Dict, List, Mapping
 
 from fedmq.coordinator.cli import format_round
 from fedmq.shared.messages import MessageError, decode_metrics
@@ -60,9 +60,10 @@ def report_row(r: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def collect_rounds(watcher: MqttLink, metrics: Mapping[str, str], coordinators: Mapping[str, subprocess.Popen],
-                   rounds: int, deadline: float) -> Dict[str, List[Dict[str, Any]]]:
-    """Round summaries per federation (``metrics``: metrics topic -> name), printed as they arrive, until every
-    federation has ``rounds`` of them, its coordinator has exited, or nothing happened for a while."""
+                   rounds: int, deadline: float, regressors: Collection[str] = ()) -> Dict[str, List[Dict[str, Any]]]:
+    """Round summaries per federation (``metrics``: metrics topic -> name; ``regressors``: the names whose
+    model is a regressor), printed as they arrive, until every federation has ``rounds`` of them, its
+    coordinator has exited, or nothing happened for a while."""
     seen: Dict[str, Dict[int, Dict[str, Any]]] = {name: {} for name in metrics.values()}
     last_progress = started = time.monotonic()
     stall = 60.0 + 4 * deadline
@@ -83,5 +84,5 @@ def collect_rounds(watcher: MqttLink, metrics: Mapping[str, str], coordinators: 
             seen[name][summary["round"]] = summary
             last_progress = time.monotonic()
             summary["elapsed"] = round(last_progress - started, 3)  # since the coordinator started
-            print((f"{name:<10} " if len(metrics) > 1 else "") + format_round(summary), flush=True)
+            print((f"{name:<10} " if len(metrics) > 1 else "") + format_round(summary, name in regressors), flush=True)
     return {n: [s[k] for k in sorted(s)] for n, s in seen.items()}

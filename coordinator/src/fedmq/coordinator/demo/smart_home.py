@@ -217,7 +217,7 @@ def run_smart_home(args: argparse.Namespace, workdir: str, procs: Processes) -> 
                                               os.path.join(workdir, "logs", f"coordinator-{task}.log"))
                             for task in TASKS}
             rounds = collect_rounds(watcher, {Topics(FEDERATIONS[t]).metrics(): t for t in TASKS}, coordinators,
-                                    args.rounds, args.deadline)
+                                    args.rounds, args.deadline, regressors=("forecast",))
         finally:
             watcher.stop()
         if all(len(rounds[t]) == args.rounds for t in TASKS):
