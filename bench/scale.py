@@ -244,6 +244,23 @@ def run_case(n: int, params: int, rounds: int, compression: str) -> List[Dict[st
     return rows
 
 
+FILES_BESIDE_NODES = 512  # Mosquitto's own files and the coordinator's sockets, beside a socket per node
+
+
+def raise_file_limit(nodes: int) -> None:
+    """Raise the open-file limit to what Mosquitto needs (a socket per node, inherited by the processes started
+    here), within the hard limit; exit 2 saying how many nodes fit when the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = nodes + FILES_BESIDE_NODES
+    if hard != resource.RLIM_INFINITY and need > hard:
+        fit = (hard - FILES_BESIDE_NODES) // 20 * 20
+        sys.exit(f"bench/scale.py: {nodes} nodes need {need} open files in Mosquitto, over this machine's hard "
+                 f"limit of {hard}: run at most --nodes {fit}, or raise the hard limit (ulimit -Hn as root, "
+                 "LimitNOFILE= in a systemd unit)")
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,9 +281,7 @@ def main() -> None:
         _, port, params, out, stop_file, *ids = args.role
         worker(int(port), int(params), ids, out, stop_file)
         return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, 4 * args.nodes + 1024)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))  # Mosquitto needs a socket per node
+    raise_file_limit(args.nodes)
     summary = []
     for params in args.params:
         for codec in args.compression:
