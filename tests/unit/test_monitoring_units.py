@@ -179,8 +179,8 @@ def test_every_reason_counted_in_the_code_is_in_the_fixed_vocabulary():
                     text = open(os.path.join(base, name), encoding="utf-8").read()
                     found |= set(re.findall(r'reject\(\s*"([^"]+)"', text))
                     found |= set(re.findall(r'SignatureError\(\s*"([^"]+)"', text))
-                    found |= set(re.findall(r'(?:EnvelopeError|EnvelopeRefused)\([^()]*(?:\([^()]*\)[^()]*)*, "([^"]+)"\)',
-                                            text))
+                    found |= set(re.findall(
+                        r'(?:EnvelopeError|EnvelopeRefused)\([^()]*(?:\([^()]*\)[^()]*)*, "([^"]+)"\)', text))
                     if name in ("group.py", "async_group.py", "edge_schedule.py"):  # (failed, reason, detail) checks
                         found |= set(re.findall(r'\(\s*[^,()]+,\s*"([a-z][a-z ]+)",\s*(?:f?"|\()', text))
                         found |= set(re.findall(r'(?m)^\s+"([a-z][a-z ]+)",\n\s+(?:f?"|\()', text))

@@ -80,9 +80,9 @@ def test_acl_is_least_privilege_for_every_party(tmp_path):
     coord = blocks["user coordinator"]
     assert "topic read fedmq/v1/f/#" in coord and not any("_status" in r for r in coord if "write" in r)
     # updates: only to clear what a node leaves retained there (the group's update topics and their chunks)
+    groups, chunks = ("", "home/", "site/", "site/floor/"), ("", "/_chunk/+")
     assert {r for r in coord if "write" in r and "_update" in r} == {
-        f"topic write fedmq/v1/f/{g}_update/+{c}" for g in ("", "home/", "site/", "site/floor/") for c in ("", "/_chunk/+")
-    }
+        f"topic write fedmq/v1/f/{g}_update/+{c}" for g in groups for c in chunks}
     assert blocks["user enrol-t1"] == [
         "topic write fedmq/v1/f/_enrol/request/t1",
         "topic read fedmq/v1/f/_enrol/reply/t1",

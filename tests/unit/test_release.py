@@ -44,7 +44,7 @@ def test_set_version_rewrites_every_place(tmp_path, monkeypatch):
     monkeypatch.setattr(set_version, "VERSION_FILE", tmp_path / set_version.VERSION_FILE.relative_to(ROOT))
     set_version.set_version("9.8.7")
     text = "".join(p.read_text() for p in set_version.places())
-    assert __version__ not in text and text.count("9.8.7") == 4 + 4 + 1  # versions, pins, __version__
+    assert __version__ not in text and text.count("9.8.7") == 4 + 5 + 1  # versions, pins, __version__
 
 
 def test_version_names_the_newest_protocol_revision():

@@ -93,7 +93,7 @@ def save(directory: str, federation: str, spec: ModelSpec, weights: Weights, sta
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CheckpointError(f"{where}: cannot write the checkpoint ({reason}); check that {directory} is a "
                               "writable directory with free space") from None
-    _prune(directory, {name, before} - {None})
+    _prune(directory, {name} | ({before} if before else set()))
     return os.path.join(directory, name)
 
 

@@ -6,7 +6,6 @@ import logging
 from collections import Counter
 from typing import Callable, Dict, List
 
-
 # Every reason a coordinator or edge counts (docs/operations.md), so each has a series from the start; enrolment
 # refusals are counted as "enrol: <reason>".
 REASONS = (

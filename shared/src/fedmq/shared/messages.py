@@ -113,20 +113,14 @@ class Control:
     def encode(self) -> bytes:
         """JSON bytes of this message."""
         d = asdict(self)
-        if self.type not in ("start", "async"):
-            for k in ("model_version", "train"):
+        only = {"model_version": ("start", "async"), "train": ("start", "async"), "deadline_at": ("start",),
+                "selected": ("start",), "opened": ("start",), "outcome": ("close",)}
+        for k, types in only.items():
+            if self.type not in types:
                 d.pop(k)
-        if self.type != "start":
-            for k in ("deadline_at", "selected"):
-                d.pop(k)
-        if self.type != "close":
-            d.pop("outcome")
-        if self.task == "train":
-            d.pop("task")
-        if not self.opened or self.type != "start":
-            d.pop("opened")
-        for k in ("model_group", "secure", "bounds"):
-            if d[k] is None:
+        unset = {"task": "train", "opened": 0, "model_group": None, "secure": None, "bounds": None}
+        for k, default in unset.items():
+            if k in d and d[k] == default:
                 d.pop(k)
         if d.get("train"):  # optional fields only when set: a 1.1 node reads the rest unchanged
             t = d["train"]

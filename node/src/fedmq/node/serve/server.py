@@ -265,7 +265,7 @@ class Server:
                 self.announce()
             return
         if msg.payload and msg.retain and msg.topic not in self.announced \
-                and discovery.owned(ha, self.node_id, self.federation, msg.topic, msg.payload):
+                and discovery.owned(ha, self.node_id, self.federation, msg.topic, bytes(msg.payload)):
             with self._announcing:  # not between an announcement's read and its clearing of seen_configs
                 self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
             self.announce()
