@@ -9,7 +9,9 @@ through Home Assistant's REST API that:
   entities, with the states the nodes publish (model version = the federation's last round);
 * a node stopped with SIGTERM makes its entities unavailable, and started again with no coordinator running
   it serves again from its saved copy of the model;
-* a SIGKILLed node's entities become unavailable through its MQTT last will.
+* a SIGKILLed node's entities become unavailable through its MQTT last will;
+* a gateway whose ``device_id`` changed moves its entities to the new device (the old configs removed), and
+  Home Assistant logs no duplicate unique id and no template warning.
 
     .venv/bin/python bench/ha_check.py [--venv DIR] [--python PYTHON3.13] [--workdir DIR]
 
@@ -225,6 +227,17 @@ class Federation:
             stderr=subprocess.STDOUT,
         )
 
+    def move(self, home: str, device_id: str, device_name: str) -> None:
+        """Stop the gateway of ``home``, give it another Home Assistant device id, and start it again."""
+        self.nodes[home].send_signal(signal.SIGTERM)
+        self.nodes[home].wait(30)
+        with open(self.configs[home], encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh)
+        cfg["serve"]["homeassistant"].update(device_id=device_id, device_name=device_name)
+        with open(self.configs[home], "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg, fh)
+        self.start_node(home)
+
     def publish(self, seconds: float) -> None:
         """The homes' next ``seconds`` of sensor readings (and the clock), as fast as the broker takes them."""
         with Publisher(self.broker) as pub:
@@ -365,6 +378,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         other = fed.homes[1]
         check(f"{other} is not affected", state_of(f"binary_sensor.{other}_gw_prediction", "on", "off"), timeout=5)
+        fed.move(other, f"{other}_hub", f"{other} hub")  # serve.homeassistant.device_id changed, node restarted
+        check(f"{other} moved to device id {other}_hub: the device is renamed",
+              lambda: ha.template("{{ device_attr('binary_sensor.%s_gw_prediction', 'name') }}" % other)
+              == f"{other} hub")
+        check(f"{other} moved: it predicts again", state_of(f"binary_sensor.{other}_gw_prediction", "on", "off"))
+        log = open(os.path.join(ha.config_dir, "home-assistant.log"), encoding="utf-8", errors="replace").read()
+        for trouble in ("does not generate unique IDs", "has no attribute", "is already used"):
+            assert trouble not in log, f"Home Assistant's log says {trouble!r}"
+        print("ok  Home Assistant logged no duplicate unique id and no template warning", flush=True)
         print(f"PASS: every Home Assistant check ({time.monotonic() - t0:.0f} s)")
         return 0
     except (RuntimeError, AssertionError, subprocess.SubprocessError, urllib.error.URLError) as exc:

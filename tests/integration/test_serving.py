@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhelp import FED, fedmq, stop, wait_for
-from fedmq.coordinator.sim.homes import Simulation
+from fedmq.coordinator.sim.homes import CLOCK_TOPIC, Simulation
 from fedmq.coordinator.sim.publish import Publisher
 from fedmq.coordinator.sim.scenario import node_config, write_yaml
 from fedmq.node.agent import global_model_path
@@ -251,6 +251,48 @@ def test_a_new_gateway_shows_in_home_assistant_before_its_first_model(local_brok
         read = set(re.findall(r"value_json\.(\w+)", config.decode())) - {"get"}
         assert read <= set(state) and state["model_version"] is None
         assert not any("_prediction/" in t for t in w.last)  # its kind is not known before the model
+    finally:
+        stop([node])
+        w.stop()
+
+
+def test_a_gateway_without_labels_stores_and_serves_and_reports_what_its_stream_dropped(local_broker, tmp_path):
+    """Labels off (the label signal's topic is silent): rows are stored from the inputs and predictions are
+    served; junk readings are counted by reason in the state Home Assistant reads and in the node's status."""
+    import yaml
+
+    from fedmq.shared.messages import Status
+    from fedmq.shared.topics import Topics
+
+    port = local_broker.port
+    w = Watcher(port)
+    status_topic = Topics(FED).status(("home1",), "home1-gw")
+    w.link.subscribe(status_topic)
+    sim, path = _gateway(tmp_path, port, {})
+    cfg = yaml.safe_load(open(path))
+    label = next(s for s in cfg["data"]["signals"] if s["name"] == "occupancy")
+    for key in ("zigbee2mqtt", "tasmota", "statestream", "field", "topic"):
+        label.pop(key, None)
+    label["topic"] = "nobody/labels/this"
+    cfg["min_samples"] = 1
+    yaml.safe_dump(cfg, open(path, "w"))
+    node = fedmq(["node", "run", path], str(tmp_path / "node.log"))
+    try:
+        w.until(lambda: w.state().get("problem", "").startswith("inputs:") or w.state().get("value") is not None, 30,
+                "a first state")
+        messages = list(sim.run(86400))
+        sensors = [topic for _, topic, _ in messages if topic != CLOCK_TOPIC]
+        junk = [(messages[-1][0], sensors[i], b"\xff not UTF-8") for i in range(5)]
+        _publish(port, messages + junk)
+        state = w.until(lambda: w.state() if w.state().get("value") is not None else None, 30, "a prediction")
+        assert state["samples"] > 200  # rows stored without a single label
+        state = w.until(lambda: w.state() if w.state()["stream"]["dropped_readings"] else None, 30, "the junk counted")
+        assert state["stream"]["dropped_readings"] == {"not UTF-8": 5}
+        assert state["stream"]["unlabelled_rows"] >= state["samples"]
+        status = w.until(lambda: (lambda s: s if s and s.data.get("dropped") else None)(
+            Status.decode(w.last[status_topic]) if w.last.get(status_topic) else None), 90, "the counts in the status")
+        assert status.data["dropped"] == {"not UTF-8": 5} and status.data["unlabelled_rows"] > 200
+        assert "no sample has a label" in status.problem or status.samples == 0
     finally:
         stop([node])
         w.stop()

@@ -186,3 +186,30 @@ def test_every_reason_counted_in_the_code_is_in_the_fixed_vocabulary():
                         found |= set(re.findall(r'(?m)^\s+"([a-z][a-z ]+)",\n\s+(?:f?"|\()', text))
     found -= {"unreadable keys"}  # a keys.json problem is logged, never counted as a message's rejection
     assert found and found <= set(REASONS), found - set(REASONS)
+
+
+def test_what_a_nodes_stream_dropped_reaches_status_view_text_and_metrics():
+    from prometheus_client import generate_latest
+
+    from fedmq.coordinator.monitor.status_cmd import stream_note
+
+    data = {"dropped_rows": 3, "unlabelled_rows": 40, "dropped": {"not JSON": 2, "field missing": 1}}
+    status = Status("a1", "online", samples=5, source="mqtt", live=True, data=data)
+    assert Status.decode(status.encode()).data == data
+    with pytest.raises(MessageError):
+        Status.decode(Status("a1", "online", data={"dropped": {str(i): 1 for i in range(40)}}).encode())
+    view = _view()
+    view.feed(Message(view.topics.status(("home1",), "a1"), status.encode(), True))
+    a1 = next(n for n in view.snapshot()["nodes"] if n["node"] == "a1")
+    assert a1["data"] == data
+    note = stream_note(a1["data"])
+    assert "dropped 3 rows, 3 readings (field missing 1, not JSON 2)" in note and "40 rows unlabelled" in note
+    assert note in render(view.snapshot())
+    tm = parse_topic_map(TM)
+    m = ProcessMetrics(tm, Membership(tm), list(tm.groups()))
+    m.watch_presence(lambda: ["a1"], lambda node: {**data, "dropped": {**data["dropped"], "made up": 7}})
+    m.refresh()
+    text = generate_latest(m.registry).decode()
+    assert 'fedmq_stream_readings_dropped{federation="f",group="home1",reason="not JSON"} 2.0' in text
+    assert 'fedmq_stream_readings_dropped{federation="f",group="home1",reason="other"} 7.0' in text
+    assert 'fedmq_stream_rows{federation="f",group="home1",kind="unlabelled"} 40.0' in text

@@ -230,6 +230,9 @@ class _Source:
     def rows_stored(self) -> int:
         return 42
 
+    def counters(self):  # type: ignore[no-untyped-def]
+        return {"dropped_rows": 3, "unlabelled_rows": 0, "dropped": {"not JSON": 2}}
+
     def load(self):  # type: ignore[no-untyped-def]
         return np.zeros((0, 4), np.float32), np.zeros(0)
 

@@ -248,3 +248,90 @@ def test_a_wildcard_signal_combines_every_matching_topic_and_junk_is_counted():
     ingest.feed("clock", b"2026-01-05T08:01:00Z")  # ISO 8601 works too; closes the period
     assert rows == [[0.5, 21.5]]
     assert ingest.counters()["dropped"] == {"not a number or known state": 1}
+
+
+APPLIANCE = {
+    "broker": {"port": 1884},
+    "signals": [{"name": "power", "tasmota": "plug1", "field": "ENERGY.Power"},
+                {"name": "appliance", "statestream": "input_select.plug1_appliance", "hold": True,
+                 "states": {"kettle": 0, "toaster": 1}, "unset": ["unknown", "unavailable", "none"]}],
+    "features": [{"signal": "power"}, {"signal": "power", "kind": "mean", "window": 3}],
+    "label": {"signal": "appliance"},
+    "period_s": 60, "max_age_s": 120, "clock_topic": "clock",
+}
+LABEL_TOPIC = "homeassistant/input_select/plug1_appliance/state"
+
+
+def _power(w: float) -> bytes:
+    return json.dumps({"Time": "2026-01-05T08:00:00", "ENERGY": {"Power": w}}).encode()
+
+
+def test_rows_are_stored_from_their_inputs_and_a_label_attaches_when_it_is_known(tmp_path):
+    """No label yet: rows are stored (unlabelled) and served, none trains. A label published once, on change,
+    holds past max_age_s; an 'unset' word ('none') leaves later rows unlabelled; string classes come from the
+    label's states."""
+    src = _source(APPLIANCE, str(tmp_path))
+    t0, msgs = 1767600000, []
+    for k in range(12):  # 12 minutes of power readings, one a minute
+        msgs += [("clock", str(t0 + 60 * k).encode()), ("tele/plug1/SENSOR", _power(100.0 + k))]
+        if k == 4:
+            msgs.append((LABEL_TOPIC, b"kettle"))  # said once, on change (as an input_select publishes)
+        if k == 9:
+            msgs.append((LABEL_TOPIC, b"none"))  # the household says: nothing runs now
+    times, rows = [], []
+    ingest = src._ingest(lambda t, v: (times.append(t), rows.append(v)))
+    for topic, payload in msgs:
+        ingest.feed(topic, payload)
+    v = np.stack(rows)
+    assert len(rows) == 11 and np.isnan(v[:4, 1]).all() and (v[4:9, 1] == 0).all() and np.isnan(v[9:, 1]).all()
+    assert ingest.counters()["unlabelled_rows"] == 6 and ingest.counters()["dropped_rows"] == 0
+    x, y = src.samples(np.asarray(times, np.int64), v)
+    assert len(x) == 5  # the labelled rows with their 3-row window (rows 4 to 8); max_age_s did not expire it
+    spec = ModelSpec("softmax_regression", 2, ("kettle", "toaster"))
+    _, labels, problem = checked_data(spec, x, y, names=src.label_names)
+    assert problem is None and list(labels) == ["kettle"] * 5
+    from fedmq.node.sources.features import latest
+
+    assert latest(src.features, ["power", "appliance"], np.asarray(times, np.int64), v, 60.0, None) is not None
+
+
+def test_a_label_retained_before_the_first_clock_tick_is_kept():
+    src = _source(APPLIANCE)
+    rows = []
+    ingest = src._ingest(lambda t, v: rows.append(v.tolist()))
+    ingest.feed(LABEL_TOPIC, b"toaster")  # the broker's retained label arrives first
+    ingest.feed("tele/plug1/SENSOR", _power(900.0))
+    ingest.feed("clock", b"1767600000")
+    ingest.feed("clock", b"1767600060")
+    assert rows == [[900.0, 1.0]] and ingest.counters()["dropped"] == {}
+
+
+def test_time_from_the_readings_own_timestamps():
+    """time: reading: Tasmota's Time (local time of the source's zone) and zigbee2mqtt's last_seen (ISO or
+    epoch milliseconds) place readings; a message without one is timed by arrival, counted."""
+    from fedmq.node.sources.mqtt_source import _reading_time
+
+    data = {**APPLIANCE, "time": "reading", "timezone": "Europe/Berlin"}
+    data.pop("clock_topic")
+    src = _source(data)
+    assert src.options["time"] == "reading" and src.signals[0].time_field == "Time"
+    berlin = src.tz
+    assert _reading_time({"Time": "2026-01-05T09:00:00"}, "Time", berlin) == 1767600000.0
+    assert _reading_time({"last_seen": "2026-01-05T08:00:00Z"}, "last_seen", None) == 1767600000.0
+    assert _reading_time({"last_seen": 1767600000000}, "last_seen", None) == 1767600000.0
+    rows = []
+    ingest = src._ingest(lambda t, v: rows.append((t, v.tolist())))
+    for minute in range(3):
+        payload = {"Time": f"2026-01-05T09:0{minute}:10", "ENERGY": {"Power": 10.0 * minute}}
+        ingest.feed("tele/plug1/SENSOR", json.dumps(payload).encode())
+    assert [t for t, _ in rows] == [1767600000, 1767600060]  # the readings' own minutes, not today's
+    ingest.feed("tele/plug1/SENSOR", json.dumps({"ENERGY": {"Power": 1.0}}).encode())
+    assert ingest.counters()["arrival_times"] == 1
+
+
+@pytest.mark.parametrize("period", [0.5, 1.5])
+def test_a_period_that_is_not_whole_seconds_is_refused_with_the_fix(period):
+    with pytest.raises(TopicMapError, match=r"data\.period_s.*whole number of seconds"):
+        _source({**APPLIANCE, "period_s": period})
+    with pytest.raises(TopicMapError, match="time: clock needs a clock_topic"):
+        _source({k: v for k, v in {**APPLIANCE, "time": "clock"}.items() if k != "clock_topic"})

@@ -18,12 +18,14 @@ from fedmq.coordinator.group import GroupResult
 from fedmq.coordinator.rejections import REASONS
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import PROTOCOL_REVISION, __version__
+from fedmq.shared.data import READING_DROP_REASONS
 from fedmq.shared.messages import Control
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.loader import address_problem
 from fedmq.shared.topics import Topics
 
 log = logging.getLogger("fedmq.metrics")
+ROW_KINDS = ("dropped", "unlabelled")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -61,6 +63,12 @@ class ProcessMetrics:
         self.received = Counter("fedmq_updates_received", "Updates that reached the group's aggregator", **per_group)
         self.accepted = Counter("fedmq_updates_accepted", "Updates counted in the group's aggregate", **per_group)
         self.online = Gauge("fedmq_nodes_online", "Nodes whose retained status is online", **per_group)
+        self.stream_rows = Gauge("fedmq_stream_rows", "Rows the group's online nodes' live streams dropped (a period "
+                                 "without every input) or kept unlabelled, as their statuses report",
+                                 labelnames=["federation", "group", "kind"], registry=r)
+        self.readings_dropped = Gauge("fedmq_stream_readings_dropped", "Sensor readings the group's online nodes "
+                                      "dropped, by reason, as their statuses report",
+                                      labelnames=["federation", "group", "reason"], registry=r)
         self.rejected = Counter("fedmq_messages_rejected", "Messages refused, by reason",
                                 labelnames=["federation", "reason"], registry=r)
         self.bytes_up = Counter("fedmq_update_bytes", "Bytes of updates and partials received", **fed)
@@ -90,6 +98,7 @@ class ProcessMetrics:
         self.checkpoint_age.labels(self.f).set_function(
             lambda: time.time() - self.last_checkpoint if self.last_checkpoint is not None else float("nan"))
         self._online_source: Callable[[], List[str]] = lambda: []
+        self._data_source: Callable[[str], Dict[str, Any]] = lambda node: {}
         self._refreshed = -float("inf")
         self.server: Any = None
 
@@ -138,9 +147,12 @@ class ProcessMetrics:
         """A checkpoint was written (now, or at ``at``)."""
         self.last_checkpoint = time.time() if at is None else at
 
-    def watch_presence(self, online: Callable[[], List[str]]) -> None:
-        """Where the nodes online come from (read on ``refresh``, in the process's own thread)."""
+    def watch_presence(self, online: Callable[[], List[str]],
+                       data: Optional[Callable[[str], Dict[str, Any]]] = None) -> None:
+        """Where the nodes online come from, and what each one's stream dropped (read on ``refresh``, in the
+        process's own thread)."""
         self._online_source = online
+        self._data_source = data or (lambda node: {})
 
     def refresh(self) -> None:
         """Update the gauges that follow state (nodes online per group), at most once a second; called from
@@ -149,13 +161,26 @@ class ProcessMetrics:
             return
         self._refreshed = time.monotonic()
         counts = {g: 0 for g in self.groups}
+        rows: Dict[Tuple[str, str], int] = {(g, k): 0 for g in self.groups for k in ROW_KINDS}
+        reasons = (*READING_DROP_REASONS, "other")
+        readings: Dict[Tuple[str, str], int] = {(g, r): 0 for g in self.groups for r in reasons}
         for node in self._online_source():
             path = self.membership.group_path(node)
             label = group_label(path) if path is not None else None
-            if label in counts:
-                counts[label] += 1
+            if label not in counts:
+                continue
+            counts[label] += 1
+            data = self._data_source(node)
+            for kind in ROW_KINDS:
+                rows[(label, kind)] += int(data.get(f"{kind}_rows", 0))
+            for reason, n in data.get("dropped", {}).items():
+                readings[(label, reason if reason in READING_DROP_REASONS else "other")] += int(n)
         for g, n in counts.items():
             self.online.labels(self.f, g).set(n)
+        for (g, kind), n in rows.items():
+            self.stream_rows.labels(self.f, g, kind).set(n)
+        for (g, reason), n in readings.items():
+            self.readings_dropped.labels(self.f, g, reason).set(n)
 
     # --- the endpoint ----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.tree import Membership
@@ -32,6 +32,7 @@ class Presence:
         self.problem: Dict[str, str] = {}  # node -> its data problem, while it has one
         self.live: Dict[str, bool] = {}  # node -> learns from a live stream
         self.samples: Dict[str, int] = {}  # node -> the sample count its latest status reports
+        self.data: Dict[str, Dict[str, Any]] = {}  # node -> what its live stream dropped (its latest status)
         self.changes: Dict[str, List[float]] = {}  # node -> when it sent its latest statuses (bounded)
         self.flap_logged: Dict[str, float] = {}
 
@@ -58,6 +59,7 @@ class Presence:
         if status.state == "online":
             self.live[node] = status.live
             self.samples[node] = status.samples
+            self.data[node] = status.data
             self._set_problem(node, status.problem)
         return status.state
 

@@ -132,7 +132,7 @@ class CoordinatorService:
         for agg in self.groups.values():
             agg.observers.append(metrics.group_closed)
         self.rejections.listeners.append(metrics.rejected_message)
-        metrics.watch_presence(self.presence.online)
+        metrics.watch_presence(self.presence.online, lambda node: self.presence.data.get(node, {}))
         return metrics
 
     def _round_applied(self, summary: Dict[str, Any]) -> None:

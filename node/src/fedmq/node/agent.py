@@ -16,7 +16,7 @@ import threading
 import time
 import zlib
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Set, Tuple
 
 import numpy as np
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 RECHECK_S = 10.0  # how often data with a problem is read and checked again
 RELOAD_S = 60.0  # how often a live source is read again between rounds (always at a round's start)
 STATUS_S = 60.0  # the status is published again at least this often while online (its last_seen)
-ROUND_STATUS_S = 10.0  # ... and after a round, at most this often (the coordinator flags 8 statuses a minute)
+ROUND_STATUS_S = 10.0  # ... and after a round or a drop, at most this often (the coordinator flags 8 a minute)
 
 
 def global_model_path(cache_dir: str, node_id: str) -> str:
@@ -102,6 +102,7 @@ class NodeAgent:
         self._status_content = b""
         self._status_at = -float("inf")
         self._status_round = 0
+        self._status_counts: Dict[str, Any] = {}
         self.finished = threading.Event()
         self.stopping = threading.Event()
         self.straggler_rng = np.random.default_rng([cfg.seed, zlib.crc32(cfg.node_id.encode()), 1])
@@ -188,14 +189,24 @@ class NodeAgent:
 
     # --- data ----------------------------------------------------------------------------------------
 
-    def _status(self, seen: float = 0.0, last_round: int = 0) -> bytes:
+    def _status(self, seen: float = 0.0, last_round: int = 0, data: bool = False) -> bytes:
         """The retained 'online' status: samples, the trainer used, data source, data problem, versions, and
-        (when it is published) ``seen`` and the last round trained."""
+        (when it is published) ``seen``, the last round trained and what the live stream dropped."""
         return Status(self.cfg.node_id, "online", samples=len(self.x),
                       trainer=self.trainer.name if self.trainer is not None else self.cfg.trainer,
                       source=self.cfg.data.kind, live=bool(self.source is not None and self.source.live),
                       problem=self.problem, last_seen=round(seen, 3), last_round=last_round,
-                      version=__version__, protocol=PROTOCOL_REVISION).encode()
+                      version=__version__, protocol=PROTOCOL_REVISION,
+                      data=self.stream_counts() if data else {}).encode()
+
+    def stream_counts(self) -> Dict[str, Any]:
+        """What a live source dropped and kept unlabelled so far (the non-zero counts), for the status."""
+        if self.source is None or not self.source.live:
+            return {}
+        c = self.source.counters()
+        out = {k: int(c[k]) for k in ("dropped_rows", "unlabelled_rows") if c.get(k)}
+        dropped = {str(k)[:64]: int(v) for k, v in sorted(c.get("dropped", {}).items()) if v}
+        return {**out, **({"dropped": dict(list(dropped.items())[:32])} if dropped else {})}
 
     def publish_status(self) -> None:
         """Publish the status when its content changed, after a round (at most every ``ROUND_STATUS_S``: a status
@@ -203,11 +214,13 @@ class NodeAgent:
         link announces the newest one again after every reconnect."""
         content = self._status()
         waited = time.monotonic() - self._status_at
-        news = self.last_round != self._status_round and waited >= ROUND_STATUS_S
+        counts = self.stream_counts()
+        news = (self.last_round != self._status_round or counts != self._status_counts) and waited >= ROUND_STATUS_S
         if content == self._status_content and waited < STATUS_S and not news:
             return
         self._status_content, self._status_at, self._status_round = content, time.monotonic(), self.last_round
-        status = self._status(time.time(), self.last_round)
+        self._status_counts = counts  # what the stream dropped: said at most every ROUND_STATUS_S
+        status = self._status(time.time(), self.last_round, data=True)
         self.link.birth = (self.status_topic, status)
         if self.link.connected.is_set():
             self.link.publish(self.status_topic, status, retain=True)
@@ -227,7 +240,8 @@ class NodeAgent:
         if not problem and self.spec is not None:
             if self._checked_for != self.spec or (self.source is not None and self.source.live):
                 # file data is read once: checked (and its labels normalised) once per model spec
-                self.x, self.y, found = checked_data(self.spec, self.x, self.y, self.cfg.min_samples)
+                self.x, self.y, found = checked_data(self.spec, self.x, self.y, self.cfg.min_samples,
+                                                     self.source.label_names if self.source is not None else None)
                 self._data_problem, self._checked_for = found or "", self.spec
             problem = self._data_problem
         elif not problem and len(self.x) < self.cfg.min_samples:

@@ -134,7 +134,7 @@ def _check(args: argparse.Namespace) -> int:
     if ha is not None:  # what Home Assistant would refuse (checked against the model's kind with --topic-map)
         problems += [f"serve.homeassistant: {p}" for p in ha_rules.problems(ha.device_class, ha.unit, spec)]
     if spec is not None:
-        x, y, problem = checked_data(spec, x, y, cfg.min_samples)
+        x, y, problem = checked_data(spec, x, y, cfg.min_samples, source.label_names)
     else:
         problem = f"too few samples: {len(x)}, at least {cfg.min_samples} needed" if len(x) < cfg.min_samples else None
     notes = []

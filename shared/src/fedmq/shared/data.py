@@ -29,6 +29,11 @@ class DataError(ValueError):
     """A data source that cannot be read as the configuration says."""
 
 
+# Why a live source drops a reading (docs/data.md): a fixed list, so monitoring labels stay bounded.
+READING_DROP_REASONS = ("too large", "not UTF-8", "not JSON", "field missing", "not a number or known state",
+                        "wrong type", "not finite", "bad clock", "internal error")
+
+
 class DataSource:
     """The interface every data source implements (subclass it, or provide the same members)."""
 
@@ -36,6 +41,7 @@ class DataSource:
     live = False  # True: the samples change while the node runs (load again before every round)
     keys: Tuple[str, ...] = ()  # the option keys this kind accepts besides ``kind``
     required: Tuple[str, ...] = ()
+    label_names: Dict[float, str] = {}  # a stream label's class words by the number stored for each
 
     def __init__(self, ref: DataRef) -> None:
         self.ref = ref
@@ -59,6 +65,10 @@ class DataSource:
     def describe(self) -> str:
         """One line for ``fedmq node check``: where the samples come from."""
         return self.ref.path or self.kind
+
+    def counters(self) -> Dict[str, Any]:
+        """What a live source took and dropped (``dropped_rows``, ``unlabelled_rows``, ``dropped`` by reason)."""
+        return {}
 
     def files(self) -> Dict[str, str]:
         """Files this source needs, by the configuration key that names them (checked by ``node check``)."""

@@ -6,7 +6,7 @@ in ``fedmq node check``, and on the coordinator's evaluation set when it loads i
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -14,13 +14,23 @@ from fedmq.shared.messages import MAX_PROBLEM_CHARS
 from fedmq.shared.topicmap.model import ModelSpec
 
 
-def normalise_labels(spec: ModelSpec, y: np.ndarray) -> np.ndarray:
+def normalise_labels(spec: ModelSpec, y: np.ndarray, names: Optional[Mapping[float, str]] = None) -> np.ndarray:
     """Labels as the model's classes spell them: ``9.0`` (as pandas writes floats) or ``"9"`` read as the
-    class ``9``; labels that match no class are left as they are (``label_problem`` names them)."""
+    class ``9``; with ``names`` (a stream label's words by the number it stores), ``2.0`` read as the class
+    its word names (``kettle``) when the number itself is no class. Labels that match no class are left as
+    they are (``label_problem`` names them)."""
     if not spec.is_classifier or len(y) == 0:
         return y
     lookup = {str(c): c for c in spec.classes}
-    out = [lookup.get(_integral(v), v) for v in y.tolist()]
+    words = {k: lookup[w] for k, w in (names or {}).items() if w in lookup}
+
+    def one(v: Any) -> Any:
+        key = _integral(v)
+        if key in lookup:
+            return lookup[key]
+        return words.get(v, v) if isinstance(v, float) else v
+
+    out = [one(v) for v in y.tolist()]
     return np.asarray(out, dtype=object) if any(isinstance(v, str) for v in out) else np.asarray(out)
 
 
@@ -60,10 +70,10 @@ def data_problem(spec: ModelSpec, x: np.ndarray, y: np.ndarray, min_samples: int
     return None
 
 
-def checked_data(spec: ModelSpec, x: np.ndarray, y: np.ndarray,
-                 min_samples: int = 1) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
+def checked_data(spec: ModelSpec, x: np.ndarray, y: np.ndarray, min_samples: int = 1,
+                 names: Optional[Mapping[float, str]] = None) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
     """``(x, labels normalised, problem or None)``."""
-    y = normalise_labels(spec, y)
+    y = normalise_labels(spec, y, names)
     return x, y, data_problem(spec, x, y, min_samples)
 
 

@@ -209,7 +209,9 @@ class Status:
     its data source (``live`` if it streams); ``problem`` why its data cannot take part now ('' when it can);
     ``trainer`` the trainer it uses (its configured choice until a model tells it which); ``last_seen`` when
     it published this (Unix seconds; it does so at least every minute while online), ``last_round`` the last
-    round it trained, ``version`` and ``protocol`` its fedmq release and protocol revision."""
+    round it trained, ``version`` and ``protocol`` its fedmq release and protocol revision; for a live source,
+    ``data``: what its stream dropped (``dropped_rows``: periods without every input; ``dropped``: readings by
+    reason) and ``unlabelled_rows`` (kept and served, not trained), counts since the node started."""
 
     node: str
     state: str
@@ -222,11 +224,13 @@ class Status:
     last_round: int = 0
     version: str = ""
     protocol: str = ""
+    data: Dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """JSON bytes of this message (empty optional fields left out)."""
         return _dump({k: v for k, v in asdict(self).items()
-                      if (v not in ("", 0, 0.0) and v is not False) or k in ("node", "state", "trainer", "samples")})
+                      if (v not in ("", 0, 0.0) and v is not False and v != {})
+                      or k in ("node", "state", "trainer", "samples")})
 
     @classmethod
     def decode(cls, payload: bytes) -> "Status":
@@ -247,7 +251,27 @@ class Status:
             raise MessageError("live must be true or false")
         return cls(node=_str(obj, "node"), state=state, samples=_int(obj, "samples") if "samples" in obj else 0,
                    live=live, last_seen=_num(obj, "last_seen") if "last_seen" in obj else 0.0,
-                   last_round=_int(obj, "last_round") if "last_round" in obj else 0, **text)
+                   last_round=_int(obj, "last_round") if "last_round" in obj else 0, data=_data(obj.get("data")),
+                   **text)
+
+
+MAX_DROP_REASONS = 32
+
+
+def _data(value: Any) -> Dict[str, Any]:
+    """A status's ``data`` counters: whole numbers >= 0, and at most 32 drop reasons of at most 64 characters."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"dropped_rows", "unlabelled_rows", "dropped"}:
+        raise MessageError("data must be an object of dropped_rows, unlabelled_rows and dropped")
+    out: Dict[str, Any] = {k: _int(value, k) for k in ("dropped_rows", "unlabelled_rows") if k in value}
+    dropped = value.get("dropped", {})
+    if not isinstance(dropped, dict) or len(dropped) > MAX_DROP_REASONS or not all(
+            isinstance(k, str) and 0 < len(k) <= 64 for k in dropped):
+        raise MessageError(f"data.dropped must map at most {MAX_DROP_REASONS} reasons to counts")
+    if dropped:
+        out["dropped"] = {k: _int(dropped, k) for k in dropped}
+    return out
 
 
 def encode_metrics(summary: Dict[str, Any]) -> bytes:

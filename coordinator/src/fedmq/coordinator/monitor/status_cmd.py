@@ -138,11 +138,25 @@ def render(snap: Dict[str, Any]) -> str:
                 detail = (f"seen {ago(n.get('last_seen'), now)}, round {n.get('last_round') or '-'}, "
                           f"{n.get('trainer') or '?'}, {n.get('samples', 0)} samples"
                           + (f", fedmq {n['version']}" if n.get("version") else "")
+                          + stream_note(n.get("data") or {})
                           + (f"  PROBLEM: {n['problem']}" if n.get("problem") else ""))
             lines.append("  " * (depth + 1) + f"{n['node']:<20} {n['state']:<8} {detail}".rstrip())
     if snap["problems"]:
         lines += ["", "problems:", *(f"  {p}" for p in snap["problems"])]
     return "\n".join(lines)
+
+
+def stream_note(data: Dict[str, Any]) -> str:
+    """``, stream dropped 3 rows, 5 readings (not JSON 3, field missing 2), 40 rows unlabelled`` or ''."""
+    parts = []
+    dropped = data.get("dropped") or {}
+    if data.get("dropped_rows") or dropped:
+        readings = sum(dropped.values())
+        parts.append(f"dropped {data.get('dropped_rows', 0)} rows, {readings} readings"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))})" if dropped else ""))
+    if data.get("unlabelled_rows"):
+        parts.append(f"{data['unlabelled_rows']} rows unlabelled")
+    return (", stream " + ", ".join(parts)) if parts else ""
 
 
 def _status(args: argparse.Namespace) -> int:

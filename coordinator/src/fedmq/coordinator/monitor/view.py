@@ -84,7 +84,7 @@ class FederationView:
         if status.state == "online":
             entry.update(samples=status.samples, trainer=status.trainer, source=status.source, live=status.live,
                          problem=status.problem, last_seen=status.last_seen or None, last_round=status.last_round,
-                         version=status.version, protocol=status.protocol)
+                         version=status.version, protocol=status.protocol, data=status.data)
         else:
             entry.update({k: v for k, v in self.nodes.get(status.node, {}).items()
                           if k in ("samples", "trainer", "last_seen", "last_round", "version")})

@@ -107,7 +107,12 @@ def configs(ha: HomeAssistant, node_id: str, federation: str, spec: Optional[Mod
     add("sensor", "samples", {**diagnostic, "name": f"{label} samples stored", "state_class": "measurement",
                               "icon": "mdi:database", "value_template": "{{ value_json.samples }}"})
     add("sensor", "data_problem", {**diagnostic, "name": f"{label} data problem", "icon": "mdi:alert-circle-outline",
-                                   "value_template": "{{ (value_json.problem or 'none')[:255] }}"})
+                                   "value_template": "{{ (value_json.problem or 'none')[:255] }}",
+                                   # what the stream dropped: changes only when something is dropped
+                                   "json_attributes_topic": state_topic,
+                                   "json_attributes_template": "{{ {'dropped_rows': value_json.stream.dropped_rows, "
+                                                               "'dropped_readings': value_json.stream.dropped_readings}"
+                                                               " | tojson }}"})
     return out
 
 

@@ -139,11 +139,12 @@ class Server:
         try:
             x, y = self.source.load()
             if self.cfg.personalise is not None and len(x):
-                served, scores = personalise(offered, x, y, self.cfg.personalise, self.seed, self.learning_rate,
-                                             self.source.period_s)
+                served, scores = personalise(offered, x, normalise_labels(offered.spec, y, self.source.label_names),
+                                             self.cfg.personalise, self.seed, self.learning_rate, self.source.period_s)
             elif len(x):
                 n = Personalise.recent_samples
-                scores = {"global": score(offered, offered.weights, x[-n:], normalise_labels(offered.spec, y[-n:]))}
+                scores = {"global": score(offered, offered.weights, x[-n:],
+                                          normalise_labels(offered.spec, y[-n:], self.source.label_names))}
         except (DataError, ValueError) as exc:
             self.log.warning("serving: model %d not scored on local data: %s", offered.model_version, exc)
         try:
@@ -175,7 +176,7 @@ class Server:
         # every key a discovery config reads is always there (null when unknown): no template warnings
         out: Dict[str, Any] = {"value": None, "problem": None, "timestamp": iso(now), "model_version": None,
                                "round": None, "model_received": None, "personalised": False,
-                               "local_accuracy": None, "local_rmse": None}
+                               "local_accuracy": None, "local_rmse": None, "stream": self._stream_counts()}
         if model is not None:
             accuracy = "local_accuracy" if model.spec.is_classifier else "local_rmse"
             out.update(model_version=model.model_version, round=model.round, model_received=iso(model.saved_at),
@@ -213,6 +214,12 @@ class Server:
             out["probabilities"] = {str(c): round(float(p), 4) for c, p in zip(model.spec.classes,
                                                                                pred.probabilities[0])}
         return out
+
+    def _stream_counts(self) -> Dict[str, Any]:
+        """What the live stream dropped, and the rows kept unlabelled, since the node started."""
+        c = self.source.counters()
+        return {"dropped_rows": int(c.get("dropped_rows", 0)), "unlabelled_rows": int(c.get("unlabelled_rows", 0)),
+                "dropped_readings": dict(c.get("dropped", {}))}
 
     # --- the home broker and Home Assistant ------------------------------------------------------
 

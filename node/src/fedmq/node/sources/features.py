@@ -97,9 +97,10 @@ def read_features(r: Reader, seq: Any, path: str, line: Optional[int], signals: 
     return out
 
 
-def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], t: np.ndarray, v: np.ndarray,
-             period_s: float, tz: Optional[dt.tzinfo]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x, y, times)`` of every complete sample in rows ``(t, v)``."""
+def assemble(features: Sequence[Feature], label: Optional[Label], signals: Sequence[str], t: np.ndarray,
+             v: np.ndarray, period_s: float, tz: Optional[dt.tzinfo]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, times)`` of every complete sample in rows ``(t, v)``: its history unbroken and, with a
+    ``label``, labelled (a row whose label is missing, NaN, trains nothing); without one, y is empty."""
     n = len(t)
     width = sum(f.width for f in features)
     need = max((f.history for f in features), default=0)
@@ -110,8 +111,8 @@ def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], 
     starts = np.maximum.accumulate(np.where(breaks, np.arange(n), 0))
     ok = (np.arange(n) - starts) >= need
     col = {name: v[:, i] for i, name in enumerate(signals)}
-    lab = col[label.signal]
-    if label.horizon_s:
+    lab = col[label.signal] if label is not None else np.zeros(n)
+    if label is not None and label.horizon_s:
         j = np.searchsorted(t, t + int(label.horizon_s))
         found = j < n
         found[found] &= t[j[found]] == t[found] + int(label.horizon_s)
@@ -119,6 +120,7 @@ def assemble(features: Sequence[Feature], label: Label, signals: Sequence[str], 
         y = np.where(found, lab[np.minimum(j, n - 1)], np.nan)
     else:
         y = lab
+    ok &= np.isfinite(y)
     x = np.empty((int(ok.sum()), width), np.float32)  # one copy of x in memory, filled a block of rows at a time
     done = 0
     for start in range(0, n, BLOCK):  # each block with the history its windows and lags need before it
@@ -144,7 +146,7 @@ def latest(features: Sequence[Feature], signals: Sequence[str], t: np.ndarray, v
     rows that ends there is shorter than the longest window or lag."""
     if not len(t):
         return None
-    x, _, times = assemble(features, Label(signals[0]), signals, t, v, period_s, tz)
+    x, _, times = assemble(features, None, signals, t, v, period_s, tz)
     return x[-1] if len(times) and times[-1] == t[-1] else None
 
 

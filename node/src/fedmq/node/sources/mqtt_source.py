@@ -18,14 +18,14 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import paho.mqtt.client as mqtt
 
 from fedmq.node.sources.features import Feature, Label, assemble, history, latest, read_features
 from fedmq.node.sources.sampler import Sampler
-from fedmq.node.sources.signals import BadValue, Signal, parse_json, payload_text, read_signal
+from fedmq.node.sources.signals import BadValue, NoValue, Signal, parse_json, payload_text, read_signal
 from fedmq.node.sources.store import SampleStore
 from fedmq.shared.data import DataError, DataSource
 from fedmq.shared.mqtt import authenticate
@@ -34,6 +34,7 @@ from fedmq.shared.topicmap.model import BrokerSettings
 from fedmq.shared.topicmap.reader import Reader, join_path
 
 DAY_S = 86400.0
+TIME_MODES = ("clock", "reading", "arrival")  # where a reading's time comes from (docs/data.md, "Time")
 TICK_S = 0.5
 REPORT_S = 60.0
 SUBSCRIBE_WAIT_S = 10.0
@@ -59,7 +60,7 @@ class MqttSource(DataSource):
     kind = "mqtt"
     live = True
     keys = ("broker", "signals", "features", "label", "period_s", "max_age_s", "store", "clock_topic", "timezone",
-            "client_id")
+            "client_id", "time")
     required = ("broker", "signals", "features", "label")
 
     @classmethod
@@ -82,8 +83,12 @@ class MqttSource(DataSource):
                     "give each signal its own name")
         features = read_features(r, m.get("features"), join_path(path, "features"), r.line_of(m, "features"), names)
         label = _read_label(r, m.get("label"), join_path(path, "label"), r.line_of(m, "label"), names)
-        period = r.value(m, "period_s", path, float, 60.0, minimum=0.001, maximum=DAY_S,
-                         fix="seconds per sample, e.g. period_s: 60")
+        period = r.value(m, "period_s", path, float, 60.0, minimum=1.0, maximum=DAY_S,
+                         fix="whole seconds per sample, e.g. period_s: 60 (faster readings combine by aggregate)")
+        if period and not float(period).is_integer():
+            r.error(r.line_of(m, "period_s"), join_path(path, "period_s"),
+                    f"must be a whole number of seconds, not {period:g} (rows are kept per second)",
+                    f"e.g. period_s: {max(1, round(period)):g}, with aggregate: mean for signals read faster")
         if label is not None and label.horizon_s and period and not float(label.horizon_s / period).is_integer():
             r.error(r.line_of(m, "label"), join_path(path, "label.horizon_s"),
                     f"must be a whole number of periods ({period:g} s)", f"e.g. horizon_s: {period * 60:g}")
@@ -94,13 +99,17 @@ class MqttSource(DataSource):
         except ValueError:
             r.error(r.line_of(m, "timezone"), join_path(path, "timezone"), f"unknown time zone {tz!r}",
                     "local (the gateway's), UTC, or an IANA name such as Europe/Berlin")
+        clock = r.value(m, "clock_topic", path, str, "")
+        time_mode = r.value(m, "time", path, str, "", choices=TIME_MODES)  # '': the clock if there is one
+        if time_mode == "clock" and not clock:
+            r.error(r.line_of(m, "time"), join_path(path, "time"), "time: clock needs a clock_topic",
+                    "set clock_topic, or time: reading (the readings' own timestamps) or arrival")
         client_id = r.value(m, "client_id", path, str,
                             "fedmq-data-" + hashlib.sha256(store["path"].encode()).hexdigest()[:12])
         return {"broker": broker, "signals": signals, "features": features, "label": label, "period_s": period,
                 "max_age_s": r.value(m, "max_age_s", path, float, 5 * (period or 60.0), minimum=0.0,
                                      fix="how long a reading may be repeated into later periods, e.g. 600"),
-                "store": store, "clock_topic": r.value(m, "clock_topic", path, str, ""), "timezone": tz,
-                "client_id": client_id}
+                "store": store, "clock_topic": clock, "timezone": tz, "client_id": client_id, "time": time_mode}
 
     def __init__(self, ref: Any) -> None:
         super().__init__(ref)
@@ -111,6 +120,10 @@ class MqttSource(DataSource):
         self.label: Label = o["label"]
         self.period_s: float = o["period_s"]
         self.tz = _timezone(o["timezone"])
+        inputs = {f.signal for f in self.features if f.signal}
+        self.inputs = [s.name in inputs for s in self.signals]  # a row needs these; the label alone may be missing
+        label = next((s for s in self.signals if s.name == self.label.signal), None)
+        self.label_names: Dict[float, str] = label.names() if label is not None else {}
         self.store: Optional[SampleStore] = None
         self.ingest: Optional[Ingest] = None
         self.client: Optional[mqtt.Client] = None
@@ -173,8 +186,7 @@ class MqttSource(DataSource):
             times.append(t)
             rows.append(v)
 
-        ingest = Ingest(self.signals, Sampler(self.signals, self.period_s, self.options["max_age_s"], keep),
-                        self.options["clock_topic"])
+        ingest = self._ingest(keep)
         for topic, payload in messages:
             ingest.feed(topic, payload)
         v = np.stack(rows) if rows else np.zeros((0, len(self.signals)))
@@ -208,6 +220,12 @@ class MqttSource(DataSource):
         """Rows in the store now."""
         return self._open_store().count()
 
+    def _ingest(self, on_row: Callable[[int, np.ndarray], None]) -> "Ingest":
+        """The reading path, from messages to rows handed to ``on_row``."""
+        o = self.options
+        return Ingest(self.signals, Sampler(self.signals, self.period_s, o["max_age_s"], on_row, self.inputs),
+                      o["clock_topic"], o["time"], self.tz)
+
     def _open_store(self) -> SampleStore:
         if self.store is None:
             st = self.options["store"]
@@ -221,8 +239,7 @@ class MqttSource(DataSource):
         """Open the store, connect to the home broker and subscribe to every signal."""
         self.log = log
         store = self._open_store()
-        self.ingest = Ingest(self.signals, Sampler(self.signals, self.period_s, self.options["max_age_s"],
-                                                   store.append), self.options["clock_topic"])
+        self.ingest = self._ingest(store.append)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.options["client_id"], protocol=mqtt.MQTTv5)
         b = self.broker
         authenticate(c, b, "data.broker")
@@ -298,12 +315,21 @@ class MqttSource(DataSource):
 
 
 class Ingest:
-    """Routes messages to signals, turns payloads into readings at the clock's time, counts what it drops."""
+    """Routes messages to signals, turns payloads into readings at their time, counts what it drops.
 
-    def __init__(self, signals: List[Signal], sampler: Sampler, clock_topic: str) -> None:
+    A reading's time is the clock topic's (``time: clock``), its own timestamp where its format carries one
+    (``time: reading``: zigbee2mqtt's ``last_seen``, Tasmota's ``Time``; arrival time where a message has
+    none), or its arrival (``time: arrival``). Under a clock, readings that come before its first tick (a
+    retained label, say) are held and taken at that first tick: none is lost."""
+
+    def __init__(self, signals: List[Signal], sampler: Sampler, clock_topic: str, mode: str = "",
+                 tz: Optional[dt.tzinfo] = None) -> None:
         self.sampler = sampler
         self.clock_topic = clock_topic
+        self.mode = mode or ("clock" if clock_topic else "arrival")
+        self.tz = tz
         self.clock: Optional[float] = None
+        self.before_clock: Dict[int, float] = {}  # the latest reading of each signal before the first tick
         self.exact: Dict[str, List[Tuple[int, Signal]]] = {}
         self.wild: List[Tuple[int, Signal]] = []
         for i, s in enumerate(signals):
@@ -313,43 +339,92 @@ class Ingest:
                 self.exact.setdefault(s.topic, []).append((i, s))
         self.messages = 0
         self.bad: Counter = Counter()
+        self.no_value = 0  # readings saying a signal has no value now (not dropped: they end its value)
+        self.arrival_times = 0  # readings timed by arrival under time: reading (their message had no time)
 
     def counters(self) -> Dict[str, Any]:
-        """Messages seen, rows stored and dropped, readings dropped by reason."""
-        return {"messages": self.messages, "rows": self.sampler.rows, "dropped_rows": self.sampler.dropped_rows,
-                "dropped": dict(self.bad)}
+        """Messages seen, rows stored, unlabelled and dropped, readings dropped by reason."""
+        s = self.sampler
+        return {"messages": self.messages, "rows": s.rows, "unlabelled_rows": s.unlabelled_rows,
+                "dropped_rows": s.dropped_rows, "dropped": dict(self.bad), "no_value": self.no_value,
+                "arrival_times": self.arrival_times}
 
     def feed(self, topic: str, payload: bytes) -> None:
         """One message from the home's broker."""
         self.messages += 1
         if topic == self.clock_topic:
-            t = _clock_value(payload)
-            if t is None:
-                self.bad["bad clock"] += 1
-            else:
-                self.clock = t
-                self.sampler.advance(t)
+            self._tick(payload)
             return
         targets = self.exact.get(topic, [])
         if self.wild:
             targets = targets + [(i, s) for i, s in self.wild if mqtt.topic_matches_sub(s.topic, topic)]
         if not targets:
             return
-        t = self.clock if self.clock_topic else time.time()
-        if t is None:
-            self.bad["before the clock"] += 1
-            return
         try:
             text = payload_text(payload)
-            obj = parse_json(text) if any(s.field for _, s in targets) else None
+            timed = self.mode == "reading"
+            obj = parse_json(text) if any(s.field or (timed and s.time_field) for _, s in targets) else None
         except BadValue as exc:
             self.bad[exc.reason] += 1
             return
         for i, sig in targets:
             try:
-                self.sampler.add(i, sig.pick(text, obj), t)
+                value = sig.pick(text, obj)
+            except NoValue:
+                value = math.nan
+                self.no_value += 1
             except BadValue as exc:
                 self.bad[exc.reason] += 1
+                continue
+            t = self._time(sig, obj)
+            if t is None:  # under a clock that has not ticked yet: taken at its first tick
+                self.before_clock[i] = value
+            else:
+                self.sampler.add(i, value, t)
+
+    def _tick(self, payload: bytes) -> None:
+        t = _clock_value(payload)
+        if t is None:
+            self.bad["bad clock"] += 1
+            return
+        first = self.clock is None
+        self.clock = t
+        self.sampler.advance(t)
+        if first:
+            for i, value in self.before_clock.items():
+                self.sampler.add(i, value, t)
+            self.before_clock.clear()
+
+    def _time(self, sig: Signal, obj: Any) -> Optional[float]:
+        """When a reading was made, by the source's time mode."""
+        if self.mode == "clock":
+            return self.clock
+        if self.mode == "reading" and sig.time_field:
+            t = _reading_time(obj, sig.time_field, self.tz)
+            if t is not None:
+                return t
+            self.arrival_times += 1
+        return time.time()
+
+
+def _reading_time(obj: Any, path: str, tz: Optional[dt.tzinfo]) -> Optional[float]:
+    """The time a payload carries at ``path``: Unix seconds or milliseconds, or ISO 8601 (local time of the
+    source's time zone when it has no offset, as Tasmota sends it)."""
+    for part in path.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    if isinstance(obj, bool) or not isinstance(obj, (int, float, str)):
+        return None
+    if isinstance(obj, str):
+        try:
+            d = dt.datetime.fromisoformat(obj.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        v = (d if d.tzinfo else d.replace(tzinfo=tz) if tz is not None else d.astimezone()).timestamp()
+    else:
+        v = float(obj) / (1000.0 if obj > 1e11 else 1.0)  # zigbee2mqtt's epoch is in milliseconds
+    return v if math.isfinite(v) and v > 0 else None
 
 
 def _clock_value(payload: bytes) -> Optional[float]:

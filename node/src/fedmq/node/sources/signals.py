@@ -22,7 +22,16 @@ AGGREGATES = ("last", "mean")
 STATE_WORDS = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0, "open": 1.0, "closed": 0.0, "detected": 1.0,
                "clear": 0.0, "home": 1.0, "not_home": 0.0, "yes": 1.0, "no": 0.0}
 PRESETS = ("zigbee2mqtt", "tasmota", "statestream")
-SIGNAL_KEYS = ("name", "topic", *PRESETS, "base", "field", "states", "aggregate")
+# Where each preset's payload carries the reading's own time (zigbee2mqtt with last_seen turned on; Tasmota's
+# telemetry always); Home Assistant's statestream publishes plain values, without one.
+TIME_FIELDS = {"zigbee2mqtt": "last_seen", "tasmota": "Time", "statestream": ""}
+UNSET_WORDS = ("unknown", "unavailable")  # Home Assistant's states for "no value now"
+SIGNAL_KEYS = ("name", "topic", *PRESETS, "base", "field", "states", "aggregate", "hold", "unset", "time_field")
+
+
+class NoValue(ValueError):
+    """A reading that says the signal has no value now (``unset`` words such as Home Assistant's
+    ``unavailable``, or JSON null): a held signal forgets its value, a label leaves the row unlabelled."""
 
 
 class BadValue(ValueError):
@@ -43,6 +52,13 @@ class Signal:
     field: str = ""
     states: Dict[str, float] = _field(default_factory=dict)
     aggregate: str = "last"
+    hold: bool = False  # a state (input_select, a mode, a binary state): its value holds until it changes
+    unset: Tuple[str, ...] = UNSET_WORDS  # words (any case) that mean "no value now"
+    time_field: str = ""  # a dotted JSON path to the reading's own time ('' none)
+
+    def names(self) -> Dict[float, str]:
+        """The words of ``states`` by the number each stands for (a label's class names)."""
+        return {v: k for k, v in self.states.items()}
 
     def value(self, payload: bytes) -> float:
         """The number this payload carries for the signal; raise BadValue with the reason otherwise."""
@@ -60,7 +76,10 @@ class Signal:
         return self.number(obj)
 
     def number(self, v: Any) -> float:
-        """A payload value as a number: numbers, true/false, ON/OFF and the like, or a named state."""
+        """A payload value as a number: numbers, true/false, ON/OFF and the like, or a named state; NoValue
+        for an ``unset`` word or null."""
+        if v is None or (isinstance(v, str) and v.lower() in self.unset and v not in self.states):
+            raise NoValue(str(v))
         if isinstance(v, bool):
             return 1.0 if v else 0.0
         if isinstance(v, (int, float)):
@@ -155,6 +174,13 @@ def read_signal(r: Reader, item: Any, path: str, line: Optional[int]) -> Optiona
             r.error(r.line_of(states, key), join_path(join_path(path, "states"), str(key)),
                     f"must map to a number, not {v!r}", "e.g. states: {home: 1, away: 0}")
     aggregate = r.value(m, "aggregate", path, str, "last", choices=AGGREGATES)
+    unset = r.value(m, "unset", path, list, list(UNSET_WORDS))
+    if not all(isinstance(w, str) for w in unset or []):
+        r.error(r.line_of(m, "unset"), join_path(path, "unset"), "must be a list of words",
+                "e.g. unset: [unknown, unavailable, none]")
+        unset = list(UNSET_WORDS)
+    time_field = r.value(m, "time_field", path, str, TIME_FIELDS[presets[0]] if presets else "")
     return Signal(name=name, topic=topic, field=field_path,
                   states={str(k): float(v) for k, v in (states or {}).items() if isinstance(v, (int, float))},
-                  aggregate=aggregate)
+                  aggregate=aggregate, hold=r.value(m, "hold", path, bool, False),
+                  unset=tuple(str(w).lower() for w in unset or []), time_field=time_field)
