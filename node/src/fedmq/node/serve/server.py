@@ -32,6 +32,7 @@ from fedmq.shared.saved_model import SavedModel
 
 RESCORE_S = 3600.0  # how often the served model is scored (and personalised) again on the recent data
 RETRY_S = 5.0  # ... while it has no score yet (no data yet)
+REMOVAL_PAUSE_S = 1.0  # between removing a moved entity's old config and announcing it under the new device id
 MAX_QUEUED = 100  # messages kept while the home broker is away (the newest state is retained anyway)
 
 
@@ -52,6 +53,8 @@ class Server:
         self.seed = seed
         self.state_topic = f"{serve.topic}/state"
         self.availability_topic = f"{serve.topic}/availability"
+        self.sync_topic = f"{serve.topic}/sync"  # our own echo: the retained discovery configs came before it
+        self._synced = threading.Event()
         self._offered: Optional[SavedModel] = None
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # announce runs on the serving thread and on MQTT's
@@ -74,6 +77,7 @@ class Server:
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.max_queued_messages_set(MAX_QUEUED)
         c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self.client = c
 
@@ -227,7 +231,7 @@ class Server:
         """Publish this node's discovery configs (retained), and empty ones for entities it no longer has;
         before the first model, its diagnostics (they say it waits for one)."""
         ha = self.cfg.homeassistant
-        if ha is None:
+        if ha is None or not self._synced.is_set():  # announced once the broker's retained configs are in
             return
         with self._announcing:
             self._announce(ha, self.model)
@@ -240,9 +244,12 @@ class Server:
                 self.log.error("Home Assistant: serve.homeassistant: %s (announced without it)", problem)
         current = discovery.configs(ha, self.node_id, self.federation, spec, self.state_topic,
                                     self.availability_topic)
-        for topic in (self.announced | self.seen_configs) - set(current):
+        gone = (self.announced | self.seen_configs) - set(current)
+        for topic in gone:  # first: Home Assistant refuses a new config whose unique id an old one still holds
             self.client.publish(topic, b"", qos=1, retain=True)
             self.log.info("Home Assistant: removed the entity of %s", topic)
+        if gone & self.seen_configs and set(current) - self.announced:
+            time.sleep(REMOVAL_PAUSE_S)  # an entity moves to another device id: let Home Assistant drop the old
         for topic, payload in current.items():
             self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
         self.announced = set(current)
@@ -257,14 +264,23 @@ class Server:
             return
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         ha = self.cfg.homeassistant
+        self._synced.clear()
         if ha is not None:
-            # every device id: a config announced under the gateway's earlier device_id is found and removed
-            client.subscribe([(f"{ha.discovery_prefix}/status", 1), (f"{ha.discovery_prefix}/+/+/+/config", 1)])
-        self.announce()
+            # every device id: a config announced under the gateway's earlier device_id is found and removed;
+            # the sync message comes back after the broker's retained configs, and the announcement follows it
+            client.subscribe([(f"{ha.discovery_prefix}/status", 1), (f"{ha.discovery_prefix}/+/+/+/config", 1),
+                              (self.sync_topic, 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: Any, props: object) -> None:
+        client.publish(self.sync_topic, b"sync", qos=1)  # delivered to us after the retained configs
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         ha = self.cfg.homeassistant
         if ha is None:
+            return
+        if msg.topic == self.sync_topic:
+            self._synced.set()
+            self.announce()
             return
         if msg.topic == f"{ha.discovery_prefix}/status":
             if msg.payload == b"online":
@@ -275,4 +291,4 @@ class Server:
                 and discovery.owned(ha, self.node_id, self.federation, msg.topic, bytes(msg.payload)):
             with self._announcing:  # not between an announcement's read and its clearing of seen_configs
                 self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
-            self.announce()
+            self.announce()  # (before the sync nothing: the announcement that follows it removes them first)
