@@ -382,6 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check(f"{other} moved to device id {other}_hub: the device is renamed",
               lambda: ha.template("{{ device_attr('binary_sensor.%s_gw_prediction', 'name') }}" % other)
               == f"{other} hub")
+        fed.publish(2 * 3600)  # its sensors go on publishing
         check(f"{other} moved: it predicts again", state_of(f"binary_sensor.{other}_gw_prediction", "on", "off"))
         log = open(os.path.join(ha.config_dir, "home-assistant.log"), encoding="utf-8", errors="replace").read()
         for trouble in ("does not generate unique IDs", "has no attribute", "is already used"):

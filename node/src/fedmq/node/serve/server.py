@@ -94,6 +94,8 @@ class Server:
         b = self.cfg.broker
         self.client.connect_async(b.host, b.port, keepalive=b.keepalive_s)
         self.client.loop_start()
+        if hasattr(self.source, "row_listeners"):  # a prediction for every row, on the data's own clock
+            self.source.row_listeners.append(self._wake.set)
         self._thread = threading.Thread(target=self._run, name="fedmq-serve", daemon=True)
         self._thread.start()
         self.log.info("serving predictions on %s:%d %s every %gs", b.host, b.port, self.state_topic, self.cfg.period_s)

@@ -131,6 +131,7 @@ class MqttSource(DataSource):
         self._stop = threading.Event()
         self.subscribed = threading.Event()  # the home broker acknowledged our subscriptions
         self._ticker: Optional[threading.Thread] = None
+        self.row_listeners: List[Callable[[], None]] = []  # told of every row stored (serving: a prediction each)
 
     # --- what the node sees ---------------------------------------------------------------------
 
@@ -239,7 +240,13 @@ class MqttSource(DataSource):
         """Open the store, connect to the home broker and subscribe to every signal."""
         self.log = log
         store = self._open_store()
-        self.ingest = self._ingest(store.append)
+
+        def stored(t: int, v: np.ndarray) -> None:
+            store.append(t, v)
+            for listener in self.row_listeners:
+                listener()
+
+        self.ingest = self._ingest(stored)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.options["client_id"], protocol=mqtt.MQTTv5)
         b = self.broker
         authenticate(c, b, "data.broker")
