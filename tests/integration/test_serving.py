@@ -131,7 +131,8 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
         assert not left.exists()
         assert w.state()["value"] is None and w.state()["model_version"] == 7
         _publish(port, list(sim.run(86400)))
-        state = w.until(lambda: w.state() if w.state().get("value") is not None else None, 30, "a prediction")
+        state = w.until(lambda: w.state() if w.state().get("value") is not None and w.state()["samples"] > 200
+                        else None, 30, "a prediction on the day's rows")
         assert state["value"] in (0, 1) and state["problem"] is None
         assert state["model_version"] == 7 and state["round"] == 7 and state["personalised"] is False
         assert set(state["probabilities"]) == {"0", "1"} and 0.5 <= state["confidence"] <= 1.0
@@ -147,7 +148,7 @@ def test_a_gateway_serves_its_saved_model_with_no_coordinator_and_announces_it_t
         configs = w.until(lambda: (lambda c: c if len(c) == 6 else None)(
             {t: json.loads(p) for t, p in w.last.items() if t.startswith(PREFIX + "/") and p and t not in (
                 stale, moved, foreign)}),
-            10, "six discovery configs")
+            10, "six discovery configs: " + str(sorted(t for t in w.last if t.startswith(PREFIX))))
         def retained_now() -> dict:  # what the broker retains: a new subscriber's view
             fresh = Watcher(port)
             try:
@@ -284,8 +285,8 @@ def test_a_gateway_without_labels_stores_and_serves_and_reports_what_its_stream_
         sensors = [topic for _, topic, _ in messages if topic != CLOCK_TOPIC]
         junk = [(messages[-1][0], sensors[i], b"\xff not UTF-8") for i in range(5)]
         _publish(port, messages + junk)
-        state = w.until(lambda: w.state() if w.state().get("value") is not None else None, 30, "a prediction")
-        assert state["samples"] > 200  # rows stored without a single label
+        state = w.until(lambda: w.state() if w.state().get("value") is not None and w.state()["samples"] > 200
+                        else None, 30, "predictions on the day's rows, stored without a single label")
         state = w.until(lambda: w.state() if w.state()["stream"]["dropped_readings"] else None, 30, "the junk counted")
         assert state["stream"]["dropped_readings"] == {"not UTF-8": 5}
         assert state["stream"]["unlabelled_rows"] >= state["samples"]

@@ -55,6 +55,8 @@ class Server:
         self.availability_topic = f"{serve.topic}/availability"
         self.sync_topic = f"{serve.topic}/sync"  # our own echo: the retained discovery configs came before it
         self._synced = threading.Event()
+        self._announce_due = threading.Event()
+        self._in_flight: Optional[mqtt.MQTTMessageInfo] = None  # the last state published
         self._offered: Optional[SavedModel] = None
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # announce runs on the serving thread and on MQTT's
@@ -119,6 +121,9 @@ class Server:
             last = self._stop.is_set()  # after stop, one more period: the newest model offered is served
             try:
                 self._take_offered()
+                if self._announce_due.is_set():
+                    self._announce_due.clear()
+                    self.announce()
                 self._serve_once()
             except Exception:  # one bad period must not end serving
                 self.log.exception("serving: error while predicting")
@@ -174,7 +179,9 @@ class Server:
     def _serve_once(self) -> None:
         state = self.state()
         self.last_state = state
-        self.client.publish(self.state_topic, json.dumps(state), qos=1, retain=True)
+        if self._in_flight is not None and not self._in_flight.is_published() and self.client.is_connected():
+            return  # rows come faster than the broker takes states: the newest goes out next time
+        self._in_flight = self.client.publish(self.state_topic, json.dumps(state), qos=1, retain=True)
 
     def state(self) -> Dict[str, Any]:
         """The state JSON: the prediction, or ``value: null`` and the ``problem``; and the model's health."""
@@ -282,15 +289,20 @@ class Server:
             return
         if msg.topic == self.sync_topic:
             self._synced.set()
-            self.announce()
+            self._announce_soon()
             return
         if msg.topic == f"{ha.discovery_prefix}/status":
             if msg.payload == b"online":
                 self.log.info("Home Assistant is online: announcing the entities again")
-                self.announce()
+                self._announce_soon()
             return
         if msg.payload and msg.retain and msg.topic not in self.announced \
                 and discovery.owned(ha, self.node_id, self.federation, msg.topic, bytes(msg.payload)):
             with self._announcing:  # not between an announcement's read and its clearing of seen_configs
                 self.seen_configs.add(msg.topic)  # a config of an earlier run: removed unless it is current
-            self.announce()  # (before the sync nothing: the announcement that follows it removes them first)
+            self._announce_soon()  # (before the sync nothing: the announcement that follows it removes them first)
+
+    def _announce_soon(self) -> None:
+        """Have the serving thread announce (it may pause; the MQTT thread must not)."""
+        self._announce_due.set()
+        self._wake.set()
