@@ -11,7 +11,8 @@ Usage: .venv/bin/python bench/strategies.py [--only stragglers noniid attacks as
   (mu = 0.1) and FedAdam (server lr 0.03).
 * attacks: digits over 10 nodes, Dirichlet alpha 0.1 and 0.5 (--alphas), 2 nodes sending start - 10 x their
   change (with and without claiming 10,000 samples) or no change: final accuracy of unbounded FedAvg, the
-  default bounds and the robust rules.
+  default bounds, the robust rules and FLTrust, on the half of the held-out set the coordinator never had
+  (the other half is its evaluation set, which FLTrust trusts).
 * async: digits, 10 nodes of which 3 take 2 s longer to train; sync rounds against FedBuff (a version per
   5 changes, server lr 0.5) by wall-clock time: time to reach 0.9 accuracy and accuracy after the same time.
 * secure: digits with and without secure aggregation, same seed: accuracy, bytes per update, round time.
@@ -181,6 +182,7 @@ DEFENCES = {
     "trimmed mean, buckets of 3": "{aggregator: trimmed_mean, bucket_size: 3}",
     "median": "{aggregator: median}",
     "multi-Krum f=2": "{aggregator: multi_krum, byzantine: 2}",
+    "FLTrust (trusted eval set)": "{aggregator: fltrust}",
 }
 
 
@@ -202,6 +204,8 @@ def attacks(rounds: int, seeds: List[int], alpha: float) -> None:
                         str(s),
                         "--strategy",
                         strategy,
+                        "--trusted-split",  # every defence scored on the half of the held-out set the
+                        "0.5",  # coordinator never had (FLTrust trusts the other half)
                         *extra,
                     ]
                 )

@@ -175,3 +175,30 @@ def test_statistics_rounds_get_a_looser_cap_and_no_norm_bound():
     assert bounds.round_bounds(tm.strategy, [100, 100, 120], 0.5) == bounds.Bounds(weight=100.0, norm=0.5)
     fixed = parse_topic_map(MAP + "strategy: {weight_cap: 300}\n").strategy
     assert bounds.round_bounds(fixed, [100], None, stats=True) == bounds.Bounds(weight=300.0)
+
+
+def test_fltrust_keeps_the_model_on_the_trusted_course_under_flipped_inflated_changes(tmp_path):
+    """Through the real driver: each round the coordinator trains the global model on its evaluation set and
+    scores the changes by it; two of five nodes send a sign-flipped change x100 and claim a million samples."""
+    from fedmq.coordinator.strategy.trusted import trusted_change
+    from fedmq.coordinator.strategy.vectors import unflatten
+    from fedmq.shared.messages import TrainParams
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    y = np.argmax(x[:, :3] + 0.1 * rng.normal(size=(300, 3)), axis=1)
+    np.savez(tmp_path / "trusted.npz", x=x, y=y)
+    fed = Federation(MAP + f"evaluation: {{kind: npz, path: {tmp_path / 'trusted.npz'}}}\n"
+                           "strategy: {aggregator: fltrust, clip_norm: none, weight_cap: none}\n")
+    start = {k: v.copy() for k, v in fed.driver.weights.items()}
+    trusted = {n: None for n in ("r1", "r2", "s1", "s2", "s3")}
+    for _ in range(3):  # honest nodes: the trusted change, give or take 10 %
+        flat = trusted_change(fed.tm.model, fed.driver.weights, x, y, TrainParams(1, 16, 0.1), seed=1)
+        good = unflatten(flat, {k: v.shape for k, v in start.items()})
+        for n in trusted:
+            trusted[n] = {k: v * (1 + 0.1 * rng.normal()) for k, v in good.items()}
+        fed.round(lambda n: {k: -100 * v for k, v in trusted[n].items()} if n in ("s3", "r2") else trusted[n],
+                  lambda n: 1_000_000 if n in ("s3", "r2") else 100)
+    accuracy = fed.driver.state.history[-1]["accuracy"]
+    assert accuracy > 0.8, fed.driver.state.history
+    assert distance(fed.driver.weights, start) < 10  # unweighted, the flipped x100 changes would dominate

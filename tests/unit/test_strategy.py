@@ -260,3 +260,31 @@ def test_staleness_discount_is_fedbuffs_polynomial():
     assert staleness_weight(0, 0.5) == 1.0
     assert staleness_weight(3, 0.5) == pytest.approx(0.5)
     assert staleness_weight(3, 0.0) == 1.0
+
+
+def test_fltrust_weights_changes_by_their_agreement_with_the_trusted_change():
+    """A change pointing away from the trusted one counts nothing, a long one is cut to the trusted norm, and
+    the mean of the rest follows the honest direction (Cao et al. 2021)."""
+    rule = make_rule("fltrust", {})
+    assert rule.trusted
+    rng = np.random.default_rng(0)
+    trusted = rng.normal(size=20)
+    honest = trusted + 0.3 * rng.normal(size=(8, 20))
+    attackers = np.vstack([-10 * trusted, 1000 * honest[0]])  # a sign flip x10, and an honest one x1000
+    agg = rule.aggregate_trusted(np.vstack([honest, attackers]), trusted)
+    cos = agg @ trusted / (np.linalg.norm(agg) * np.linalg.norm(trusted))
+    assert cos > 0.95 and np.linalg.norm(agg) <= np.linalg.norm(trusted) * (1 + 1e-9)
+    assert np.allclose(rule.aggregate_trusted(np.vstack([-trusted, -2 * trusted]), trusted), 0.0)
+    assert np.allclose(rule.aggregate_trusted(honest, np.zeros(20)), 0.0)
+    with pytest.raises(RobustError):
+        rule.aggregate(honest, np.ones(8))
+
+
+def test_fltrust_needs_an_evaluation_set():
+    """Without one it is a file:line error naming the fix."""
+    import yaml as _yaml
+
+    base = {"federation": "f", "model": {"kind": "softmax_regression", "features": 4, "classes": [0, 1]},
+            "strategy": {"aggregator": "fltrust"}, "tree": {"nodes": ["a", "b"]}}
+    with pytest.raises(TopicMapError, match=r"(?s):\d+: strategy.aggregator: fltrust .* names none.*evaluation:"):
+        parse_topic_map(_yaml.safe_dump(base))

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy.optimizer import make_optimizer
 from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
+from fedmq.coordinator.strategy.trusted import trusted_change
 from fedmq.coordinator.strategy.vectors import flatten
 from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
@@ -328,11 +330,25 @@ class RoundDriver:
                 flat_reference = None if delta else flatten(self.weights, shapes).astype(np.float64)
                 rows = update_bounds.clip_rows(rows, flat_reference, result.norms)
             flat = None  # the weighted mean of the rows
-            if self.rule is not None:  # on the means of shuffled buckets when bucket_size > 1
+            if self.rule is not None and self.rule.trusted:  # scored against the coordinator's own change
+                flat_reference = None if delta else flatten(self.weights, shapes).astype(np.float64)
+                changes = rows if flat_reference is None else rows - flat_reference
+                change = self.rule.aggregate_trusted(changes, self._trusted_change(ctl))
+                flat = change if flat_reference is None else change + flat_reference
+            elif self.rule is not None:  # on the means of shuffled buckets when bucket_size > 1
                 rng = np.random.default_rng([self.tm.policy.seed, ctl.round, 7])
                 flat = self.rule.aggregate(*buckets(rows, weights, s.bucket_size, rng))
             return result.stack.change(rows, weights, reference, flat)
         return result.sums.finish(reference)  # under DP the private mean: noised, over the number selected
+
+    def _trusted_change(self, ctl: Control) -> np.ndarray:
+        """The global model trained on the evaluation set with the round's settings (FLTrust's root of trust)."""
+        assert self.eval_data is not None and ctl.train is not None
+        x, y = self.eval_data
+        train = replace(ctl.train, dp_clip_norm=None, dp_noise_multiplier=0.0, partial_work=False)
+        return trusted_change(self.tm.model, self.weights, self.scaling.apply(x) if self.scaling else x, y, train,
+                              seed=self.tm.policy.seed * 100_003 + ctl.round,
+                              model_file=self.model_file[1] if self.model_file else None)
 
     def _on_root_close(self, ctl: Control, result: GroupResult) -> None:
         p = self.tm.policy

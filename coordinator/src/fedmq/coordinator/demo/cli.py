@@ -122,6 +122,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "change and claim SAMPLES samples, e.g. 2:-10:10000 (sign flip x10, inflated counts)",
     )
     p.add_argument(
+        "--trusted-split",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="give the coordinator only the share F of the held-out set (its evaluation set, which "
+        "strategy.aggregator: fltrust trusts) and report the final accuracy on the rest, which the federation "
+        "never saw (e.g. 0.5)",
+    )
+    p.add_argument(
         "--dashboard",
         default="127.0.0.1:8765",
         metavar="HOST:PORT",

@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
         except (DataError, ValueError) as exc:
             print(f"fedmq demo: --data: {exc}", file=sys.stderr)
             return 2
+        trusted, test = split_trusted(test, args.trusted_split, args.seed)
         layout = write_federation(
-            workdir, train, test, nodes=args.nodes, groups=args.groups, rounds=args.rounds, alpha=args.alpha,
+            workdir, train, trusted, nodes=args.nodes, groups=args.groups, rounds=args.rounds, alpha=args.alpha,
             seed=args.seed, model=args.model, port=1, deadline_s=args.deadline, trainer=args.trainer, parts=parts,
             training={**(training or {}), **_round_overrides(args)},
             extra={**_transport_sections(args), **({"scaling": "federated"} if args.data else {})},
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{os.path.join(workdir, 'logs', 'coordinator.log')}",
                 file=sys.stderr,
             )
-        _results(args, rounds, train, test, time.monotonic() - t0)
+        _results(args, rounds, train, test, time.monotonic() - t0, layout.topic_map)
         return 0 if len(rounds) == args.rounds else 1
     except KeyboardInterrupt:
         print("fedmq demo: interrupted; stopping everything", file=sys.stderr)
@@ -173,6 +174,8 @@ def _argument_problem(args: argparse.Namespace) -> str:
         return "need --nodes >= --groups >= 1 and --rounds >= 1"
     if args.homes < 1 or args.days <= 0:
         return "need --homes >= 1 and --days > 0"
+    if not 0.0 <= args.trusted_split < 1.0:
+        return "--trusted-split is a share of the held-out set: at least 0, below 1 (e.g. 0.5)"
     return ""
 
 
@@ -192,6 +195,28 @@ def _dataset(args: argparse.Namespace) -> Tuple[Split, Split, Optional[List[Spli
     return train, test, None, None
 
 
+def split_trusted(test: Split, share: float, seed: int) -> Tuple[Split, Split]:
+    """(the coordinator's evaluation set, the rest): ``share`` of the held-out samples, drawn at random; with
+    ``share`` 0 both are the whole held-out set."""
+    if not share:
+        return test, test
+    order = np.random.default_rng([seed, 31]).permutation(len(test[0]))
+    cut = max(1, int(round(share * len(order))))
+    return (test[0][order[:cut]], test[1][order[:cut]]), (test[0][order[cut:]], test[1][order[cut:]])
+
+
+def final_accuracy(topic_map: str, test: Split) -> Optional[float]:
+    """The accuracy of the final checkpointed model on ``test``."""
+    from fedmq.coordinator import checkpoint
+    from fedmq.shared.models import evaluate
+
+    tm = load_topic_map(topic_map)
+    loaded = checkpoint.load(tm.checkpoint_dir or "", tm.federation, tm.model)
+    if loaded is None:
+        return None
+    return float(evaluate(tm.model, loaded[0], test[0], test[1])["accuracy"])
+
+
 def _data_line(args: argparse.Namespace, train: Split, test: Split) -> str:
     """How the demo's data is made and split, for its first line."""
     if args.dataset == "synthetic":
@@ -203,10 +228,13 @@ def _data_line(args: argparse.Namespace, train: Split, test: Split) -> str:
 
 
 def _results(args: argparse.Namespace, rounds: List[Dict[str, Any]], train: Split, test: Split,
-             elapsed: float) -> None:
-    """Print the final accuracy beside the centralised baseline; write the plot and the JSON report."""
+             elapsed: float, topic_map: str) -> None:
+    """Print the final accuracy beside the centralised baseline; write the plot and the JSON report. With
+    --trusted-split the final accuracy is the final model's on the samples the coordinator never had."""
     baseline = centralised_accuracy(args.model, train, test, args.seed, standardise=bool(args.data))
     final = rounds[-1]["accuracy"] if rounds else None
+    if rounds and args.trusted_split:
+        final = final_accuracy(topic_map, test)
     print(f"fedmq demo: final federated accuracy {final if final is None else f'{final:.4f}'}; "
           f"centralised {args.model} on the same data {baseline:.4f}; {elapsed:.1f} s in all", flush=True)
     report = {"rounds": [report_row(r) for r in rounds], "final_accuracy": final, "centralised_accuracy": baseline,

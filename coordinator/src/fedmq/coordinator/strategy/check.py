@@ -31,10 +31,16 @@ def check_strategy(r: Reader, raw: Any, tm: TopicMap) -> None:
                     f"pick one of {', '.join(names)}" + EXTEND)
         elif name not in streaming:
             try:
-                registry.get(name)
+                picked = registry.get(name)
             except UnknownComponent as exc:
                 r.error(r.line_of(m, key), f"strategy.{key}", str(exc),
                         "install the distribution that provides it again, or pick another")
+                continue
+            if getattr(picked, "trusted", False) and tm.evaluation is None:
+                r.error(r.line_of(m, key), f"strategy.{key}", f"{name} scores updates against the global model "
+                        "trained on a data set the coordinator trusts, and the topic map names none",
+                        "add evaluation: {kind: npz, path: trusted.npz} (a small labelled set from the homes' "
+                        "population), or pick another aggregator")
     known: Dict[str, Tuple[str, Param]] = {**RULES.all_params(), **OPTIMIZERS.all_params()}
     for key in s.params:
         if key not in known:

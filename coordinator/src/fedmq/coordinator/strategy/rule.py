@@ -24,11 +24,20 @@ class RobustError(ValueError):
 
 
 class RobustRule(Component, abc.ABC):
-    """One robust rule, configured by its parameters."""
+    """One robust rule, configured by its parameters. A rule with ``trusted = True`` scores the round's
+    changes against a trusted change (the global model trained on the coordinator's own data set, the topic
+    map's ``evaluation``): ``aggregate_trusted`` is called instead of ``aggregate``."""
+
+    trusted = False
 
     @abc.abstractmethod
     def aggregate(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The aggregate of ``rows`` (n x P) with ``weights`` (n); RobustError when n is too small."""
+
+    def aggregate_trusted(self, changes: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+        """The aggregate change of ``changes`` (n x P) given the ``trusted`` change (P); rules with
+        ``trusted = True`` implement it."""
+        raise NotImplementedError
 
 
 RULES: Registry[RobustRule] = Registry("aggregator", "fedmq.coordinator.strategy.rules", "fedmq.aggregation_rules",
