@@ -35,8 +35,8 @@ def start_dashboard(address: Optional[str], topic_map: str, security_dir: Option
     """The dashboard of the federation ``topic_map`` describes, served from a thread of this process."""
     if not address or address == "off":
         return None
+    from fedmq.coordinator.monitor.connect import monitor_broker
     from fedmq.coordinator.monitor.dashboard import Dashboard
-    from fedmq.coordinator.monitor.status_cmd import monitor_broker
 
     tm = load_topic_map(topic_map)
     board = Dashboard(tm, monitor_broker(tm, security_dir, DASHBOARD), available(address))

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Optional
 
+from fedmq.coordinator.monitor.connect import open_view
 from fedmq.shared.topicmap import TopicMap
 from fedmq.shared.topicmap.loader import address_problem
 from fedmq.shared.topicmap.model import BrokerSettings
@@ -30,8 +31,6 @@ class Dashboard:
     """The page's server and the view behind it."""
 
     def __init__(self, tm: TopicMap, broker: BrokerSettings, listen: str) -> None:
-        from fedmq.coordinator.monitor.status_cmd import open_view
-
         problem = address_problem(listen)
         if problem:
             raise ValueError(f"--listen {listen!r} {problem}")
