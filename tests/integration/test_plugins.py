@@ -55,7 +55,7 @@ def test_a_plugged_in_rules_parameters_are_checked_like_built_in_ones(tmp_path, 
     monkeypatch.delenv("PYTHONPATH")  # not installed: the rule is unknown, and the error lists what is
     out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "validate", paths["topic_map"]],
                          capture_output=True, text=True)
-    assert "strategy.aggregator: must be one of fedavg, krum, median, multi_krum, trimmed_mean, not " \
+    assert "strategy.aggregator: must be one of fedavg, fltrust, krum, median, multi_krum, trimmed_mean, not " \
            "'coordinate_trim'" in out.stdout + out.stderr
 
 

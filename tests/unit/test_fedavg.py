@@ -273,7 +273,7 @@ def test_accumulators_hand_on_what_their_parent_merges_and_finish_to_the_mean_ch
 
 
 def test_private_mean_divides_by_the_number_selected_and_noises_only_in_central_mode():
-    from fedmq.coordinator.strategy.privacy import PrivateMean
+    from fedmq.coordinator.private_mean import PrivateMean
     from fedmq.shared.topicmap import Privacy
 
     local = PrivateMean(Privacy(mode="local", clip_norm=1.0), selected=4, shapes={"w": (2,)})

@@ -135,7 +135,7 @@ def test_strategy_section_is_read_and_checked():
 
 
 @pytest.mark.parametrize("section,problem", [
-    ("{aggregator: geometric_median}", "strategy.aggregator: must be one of fedavg, krum, median, multi_krum"),
+    ("{aggregator: geometric_median}", "strategy.aggregator: must be one of fedavg, fltrust, krum, median, multi_krum"),
     ("{server_optimizer: sgd}", "strategy.server_optimizer: must be one of fedadagrad, fedadam, fedavg, fedavgm"),
     ("{aggregator: trimmed_mean, trim_fraction: 0.6}", "strategy.trim_fraction: must be at most 0.49"),
     ("{aggregator: krum, byzantine: two}", "strategy.byzantine: must be an integer"),

@@ -18,12 +18,12 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from fedmq.coordinator.aggregate import Accumulator, MetricSums, UpdateStack, WeightedSum
+from fedmq.coordinator.private_mean import PrivateMean
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.secure_session import SecureSession
 from fedmq.coordinator.strategy import bounds as update_bounds
 from fedmq.coordinator.strategy.bounds import Bounds
 from fedmq.coordinator.strategy.clipping import clip_update
-from fedmq.coordinator.strategy.privacy import PrivateMean
 from fedmq.coordinator.strategy.vectors import flatten, size, unflatten
 from fedmq.coordinator.tree import Membership
 from fedmq.shared import codecs
