@@ -48,6 +48,18 @@ def authenticate(client: mqtt.Client, broker: BrokerSettings, key: str = "broker
                                          "check the files the broker section names and their permissions")]) from None
 
 
+def new_client(client_id: str, broker: BrokerSettings, key: str = "broker", *, max_queued: int = 0,
+               max_delay_s: int = 16) -> mqtt.Client:
+    """The one way fedmq makes a paho client: MQTT v5 with paho's current callback API, the ``broker`` section's
+    TLS and credentials (``key`` names the section in errors), reconnecting with backoff from 1 s to
+    ``max_delay_s``, at most ``max_queued`` outgoing messages queued (0: no bound)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    authenticate(client, broker, key)
+    client.reconnect_delay_set(min_delay=1, max_delay=max_delay_s)
+    client.max_queued_messages_set(max_queued)
+    return client
+
+
 class PayloadTooLarge(ValueError):
     """Raised instead of sending a message the broker would refuse (and disconnect us for)."""
 
@@ -104,10 +116,7 @@ class MqttLink:
         self._acked = threading.Condition()
         self._closing = False
         self._lock = threading.Lock()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(min_delay=1, max_delay=16)
-        c.max_queued_messages_set(0)
-        authenticate(c, broker)
+        c = new_client(client_id, broker)
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_connect = self._on_connect

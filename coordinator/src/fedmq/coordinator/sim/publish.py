@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Optional, Tuple
 
-import paho.mqtt.client as mqtt
-
-from fedmq.shared.mqtt import authenticate
+from fedmq.shared.mqtt import new_client
 from fedmq.shared.topicmap.model import BrokerSettings
 
 
@@ -16,10 +14,7 @@ class Publisher:
     the order and loses nothing), at ``speed`` simulated seconds per wall second (0: as fast as it goes)."""
 
     def __init__(self, broker: BrokerSettings, client_id: str = "fedmq-sim-homes") -> None:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        authenticate(c, broker)
-        c.max_queued_messages_set(0)
-        self.client = c
+        self.client = new_client(client_id, broker)
         self.broker = broker
         self.sent = 0
 

@@ -27,7 +27,7 @@ from fedmq.node.serve.predictors import Predictor, make_predictor
 from fedmq.node.trainers import TrainerUnavailable
 from fedmq.shared.data import DataError
 from fedmq.shared.datacheck import normalise_labels
-from fedmq.shared.mqtt import authenticate
+from fedmq.shared.mqtt import new_client
 from fedmq.shared.saved_model import SavedModel
 
 RESCORE_S = 3600.0  # how often the served model is scored (and personalised) again on the recent data
@@ -73,11 +73,8 @@ class Server:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fedmq-serve-{node_id}", protocol=mqtt.MQTTv5)
-        authenticate(c, serve.broker, "serve.broker")
+        c = new_client(f"fedmq-serve-{node_id}", serve.broker, "serve.broker", max_queued=MAX_QUEUED, max_delay_s=30)
         c.will_set(self.availability_topic, "offline", qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.max_queued_messages_set(MAX_QUEUED)
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message

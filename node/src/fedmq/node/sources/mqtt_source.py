@@ -28,7 +28,7 @@ from fedmq.node.sources.sampler import Sampler
 from fedmq.node.sources.signals import BadValue, NoValue, Signal, parse_json, payload_text, read_signal
 from fedmq.node.sources.store import SampleStore
 from fedmq.shared.data import DataError, DataSource
-from fedmq.shared.mqtt import authenticate
+from fedmq.shared.mqtt import new_client
 from fedmq.shared.topicmap.loader import read_broker
 from fedmq.shared.topicmap.model import BrokerSettings
 from fedmq.shared.topicmap.reader import Reader, join_path
@@ -247,10 +247,8 @@ class MqttSource(DataSource):
                 listener()
 
         self.ingest = self._ingest(stored)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.options["client_id"], protocol=mqtt.MQTTv5)
         b = self.broker
-        authenticate(c, b, "data.broker")
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c = new_client(self.options["client_id"], b, "data.broker", max_delay_s=30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
