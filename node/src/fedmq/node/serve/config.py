@@ -30,6 +30,7 @@ class Personalise:
     holdout: float = 0.2  # share of them, the newest, that decides between global and personalised
     proximal_mu: float = 0.0  # FedProx's pull towards the global model while fine-tuning
     min_days: float = 3.0  # history needed first (a home's rhythm is weekly: a weekend alone misleads)
+    local_epochs: int = 40  # a local-only candidate trained from scratch on the same samples (0: none)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def _read_personalise(r: Reader, value: Any, line: Optional[int]) -> Optional[Pe
     if value is True:
         return Personalise()
     m = r.mapping(value, "serve.personalise", line, ("epochs", "learning_rate", "batch_size", "recent_samples",
-                                                    "holdout", "proximal_mu", "min_days"))
+                                                    "holdout", "proximal_mu", "min_days", "local_epochs"))
     p, d = "serve.personalise", Personalise()
     return Personalise(epochs=r.value(m, "epochs", p, int, d.epochs, minimum=1, maximum=1000),
                        learning_rate=r.value(m, "learning_rate", p, float, None, minimum=1e-9, maximum=10.0),
@@ -113,7 +114,8 @@ def _read_personalise(r: Reader, value: Any, line: Optional[int]) -> Optional[Pe
                        recent_samples=r.value(m, "recent_samples", p, int, d.recent_samples, minimum=10),
                        holdout=r.value(m, "holdout", p, float, d.holdout, minimum=0.05, maximum=0.5),
                        proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0, maximum=1000.0),
-                       min_days=r.value(m, "min_days", p, float, d.min_days, minimum=0.0, maximum=365.0))
+                       min_days=r.value(m, "min_days", p, float, d.min_days, minimum=0.0, maximum=365.0),
+                       local_epochs=r.value(m, "local_epochs", p, int, d.local_epochs, minimum=0, maximum=1000))
 
 
 def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str) -> Optional[HomeAssistant]:

@@ -1,9 +1,12 @@
-"""Personalisation: fine-tune the global model on the gateway's own newest samples before serving it.
+"""Personalisation: the best model for this home, among the federation's, the federation's fine-tuned on the
+gateway's own newest samples, and one trained on those samples alone.
 
 Once the gateway holds ``min_days`` of samples, the newest ``holdout`` share of the recent ones is kept
-aside; the global model is fine-tuned on the rest (a few epochs, smaller steps than the federation's), and
-both are scored on that share. The personalised model serves only when it is at least as good
-there, so a home whose recent data says nothing new keeps the federation's model.
+aside; the global model is fine-tuned on the rest (a few epochs, smaller steps than the federation's), a
+local-only model of the same kind is trained on the rest from the start (``local_epochs``, 0: none), and
+all three are scored on that share. The one that does best there serves (the federation's on a tie), so a
+home whose recent data says nothing new keeps the federation's model, and a home unlike the others is not
+served a model worse than its own.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from fedmq.node.trainers import make_trainer
 from fedmq.node.trainers.numpy_dense import SUPPORTED as NUMPY_KINDS
 from fedmq.shared.datacheck import normalise_labels
 from fedmq.shared.messages import TrainParams
-from fedmq.shared.models import Weights, evaluate
+from fedmq.shared.models import Weights, evaluate, initial_weights
 from fedmq.shared.saved_model import SavedModel
 
 MIN_TRAIN = 10  # fewer samples than this (after the holdout) are not fine-tuned on
@@ -50,15 +53,31 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
     hold = max(1, int(round(len(x) * p.holdout)))
     if len(x) - hold < MIN_TRAIN or not enough:
         return model, {"global": score(model, model.weights, x, y)} if len(x) else {}
-    trainer = make_trainer("numpy" if model.spec.kind in NUMPY_KINDS else "auto", model.spec)
-    trainer.set_weights(model.weights)
     xs = model.scaling.apply(x[:-hold]) if model.scaling else x[:-hold]
-    trainer.fit(xs, y[:-hold], TrainParams(p.epochs, p.batch_size, p.learning_rate or LR_SHARE * learning_rate,
-                                       p.proximal_mu), np.random.default_rng(seed))
-    tuned = trainer.get_weights()
-    scores = {"global": score(model, model.weights, x[-hold:], y[-hold:]),
-              "personalised": score(model, tuned, x[-hold:], y[-hold:])}
-    if not all(np.isfinite(t).all() for t in tuned.values()) or not better_or_equal(
-            model, scores["personalised"], scores["global"]):
-        return model, scores
-    return replace(model, weights=tuned), scores
+    rate = p.learning_rate or LR_SHARE * learning_rate
+    candidates = {"global": model.weights,
+                  "personalised": _trained(model, model.weights, xs, y[:-hold], TrainParams(
+                      p.epochs, p.batch_size, rate, p.proximal_mu), seed)}
+    if p.local_epochs:  # the home's own model: the baseline a federated model must not fall below
+        candidates["local"] = _trained(model, initial_weights(model.spec), xs, y[:-hold], TrainParams(
+            p.local_epochs, p.batch_size, learning_rate), seed)
+    scores = {name: score(model, w, x[-hold:], y[-hold:]) for name, w in candidates.items()
+              if all(np.isfinite(t).all() for t in w.values())}
+    best = "global"
+    for name in ("personalised", "local"):  # the federation's model wins a tie, then the fine-tuned one
+        if name in scores and not better_or_equal(model, scores[best], scores[name]):
+            best = name
+    scores.update(served=scores[best], choice=_CHOICE[best])
+    return (model if best == "global" else replace(model, weights=candidates[best])), scores
+
+
+_CHOICE = {"global": 0.0, "personalised": 1.0, "local": 2.0}  # the scores map holds numbers only
+
+
+def _trained(model: SavedModel, start: Weights, x: np.ndarray, y: np.ndarray, params: TrainParams,
+             seed: int) -> Weights:
+    """``start`` trained on ``(x, y)`` (already scaled) with ``params``."""
+    trainer = make_trainer("numpy" if model.spec.kind in NUMPY_KINDS else "auto", model.spec)
+    trainer.set_weights(start)
+    trainer.fit(x, y, params, np.random.default_rng(seed))
+    return trainer.get_weights()

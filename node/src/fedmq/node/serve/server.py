@@ -34,6 +34,7 @@ RESCORE_S = 3600.0  # how often the served model is scored (and personalised) ag
 RETRY_S = 5.0  # ... while it has no score yet (no data yet)
 REMOVAL_PAUSE_S = 1.0  # between removing a moved entity's old config and announcing it under the new device id
 MAX_QUEUED = 100  # messages kept while the home broker is away (the newest state is retained anyway)
+IN_FLIGHT_WAIT_S = 0.05  # a state held back behind one in flight goes out this soon
 
 
 def iso(t: Optional[float]) -> Optional[str]:
@@ -116,17 +117,18 @@ class Server:
     def _run(self) -> None:
         while True:
             last = self._stop.is_set()  # after stop, one more period: the newest model offered is served
+            sent = True
             try:
                 self._take_offered()
                 if self._announce_due.is_set():
                     self._announce_due.clear()
                     self.announce()
-                self._serve_once()
+                sent = self._serve_once()
             except Exception:  # one bad period must not end serving
                 self.log.exception("serving: error while predicting")
-            if last:
+            if last and sent:
                 return
-            self._wake.wait(self.cfg.period_s)
+            self._wake.wait(self.cfg.period_s if sent else IN_FLIGHT_WAIT_S)
             self._wake.clear()
 
     # --- the model -------------------------------------------------------------------------------
@@ -162,10 +164,10 @@ class Server:
             predictor = served.predict
         kind_changed = self.model is None or self.model.spec != served.spec
         self.model, self.received, self.predictor, self.scores = served, offered, predictor, scores
-        if "personalised" in scores:
-            self.log.info("serving model %d, %s (held-out local score: global %.4f, personalised %.4f)",
-                          offered.model_version, "personalised" if served is not offered else "global",
-                          scores["global"], scores["personalised"])
+        if "served" in scores:
+            self.log.info("serving model %d, %s (held-out local scores: %s)", offered.model_version,
+                          ("global", "personalised", "local-only")[int(scores["choice"])],
+                          ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if k not in ("choice", "served")))
         else:
             self.log.debug("serving model %d", offered.model_version)
         if kind_changed and self.client.is_connected():
@@ -173,12 +175,24 @@ class Server:
 
     # --- predictions -----------------------------------------------------------------------------
 
-    def _serve_once(self) -> None:
+    def _serve_once(self) -> bool:
+        """Publish the state now; False when the previous one is still on its way (it is sent soon instead)."""
         state = self.state()
         self.last_state = state
-        if self._in_flight is not None and not self._in_flight.is_published() and self.client.is_connected():
-            return  # rows come faster than the broker takes states: the newest goes out next time
+        if self._state_in_flight():
+            return False  # rows come faster than the broker takes states: the newest goes out shortly
         self._in_flight = self.client.publish(self.state_topic, json.dumps(state), qos=1, retain=True)
+        return True
+
+    def _state_in_flight(self) -> bool:
+        """Whether the last state published is still on its way to a connected broker (one that failed, or was
+        queued while the broker was away, is not waited for)."""
+        if self._in_flight is None or not self.client.is_connected():
+            return False
+        try:
+            return not self._in_flight.is_published()
+        except (RuntimeError, ValueError):  # paho: the publish failed (not connected at the time)
+            return False
 
     def state(self) -> Dict[str, Any]:
         """The state JSON: the prediction, or ``value: null`` and the ``problem``; and the model's health."""
@@ -190,8 +204,8 @@ class Server:
         if model is not None:
             accuracy = "local_accuracy" if model.spec.is_classifier else "local_rmse"
             out.update(model_version=model.model_version, round=model.round, model_received=iso(model.saved_at),
-                       personalised=model is not self.received, **{accuracy: self.scores.get(
-                           "personalised" if model is not self.received else "global")})
+                       personalised=model is not self.received,
+                       **{accuracy: self.scores.get("served", self.scores.get("global"))})
         try:
             out["samples"] = self.source.rows_stored()
         except DataError:
