@@ -12,7 +12,7 @@ served a model worse than its own.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from fedmq.shared.datacheck import normalise_labels
 from fedmq.shared.messages import TrainParams
 from fedmq.shared.models import Weights, evaluate, initial_weights
 from fedmq.shared.saved_model import SavedModel
+from fedmq.shared.scaling import Scaling, local_stats
 
 MIN_TRAIN = 10  # fewer samples than this (after the holdout) are not fine-tuned on
 DEFAULT_LR = 0.01  # the federation's learning rate, until the node has seen a round
@@ -53,31 +54,31 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
     hold = max(1, int(round(len(x) * p.holdout)))
     if len(x) - hold < MIN_TRAIN or not enough:
         return model, {"global": score(model, model.weights, x, y)} if len(x) else {}
-    xs = model.scaling.apply(x[:-hold]) if model.scaling else x[:-hold]
     rate = p.learning_rate or LR_SHARE * learning_rate
-    candidates = {"global": model.weights,
-                  "personalised": _trained(model, model.weights, xs, y[:-hold], TrainParams(
+    candidates = {"global": model,
+                  "personalised": _trained(model, model.weights, model.scaling, x[:-hold], y[:-hold], TrainParams(
                       p.epochs, p.batch_size, rate, p.proximal_mu), seed)}
-    if p.local_epochs:  # the home's own model: the baseline a federated model must not fall below
-        candidates["local"] = _trained(model, initial_weights(model.spec), xs, y[:-hold], TrainParams(
+    if p.local_epochs:  # the home's own model (on its own scaling): what a federated model must not fall below
+        own = Scaling.from_means(local_stats(x[:-hold]), len(x) - hold)
+        candidates["local"] = _trained(model, initial_weights(model.spec), own, x[:-hold], y[:-hold], TrainParams(
             p.local_epochs, p.batch_size, learning_rate), seed)
-    scores = {name: score(model, w, x[-hold:], y[-hold:]) for name, w in candidates.items()
-              if all(np.isfinite(t).all() for t in w.values())}
+    scores = {name: score(m, m.weights, x[-hold:], y[-hold:]) for name, m in candidates.items()
+              if all(np.isfinite(t).all() for t in m.weights.values())}
     best = "global"
     for name in ("personalised", "local"):  # the federation's model wins a tie, then the fine-tuned one
         if name in scores and not better_or_equal(model, scores[best], scores[name]):
             best = name
     scores.update(served=scores[best], choice=_CHOICE[best])
-    return (model if best == "global" else replace(model, weights=candidates[best])), scores
+    return candidates[best], scores
 
 
 _CHOICE = {"global": 0.0, "personalised": 1.0, "local": 2.0}  # the scores map holds numbers only
 
 
-def _trained(model: SavedModel, start: Weights, x: np.ndarray, y: np.ndarray, params: TrainParams,
-             seed: int) -> Weights:
-    """``start`` trained on ``(x, y)`` (already scaled) with ``params``."""
+def _trained(model: SavedModel, start: Weights, scaling: Optional[Scaling], x: np.ndarray, y: np.ndarray,
+             params: TrainParams, seed: int) -> SavedModel:
+    """``model`` with ``start`` trained on raw ``(x, y)`` under ``scaling`` with ``params``."""
     trainer = make_trainer("numpy" if model.spec.kind in NUMPY_KINDS else "auto", model.spec)
     trainer.set_weights(start)
-    trainer.fit(x, y, params, np.random.default_rng(seed))
-    return trainer.get_weights()
+    trainer.fit(scaling.apply(x) if scaling else x, y, params, np.random.default_rng(seed))
+    return replace(model, weights=trainer.get_weights(), scaling=scaling)
