@@ -25,10 +25,11 @@ from fedmq.coordinator.strategy.privacy import Accountant
 from fedmq.coordinator.strategy.rule import RobustError, buckets, make_rule
 from fedmq.coordinator.strategy.trusted import trusted_change
 from fedmq.coordinator.strategy.vectors import flatten
+from fedmq.node.trainers import TrainerUnavailable, make_trainer
 from fedmq.shared.data import DataError, open_source
 from fedmq.shared.datacheck import checked_data
 from fedmq.shared.envelope import Envelope, Kind
-from fedmq.shared.extras import require
+from fedmq.shared.extras import MissingExtra, require
 from fedmq.shared.messages import Control, TrainParams, encode_history, encode_metrics, history_rows
 from fedmq.shared.models import Weights, evaluate, expected_shapes, from_layers, initial_weights, to_layers
 from fedmq.shared.scaling import Scaling, rescale_first_layer
@@ -151,6 +152,12 @@ class RoundDriver:
         self.finished = False
         self.bytes_model = 0
         self.model_file = build_model_file(tm, initial_weights(tm.model))  # stable hash across restarts
+        if self.rule is not None and self.rule.trusted:  # it trains on the evaluation set: can it here?
+            try:
+                make_trainer("auto", tm.model, self.model_file[1] if self.model_file else None)
+            except TrainerUnavailable as exc:
+                raise MissingExtra(f"strategy.aggregator {s.aggregator} trains the model on the evaluation set at "
+                                   f"the coordinator: {exc}") from None
         root.attach(self._on_root_close)  # the root group hands every closed round (or buffer) to us
 
     @property
