@@ -10,7 +10,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from fedhelp import write_federation
+from fedhelp import port_open, wait_for, write_federation
 from fedmq.broker.process import find_mosquitto, free_port
 
 STOCK = """# Place your local configuration in {etc}/conf.d/
@@ -78,6 +78,8 @@ def test_the_rendered_config_is_never_written_into_the_home_brokers_conf_d(tmp_p
 
     home = subprocess.Popen([find_mosquitto(), "-c", str(etc / "mosquitto.conf")], stderr=subprocess.PIPE)
     try:
+        wait_for(lambda: port_open(port) or home.poll() is not None, 20, "the home broker's listener")
+        assert home.poll() is None, home.stderr.read() if home.stderr else ""
         assert _home_client_works(port)  # the home's broker and its own client, as before
     finally:
         home.terminate()
