@@ -98,7 +98,9 @@ class GroupAggregator:
         self.current: Optional[_Round] = None
         self.last_key: Optional[tuple] = None
         self.is_root = not group.path
-        self.opened = secrets.randbits(48) or 1  # this process, in the starts it relays (a node resends on a new one)
+        # this process, in the starts it relays: a node resends its update when another process relays the round
+        # (the one it answered was restarted). Not for a group split over workers, which all relay the start.
+        self.opened = (secrets.randbits(48) or 1) if group.workers == 1 else 0
         self.reference: Optional[Dict[str, np.ndarray]] = None  # the global model, for the update-norm bound
         self.model_version = -1
         # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
