@@ -202,3 +202,16 @@ def test_fltrust_keeps_the_model_on_the_trusted_course_under_flipped_inflated_ch
     accuracy = fed.driver.state.history[-1]["accuracy"]
     assert accuracy > 0.8, fed.driver.state.history
     assert distance(fed.driver.weights, start) < 10  # unweighted, the flipped x100 changes would dominate
+
+
+def test_what_a_child_groups_process_refused_reaches_the_roots_round_summary():
+    """An edge process counts its refusals itself; its partial carries them, so the root's summary (and
+    history) shows what the whole tree refused, not only what reached the root's process."""
+    fed = Federation()
+    fed.aggs[("site",)].rejections = Rejections(logging.getLogger("edge"))  # as in an edge process
+    honest = honest_changes(fed.tm)
+    fed.round(lambda n: honest.get(n, honest["r1"]), lambda n: 100)
+    assert fed.driver.state.history[-1]["rejected"] == {}
+    fed.aggs[("site",)].on_update("s1", b"not an envelope", fed.topics.update(("site",), "s1"))
+    fed.round(lambda n: honest.get(n, honest["r1"]), lambda n: 100)
+    assert fed.driver.state.history[-1]["rejected"] == {"malformed": 1}

@@ -37,6 +37,8 @@ from fedmq.shared.topicmap import Group, TopicMap
 
 Publish = Callable[[str, bytes, bool], None]
 MAX_PROGRESS_BYTES = 1 << 16
+REJECTED = "rejected:"  # partial metrics "rejected:<reason>": what the child's process refused, by reason
+MAX_FORWARDED_REASONS = 32
 # No finite update may make a sum (of up to millions of updates) or a squared norm overflow float64.
 MAX_WEIGHTED_VALUE = 1e100
 
@@ -696,7 +698,10 @@ class GroupAggregator:
             self._send_partial(ctl, result)
 
     def _send_partial(self, ctl: Control, result: GroupResult) -> None:
-        """Publish ``result`` as this group's partial aggregate for the parent's round ``ctl``."""
+        """Publish ``result`` as this group's partial aggregate for the parent's round ``ctl``, with what this
+        process refused since its last partial (an edge's refusals reach the root's round summary)."""
+        for reason, n in sorted(self.rejections.take_round().items())[:MAX_FORWARDED_REASONS]:
+            result.metrics.merge({REJECTED + reason: float(n)}, {})
         metrics = result.metrics.to_wire()
         metrics["bytes_up"] = result.bytes_up
         tensors = result.sums.to_partial()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from fedmq.coordinator import checkpoint
-from fedmq.coordinator.group import GroupAggregator, GroupResult
+from fedmq.coordinator.group import MAX_FORWARDED_REASONS, REJECTED, GroupAggregator, GroupResult
 from fedmq.coordinator.presence import Presence
 from fedmq.coordinator.rejections import Rejections
 from fedmq.coordinator.strategy import bounds as update_bounds
@@ -491,6 +491,16 @@ class RoundDriver:
         if self.state.rounds_done >= self.tm.policy.rounds:
             self._finish()
 
+    def _rejected(self, sums: Dict[str, float]) -> Dict[str, int]:
+        """What this process refused since the last summary, and what the child groups' processes did (their
+        partials carry it as ``rejected:<reason>`` metrics)."""
+        out = self.rejections.take_round()
+        forwarded = [(k[len(REJECTED):], n) for k, n in sums.items() if k.startswith(REJECTED)]
+        for reason, n in forwarded[:MAX_FORWARDED_REASONS]:  # a child's word: bounded, finite, whole
+            if 0 < len(reason) <= 64 and math.isfinite(n) and 0 < n < 1e12:
+                out[reason] = out.get(reason, 0) + int(n)
+        return out
+
     def _summary(self, result: GroupResult) -> Dict[str, Any]:
         """The figures of one aggregation that do not depend on how it was triggered."""
         node = result.metrics.means()
@@ -507,7 +517,7 @@ class RoundDriver:
             "bytes_per_update": round(sums.get("bytes_update", 0.0) / count),
             "tensor_bytes_per_update": round(sums.get("bytes_update_tensors", 0.0) / count),
             "seconds": round(time.monotonic() - self.round_started, 4),
-            "rejected": self.rejections.take_round(),
+            "rejected": self._rejected(sums),
             "clipped": int(sums.get("clipped", 0.0)),
             "capped": int(sums.get("capped", 0.0)),
             "problems": dict(list(self.presence.problems().items())[:MAX_PROBLEMS_SHOWN]) or None,
