@@ -79,13 +79,16 @@ def test_a_statistics_round_comes_first_and_sets_the_scaling(tmp_path):
     assert root.current.ctl.task == "train" and root.current.ctl.round == 1
 
 
-def test_a_restarted_coordinator_waits_for_its_named_nodes(tmp_path):
+def test_a_restarted_coordinator_waits_for_its_named_nodes(tmp_path, caplog):
     tm, driver, root, published = _driver(tmp_path)
     driver.presence.on_status((), "b", Status("b", "offline").encode(), "fedmq/v1/f/_status/b")
     driver.state.rounds_done = driver.state.model_version = 3  # as loaded from a checkpoint
     driver.tm.policy = type(tm.policy)(**{**tm.policy.__dict__, "min_nodes": 1})
+    driver.last_wait_log = -1e9
     driver.tick(0)
     assert root.current is None  # one of two named nodes online: wait, as on a first start
+    # and it says what it waits for (not "1 online, 1 needed", which reads as a contradiction)
+    assert "1 of the 2 named nodes ready; the first round starts once all are" in caplog.text
     driver.presence.on_status((), "b", Status("b", "online").encode(), "fedmq/v1/f/_status/b")
     driver.tick(0)
     assert root.current is not None and root.current.ctl.round == 4 and root.current.ctl.selected == ["a", "b"]
