@@ -7,6 +7,7 @@ The same class runs inside the coordinator process and inside ``fedmq coordinato
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -108,6 +109,9 @@ class GroupAggregator:
         # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
         self.early: Deque[Tuple[Kind, str, bytes, str]] = deque(maxlen=max(64, 4 * len(group.nodes) + 16))
         self.waiting: Deque[Tuple[str, bytes, str]] = deque(maxlen=self.early.maxlen)  # updates awaiting the model
+        # digests of the updates counted in this round and the one before: a resent copy is not a rejection
+        self.counted: Set[bytes] = set()
+        self.counted_before: Set[bytes] = set()
         # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
         self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
@@ -147,6 +151,7 @@ class GroupAggregator:
         if close_at <= time.time():
             return  # too late to take part (e.g. a stale retained start)
         self.last_key = key
+        self.counted_before, self.counted = self.counted, set()
         mine = [n for n in parent.selected if self.membership.in_subtree(n, self.group.path)]
         direct = {n for n in mine if self.membership.group_path(n) == self.group.path}
         children = {
@@ -462,6 +467,11 @@ class GroupAggregator:
             ],
         ):
             return
+        digest = hashlib.sha256(payload).digest()
+        if digest in self.counted or digest in self.counted_before:
+            # the same message again: a node resending to a restarted aggregator (or QoS 1 delivering twice)
+            self.log.debug("update of %s already counted; the copy is dropped", node)
+            return
         env = self._decode(payload, topic, Kind.UPDATE, node)
         r = self.current
         if env is None or r is None:
@@ -497,6 +507,7 @@ class GroupAggregator:
         ) or not self._first_time(payload, topic, node):
             return
         r.answered.add(node)
+        self.counted.add(digest)
         r.nodes.append(node)
         r.norms.append(norm)
         if self.group.workers > 1:  # the other workers of this group learn that this node is in
