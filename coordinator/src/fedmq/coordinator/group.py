@@ -109,9 +109,7 @@ class GroupAggregator:
         # messages for a round not started here yet (bounded: a flood of them cannot grow memory)
         self.early: Deque[Tuple[Kind, str, bytes, str]] = deque(maxlen=max(64, 4 * len(group.nodes) + 16))
         self.waiting: Deque[Tuple[str, bytes, str]] = deque(maxlen=self.early.maxlen)  # updates awaiting the model
-        # digests of the updates counted in this round and the one before: a resent copy is not a rejection
-        self.counted: Set[bytes] = set()
-        self.counted_before: Set[bytes] = set()
+        self.counted: Set[bytes] = set()  # digests of the updates counted this round: a copy is not a rejection
         # Partial aggregates are raw float64 sums, of changes when the federation's updates are deltas.
         self._partial_codec = codecs.Codec(delta=tm.compression.update.delta)
 
@@ -151,7 +149,7 @@ class GroupAggregator:
         if close_at <= time.time():
             return  # too late to take part (e.g. a stale retained start)
         self.last_key = key
-        self.counted_before, self.counted = self.counted, set()
+        self.counted = set()
         mine = [n for n in parent.selected if self.membership.in_subtree(n, self.group.path)]
         direct = {n for n in mine if self.membership.group_path(n) == self.group.path}
         children = {
@@ -468,8 +466,9 @@ class GroupAggregator:
         ):
             return
         digest = hashlib.sha256(payload).digest()
-        if digest in self.counted or digest in self.counted_before:
-            # the same message again: a node resending to a restarted aggregator (or QoS 1 delivering twice)
+        if digest in self.counted:
+            # the same message again in its own round: a node resending to a restarted aggregator, or QoS 1
+            # delivering twice (a copy of an earlier round's update is refused as stale: a replay shows)
             self.log.debug("update of %s already counted; the copy is dropped", node)
             return
         env = self._decode(payload, topic, Kind.UPDATE, node)
