@@ -419,34 +419,38 @@ def _reading_time(obj: Any, path: str, tz: Optional[dt.tzinfo]) -> Optional[floa
         if not isinstance(obj, dict) or part not in obj:
             return None
         obj = obj[part]
-    if isinstance(obj, bool) or not isinstance(obj, (int, float, str)):
-        return None
-    if isinstance(obj, str):
+    return _time_value(obj, tz, local=True)
+
+
+def _time_value(v: Any, tz: Optional[dt.tzinfo], *, local: bool) -> Optional[float]:
+    """Unix seconds from a number (seconds, or milliseconds past 1e11: zigbee2mqtt's epoch) or an ISO 8601
+    string (one without an offset is in ``tz``, the gateway's zone when ``local`` and ``tz`` is None, else
+    UTC); None for anything else, or a time that is not finite and positive."""
+    if isinstance(v, str):
         try:
-            d = dt.datetime.fromisoformat(obj.replace("Z", "+00:00"))
+            v = float(v)
         except ValueError:
-            return None
-        v = (d if d.tzinfo else d.replace(tzinfo=tz) if tz is not None else d.astimezone()).timestamp()
+            try:
+                d = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            if d.tzinfo is None:
+                d = d.replace(tzinfo=tz) if tz is not None else d.astimezone() if local else d.replace(
+                    tzinfo=dt.timezone.utc)
+            v = d.timestamp()
+    elif isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
     else:
-        v = float(obj) / (1000.0 if obj > 1e11 else 1.0)  # zigbee2mqtt's epoch is in milliseconds
+        v = float(v) / (1000.0 if v > 1e11 else 1.0)
     return v if math.isfinite(v) and v > 0 else None
 
 
 def _clock_value(payload: bytes) -> Optional[float]:
     """A clock message's time: Unix seconds, or an ISO 8601 date-time (UTC unless it has an offset)."""
     try:
-        text = payload.decode("utf-8").strip()
+        return _time_value(payload.decode("utf-8").strip(), None, local=False)
     except UnicodeDecodeError:
         return None
-    try:
-        v = float(text)
-    except ValueError:
-        try:
-            d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        v = (d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)).timestamp()
-    return v if math.isfinite(v) and v > 0 else None
 
 
 def _read_label(r: Reader, value: Any, path: str, line: Optional[int], signals: List[str]) -> Optional[Label]:
