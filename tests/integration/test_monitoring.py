@@ -48,7 +48,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def test_metrics_endpoint_agrees_with_the_round_summaries(broker, tmp_path):
     """The root's endpoint, and an edge aggregator's (home2 runs in its own process) for its own group."""
     paths = write_federation(str(tmp_path), broker.port, GROUPS, rounds=4, deadline_s=20, edge=["home2"],
-                             node_extra={"simulate_delay_s": 0.4})  # rounds long enough to scrape between
+                             node_extra={"simulate_delay_s": 1.5})  # time to scrape between rounds, busy or not
     port, edge_port = free_port(), free_port()
     nodes = [fedmq(["node", "run", paths[n]], str(tmp_path / f"{n}.log")) for n in NODES]
     edge = fedmq(["coordinator", "edge", paths["topic_map"], "--group", "home2", "--metrics", f"127.0.0.1:{edge_port}"],
