@@ -141,3 +141,34 @@ def test_demo_takes_the_users_own_csv(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2 and "bad.csv:3: a feature is not a number" in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_appliance_scenario_learns_each_plugs_appliance_and_serves_it(tmp_path):
+    """Two plugs per home, each running a few of ten kinds of appliance (classes differ by gateway), labels
+    from an input_select published on change: every gateway is compared against central and local-only models,
+    and serves the appliance it sees (a class word) as a Home Assistant entity."""
+    from fedmq.coordinator.sim.appliances import CLASSES
+
+    work = tmp_path / "w"
+    report = tmp_path / "ap.json"
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--scenario", "appliances", "--homes", "2",
+                        "--days", "3.5", "--rounds", "6", "--workdir", str(work), "--report", str(report)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(report.read_text())
+    comp = data["comparison"]["appliance"]
+    assert set(comp["homes"]) == {"home1-gw1", "home1-gw2", "home2-gw1", "home2-gw2"}
+    for unit, row in comp["homes"].items():
+        assert row["train_samples"] > 4000 and row["test_samples"] > 1000, (unit, row)
+        assert all(0.0 <= row[k] <= 1.0 for k in ("federated", "personalised", "central", "local")), row
+    assert 0.0 <= comp["served_at_least_as_good_as_both"] <= comp["personalised_at_least_as_good"] <= 1.0
+    assert comp["overall"]["central"] > 0.8  # the signatures can be told apart
+    assert all(len(rows) == 6 for rows in data["rounds"].values())
+    for unit, served in data["predictions"].items():
+        state = served["states"]["appliance"]
+        assert state["value"] in CLASSES and state["model_version"] == 6, (unit, state)
+        assert sorted(served["entities"].values()).count("sensor") >= 1 and len(served["entities"]) == 6
+    assert "as the better of federated and local-only" in r.stdout
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
+    assert not left, f"demo left processes behind: {left}"

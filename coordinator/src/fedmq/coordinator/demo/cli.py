@@ -16,14 +16,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("demo", help="run a whole federation on this machine",
                        description="Start a private Mosquitto, a coordinator and N nodes (homes of nodes, digits data "
                                    "split non-IID), run R rounds of hierarchical FedAvg, and report. With --scenario "
-                                   "smart-home, simulated homes stream sensor data and gateways learn from it.")
-    p.add_argument("--scenario", default="digits", choices=("digits", "smart-home"),
+                                   "smart-home or appliances, simulated homes stream sensor data and gateways "
+                                   "learn from it.")
+    p.add_argument("--scenario", default="digits", choices=("digits", "smart-home", "appliances"),
                    help="digits (default: handwritten digits split over nodes in homes) or smart-home: simulated homes "
                         "publish sensor streams (zigbee2mqtt, Tasmota, statestream), a gateway per home learns "
                         "occupancy and the temperature an hour ahead from its own home's topics, and the report "
-                        "compares, per home, the federated model with a central and a local-only one")
-    p.add_argument("--homes", type=int, default=6, help="smart-home: number of simulated homes (default 6)")
-    p.add_argument("--days", type=float, default=7.0, help="smart-home: days of sensor history (default 7)")
+                        "compares, per home, the federated model with a central and a local-only one; or "
+                        "appliances: two smart plugs per home report power and power factor, each running 2 to 4 "
+                        "of 10 kinds of appliance, and each plug's gateway learns which one runs")
+    p.add_argument("--homes", type=int, help="smart-home, appliances: number of simulated homes (default 6; "
+                                             "appliances: 3, two plugs each)")
+    p.add_argument("--days", type=float, help="smart-home, appliances: days of sensor history (default 7; "
+                                              "appliances: 4)")
     p.add_argument("--nodes", type=int, default=10, help="number of node processes (default 10)")
     p.add_argument("--groups", type=int, default=2, help="number of homes the nodes are spread over (default 2)")
     p.add_argument("--rounds", type=int, default=20, help="number of rounds (default 20)")
@@ -32,10 +37,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument(
         "--model",
-        default="softmax_regression",
+        default=None,
         choices=MODELS,
-        help="model (default softmax_regression; tflite-logreg and tflite-mlp train .tflite files "
-        "built by the coordinator, on TFLite nodes)",
+        help="model (default softmax_regression, mlp for --scenario appliances; tflite-logreg and tflite-mlp "
+        "train .tflite files built by the coordinator, on TFLite nodes)",
     )
     p.add_argument(
         "--trainer",

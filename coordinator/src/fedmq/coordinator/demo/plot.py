@@ -40,7 +40,7 @@ def plot_rounds(rounds: List[Dict[str, Any]], path: str, baseline: Optional[floa
     plt.close(fig)
 
 
-def plot_smart_home(report: Dict[str, Any], path: str) -> None:
+def plot_gateways(report: Dict[str, Any], path: str, title: str) -> None:
     """Per task: the federated, personalised, central and local-only model of every home on its held-out
     days, side by side."""
     tasks = list(report["comparison"].items())
@@ -64,7 +64,7 @@ def plot_smart_home(report: Dict[str, Any], path: str) -> None:
         ax.set_title(f"{task}: {report['held_out_days']:g} held-out days per home")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("fedmq demo --scenario smart-home")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -62,6 +62,7 @@ def _raise_interrupt(*_: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 when every round was applied."""
+    _scenario_defaults(args)
     problem = _argument_problem(args)
     if problem:
         print(f"fedmq demo: {problem}", file=sys.stderr)
@@ -79,10 +80,8 @@ def run(args: argparse.Namespace) -> int:
     board: Optional["Dashboard"] = None
     t0 = time.monotonic()
     try:
-        if args.scenario == "smart-home":
-            from fedmq.coordinator.demo.smart_home import run_smart_home
-
-            return run_smart_home(args, workdir, procs)
+        if args.scenario in STREAM_SCENARIOS:
+            return _stream_scenario(args, workdir, procs)
         try:
             train, test, parts, training = _dataset(args)
         except (DataError, ValueError) as exc:
@@ -166,6 +165,32 @@ def _watch(topic_map: str, security_dir: Optional[str], topic: str) -> MqttLink:
     watcher.subscribe(topic)
     watcher.start()
     return watcher
+
+
+STREAM_SCENARIOS = ("smart-home", "appliances")
+
+
+def _stream_scenario(args: argparse.Namespace, workdir: str, procs: Processes) -> int:
+    """Run a scenario of gateways that learn from simulated sensor streams."""
+    from fedmq.coordinator.demo.streams import run_stream_scenario
+
+    if args.scenario == "appliances":
+        from fedmq.coordinator.demo.appliances import APPLIANCES as scenario
+    else:
+        from fedmq.coordinator.demo.smart_home import SMART_HOME as scenario
+    return run_stream_scenario(scenario, args, workdir, procs)
+
+
+# the defaults of --model, --homes and --days that differ by scenario
+SCENARIO_DEFAULTS = {"appliances": {"model": "mlp", "homes": 3, "days": 4.0}}
+DEFAULTS = {"model": "softmax_regression", "homes": 6, "days": 7.0}
+
+
+def _scenario_defaults(args: argparse.Namespace) -> None:
+    """Fill in the options left unset with the scenario's defaults."""
+    for key, value in {**DEFAULTS, **SCENARIO_DEFAULTS.get(args.scenario, {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def _argument_problem(args: argparse.Namespace) -> str:

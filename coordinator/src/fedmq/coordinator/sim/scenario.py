@@ -6,7 +6,7 @@ power, motion, the time of day and week); ``FORECAST`` is the second task, the t
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -35,7 +35,7 @@ FORECAST_FEATURES: List[Dict[str, Any]] = [
     {"signal": "power", "kind": "mean", "window": 6},
     {"kind": "time_of_day"},
 ]
-TASKS = {
+TASKS: Dict[str, Tuple[List[Dict[str, Any]], Dict[str, Any]]] = {
     "occupancy": (OCCUPANCY_FEATURES, {"signal": "occupancy"}),
     "forecast": (FORECAST_FEATURES, {"signal": "temperature", "horizon_s": 3600}),
 }
@@ -58,6 +58,12 @@ def data_section(
 ) -> Dict[str, Any]:
     """The node configuration's ``data:`` for one simulated home."""
     features, label = TASKS[task]
+    return stream_data(signals_for(home.name, home.format), features, label, broker, period_s, store)
+
+
+def stream_data(signals: List[Dict[str, Any]], features: List[Dict[str, Any]], label: Dict[str, Any],
+                broker: BrokerSettings, period_s: float, store: str) -> Dict[str, Any]:
+    """A node configuration's ``data:`` for simulated signals on ``broker``, timed by the simulator's clock."""
     b: Dict[str, Any] = {"host": broker.host, "port": broker.port}
     if broker.username:
         b.update(username=broker.username, password_file=broker.password_file)
@@ -69,7 +75,7 @@ def data_section(
         "period_s": period_s,
         "max_age_s": 3 * period_s,
         "store": {"path": store, "max_age_days": 30},
-        "signals": signals_for(home.name, home.format),
+        "signals": signals,
         "features": features,
         "label": label,
     }
