@@ -267,3 +267,35 @@ def test_scaling_refreshed_on_schedule_keeps_what_the_model_learned(broker, tmp_
     # the refold after round 2 keeps the function: accuracy does not fall back to a fresh model's
     assert c.rounds[2]["accuracy"] >= c.rounds[1]["accuracy"] - 0.05
     assert state.model_version == 5  # 4 rounds plus the refolded model
+
+
+def test_sim_homes_appliances_publishes_plugs_and_writes_node_configs_that_validate(local_broker, tmp_path):
+    """``fedmq sim homes --appliances``: two plugs per home on a real broker, with their labels as Home
+    Assistant's statestream publishes an input_select, and a node configuration per plug that validates."""
+    from fedmq.shared.mqtt import MqttLink
+
+    watch = MqttLink("sim-watch", BrokerSettings(port=local_broker.port), persistent=False)
+    watch.subscribe("homeassistant/input_select/#")
+    watch.subscribe("tele/#")
+    watch.start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "sim", "homes", "--appliances", "--homes", "2",
+                              "--days", "0.5", "--port", str(local_broker.port), "--node-configs", str(tmp_path / "c")],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        got = []
+        while (msg := watch.get(timeout=2)) is not None:
+            got.append((msg.topic, msg.payload))
+    finally:
+        watch.stop()
+    assert sorted(os.listdir(tmp_path / "c")) == [f"home{h}-gw{g}.yaml" for h in (1, 2) for g in (1, 2)]
+    labels = {p.decode() for t, p in got if t.startswith("homeassistant/input_select/")}
+    assert labels and labels <= {"none", "fridge", "freezer", "kettle", "microwave", "washing_machine",
+                                 "dishwasher", "tv", "laptop", "lamp", "heater"}
+    assert any(t.startswith("tele/") and b'"ENERGY"' in p for t, p in got)  # a Tasmota plug
+    for name in os.listdir(tmp_path / "c"):
+        cfg = load_node_config(str(tmp_path / "c" / name))
+        assert cfg.federation == "appliances" and cfg.node_id == name[:-5]
+        checked = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "validate", str(tmp_path / "c" / name)],
+                                 capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr

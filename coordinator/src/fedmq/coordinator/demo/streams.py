@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from fedmq.shared.scaling import Scaling
 from fedmq.shared.topicmap import ModelSpec, load_topic_map
 from fedmq.shared.topicmap.model import BrokerSettings
 from fedmq.shared.topics import Topics
+
+if TYPE_CHECKING:
+    from fedmq.node.serve.config import Personalise
 
 Samples = Tuple[np.ndarray, np.ndarray]
 
@@ -74,6 +77,15 @@ class StreamScenario:
         """The node id of ``unit``'s gateway for ``task``."""
         return unit + self.gateway_suffix + self.tasks[task].node_suffix
 
+    def node_config(self, unit: Any, task: str, broker: BrokerSettings, store: str,
+                    federation: Optional[str] = None) -> Dict[str, Any]:
+        """A node configuration that learns ``task`` from ``unit``'s simulated streams on ``broker``."""
+        t = self.tasks[task]
+        return {"node_id": self.node_id(unit.name, task), "federation": federation or t.federation,
+                "group": self.group(unit), "broker": {"host": broker.host, "port": broker.port},
+                "data": stream_data(self.signals(unit), t.features, t.label, broker, self.period_s, store),
+                "min_samples": 50}
+
 
 def _topic_map(scenario: StreamScenario, workdir: str, task: str, units: List[Any], args: argparse.Namespace,
                port: int) -> str:
@@ -96,13 +108,10 @@ def _topic_map(scenario: StreamScenario, workdir: str, task: str, units: List[An
 
 def _node_config(scenario: StreamScenario, unit: Any, task: str, broker: BrokerSettings, workdir: str
                  ) -> Dict[str, Any]:
-    t = scenario.tasks[task]
     store = os.path.join(workdir, "stores", f"{unit.name}-{task}.sqlite")
-    return {"node_id": scenario.node_id(unit.name, task), "federation": t.federation,
-            "group": scenario.group(unit), "broker": {"host": broker.host, "port": broker.port},
-            "data": stream_data(scenario.signals(unit), t.features, t.label, broker, scenario.period_s, store),
-            "min_samples": 50, "cache_dir": os.path.join(workdir, "cache", f"{unit.name}-{task}"),
-            "trainer": "numpy", "serve": _serving(unit.name, task, t.entity)}
+    return {**scenario.node_config(unit, task, broker, store),
+            "cache_dir": os.path.join(workdir, "cache", f"{unit.name}-{task}"), "trainer": "numpy",
+            "serve": _serving(unit.name, task, scenario.tasks[task].entity)}
 
 
 def _serving(unit: str, task: str, entity: Dict[str, Any]) -> Dict[str, Any]:
@@ -157,11 +166,24 @@ def _fit(spec: ModelSpec, train: Samples, seed: int, lr: float) -> Tuple[Dict[st
     return trainer.get_weights(), scaling
 
 
+def compare_task(scenario: StreamScenario, task: str, workdir: str, units: List[str],
+                 history: List[Tuple[float, str, bytes]], future: List[Tuple[float, str, bytes]], seed: int,
+                 personalisation: Optional["Personalise"] = None) -> Dict[str, Any]:
+    """:func:`compare` for ``task`` of a scenario run in ``workdir`` (its topic map, node configurations and
+    final checkpoint), on the simulated ``history`` and the ``future`` held out."""
+    tm = load_topic_map(os.path.join(workdir, f"{scenario.tasks[task].federation}.yaml"))
+    sources = _sources({u: os.path.join(workdir, f"node-{u}-{task}.yaml") for u in units})
+    return compare(tm.model, _final_model(os.path.join(workdir, f"checkpoints-{task}"), tm.model),
+                   _replay(tm.model, sources, history), _replay(tm.model, sources, future), seed,
+                   tm.policy.learning_rate, scenario.period_s, personalisation)
+
+
 def compare(spec: ModelSpec, federated: Tuple[Dict[str, np.ndarray], Optional[Scaling]],
             train: Dict[str, Samples], test: Dict[str, Samples], seed: int, learning_rate: float,
-            period_s: float) -> Dict[str, Any]:
+            period_s: float, personalisation: Optional["Personalise"] = None) -> Dict[str, Any]:
     """Per home and overall: the federated model, a central one (all homes' data), each home's own, and the
-    federated model personalised on the home's data as its gateway does (``serve.personalise``)."""
+    federated model personalised on the home's data as its gateway does (``serve.personalise``; by default
+    as a gateway's defaults do it)."""
     from fedmq.node.serve.config import Personalise
     from fedmq.node.serve.personalise import better_or_equal, personalise
 
@@ -173,7 +195,8 @@ def compare(spec: ModelSpec, federated: Tuple[Dict[str, np.ndarray], Optional[Sc
     rows: Dict[str, Dict[str, Any]] = {}
     for home, data in test.items():
         local = _fit(spec, train[home], seed, learning_rate) if len(train[home][0]) else None
-        mine = personalise(global_model, *train[home], Personalise(), seed, learning_rate, period_s)[0]
+        mine = personalise(global_model, *train[home], personalisation or Personalise(), seed, learning_rate,
+                           period_s)[0]
         rows[home] = {"train_samples": int(len(train[home][0])), "test_samples": int(len(data[0])),
                       "federated": round(_score(spec, *federated, data), 4),
                       "personalised": round(_score(spec, mine.weights, mine.scaling, data), 4),
@@ -267,15 +290,8 @@ def run_stream_scenario(scenario: StreamScenario, args: argparse.Namespace, work
                                   "rounds": {t: [report_row(r) for r in rounds[t]] for t in tasks}, "comparison": {},
                                   "predictions": served}
         for task in tasks:
-            if not rounds[task]:
-                continue
-            tm = load_topic_map(maps[task])
-            sources = _sources(configs[task])
-            report["comparison"][task] = compare(
-                tm.model, _final_model(os.path.join(workdir, f"checkpoints-{task}"), tm.model),
-                _replay(tm.model, sources, history), _replay(tm.model, sources, future), args.seed,
-                tm.policy.learning_rate,
-                scenario.period_s)
+            if rounds[task]:
+                report["comparison"][task] = compare_task(scenario, task, workdir, names, history, future, args.seed)
         report["seconds"] = round(time.monotonic() - t0, 2)
         _print_comparison(report)
         _print_predictions(served, broker, list(tasks))

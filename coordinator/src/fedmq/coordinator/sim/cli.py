@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedmq.shared.topicmap.model import BrokerSettings
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -20,11 +24,16 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                     "for a while. Home i publishes in zigbee2mqtt, Tasmota or Home Assistant "
                                     "statestream format in turn. Simulated time (on the topic "
                                     "fedmq-sim/clock) runs as fast as the broker takes it, or --speed times real "
-                                    "time. Deterministic for a seed.")
+                                    "time. Deterministic for a seed. With --appliances: two smart plugs per home "
+                                    "instead, each running 2 to 4 of 10 kinds of appliance with power signatures of "
+                                    "their own, and each plug's label as an input_select on statestream.")
     h.add_argument("--homes", type=int, default=3, help="number of homes (default 3)")
     h.add_argument("--days", type=float, default=7.0, help="simulated days to publish (default 7)")
     h.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    h.add_argument("--report-s", type=float, default=300.0, help="seconds between two sensor reports (default 300)")
+    h.add_argument("--report-s", type=float, help="seconds between two sensor reports (default 300; with "
+                                                    "--appliances 60)")
+    h.add_argument("--appliances", action="store_true",
+                   help="publish smart plugs (power, power factor, the appliance as an input_select) instead")
     h.add_argument("--speed", type=float, default=0.0,
                    help="simulated seconds per real second (default 0: as fast as the broker takes it)")
     h.add_argument("--host", default="127.0.0.1", help="broker address (default 127.0.0.1)")
@@ -32,31 +41,26 @@ def register(sub: "argparse._SubParsersAction") -> None:
     h.add_argument("--username", help="broker user name")
     h.add_argument("--password-file", help="file holding the broker password")
     h.add_argument("--node-configs", metavar="DIR",
-                   help="also write a node configuration per home into DIR (stream source with presets, features "
-                        "and the occupancy label), for federation --federation")
-    h.add_argument("--federation", default="smarthome", help="federation id for --node-configs (default smarthome)")
+                   help="also write a node configuration per home (per plug with --appliances) into DIR (stream "
+                        "source with presets, features and the occupancy or appliance label), for federation "
+                        "--federation")
+    h.add_argument("--federation", help="federation id for --node-configs (default smarthome; with --appliances "
+                                        "appliances)")
     h.set_defaults(func=_homes)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def _homes(args: argparse.Namespace) -> int:
-    from fedmq.coordinator.sim.homes import Simulation
     from fedmq.coordinator.sim.publish import Publisher
-    from fedmq.coordinator.sim.scenario import node_config, write_yaml
     from fedmq.shared.topicmap.model import BrokerSettings
 
+    if args.report_s is None:
+        args.report_s = 60.0 if args.appliances else 300.0
     if args.homes < 1 or args.days <= 0 or args.report_s <= 0:
         print("fedmq sim homes: need --homes >= 1, --days > 0 and --report-s > 0", file=sys.stderr)
         return 2
-    sim = Simulation(args.homes, args.seed, args.report_s)
     broker = BrokerSettings(host=args.host, port=args.port, username=args.username, password_file=args.password_file)
-    if args.node_configs:
-        os.makedirs(args.node_configs, exist_ok=True)
-        for home in sim.homes:
-            path = os.path.join(args.node_configs, f"{home.name}.yaml")
-            write_yaml(path, node_config(home, args.federation, broker, args.report_s,
-                                         store=f"{home.name}-store.sqlite"))
-            print(f"fedmq sim homes: wrote {path}")
+    sim = _simulation(args, broker)
     total = args.days * 86400
 
     def progress(sent: int, t: float) -> None:
@@ -72,3 +76,29 @@ def _homes(args: argparse.Namespace) -> int:
         return 130
     print(f"fedmq sim homes: {sent} messages for {args.homes} homes, {args.days:g} days")
     return 0
+
+
+def _simulation(args: argparse.Namespace, broker: "BrokerSettings") -> Any:
+    """The homes' or plugs' simulation, with a node configuration per home or plug in ``--node-configs``."""
+    from fedmq.coordinator.sim.scenario import node_config, write_yaml
+
+    if args.appliances:
+        from fedmq.coordinator.demo.appliances import APPLIANCES
+        from fedmq.coordinator.sim.appliances import PlugSimulation
+
+        sim: Any = PlugSimulation(args.homes, args.seed, args.report_s)
+        configs = {plug.name: APPLIANCES.node_config(plug, "appliance", broker, f"{plug.name}-store.sqlite",
+                                                     args.federation) for plug in sim.homes}
+    else:
+        from fedmq.coordinator.sim.homes import Simulation
+
+        sim = Simulation(args.homes, args.seed, args.report_s)
+        configs = {home.name: node_config(home, args.federation or "smarthome", broker, args.report_s,
+                                          store=f"{home.name}-store.sqlite") for home in sim.homes}
+    if args.node_configs:
+        os.makedirs(args.node_configs, exist_ok=True)
+        for name, cfg in configs.items():
+            path = os.path.join(args.node_configs, f"{name}.yaml")
+            write_yaml(path, cfg)
+            print(f"fedmq sim homes: wrote {path}")
+    return sim

@@ -31,6 +31,8 @@ class Personalise:
     proximal_mu: float = 0.0  # FedProx's pull towards the global model while fine-tuning
     min_days: float = 3.0  # history needed first (a home's rhythm is weekly: a weekend alone misleads)
     local_epochs: int = 0  # > 0: also a local-only candidate, trained from scratch this many epochs (measured: off)
+    refit: bool = False  # the chosen candidate trained again on every sample, the held-out share included
+    spread: str = "newest"  # which samples are held out: the newest, or "blocks" across the history
 
 
 @dataclass(frozen=True)

@@ -45,31 +45,60 @@ def better_or_equal(model: SavedModel, mine: float, theirs: float) -> bool:
 
 def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise, seed: int = 0,
                 learning_rate: float = DEFAULT_LR, period_s: float = 0.0) -> Tuple[SavedModel, Dict[str, float]]:
-    """The model to serve and the scores on the held-out newest samples: ``global`` and ``personalised``
+    """The model to serve and the scores on the held-out samples: ``global`` and ``personalised``
     (absent when there were too few samples, or less than ``p.min_days`` of them at one per ``period_s``).
     ``x``, ``y``: the node's samples, oldest first; ``learning_rate`` is the federation's (``LR_SHARE`` of it
     is used unless ``p`` sets a rate)."""
     enough = len(x) * period_s >= p.min_days * DAY_S
     x, y = x[-p.recent_samples:], normalise_labels(model.spec, y[-p.recent_samples:])
-    hold = max(1, int(round(len(x) * p.holdout)))
-    if len(x) - hold < MIN_TRAIN or not enough:
+    held = held_out(len(x), p.holdout, p.spread)
+    if len(x) - held.sum() < MIN_TRAIN or not enough:
         return model, {"global": score(model, model.weights, x, y)} if len(x) else {}
     rate = p.learning_rate or LR_SHARE * learning_rate
-    candidates = {"global": model,
-                  "personalised": _trained(model, model.weights, model.scaling, x[:-hold], y[:-hold], TrainParams(
-                      p.epochs, p.batch_size, rate, p.proximal_mu), seed)}
-    if p.local_epochs:  # the home's own model (on its own scaling): what a federated model must not fall below
-        own = Scaling.from_means(local_stats(x[:-hold]), len(x) - hold)
-        candidates["local"] = _trained(model, initial_weights(model.spec), own, x[:-hold], y[:-hold], TrainParams(
+
+    def candidate(name: str, rows: np.ndarray) -> SavedModel:
+        if name == "personalised":
+            return _trained(model, model.weights, model.scaling, x[rows], y[rows], TrainParams(
+                p.epochs, p.batch_size, rate, p.proximal_mu), seed)
+        # the home's own model, on its own scaling: what a federated model must not fall below
+        own = Scaling.from_means(local_stats(x[rows]), int(rows.sum()))
+        return _trained(model, initial_weights(model.spec), own, x[rows], y[rows], TrainParams(
             p.local_epochs, p.batch_size, learning_rate), seed)
-    scores = {name: score(m, m.weights, x[-hold:], y[-hold:]) for name, m in candidates.items()
-              if all(np.isfinite(t).all() for t in m.weights.values())}
+
+    names = ("personalised", "local") if p.local_epochs else ("personalised",)
+    candidates = {"global": model, **{name: candidate(name, ~held) for name in names}}
+    scores = {name: score(m, m.weights, x[held], y[held]) for name, m in candidates.items() if _finite(m)}
     best = "global"
-    for name in ("personalised", "local"):  # the federation's model wins a tie, then the fine-tuned one
+    for name in names:  # the federation's model wins a tie, then the fine-tuned one
         if name in scores and not better_or_equal(model, scores[best], scores[name]):
             best = name
     scores.update(served=scores[best], choice=_CHOICE[best])
+    if best != "global" and p.refit:  # chosen on the held-out samples, then trained as chosen on all of them
+        refitted = candidate(best, np.ones(len(x), bool))
+        if _finite(refitted):
+            return refitted, scores
     return candidates[best], scores
+
+
+def held_out(n: int, share: float, spread: str) -> np.ndarray:
+    """Which of ``n`` samples (oldest first) are held out to choose the model: the newest ``share`` of them,
+    or with ``spread`` "blocks" every fifth of 5 / ``share`` contiguous blocks across the whole history, so
+    that what ran for hours (an appliance, a week's rhythm) is not left out of the check."""
+    mask = np.zeros(n, bool)
+    if spread == "newest":
+        mask[n - max(1, int(round(n * share))):] = True
+        return mask
+    blocks = max(1, int(round(5 / share)))
+    edges = np.linspace(0, n, blocks + 1).astype(int)
+    for b in range(4, blocks, 5):
+        mask[edges[b]:edges[b + 1]] = True
+    if not mask.any():
+        mask[-1:] = True
+    return mask
+
+
+def _finite(model: SavedModel) -> bool:
+    return all(np.isfinite(t).all() for t in model.weights.values())
 
 
 _CHOICE = {"global": 0.0, "personalised": 1.0, "local": 2.0}  # the scores map holds numbers only
