@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from typing import Dict, List
 
 from fedmq.coordinator.demo.appliances import APPLIANCES
@@ -26,14 +27,14 @@ from fedmq.coordinator.demo.streams import StreamScenario, compare_task
 from fedmq.node.serve.config import Personalise
 
 SCENARIOS: Dict[str, StreamScenario] = {"smart-home": SMART_HOME, "appliances": APPLIANCES}
+NEWEST = Personalise(epochs=2, recent_samples=2000, holdout=0.2, local_epochs=0, refit=False, spread="newest")
 VARIANTS: Dict[str, Personalise] = {
-    "fine-tune newest 2000 (0.3 release)": Personalise(),
-    "+ local candidate": Personalise(local_epochs=40),
-    "all history, 5 epochs, local, refit": Personalise(recent_samples=100_000, epochs=5, local_epochs=40, refit=True),
-    "... held out in blocks": Personalise(recent_samples=100_000, epochs=5, local_epochs=40, refit=True,
-                                          spread="blocks"),
-    "... blocks, 25 %": Personalise(recent_samples=100_000, epochs=5, local_epochs=40, refit=True, spread="blocks",
-                                    holdout=0.25),
+    "fine-tune 2 epochs on the newest 2,000, the newest 20 % held out": NEWEST,
+    "the same, with a local-only candidate": replace(NEWEST, local_epochs=40),
+    "5 epochs on all samples, local candidate, refit": replace(NEWEST, recent_samples=20000, epochs=5,
+                                                               local_epochs=40, refit=True),
+    "the same, 20 % held out in 4 of 20 blocks (the default)": Personalise(),
+    "the same, 30 % in blocks": replace(Personalise(), holdout=0.3),
 }
 
 
@@ -82,7 +83,8 @@ def main() -> int:
     print("|---|---|---|---|")
     for key, variants in tally.items():
         for variant, (ok, n, served, central, runs) in variants.items():
-            print(f"| {key} | {variant} | {int(ok)}/{n} ({ok / n:.0%}) | {served / runs:.3f} / {central / runs:.3f} |")
+            share = f"{round(ok)}/{n} ({ok / n:.0%})"
+            print(f"| {key} | {variant} | {share} | {served / runs:.3f} / {central / runs:.3f} |")
     return 0
 
 

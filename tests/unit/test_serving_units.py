@@ -15,7 +15,7 @@ from fedmq.coordinator.sim.scenario import OCCUPANCY_FEATURES
 from fedmq.node.config import load_node_config
 from fedmq.node.serve import discovery
 from fedmq.node.serve.config import HomeAssistant, Personalise, ServeConfig
-from fedmq.node.serve.personalise import personalise
+from fedmq.node.serve.personalise import held_out, personalise, score
 from fedmq.node.serve.predictors import make_predictor
 from fedmq.node.serve.server import Server
 from fedmq.node.sources.features import Label, assemble, latest
@@ -193,22 +193,44 @@ def test_discovery_follows_home_assistants_schema():
 
 
 def test_personalisation_serves_the_global_model_unless_fine_tuning_helps_on_the_newest_samples():
+    newest = Personalise(epochs=5, holdout=0.2, spread="newest", local_epochs=0, refit=False)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(int)  # this home: class 1 when feature a is high
     model = SavedModel(
         BINARY, {"coef": np.zeros((2, 4), np.float32), "intercept": np.zeros(2, np.float32)}, None, "fed", 1
     )
-    served, scores = personalise(model, x, y, Personalise(epochs=5), 0, 0.3, period_s=600)  # 600 samples: 4 days
+    served, scores = personalise(model, x, y, newest, 0, 0.3, period_s=600)  # 600 samples: 4 days
     assert served is not model and scores["personalised"] > scores["global"] + 0.3
     good = served
     flipped = np.concatenate([1 - y[:480], y[480:]])  # older samples say the opposite of the newest 20 %
-    again, scores = personalise(good, x, flipped, Personalise(epochs=5), 0, 0.3, period_s=600)
+    again, scores = personalise(good, x, flipped, newest, 0, 0.3, period_s=600)
     assert again is good and scores["personalised"] < scores["global"]  # a fine-tuning that hurts is not served
     few, scores = personalise(model, x[:10], y[:10], Personalise(), period_s=600)
     assert few is model and "personalised" not in scores
     short, scores = personalise(model, x, y, Personalise(epochs=5), 0, 0.3, period_s=60)  # 10 hours of samples
     assert short is model and "personalised" not in scores  # a weekend alone would mislead: not yet
+
+
+def test_samples_held_out_in_blocks_span_the_whole_history():
+    blocks = held_out(1000, 0.2, "blocks")
+    assert blocks.sum() == 200 and blocks[:400].any() and blocks[600:].any() and blocks[-1]  # old and new alike
+    assert (np.diff(blocks.astype(int)) != 0).sum() == 7  # four contiguous blocks, not scattered rows
+    assert held_out(1000, 0.25, "blocks").sum() == 250
+    assert held_out(1000, 0.2, "newest").nonzero()[0].tolist() == list(range(800, 1000))
+
+
+def test_a_home_unlike_the_federation_is_served_its_own_model_trained_on_all_its_samples():
+    """Defaults: a federated model that is wrong for this home loses to the local-only candidate on the held-out
+    blocks, and what serves is that candidate trained again on every sample."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(800, 4)).astype(np.float32)
+    y = (x[:, 1] > 0.3).astype(int)  # this home: feature b decides
+    wrong = {"coef": np.array([[2, 0, 0, 0], [-2, 0, 0, 0]], np.float32), "intercept": np.zeros(2, np.float32)}
+    model = SavedModel(BINARY, wrong, None, "fed", 1)
+    served, scores = personalise(model, x, y, Personalise(), 0, 0.3, period_s=600)
+    assert scores["choice"] in (1.0, 2.0) and scores["served"] > scores["global"] + 0.3
+    assert score(served, served.weights, x, y) > 0.95
 
 
 class _Source:

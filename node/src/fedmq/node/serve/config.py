@@ -23,16 +23,16 @@ DAY_S = 86400.0
 class Personalise:
     """Fine-tune the global model on the node's own newest samples before serving it."""
 
-    epochs: int = 2
+    epochs: int = 5
     learning_rate: Optional[float] = None  # None: 0.3 x the federation's (its last round's; 0.01 before one)
     batch_size: int = 32
-    recent_samples: int = 2000  # the newest samples fine-tuned on (and checked on)
-    holdout: float = 0.2  # share of them, the newest, that decides between global and personalised
+    recent_samples: int = 20000  # the newest samples fine-tuned on (and checked on)
+    holdout: float = 0.2  # share of them held out to choose the model to serve
     proximal_mu: float = 0.0  # FedProx's pull towards the global model while fine-tuning
     min_days: float = 3.0  # history needed first (a home's rhythm is weekly: a weekend alone misleads)
-    local_epochs: int = 0  # > 0: also a local-only candidate, trained from scratch this many epochs (measured: off)
-    refit: bool = False  # the chosen candidate trained again on every sample, the held-out share included
-    spread: str = "newest"  # which samples are held out: the newest, or "blocks" across the history
+    local_epochs: int = 40  # > 0: also a local-only candidate, trained from scratch this many epochs
+    refit: bool = True  # the chosen candidate trained again on every sample, the held-out ones included
+    spread: str = "blocks"  # which samples are held out: "blocks" across the history, or the "newest"
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ def _read_personalise(r: Reader, value: Any, line: Optional[int]) -> Optional[Pe
     if value is True:
         return Personalise()
     m = r.mapping(value, "serve.personalise", line, ("epochs", "learning_rate", "batch_size", "recent_samples",
-                                                    "holdout", "proximal_mu", "min_days", "local_epochs"))
+                                                    "holdout", "proximal_mu", "min_days", "local_epochs", "refit",
+                                                    "spread"))
     p, d = "serve.personalise", Personalise()
     return Personalise(epochs=r.value(m, "epochs", p, int, d.epochs, minimum=1, maximum=1000),
                        learning_rate=r.value(m, "learning_rate", p, float, None, minimum=1e-9, maximum=10.0),
@@ -117,7 +118,9 @@ def _read_personalise(r: Reader, value: Any, line: Optional[int]) -> Optional[Pe
                        holdout=r.value(m, "holdout", p, float, d.holdout, minimum=0.05, maximum=0.5),
                        proximal_mu=r.value(m, "proximal_mu", p, float, d.proximal_mu, minimum=0.0, maximum=1000.0),
                        min_days=r.value(m, "min_days", p, float, d.min_days, minimum=0.0, maximum=365.0),
-                       local_epochs=r.value(m, "local_epochs", p, int, d.local_epochs, minimum=0, maximum=1000))
+                       local_epochs=r.value(m, "local_epochs", p, int, d.local_epochs, minimum=0, maximum=1000),
+                       refit=r.value(m, "refit", p, bool, d.refit),
+                       spread=r.value(m, "spread", p, str, d.spread, choices=("blocks", "newest")))
 
 
 def _read_homeassistant(r: Reader, value: Any, line: Optional[int], node_id: str) -> Optional[HomeAssistant]:

@@ -29,6 +29,7 @@ MIN_TRAIN = 10  # fewer samples than this (after the holdout) are not fine-tuned
 DEFAULT_LR = 0.01  # the federation's learning rate, until the node has seen a round
 LR_SHARE = 0.3  # fine-tuning takes smaller steps than federated training (measured: docs/benchmarks.md)
 DAY_S = 86400.0
+BLOCKS = 20  # the history's blocks, some of which are held out to choose the model
 
 
 def score(model: SavedModel, weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
@@ -82,18 +83,17 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
 
 def held_out(n: int, share: float, spread: str) -> np.ndarray:
     """Which of ``n`` samples (oldest first) are held out to choose the model: the newest ``share`` of them,
-    or with ``spread`` "blocks" every fifth of 5 / ``share`` contiguous blocks across the whole history, so
-    that what ran for hours (an appliance, a week's rhythm) is not left out of the check."""
+    or with ``spread`` "blocks" that share of ``BLOCKS`` contiguous blocks, evenly spaced across the whole
+    history, so that what runs for hours (an appliance, a week's rhythm) is not left out of the check."""
     mask = np.zeros(n, bool)
     if spread == "newest":
         mask[n - max(1, int(round(n * share))):] = True
         return mask
-    blocks = max(1, int(round(5 / share)))
-    edges = np.linspace(0, n, blocks + 1).astype(int)
-    for b in range(4, blocks, 5):
-        mask[edges[b]:edges[b + 1]] = True
-    if not mask.any():
-        mask[-1:] = True
+    edges = np.linspace(0, n, BLOCKS + 1).astype(int)
+    held = max(1, int(round(BLOCKS * share)))
+    for i in range(held):
+        block = int((i + 1) * BLOCKS / held) - 1  # the last block of each stretch: the newest one is held out
+        mask[edges[block]:edges[block + 1]] = True
     return mask
 
 
