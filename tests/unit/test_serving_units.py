@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -281,6 +283,37 @@ def test_the_state_says_why_nothing_is_served():
     old.offer(_model(BINARY, saved_at=time.time() - 7200))
     old._take_offered()
     assert "2.0 h old" in old.state()["problem"] and old.state()["value"] is None
+
+
+def test_the_served_model_keeps_serving_while_the_next_one_is_personalised_aside():
+    """Personalising takes seconds to minutes on a gateway: the first model is prepared at once, a later one
+    beside the serving thread, and it serves only once it is ready."""
+
+    class _SlowSource(_Source):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = threading.Event()
+
+        def load(self):  # type: ignore[no-untyped-def]
+            assert self.gate.wait(10), "the test opens the gate"
+            return super().load()
+
+    src = _SlowSource()
+    src.gate.set()
+    s = _server(src)
+    s.offer(_model(BINARY))
+    s._take_offered()
+    assert s.state()["model_version"] == 5
+    src.gate.clear()
+    s.offer(replace(_model(BINARY), model_version=6))
+    s._take_offered()  # starts preparing model 6 aside, blocked on the source
+    assert s._preparing is not None and s._preparing.is_alive()
+    s._take_offered()
+    assert s.state()["model_version"] == 5 and s.state()["value"] in (0, 1)  # still served meanwhile
+    src.gate.set()
+    s._preparing.join(10)
+    s._take_offered()
+    assert s.state()["model_version"] == 6
 
 
 def test_leftovers_of_a_dead_writer_go_and_a_live_writers_file_stays(tmp_path):

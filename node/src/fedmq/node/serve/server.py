@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Set, cast
 
 import paho.mqtt.client as mqtt
@@ -44,6 +45,16 @@ def iso(t: Optional[float]) -> Optional[str]:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A model ready to serve: what serves, the global model it came from, its predictor and local scores."""
+
+    served: SavedModel
+    offered: SavedModel
+    predictor: Predictor
+    scores: Dict[str, float]
+
+
 class Server:
     """Publishes one node's predictions (and Home Assistant discovery) on the home broker."""
 
@@ -59,6 +70,8 @@ class Server:
         self._announce_due = threading.Event()
         self._in_flight: Optional[mqtt.MQTTMessageInfo] = None  # the last state published
         self._offered: Optional[SavedModel] = None
+        self._prepared: Optional[Prepared] = None  # made on the preparing thread, installed by the serving one
+        self._preparing: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # announce runs on the serving thread and on MQTT's
         self.model: Optional[SavedModel] = None  # the one served (personalised or global)
@@ -119,7 +132,7 @@ class Server:
             last = self._stop.is_set()  # after stop, one more period: the newest model offered is served
             sent = True
             try:
-                self._take_offered()
+                self._take_offered(wait=last)
                 if self._announce_due.is_set():
                     self._announce_due.clear()
                     self.announce()
@@ -133,18 +146,46 @@ class Server:
 
     # --- the model -------------------------------------------------------------------------------
 
-    def _take_offered(self) -> None:
-        """The newest offered model, or the current one again when its local scores are due (the first
-        data after a restart, then every ``RESCORE_S``: personalisation follows the home's recent data)."""
+    def _take_offered(self, wait: bool = False) -> None:
+        """Install a model prepared in the background, and start preparing the newest offered one, or the
+        current one again when its local scores are due (the first data after a restart, then every
+        ``RESCORE_S``: personalisation follows the home's recent data). Personalising takes seconds to
+        minutes on a gateway: the current model serves meanwhile. Before the first model, and with ``wait``
+        (the last period before stopping), it is prepared here and now."""
+        if wait and self._preparing is not None:
+            self._preparing.join()
+        with self._lock:
+            ready, self._prepared = self._prepared, None
+        if ready is not None:
+            self._install(ready)
+        if self._preparing is not None and self._preparing.is_alive():
+            return  # the newest offered model waits for it
         with self._lock:
             offered, self._offered = self._offered, None
         due = time.monotonic() - self._scored_at >= (RESCORE_S if self.scores else RETRY_S)
         model = offered if offered is not None else self.received if due else None
-        if model is not None:
-            self._prepare(model)
-
-    def _prepare(self, offered: SavedModel) -> None:
+        if model is None:
+            return
         self._scored_at = time.monotonic()
+        if self.model is None or wait:
+            self._install(self._prepare(model))
+            return
+        self._preparing = threading.Thread(target=self._prepare_aside, args=(model,), name="fedmq-personalise",
+                                           daemon=True)
+        self._preparing.start()
+
+    def _prepare_aside(self, offered: SavedModel) -> None:
+        try:
+            ready = self._prepare(offered)
+        except Exception:  # the current model keeps serving
+            self.log.exception("serving: model %d could not be prepared", offered.model_version)
+            return
+        with self._lock:
+            self._prepared = ready
+        self._wake.set()
+
+    def _prepare(self, offered: SavedModel) -> "Prepared":
+        """The model to serve for ``offered`` (personalised where configured), its predictor and scores."""
         served, scores = offered, cast(Dict[str, float], {})
         try:
             x, y = self.source.load()
@@ -162,8 +203,12 @@ class Server:
         except TrainerUnavailable as exc:
             self.log.error("serving: %s; serving with numpy instead", exc)
             predictor = served.predict
+        return Prepared(served, offered, predictor, scores)
+
+    def _install(self, ready: "Prepared") -> None:
+        served, offered, scores = ready.served, ready.offered, ready.scores
         kind_changed = self.model is None or self.model.spec != served.spec
-        self.model, self.received, self.predictor, self.scores = served, offered, predictor, scores
+        self.model, self.received, self.predictor, self.scores = served, offered, ready.predictor, scores
         if "served" in scores:
             self.log.info("serving model %d, %s (held-out local scores: %s)", offered.model_version,
                           ("global", "personalised", "local-only")[int(scores["choice"])],
