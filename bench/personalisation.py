@@ -69,22 +69,26 @@ def main() -> int:
                     for variant, setting in VARIANTS.items():
                         comp = compare_task(scenario, task, work, units, history, future, seed, setting)
                         key = f"{name} {task}"
-                        row = tally.setdefault(key, {}).setdefault(variant, [0, 0, 0.0, 0.0, 0.0])
+                        row = tally.setdefault(key, {}).setdefault(variant, [0.0] * 7)
                         row[0] += comp["served_at_least_as_good_as_both"] * len(units)
                         row[1] += len(units)
                         row[2] += comp["overall"]["personalised"]
                         row[3] += comp["overall"]["central"]
                         row[4] += 1
+                        row[5] += comp["overall"]["federated"]
+                        row[6] += comp["overall"]["local"]
                         print(f"{key} seed {seed} {variant}: served >= max(federated, local) on "
                               f"{comp['served_at_least_as_good_as_both']:.0%}, served {comp['overall']['personalised']}"
                               f", federated {comp['overall']['federated']}, local {comp['overall']['local']}, "
                               f"central {comp['overall']['central']}", flush=True)
-    print("\n| scenario task | serve.personalise | gateways: served >= max(federated, local) | served / central |")
+    print("\n| scenario task | serve.personalise | gateways: served >= max(federated, local) | served / federated / "
+          "local / central |")
     print("|---|---|---|---|")
     for key, variants in tally.items():
-        for variant, (ok, n, served, central, runs) in variants.items():
-            share = f"{round(ok)}/{n} ({ok / n:.0%})"
-            print(f"| {key} | {variant} | {share} | {served / runs:.3f} / {central / runs:.3f} |")
+        for variant, (ok, n, served, central, runs, federated, local) in variants.items():
+            share = f"{round(ok)}/{round(n)} ({ok / n:.0%})"
+            means = " / ".join(f"{v / runs:.3f}" for v in (served, federated, local, central))
+            print(f"| {key} | {variant} | {share} | {means} |")
     return 0
 
 

@@ -17,7 +17,7 @@ from fedmq.coordinator.sim.scenario import OCCUPANCY_FEATURES
 from fedmq.node.config import load_node_config
 from fedmq.node.serve import discovery
 from fedmq.node.serve.config import HomeAssistant, Personalise, ServeConfig
-from fedmq.node.serve.personalise import held_out, personalise, score
+from fedmq.node.serve.personalise import clearly_better, held_out, personalise, score
 from fedmq.node.serve.predictors import make_predictor
 from fedmq.node.serve.server import Server
 from fedmq.node.sources.features import Label, assemble, latest
@@ -220,6 +220,16 @@ def test_samples_held_out_in_blocks_span_the_whole_history():
     assert (np.diff(blocks.astype(int)) != 0).sum() == 7  # four contiguous blocks, not scattered rows
     assert held_out(1000, 0.25, "blocks").sum() == 250
     assert held_out(1000, 0.2, "newest").nonzero()[0].tolist() == list(range(800, 1000))
+
+
+def test_a_candidate_replaces_a_model_only_when_the_held_out_samples_show_a_clear_gain():
+    theirs = np.zeros(200)
+    theirs[:8] = 1  # 96 % right
+    chance = theirs.copy()
+    chance[:3] = 0  # 97.5 %: 3 samples of 200, what chance gives
+    clear = np.zeros(200)  # every one right
+    assert not clearly_better(chance, theirs) and clearly_better(clear, theirs)
+    assert not clearly_better(theirs, theirs)  # a tie keeps the one before
 
 
 def test_a_home_unlike_the_federation_is_served_its_own_model_trained_on_all_its_samples():

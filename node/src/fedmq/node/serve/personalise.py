@@ -30,6 +30,7 @@ DEFAULT_LR = 0.01  # the federation's learning rate, until the node has seen a r
 LR_SHARE = 0.3  # fine-tuning takes smaller steps than federated training (measured: docs/benchmarks.md)
 DAY_S = 86400.0
 BLOCKS = 20  # the history's blocks, some of which are held out to choose the model
+MARGIN_Z = 2.0  # how many standard errors a candidate must gain on the held-out samples to be served
 
 
 def score(model: SavedModel, weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
@@ -69,9 +70,10 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
     names = ("personalised", "local") if p.local_epochs else ("personalised",)
     candidates = {"global": model, **{name: candidate(name, ~held) for name in names}}
     scores = {name: score(m, m.weights, x[held], y[held]) for name, m in candidates.items() if _finite(m)}
+    losses = {name: sample_losses(m, x[held], y[held]) for name, m in candidates.items() if name in scores}
     best = "global"
-    for name in names:  # the federation's model wins a tie, then the fine-tuned one
-        if name in scores and not better_or_equal(model, scores[best], scores[name]):
+    for name in names:  # each must do clearly better than the one before it: the federation's, then the fine-tuned
+        if name in losses and clearly_better(losses[name], losses[best]):
             best = name
     scores.update(served=scores[best], choice=_CHOICE[best])
     if best != "global" and p.refit:  # chosen on the held-out samples, then trained as chosen on all of them
@@ -79,6 +81,24 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
         if _finite(refitted):
             return refitted, scores
     return candidates[best], scores
+
+
+def sample_losses(model: SavedModel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per sample: 1 for a wrong class and 0 for a right one (classifiers), or the squared error."""
+    predicted = model.predict(x).values
+    if model.spec.is_classifier:
+        return np.array([p != t for p, t in zip(predicted, y)], np.float64)
+    return (np.asarray(predicted, np.float64) - np.asarray(y, np.float64)) ** 2
+
+
+def clearly_better(mine: np.ndarray, theirs: np.ndarray) -> bool:
+    """Whether per-sample losses ``mine`` are lower than ``theirs`` on the same samples by more than
+    ``MARGIN_Z`` standard errors of the mean difference (a paired test): a gain the held-out samples could
+    show by chance does not replace a model."""
+    d = theirs - mine
+    if len(d) < 2:
+        return bool(d.sum() > 0)
+    return bool(d.mean() > MARGIN_Z * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def held_out(n: int, share: float, spread: str) -> np.ndarray:
