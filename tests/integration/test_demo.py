@@ -63,15 +63,20 @@ def test_demo_secure_runs_over_mutual_tls_with_signatures(tmp_path):
     assert "signature" not in log  # nothing was rejected
 
 
-@pytest.mark.slow
-def test_demo_smart_home_scenario_compares_each_home_and_ends_with_its_entities_published(tmp_path):
-    work = tmp_path / "w"
-    report = tmp_path / "sh.json"
-    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--scenario", "smart-home", "--homes", "4",
-                        "--days", "4", "--rounds", "8", "--workdir", str(work), "--report", str(report)],
+def _stream_demo(tmp_path, scenario: str, *options: str):  # type: ignore[no-untyped-def]
+    """Run a stream scenario of the demo to completion: its output and its report."""
+    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--scenario", scenario, *options,
+                        "--workdir", str(tmp_path / "w"), "--report", str(tmp_path / "sh.json")],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
-    data = json.loads(report.read_text())
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True, text=True).stdout.split()
+    assert not left, f"demo left processes behind: {left}"
+    return r, json.loads((tmp_path / "sh.json").read_text())
+
+
+@pytest.mark.slow
+def test_demo_smart_home_scenario_compares_each_home_and_ends_with_its_entities_published(tmp_path):
+    r, data = _stream_demo(tmp_path, "smart-home", "--homes", "4", "--days", "4", "--rounds", "8")
     assert set(data["comparison"]) == {"occupancy", "forecast"}
     occupancy = data["comparison"]["occupancy"]
     assert set(occupancy["homes"]) == {"home1", "home2", "home3", "home4"}
@@ -94,8 +99,6 @@ def test_demo_smart_home_scenario_compares_each_home_and_ends_with_its_entities_
     assert all(len(rows) == 8 for rows in data["rounds"].values())
     assert "per home" not in r.stderr and "home4" in r.stdout
     assert (tmp_path / "sh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
-    assert not left, f"demo left processes behind: {left}"
 
 
 @pytest.mark.slow
@@ -150,13 +153,7 @@ def test_demo_appliance_scenario_learns_each_plugs_appliance_and_serves_it(tmp_p
     and serves the appliance it sees (a class word) as a Home Assistant entity."""
     from fedmq.coordinator.sim.appliances import CLASSES
 
-    work = tmp_path / "w"
-    report = tmp_path / "ap.json"
-    r = subprocess.run([sys.executable, "-m", "fedmq.shared.cli", "demo", "--scenario", "appliances", "--homes", "2",
-                        "--days", "3.5", "--rounds", "6", "--workdir", str(work), "--report", str(report)],
-                       capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
-    data = json.loads(report.read_text())
+    r, data = _stream_demo(tmp_path, "appliances", "--homes", "2", "--days", "3.5", "--rounds", "6")
     comp = data["comparison"]["appliance"]
     assert set(comp["homes"]) == {"home1-gw1", "home1-gw2", "home2-gw1", "home2-gw2"}
     for unit, row in comp["homes"].items():
@@ -170,5 +167,3 @@ def test_demo_appliance_scenario_learns_each_plugs_appliance_and_serves_it(tmp_p
         assert state["value"] in CLASSES and state["model_version"] == 6, (unit, state)
         assert sorted(served["entities"].values()).count("sensor") >= 1 and len(served["entities"]) == 6
     assert "as the better of federated and local-only" in r.stdout
-    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
-    assert not left, f"demo left processes behind: {left}"
