@@ -17,7 +17,7 @@ from fedmq.coordinator.sim.scenario import OCCUPANCY_FEATURES
 from fedmq.node.config import load_node_config
 from fedmq.node.serve import discovery
 from fedmq.node.serve.config import HomeAssistant, Personalise, ServeConfig
-from fedmq.node.serve.personalise import clearly_better, held_out, personalise, score
+from fedmq.node.serve.personalise import LocalCache, clearly_better, held_out, personalise, score
 from fedmq.node.serve.predictors import make_predictor
 from fedmq.node.serve.server import Server
 from fedmq.node.sources.features import Label, assemble, latest
@@ -220,6 +220,21 @@ def test_samples_held_out_in_blocks_span_the_whole_history():
     assert (np.diff(blocks.astype(int)) != 0).sum() == 7  # four contiguous blocks, not scattered rows
     assert held_out(1000, 0.25, "blocks").sum() == 250
     assert held_out(1000, 0.2, "newest").nonzero()[0].tolist() == list(range(800, 1000))
+
+
+def test_the_homes_own_model_is_trained_once_for_many_global_models():
+    """The local-only candidate does not depend on the federation's model: a gateway keeps it for an hour
+    instead of training it again every round; what serves carries the new global model's version."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(800, 4)).astype(np.float32)
+    y = (x[:, 1] > 0.3).astype(int)
+    cache = LocalCache()
+    wrong = {"coef": np.array([[2, 0, 0, 0], [-2, 0, 0, 0]], np.float32), "intercept": np.zeros(2, np.float32)}
+    first, _ = personalise(SavedModel(BINARY, wrong, None, "fed", 5), x, y, Personalise(), 0, 0.3, 600, cache)
+    assert cache.hits == 0
+    again, scores = personalise(SavedModel(BINARY, wrong, None, "fed", 6), x, y, Personalise(), 0, 0.3, 600, cache)
+    assert cache.hits >= 1 and again.model_version == 6
+    assert scores["served"] > 0.9
 
 
 def test_a_candidate_replaces_a_model_only_when_the_held_out_samples_show_a_clear_gain():

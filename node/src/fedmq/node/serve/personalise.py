@@ -11,8 +11,9 @@ served a model worse than its own.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -45,12 +46,35 @@ def better_or_equal(model: SavedModel, mine: float, theirs: float) -> bool:
     return mine >= theirs if model.spec.is_classifier else mine <= theirs
 
 
+class LocalCache:
+    """The home's own models, kept between global models: they do not depend on the federation's, so one
+    made less than ``max_age_s`` ago for the same model kind and settings is used again instead of trained
+    anew for every round (on a small gateway that is the costly part)."""
+
+    def __init__(self, max_age_s: float = 3600.0) -> None:
+        self.max_age_s = max_age_s
+        self.hits = 0
+        self._kept: Dict[Tuple[object, ...], Tuple[float, SavedModel]] = {}
+
+    def get(self, key: Tuple[object, ...], make: Callable[[], SavedModel]) -> SavedModel:
+        """The model kept under ``key`` if fresh, else ``make()``'s, kept."""
+        now = time.monotonic()
+        self._kept = {k: v for k, v in self._kept.items() if now - v[0] < self.max_age_s}
+        if key in self._kept:
+            self.hits += 1
+            return self._kept[key][1]
+        made = make()
+        self._kept[key] = (now, made)
+        return made
+
+
 def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise, seed: int = 0,
-                learning_rate: float = DEFAULT_LR, period_s: float = 0.0) -> Tuple[SavedModel, Dict[str, float]]:
+                learning_rate: float = DEFAULT_LR, period_s: float = 0.0,
+                local_cache: Optional[LocalCache] = None) -> Tuple[SavedModel, Dict[str, float]]:
     """The model to serve and the scores on the held-out samples: ``global`` and ``personalised``
     (absent when there were too few samples, or less than ``p.min_days`` of them at one per ``period_s``).
     ``x``, ``y``: the node's samples, oldest first; ``learning_rate`` is the federation's (``LR_SHARE`` of it
-    is used unless ``p`` sets a rate)."""
+    is used unless ``p`` sets a rate); ``local_cache`` keeps the local-only models between calls."""
     enough = len(x) * period_s >= p.min_days * DAY_S
     x, y = x[-p.recent_samples:], normalise_labels(model.spec, y[-p.recent_samples:])
     held = held_out(len(x), p.holdout, p.spread)
@@ -63,9 +87,16 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
             return _trained(model, model.weights, model.scaling, x[rows], y[rows], TrainParams(
                 p.epochs, p.batch_size, rate, p.proximal_mu), seed)
         # the home's own model, on its own scaling: what a federated model must not fall below
-        own = Scaling.from_means(local_stats(x[rows]), int(rows.sum()))
-        return _trained(model, initial_weights(model.spec), own, x[rows], y[rows], TrainParams(
-            p.local_epochs, p.batch_size, learning_rate), seed)
+
+        def train() -> SavedModel:
+            own = Scaling.from_means(local_stats(x[rows]), int(rows.sum()))
+            return _trained(model, initial_weights(model.spec), own, x[rows], y[rows], TrainParams(
+                p.local_epochs, p.batch_size, learning_rate), seed)
+
+        if local_cache is None:
+            return train()
+        kept = local_cache.get((repr(model.spec), repr(p), learning_rate, seed, bool(rows.all())), train)
+        return replace(model, weights=kept.weights, scaling=kept.scaling)  # the new global model's version
 
     names = ("personalised", "local") if p.local_epochs else ("personalised",)
     candidates = {"global": model, **{name: candidate(name, ~held) for name in names}}

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 
 from fedmq.node.serve import discovery, ha_rules
 from fedmq.node.serve.config import Personalise, ServeConfig
-from fedmq.node.serve.personalise import DEFAULT_LR, personalise, score
+from fedmq.node.serve.personalise import DEFAULT_LR, LocalCache, personalise, score
 from fedmq.node.serve.predictors import Predictor, make_predictor
 from fedmq.node.trainers import TrainerUnavailable
 from fedmq.shared.data import DataError
@@ -72,6 +72,7 @@ class Server:
         self._offered: Optional[SavedModel] = None
         self._prepared: Optional[Prepared] = None  # made on the preparing thread, installed by the serving one
         self._preparing: Optional[threading.Thread] = None
+        self._local_models = LocalCache(RESCORE_S)  # the home's own models, used again for an hour
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # announce runs on the serving thread and on MQTT's
         self.model: Optional[SavedModel] = None  # the one served (personalised or global)
@@ -191,7 +192,8 @@ class Server:
             x, y = self.source.load()
             if self.cfg.personalise is not None and len(x):
                 served, scores = personalise(offered, x, normalise_labels(offered.spec, y, self.source.label_names),
-                                             self.cfg.personalise, self.seed, self.learning_rate, self.source.period_s)
+                                             self.cfg.personalise, self.seed, self.learning_rate, self.source.period_s,
+                                             self._local_models)
             elif len(x):
                 n = Personalise.recent_samples
                 scores = {"global": score(offered, offered.weights, x[-n:],
