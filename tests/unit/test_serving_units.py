@@ -341,6 +341,23 @@ def test_the_served_model_keeps_serving_while_the_next_one_is_personalised_aside
     assert s.state()["model_version"] == 6
 
 
+def test_a_model_that_cannot_be_personalised_still_serves_as_it_came():
+    class _BrokenStore(_Source):
+        def load(self):  # type: ignore[no-untyped-def]
+            raise RuntimeError("database disk image is malformed")
+
+    s = _server(_Source(), personalise=Personalise())
+    s.offer(_model(BINARY))
+    s._take_offered()
+    s.source = _BrokenStore()
+    s.offer(replace(_model(BINARY), model_version=6))
+    s._take_offered()
+    assert s._preparing is not None
+    s._preparing.join(10)
+    s._take_offered()
+    assert s.state()["model_version"] == 6 and s.state()["personalised"] is False
+
+
 def test_leftovers_of_a_dead_writer_go_and_a_live_writers_file_stays(tmp_path):
     """What a SIGKILL mid-save leaves is removed at start; the temporary file of a process still writing (a
     second process started with the same node id) is not pulled from under it."""

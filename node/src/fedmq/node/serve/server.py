@@ -178,9 +178,10 @@ class Server:
     def _prepare_aside(self, offered: SavedModel) -> None:
         try:
             ready = self._prepare(offered)
-        except Exception:  # the current model keeps serving
-            self.log.exception("serving: model %d could not be prepared", offered.model_version)
-            return
+        except Exception:  # the federation's model serves as it came, not personalised
+            self.log.exception("serving: model %d could not be personalised; serving it as it came",
+                               offered.model_version)
+            ready = Prepared(offered, offered, offered.predict, {})
         with self._lock:
             self._prepared = ready
         self._wake.set()
