@@ -153,17 +153,13 @@ def _score(spec: ModelSpec, weights: Dict[str, np.ndarray], scaling: Optional[Sc
 
 
 def _fit(spec: ModelSpec, train: Samples, seed: int, lr: float) -> Tuple[Dict[str, np.ndarray], Scaling]:
-    """A model of the same kind trained on ``train`` alone (its own scaling), with the numpy trainer."""
-    from fedmq.node.trainers import make_trainer
+    """A model of the same kind trained on ``train`` alone (its own scaling), as a gateway's local candidate is."""
+    from fedmq.node.serve.personalise import local_model
     from fedmq.shared.messages import TrainParams
-    from fedmq.shared.scaling import local_stats
 
-    stats = local_stats(train[0])
-    scaling = Scaling.from_means(stats, len(train[0]))
-    trainer = make_trainer("numpy", spec, None)
-    trainer.set_weights(initial_weights(spec))
-    trainer.fit(scaling.apply(train[0]), train[1], TrainParams(40, 32, lr), np.random.default_rng(seed))
-    return trainer.get_weights(), scaling
+    made = local_model(SavedModel(spec, initial_weights(spec), None, "demo", 0), *train, TrainParams(40, 32, lr), seed)
+    assert made.scaling is not None
+    return made.weights, made.scaling
 
 
 def compare_task(scenario: StreamScenario, task: str, workdir: str, units: List[str],

@@ -89,9 +89,7 @@ def personalise(model: SavedModel, x: np.ndarray, y: np.ndarray, p: Personalise,
         # the home's own model, on its own scaling: what a federated model must not fall below
 
         def train() -> SavedModel:
-            own = Scaling.from_means(local_stats(x[rows]), int(rows.sum()))
-            return _trained(model, initial_weights(model.spec), own, x[rows], y[rows], TrainParams(
-                p.local_epochs, p.batch_size, learning_rate), seed)
+            return local_model(model, x[rows], y[rows], TrainParams(p.local_epochs, p.batch_size, learning_rate), seed)
 
         if local_cache is None:
             return train()
@@ -153,6 +151,12 @@ def _finite(model: SavedModel) -> bool:
 
 
 _CHOICE = {"global": 0.0, "personalised": 1.0, "local": 2.0}  # the scores map holds numbers only
+
+
+def local_model(model: SavedModel, x: np.ndarray, y: np.ndarray, params: TrainParams, seed: int) -> SavedModel:
+    """A model of ``model``'s kind trained from scratch on raw ``(x, y)`` alone, on their own feature scaling."""
+    own = Scaling.from_means(local_stats(x), len(x))
+    return _trained(model, initial_weights(model.spec), own, x, y, params, seed)
 
 
 def _trained(model: SavedModel, start: Weights, scaling: Optional[Scaling], x: np.ndarray, y: np.ndarray,
